@@ -1,0 +1,193 @@
+//! `chaos`: a deliberately misbehaving plugin, for limit, supervision and
+//! isolation tests and demos. See README.md for every command it obeys.
+
+use std::hash::{BuildHasher, RandomState};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use baton_sdk::state::VersionedState;
+use baton_sdk::{Config, ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin, Session};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Settings {
+    fail_init: Option<String>,
+    panic_in_init: bool,
+    refuse_import: bool,
+}
+
+/// What the plugin remembers (carried across swaps, lost in a crash).
+#[derive(Serialize, Deserialize, Default)]
+struct State {
+    frames: u64,
+    connects: Vec<(u64, bool)>,
+    disconnects: Vec<u64>,
+}
+
+impl VersionedState for State {
+    const LAYOUT: u32 = 1;
+}
+
+struct Chaos {
+    state: State,
+    /// Random per instance: tells instances apart.
+    instance: u64,
+    refuse_import: bool,
+}
+
+impl Plugin for Chaos {
+    fn init(config: Config) -> Result<Self, String> {
+        let settings: Settings = config.parse()?;
+        if settings.panic_in_init {
+            panic!("chaos: configured to panic in init");
+        }
+        if let Some(reason) = settings.fail_init {
+            return Err(reason);
+        }
+        Ok(Chaos {
+            state: State::default(),
+            instance: RandomState::new().hash_one(0u8),
+            refuse_import: settings.refuse_import,
+        })
+    }
+
+    fn on_connect(&mut self, session: Session, request: &ConnectRequest) -> Result<(), String> {
+        if let Some(reason) = baton_sdk::query_param(&request.query, "refuse") {
+            return Err(reason.replace('+', " "));
+        }
+        self.state.connects.push((session.id(), request.resumed));
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, session: Session) {
+        self.state.disconnects.push(session.id());
+    }
+
+    fn on_frame(&mut self, session: Session, frame: Frame) {
+        self.state.frames += 1;
+        let text = match &frame {
+            Frame::Text(text) => text.as_str(),
+            Frame::Binary(_) => {
+                let _ = session.send(&frame);
+                return;
+            }
+        };
+        let (command, argument) = text.split_once(':').unwrap_or((text, ""));
+        let reply = match command {
+            "panic" => panic!("chaos: asked to panic"),
+            "oom" => {
+                let mut hold = Vec::new();
+                loop {
+                    hold.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => format!("{}", recurse(0)),
+            "spin" => loop {
+                black_box(());
+            },
+            "sleep" => {
+                let ms = argument.parse().unwrap_or(0);
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_millis(ms) {
+                    black_box(());
+                }
+                format!("slept:{ms}")
+            }
+            "echo" => argument.to_owned(),
+            "whoami" => format!("instance:{}", self.instance),
+            "session" => format!("session:{}", session.id()),
+            "count" => format!("count:{}", self.state.frames),
+            "send" => {
+                // send:<session id>:<text>, to any session id.
+                let (id, text) = argument.split_once(':').unwrap_or((argument, ""));
+                let target = Session::from_id(id.parse().unwrap_or(0));
+                match target.send_text(text) {
+                    Ok(()) => "sent".into(),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "close-other" => {
+                let target = Session::from_id(argument.parse().unwrap_or(0));
+                match target.close(4000, "closed by another session") {
+                    Ok(()) => "closed".into(),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "close" => {
+                // close:<code>:<reason>, this session.
+                let (code, reason) = argument.split_once(':').unwrap_or((argument, ""));
+                match session.close(code.parse().unwrap_or(1000), reason) {
+                    Ok(()) => return,
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "files" => match std::fs::read_dir("/") {
+                Ok(_) => "files:allowed".into(),
+                Err(e) => format!("files:denied:{e}"),
+            },
+            "env" => match std::env::var(argument) {
+                Ok(value) => format!("env:{argument}={value}"),
+                Err(_) => format!("env:{argument}:unset:{}", std::env::vars().count()),
+            },
+            "net" => match std::net::TcpStream::connect(argument) {
+                Ok(_) => "net:allowed".into(),
+                Err(e) => format!("net:denied:{e}"),
+            },
+            "log" => {
+                baton_sdk::log::info(argument);
+                "logged".into()
+            }
+            "print" => {
+                println!("{argument}");
+                "printed".into()
+            }
+            "big" => "x".repeat(argument.parse().unwrap_or(0)),
+            _ => text.to_owned(),
+        };
+        let _ = session.send_text(reply);
+    }
+
+    fn on_http(&mut self, request: HttpRequest) -> Result<HttpResponse, String> {
+        match request.path.as_str() {
+            "/events" => HttpResponse::json(
+                200,
+                &serde_json::json!({
+                    "instance": self.instance,
+                    "frames": self.state.frames,
+                    "connects": self.state.connects,
+                    "disconnects": self.state.disconnects,
+                }),
+            ),
+            "/panic" => panic!("chaos: asked to panic over HTTP"),
+            "/error" => Err("chaos: asked to fail".into()),
+            "/spin" => loop {
+                black_box(());
+            },
+            _ => Ok(HttpResponse::text(200, "chaos")),
+        }
+    }
+
+    fn export_state(&mut self) -> Result<Vec<u8>, String> {
+        self.state.save()
+    }
+
+    fn import_state(&mut self, from_version: &str, state: &[u8]) -> Result<(), String> {
+        if self.refuse_import {
+            return Err(format!("configured to refuse the state of {from_version}"));
+        }
+        if let Some(state) = State::restore(state)? {
+            self.state = state;
+        }
+        Ok(())
+    }
+}
+
+#[inline(never)]
+#[expect(unconditional_recursion, reason = "overflowing the stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 32]);
+    recurse(depth + 1).wrapping_add(frame[7])
+}
+
+baton_sdk::export!(Chaos);
