@@ -1,0 +1,603 @@
+//! Configuration: the host's settings and each plugin's `<name>.toml`.
+//!
+//! Host settings are layered: the defaults documented on each field, then a
+//! TOML file, then `BATON_*` environment variables, then command-line flags.
+//! Every layer is turned into a TOML table and merged key by key before one
+//! typed deserialization, so a key unknown at any layer is rejected with its
+//! name, and tests can feed a layer as a plain map ([`Config::from_layers`]).
+//!
+//! Environment variables name a key by its path, upper-case, with `__`
+//! between a section and its key: `BATON_LISTEN=0.0.0.0:8080`,
+//! `BATON_LIMITS__MEMORY_MIB=128`. Their values are read as TOML values when
+//! they parse as one (numbers, booleans, arrays) and as strings otherwise.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A layer is not valid TOML or has a key or value the host does not know.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// Which layer: a file path, "environment" or "flags".
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+/// Everything `baton serve` needs. Every field has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client listener (WebSocket sessions and plugin HTTP). Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Admin listener (API, metrics, dashboard). Default `127.0.0.1:8081`.
+    pub admin_listen: SocketAddr,
+    /// Bearer token required by the admin listener. Default: none, which is
+    /// allowed only while `admin_listen` is a loopback address.
+    pub admin_token: Option<String>,
+    /// Folder watched for `<name>.wasm` plugins. Default `./deploy`.
+    pub deploy_dir: PathBuf,
+    /// Folder for compiled artifacts, stored versions and tenant data. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Tenants allowed to connect. Default: empty, meaning any tenant whose
+    /// name matches `[a-z0-9][a-z0-9_-]{0,62}`.
+    pub tenants: Vec<String>,
+    /// The WebAssembly engine.
+    pub runtime: RuntimeConfig,
+    /// Default limits of every instance; a plugin's `<name>.toml` may lower or
+    /// raise them up to the runtime's ceilings.
+    pub limits: Limits,
+    /// Per-tenant limit overrides, applied over the plugin's limits.
+    pub tenant_limits: BTreeMap<String, LimitsOverride>,
+    /// Client sessions (WebSockets).
+    pub sessions: SessionConfig,
+    /// Plain HTTP requests routed to plugins.
+    pub http: HttpConfig,
+    /// Hot swaps.
+    pub swap: SwapConfig,
+    /// Restarting crashed instances.
+    pub supervision: SupervisionConfig,
+    /// Log format: `text` (default) or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The engine and its instance pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Live instances the pool holds at most (tenant instances of every
+    /// plugin and version, plus deploy checks). Default 1000.
+    pub max_instances: u32,
+    /// Ceiling for any instance's linear memory, in MiB. Default 1024.
+    pub max_memory_mib: u64,
+    /// WebAssembly stack per call, in KiB. Default 512.
+    pub max_wasm_stack_kib: usize,
+    /// Interval between epoch ticks, in milliseconds: how often running guest
+    /// code yields to the scheduler and its CPU deadline is checked. Default 2.
+    pub epoch_tick_ms: u64,
+    /// Plugins compiled at the same time at most. Default 2.
+    pub compile_concurrency: usize,
+}
+
+/// Limits applied to every instance (one plugin, one tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Linear memory per instance, in MiB. Default 64.
+    pub memory_mib: u64,
+    /// CPU time one call may use before it is interrupted, in ms. Default 2000.
+    pub call_timeout_ms: u64,
+    /// Elements per table. Default 10000.
+    pub table_elements: usize,
+    /// Core instances per component instance. Default 32.
+    pub instances: usize,
+    /// Tables per component instance. Default 32.
+    pub tables: usize,
+    /// Linear memories per component instance. Default 4.
+    pub memories: usize,
+    /// Largest frame a client may send or a plugin may queue, in bytes. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Longest log line a plugin may write, in bytes; longer ones are cut. Default 4096.
+    pub max_log_bytes: usize,
+    /// Open sessions per tenant and plugin. Default 10000.
+    pub max_sessions: usize,
+}
+
+/// A partial [`Limits`]: the keys present replace the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call_timeout_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table_elements: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instances: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tables: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memories: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_frame_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_log_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_sessions: Option<usize>,
+}
+
+/// Client session settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Frames queued to one client at most; a client that lets its queue fill
+    /// up is closed with 1008. Default 1024.
+    pub outbound_queue: usize,
+    /// Commands (frames, connects, requests) queued to one tenant instance at
+    /// most; beyond it, sessions stop reading (backpressure). Default 1024.
+    pub mailbox: usize,
+    /// How long a session waits to hand a frame to its tenant's instance
+    /// (overloaded or backing off after crashes) before it is closed with
+    /// 1013, in seconds. Default 30.
+    pub mailbox_wait_secs: u64,
+    /// Interval between server pings on a quiet session, in seconds. Default 30.
+    pub ping_interval_secs: u64,
+    /// A session that sends nothing (not even a pong) this long is closed
+    /// with 1001, in seconds. Default 90.
+    pub idle_timeout_secs: u64,
+    /// Socket read buffer per session, in bytes. Default 4096.
+    pub read_buffer_bytes: usize,
+}
+
+/// Plain HTTP settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body handed to a plugin, in bytes (413 above). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// A client must send its request headers within this time, in ms. Default 10000.
+    pub header_read_timeout_ms: u64,
+}
+
+/// Hot swap settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwapConfig {
+    /// How long a call that started on a replaced version may keep running;
+    /// also how long sessions of a removed plugin stay open. In seconds. Default 30.
+    pub drain_deadline_secs: u64,
+    /// A file in the deploy folder is read once its size and modification time
+    /// have not changed for this long, in ms. Default 200.
+    pub settle_ms: u64,
+}
+
+/// Supervision settings (OTP's restart intensity).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// Restarts of one tenant's instance allowed within `window_secs`; one more
+    /// puts the instance in back-off. Default 5.
+    pub max_restarts: usize,
+    /// The window of `max_restarts`, in seconds. Default 30.
+    pub window_secs: u64,
+    /// First back-off, doubled on each further one up to `max_backoff_ms`. Default 1000.
+    pub backoff_ms: u64,
+    /// Longest back-off. Default 10000.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token: None,
+            deploy_dir: PathBuf::from("deploy"),
+            data_dir: PathBuf::from("data"),
+            tenants: Vec::new(),
+            runtime: RuntimeConfig::default(),
+            limits: Limits::default(),
+            tenant_limits: BTreeMap::new(),
+            sessions: SessionConfig::default(),
+            http: HttpConfig::default(),
+            swap: SwapConfig::default(),
+            supervision: SupervisionConfig::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 1000,
+            max_memory_mib: 1024,
+            max_wasm_stack_kib: 512,
+            epoch_tick_ms: 2,
+            compile_concurrency: 2,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 64,
+            call_timeout_ms: 2000,
+            table_elements: 10_000,
+            instances: 32,
+            tables: 32,
+            memories: 4,
+            max_frame_bytes: 1 << 20,
+            max_log_bytes: 4096,
+            max_sessions: 10_000,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            outbound_queue: 1024,
+            mailbox: 1024,
+            mailbox_wait_secs: 30,
+            ping_interval_secs: 30,
+            idle_timeout_secs: 90,
+            read_buffer_bytes: 4096,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 1 << 20,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for SwapConfig {
+    fn default() -> Self {
+        SwapConfig {
+            drain_deadline_secs: 30,
+            settle_ms: 200,
+        }
+    }
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 5,
+            window_secs: 30,
+            backoff_ms: 1000,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// These limits with the keys of `o` replaced.
+    pub fn with(&self, o: &LimitsOverride) -> Limits {
+        Limits {
+            memory_mib: o.memory_mib.unwrap_or(self.memory_mib),
+            call_timeout_ms: o.call_timeout_ms.unwrap_or(self.call_timeout_ms),
+            table_elements: o.table_elements.unwrap_or(self.table_elements),
+            instances: o.instances.unwrap_or(self.instances),
+            tables: o.tables.unwrap_or(self.tables),
+            memories: o.memories.unwrap_or(self.memories),
+            max_frame_bytes: o.max_frame_bytes.unwrap_or(self.max_frame_bytes),
+            max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
+            max_sessions: o.max_sessions.unwrap_or(self.max_sessions),
+        }
+    }
+
+    /// Linear memory per instance, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX)
+    }
+
+    /// CPU time per call.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    /// Checks the limits against the runtime's ceilings.
+    pub fn check(&self, runtime: &RuntimeConfig) -> Result<(), String> {
+        if self.memory_mib > runtime.max_memory_mib {
+            return Err(format!(
+                "limits.memory_mib = {} is above the host's runtime.max_memory_mib = {}",
+                self.memory_mib, runtime.max_memory_mib
+            ));
+        }
+        if self.call_timeout_ms == 0 || self.max_frame_bytes == 0 || self.max_sessions == 0 {
+            return Err("limits.call_timeout_ms, max_frame_bytes and max_sessions must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then `file` (if any), then the
+    /// `BATON_*` variables of `env`, then `flags` (a TOML table of the keys
+    /// given on the command line).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
+        let mut layers = Vec::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
+                origin: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            layers.push((path.display().to_string(), table));
+        }
+        layers.push(("environment".to_owned(), env_layer(env)));
+        layers.push(("flags".to_owned(), flags));
+        Config::from_layers(layers)
+    }
+
+    /// Builds the configuration from named layers, later ones winning.
+    pub fn from_layers(layers: Vec<(String, toml::Table)>) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::new();
+        for (origin, layer) in layers {
+            // Check each layer on its own first, so an unknown key is blamed on
+            // the layer that has it.
+            Config::deserialize(toml::Value::Table(layer.clone())).map_err(|e| {
+                ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+            merge(&mut merged, layer);
+        }
+        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            ConfigError::Invalid {
+                origin: "configuration".into(),
+                message: e.to_string(),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: "configuration".into(),
+            message,
+        };
+        self.limits.check(&self.runtime).map_err(invalid)?;
+        for (tenant, o) in &self.tenant_limits {
+            self.limits
+                .with(o)
+                .check(&self.runtime)
+                .map_err(|e| invalid(format!("tenant_limits.{tenant}: {e}")))?;
+        }
+        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(invalid(format!(
+                "admin_listen = {} is not a loopback address: set admin_token to expose the admin API",
+                self.admin_listen
+            )));
+        }
+        if self.runtime.epoch_tick_ms == 0 || self.runtime.max_instances == 0 {
+            return Err(invalid("runtime.epoch_tick_ms and runtime.max_instances must be > 0".into()));
+        }
+        if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
+            return Err(invalid(format!("tenants: {bad:?} is not a valid tenant name")));
+        }
+        Ok(())
+    }
+
+    /// The limits of one tenant's instance of a plugin whose settings are `plugin`.
+    pub fn limits_for(&self, plugin: &Limits, tenant: &str) -> Limits {
+        match self.tenant_limits.get(tenant) {
+            Some(o) => plugin.with(o),
+            None => plugin.clone(),
+        }
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+    }
+}
+
+/// The `BATON_*` variables as a TOML table.
+fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
+    let mut table = toml::Table::new();
+    for (key, value) in env {
+        let Some(path) = key.strip_prefix("BATON_") else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        insert_path(&mut table, &parts, value);
+    }
+    table
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A plugin's settings: `<deploy-dir>/<name>.toml` beside `<name>.wasm`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Limits for this plugin's instances, over the host's defaults.
+    pub limits: LimitsOverride,
+    /// Handed to the plugin's `init` as JSON.
+    pub config: toml::Table,
+    /// What the plugin may reach beyond the baton API. Default: nothing.
+    pub capabilities: Capabilities,
+}
+
+/// Capabilities granted to a plugin. Everything is denied unless listed here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capabilities {
+    /// Environment variables the plugin sees (these exact values; nothing is
+    /// inherited from the host's environment).
+    pub env: BTreeMap<String, String>,
+}
+
+impl PluginSettings {
+    /// Parses a plugin's settings file text.
+    pub fn parse(text: &str) -> Result<PluginSettings, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The `[config]` table as JSON, for `init`.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().expect("valid TOML")
+    }
+
+    #[test]
+    fn defaults_need_no_layer() {
+        let config = Config::from_layers(vec![]).expect("defaults are valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.limits.memory_mib, 64);
+    }
+
+    #[test]
+    fn later_layers_win_key_by_key() {
+        let config = Config::from_layers(vec![
+            ("file".into(), table("listen = '0.0.0.0:9000'\n[limits]\nmemory_mib = 32\ncall_timeout_ms = 10")),
+            ("environment".into(), env_layer([("BATON_LIMITS__MEMORY_MIB".into(), "16".into())])),
+            ("flags".into(), table("listen = '127.0.0.1:1'")),
+        ])
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(config.limits.memory_mib, 16);
+        assert_eq!(config.limits.call_timeout_ms, 10);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_layer() {
+        let err = Config::from_layers(vec![("baton.toml".into(), table("[limits]\nmemroy_mib = 3"))])
+            .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("baton.toml") && text.contains("memroy_mib"), "{text}");
+
+        let err = Config::from_layers(vec![(
+            "environment".into(),
+            env_layer([("BATON_NOPE".into(), "1".into())]),
+        )])
+        .expect_err("unknown key");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_values_are_typed_when_they_parse() {
+        let t = env_layer([
+            ("BATON_DEPLOY_DIR".into(), "/srv/plugins".into()),
+            ("BATON_TENANTS".into(), "[\"a\", \"b\"]".into()),
+            ("HOME".into(), "/root".into()),
+        ]);
+        let config = Config::from_layers(vec![("environment".into(), t)]).expect("valid");
+        assert_eq!(config.deploy_dir, PathBuf::from("/srv/plugins"));
+        assert_eq!(config.tenants, vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn public_admin_needs_a_token() {
+        let err = Config::from_layers(vec![("flags".into(), table("admin_listen = '0.0.0.0:8081'"))])
+            .expect_err("no token");
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        Config::from_layers(vec![(
+            "flags".into(),
+            table("admin_listen = '0.0.0.0:8081'\nadmin_token = 's3cret'"),
+        )])
+        .expect("token given");
+    }
+
+    #[test]
+    fn limits_above_the_ceiling_are_refused() {
+        let err = Config::from_layers(vec![("f".into(), table("[limits]\nmemory_mib = 4096"))])
+            .expect_err("above ceiling");
+        assert!(err.to_string().contains("max_memory_mib"), "{err}");
+    }
+
+    #[test]
+    fn plugin_settings_parse_and_reject_unknown_keys() {
+        let s = PluginSettings::parse("[limits]\nmemory_mib = 8\n[config]\ngreeting = 'hi'\n")
+            .expect("valid");
+        assert_eq!(Limits::default().with(&s.limits).memory_mib, 8);
+        assert_eq!(s.config_json(), r#"{"greeting":"hi"}"#);
+        let err = PluginSettings::parse("[limit]\nmemory_mib = 8").expect_err("typo");
+        assert!(err.contains("limit"), "{err}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The host's own copies of what it deployed, in the data folder:
+//!
+//! - `artifacts/<sha256>.wasm`: the bytes of every version ever activated, so
+//!   a rollback does not depend on the deploy folder still holding them;
+//! - `cache/<sha256>-<engine>.cwasm`: compiled code, keyed by the file's hash
+//!   and the engine's compatibility hash, so a restart with unchanged plugins
+//!   (or a rollback) loads in microseconds instead of recompiling;
+//! - `history/<plugin>.json`: each plugin's activations, so generations keep
+//!   growing and rollback works across host restarts.
+//!
+//! Every file is written to a temporary name and renamed into place, so a
+//! crash never leaves a half-written artifact under a real name. Compiled code
+//! is only ever loaded from here, never from the deploy folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{VersionId, VersionRecord};
+
+/// The data folder's artifact store.
+pub struct Artifacts {
+    originals: PathBuf,
+    cache: PathBuf,
+    history: PathBuf,
+    engine: String,
+}
+
+/// A plugin's persisted history.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct History {
+    /// The last generation handed out.
+    pub generation: u64,
+    /// Activations, oldest first.
+    pub records: Vec<VersionRecord>,
+}
+
+impl Artifacts {
+    /// Opens (creating) the store under `data_dir` for an engine whose
+    /// compatibility hash is `engine`.
+    pub fn open(data_dir: &Path, engine: String) -> std::io::Result<Artifacts> {
+        let artifacts = Artifacts {
+            originals: data_dir.join("artifacts"),
+            cache: data_dir.join("cache"),
+            history: data_dir.join("history"),
+            engine,
+        };
+        for dir in [&artifacts.originals, &artifacts.cache, &artifacts.history] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(artifacts)
+    }
+
+    /// Where the compiled code of `id` is cached for this engine.
+    pub fn compiled_path(&self, id: &VersionId) -> PathBuf {
+        self.cache.join(format!("{}-{}.cwasm", id.hex(), self.engine))
+    }
+
+    /// Stores compiled code.
+    pub fn store_compiled(&self, id: &VersionId, bytes: &[u8]) -> std::io::Result<()> {
+        write_atomically(&self.compiled_path(id), bytes)
+    }
+
+    /// Forgets unusable compiled code.
+    pub fn discard_compiled(&self, id: &VersionId) {
+        let _ = std::fs::remove_file(self.compiled_path(id));
+    }
+
+    /// Stores the original bytes of a version (once).
+    pub fn store_original(&self, id: &VersionId, bytes: &[u8]) -> std::io::Result<()> {
+        let path = self.originals.join(format!("{}.wasm", id.hex()));
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomically(&path, bytes)
+    }
+
+    /// The original bytes of a version, if stored.
+    pub fn original(&self, id: &VersionId) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.originals.join(format!("{}.wasm", id.hex())))
+    }
+
+    /// A plugin's history (empty when it has none or it is unreadable).
+    pub fn history(&self, plugin: &str) -> History {
+        let path = self.history.join(format!("{plugin}.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), "ignoring unreadable history: {e}");
+                History::default()
+            }),
+            Err(_) => History::default(),
+        }
+    }
+
+    /// Saves a plugin's history.
+    pub fn save_history(&self, plugin: &str, history: &History) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(history).map_err(std::io::Error::other)?;
+        write_atomically(&self.history.join(format!("{plugin}.json")), &bytes)
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn originals_and_history_round_trip() {
+        let dir = std::env::temp_dir().join(format!("baton-artifacts-{}", std::process::id()));
+        let store = Artifacts::open(&dir, "e1".into()).expect("open");
+        let id = VersionId::of(b"abc");
+        store.store_original(&id, b"abc").expect("store");
+        assert_eq!(store.original(&id).expect("read"), b"abc");
+        assert!(store.compiled_path(&id).ends_with(format!("{}-e1.cwasm", id.hex())));
+
+        let mut history = store.history("echo");
+        assert_eq!(history.generation, 0);
+        history.generation = 7;
+        store.save_history("echo", &history).expect("save");
+        assert_eq!(store.history("echo").generation, 7);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,425 @@
+//! Deploying: turning files into current versions, and taking them back.
+//!
+//! The [`Deployer`] is the only writer of the registry. A version becomes
+//! current only after every check passed, in this order: the file is read
+//! whole and hashed; its compiled code is loaded from the artifact cache or
+//! compiled (on a blocking thread, at most `runtime.compile_concurrency` at a
+//! time); it is linked against the world (imports provided, exports present
+//! with the right types); and `init` succeeds in a fresh instance. Any failure
+//! leaves the current version serving and is reported: a log line naming the
+//! file and the reason, the plugin's `last_error`, and
+//! `baton_deploys_total{outcome="failed"}`.
+//!
+//! Deploys, rollbacks and removals of one plugin are serialized by a
+//! per-plugin lock; different plugins proceed in parallel.
+//!
+//! The deployer also acts on what tenants report:
+//! - **Withdrawal**: a deployed version that a tenant cannot migrate to
+//!   (`import-state` refused or trapped, `init` failed) is withdrawn: marked
+//!   failed and the version before it is made current again, so one tenant's
+//!   refusal stops the rollout for all (tenants already moved go back the same
+//!   way, and may stay if the older version refuses their state).
+//! - **Automatic rollback**: a version whose instances crash-loop while an
+//!   earlier version worked is marked failed and the earlier one made current.
+
+pub mod artifacts;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, PluginSettings};
+use crate::instance::Instance;
+use crate::registry::{Activation, Origin, PluginEntry, Registry, Version, VersionId};
+use crate::runtime::{LoadError, Runtime};
+use crate::tenant::{Report, TenantShared};
+use artifacts::{Artifacts, History};
+
+/// Why a deploy, rollback or check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The file or its settings could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The settings file is invalid.
+    #[error("invalid settings {path}: {message}")]
+    Settings {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The file is not a plugin for this host.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// `init` failed in a fresh instance.
+    #[error("{0}")]
+    Init(String),
+    /// No version to roll back to, or no such plugin.
+    #[error("{0}")]
+    Rollback(String),
+    /// The data folder could not be written.
+    #[error("cannot write to the data folder: {0}")]
+    Data(std::io::Error),
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The version is now current.
+    Activated {
+        /// Its short hash.
+        version: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// The file and settings are those of the current version: nothing to do.
+    Unchanged,
+}
+
+/// Loads, checks, activates, rolls back and removes plugin versions.
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    config: Arc<Config>,
+    artifacts: Artifacts,
+    compiling: Semaphore,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A checked version, not yet current.
+struct Candidate {
+    version: Arc<Version>,
+    settings_text: String,
+}
+
+impl Deployer {
+    /// A deployer over the host's runtime and registry.
+    pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>, config: Arc<Config>) -> std::io::Result<Deployer> {
+        let artifacts = Artifacts::open(&config.data_dir, runtime.compatibility_hash())?;
+        Ok(Deployer {
+            compiling: Semaphore::new(config.runtime.compile_concurrency.max(1)),
+            runtime,
+            registry,
+            config,
+            artifacts,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry entry of `name`, with its persisted history restored the
+    /// first time.
+    fn entry(&self, name: &str) -> Arc<PluginEntry> {
+        if let Some(entry) = self.registry.get(name) {
+            return entry;
+        }
+        let entry = self.registry.entry(name);
+        let History { generation, records } = self.artifacts.history(name);
+        entry.restore(generation, records);
+        entry
+    }
+
+    fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Deploys `<deploy-dir>/<name>.wasm` with its `<name>.toml`, if any.
+    /// Failures are reported (log, `last_error`, metric) and returned.
+    pub async fn deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let entry = self.entry(name);
+        let result = self.deploy_locked(&entry, wasm).await;
+        match &result {
+            Ok(Outcome::Activated { version, generation }) => {
+                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated").increment(1);
+                tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "version activated");
+            }
+            Ok(Outcome::Unchanged) => {
+                tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
+            }
+            Err(error) => {
+                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed").increment(1);
+                tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
+                entry.report_error("deploy_failed", None, wasm.display().to_string(), error.to_string());
+            }
+        }
+        result
+    }
+
+    async fn deploy_locked(&self, entry: &Arc<PluginEntry>, wasm: &Path) -> Result<Outcome, DeployError> {
+        let bytes = tokio::fs::read(wasm).await.map_err(|source| DeployError::Read {
+            path: wasm.to_owned(),
+            source,
+        })?;
+        let settings_path = wasm.with_extension("toml");
+        let settings_text = match tokio::fs::read_to_string(&settings_path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(DeployError::Read {
+                    path: settings_path,
+                    source,
+                });
+            }
+        };
+        let id = VersionId::of(&bytes);
+        if let Some(current) = entry.current()
+            && current.id == id
+            && entry.history().last().is_some_and(|r| r.settings == settings_text)
+        {
+            return Ok(Outcome::Unchanged);
+        }
+        let settings = PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
+            path: settings_path.clone(),
+            message,
+        })?;
+        let candidate = self.prepare(entry, id, Some(bytes), settings, settings_text).await?;
+        Ok(self.activate(entry, candidate, Activation::Deploy))
+    }
+
+    /// Compiles (or loads from cache), links, and checks `init`.
+    async fn prepare(
+        &self,
+        entry: &PluginEntry,
+        id: VersionId,
+        bytes: Option<Vec<u8>>,
+        settings: PluginSettings,
+        settings_text: String,
+    ) -> Result<Candidate, DeployError> {
+        let limits = self.config.limits.with(&settings.limits);
+        limits.check(&self.config.runtime).map_err(|message| DeployError::Settings {
+            path: PathBuf::from(format!("{}.toml", entry.name)),
+            message,
+        })?;
+        let started = Instant::now();
+        let (component, origin) = self.compiled(id, bytes).await?;
+        let load_time = started.elapsed();
+        if origin == Origin::Compiled {
+            metrics::histogram!("baton_compile_seconds", "plugin" => entry.name.clone())
+                .record(load_time.as_secs_f64());
+        }
+        let pre = self.runtime.prepare(&component)?;
+        let version = Arc::new(Version::new(
+            entry.name.clone(),
+            id,
+            entry.next_generation(),
+            pre,
+            settings,
+            limits.clone(),
+            origin,
+            load_time,
+            std::time::Duration::from_secs(self.config.swap.drain_deadline_secs),
+            self.runtime.tick(),
+        ));
+        // `init` must succeed in a fresh instance before anyone is moved.
+        let check = TenantShared::for_check(&entry.name);
+        match Instance::start(version.clone(), check, Arc::new(limits), 0).await {
+            Ok(instance) => drop(instance),
+            Err(error) => return Err(DeployError::Init(error.to_string())),
+        }
+        Ok(Candidate {
+            version,
+            settings_text,
+        })
+    }
+
+    /// The compiled component of `id`: from the cache, or compiled from
+    /// `bytes` (or the stored original) and cached.
+    async fn compiled(
+        &self,
+        id: VersionId,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<(wasmtime::component::Component, Origin), DeployError> {
+        let _permit = self.compiling.acquire().await.map_err(|_| {
+            DeployError::Load(LoadError::Compile("the host is shutting down".into()))
+        })?;
+        let cached = self.artifacts.compiled_path(&id);
+        if cached.exists() {
+            let runtime = self.runtime.clone();
+            let path = cached.clone();
+            match blocking(move || runtime.deserialize(&path)).await {
+                Ok(component) => return Ok((component, Origin::Cache)),
+                Err(error) => {
+                    tracing::warn!(path = %cached.display(), "recompiling: {error}");
+                    self.artifacts.discard_compiled(&id);
+                }
+            }
+        }
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => self.artifacts.original(&id).map_err(|source| DeployError::Read {
+                path: PathBuf::from(format!("artifacts/{}.wasm", id.hex())),
+                source,
+            })?,
+        };
+        let runtime = self.runtime.clone();
+        let (component, bytes, serialized) = blocking(move || {
+            let component = runtime.compile(&bytes)?;
+            let serialized = runtime.serialize(&component)?;
+            Ok::<_, LoadError>((component, bytes, serialized))
+        })
+        .await?;
+        self.artifacts.store_original(&id, &bytes).map_err(DeployError::Data)?;
+        self.artifacts.store_compiled(&id, &serialized).map_err(DeployError::Data)?;
+        Ok((component, Origin::Compiled))
+    }
+
+    fn activate(&self, entry: &PluginEntry, candidate: Candidate, activation: Activation) -> Outcome {
+        let Candidate {
+            version,
+            settings_text,
+        } = candidate;
+        let outcome = Outcome::Activated {
+            version: version.id.short(),
+            generation: version.generation,
+        };
+        entry.activate(version, activation, settings_text);
+        self.persist(entry);
+        outcome
+    }
+
+    fn persist(&self, entry: &PluginEntry) {
+        let (generation, records) = entry.snapshot();
+        if let Err(e) = self.artifacts.save_history(&entry.name, &History { generation, records }) {
+            tracing::warn!(plugin = %entry.name, "cannot save history: {e}");
+        }
+    }
+
+    /// Makes the previous version of `name` current again.
+    pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let entry = self
+            .registry
+            .get(name)
+            .filter(|e| e.current().is_some())
+            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?} is deployed")))?;
+        let Some(current) = entry.current() else {
+            return Err(DeployError::Rollback(format!("{name} is not deployed")));
+        };
+        let result = self.roll_back_to_previous(&entry, Activation::Rollback).await;
+        if result.is_ok() {
+            entry.mark_rolled_back(&current.id.hex());
+            self.persist(&entry);
+        }
+        result
+    }
+
+    async fn roll_back_to_previous(&self, entry: &Arc<PluginEntry>, activation: Activation) -> Result<Outcome, DeployError> {
+        let target = entry
+            .rollback_target(activation != Activation::Rollback)
+            .ok_or_else(|| DeployError::Rollback(format!("{} has no previous version to roll back to", entry.name)))?;
+        let id = VersionId::parse(&target.hash)
+            .ok_or_else(|| DeployError::Rollback(format!("corrupt history record {:?}", target.hash)))?;
+        let settings = PluginSettings::parse(&target.settings).map_err(|message| DeployError::Settings {
+            path: PathBuf::from(format!("{}.toml", entry.name)),
+            message,
+        })?;
+        let candidate = self.prepare(entry, id, None, settings, target.settings.clone()).await?;
+        let outcome = self.activate(entry, candidate, activation);
+        tracing::warn!(plugin = %entry.name, ?activation, ?outcome, "rolled back");
+        Ok(outcome)
+    }
+
+    /// Removes `name`: no new sessions; its tenants drain, then close.
+    pub async fn remove(&self, name: &str) {
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        if let Some(entry) = self.registry.get(name)
+            && entry.current().is_some()
+        {
+            entry.remove();
+            tracing::info!(plugin = name, "plugin removed; its sessions close after the drain deadline");
+        }
+    }
+
+    /// Acts on a tenant's report (withdrawal, automatic rollback).
+    pub async fn handle(&self, report: Report) {
+        let (entry, generation, activation, why) = match report {
+            Report::MigrationFailed { plugin, tenant, generation, reason } => {
+                (plugin, generation, Activation::Withdrawal, format!("tenant {tenant} could not migrate: {reason}"))
+            }
+            Report::CrashLoop { plugin, tenant, generation } => {
+                (plugin, generation, Activation::AutoRollback, format!("crash loop in tenant {tenant}"))
+            }
+        };
+        let lock = self.lock(&entry.name);
+        let _guard = lock.lock().await;
+        let Some(current) = entry.current().filter(|v| v.generation == generation) else {
+            return; // Already dealt with, or superseded.
+        };
+        let current_activation = entry
+            .history()
+            .iter()
+            .rev()
+            .find(|r| r.generation == generation)
+            .map(|r| r.activation);
+        if activation == Activation::Withdrawal && current_activation != Some(Activation::Deploy) {
+            // Only forward rollouts are withdrawn; a rollback that a tenant
+            // refuses leaves that tenant where it is.
+            return;
+        }
+        let hash = current.id.hex();
+        match self.roll_back_to_previous(&entry, activation).await {
+            Ok(_) => {
+                entry.mark_failed(&hash, &why);
+                self.persist(&entry);
+                entry.report_error(
+                    if activation == Activation::Withdrawal { "withdrawal" } else { "auto_rollback" },
+                    Some(current.id.short()),
+                    format!("version {} (generation {generation})", current.id.short()),
+                    format!("{why}; the previous version is current again"),
+                );
+            }
+            Err(error) => {
+                entry.report_error(
+                    "crash_loop",
+                    Some(current.id.short()),
+                    format!("version {} (generation {generation})", current.id.short()),
+                    format!("{why}; cannot roll back: {error}"),
+                );
+            }
+        }
+    }
+
+    /// Deploys every `*.wasm` of the deploy folder (at start). Invalid files
+    /// are reported and skipped.
+    pub async fn deploy_all(self: &Arc<Self>) {
+        let dir = &self.config.deploy_dir;
+        let files = match watch::plugin_files(dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot read the deploy folder: {e}");
+                return;
+            }
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, path) in files {
+            let deployer = self.clone();
+            tasks.spawn(async move {
+                let _ = deployer.deploy_file(&name, &path).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs blocking work (compiling, loading code) off the async runtime.
+async fn blocking<T: Send + 'static, E: From<LoadError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(E::from(LoadError::Compile(format!("compiler thread failed: {e}")))))
+}

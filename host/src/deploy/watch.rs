@@ -1,0 +1,189 @@
+//! Watching the deploy folder.
+//!
+//! Any change that touches `<name>.wasm` or `<name>.toml` (written in place,
+//! copied, renamed in or out, deleted) makes the watcher examine plugin
+//! `<name>` again: if `<name>.wasm` exists, it waits until the file's size and
+//! modification time have not changed for `swap.settle_ms` (a slow copy is
+//! never read half-written), then hands it to the [`Deployer`], which ignores
+//! it if it is identical to the current version; if it is gone, the plugin is
+//! removed. A newer change to the same plugin supersedes an examination still
+//! waiting. Hidden files, temporary files and names that are not plugin names
+//! are ignored. If the watcher loses events (an overflow), the whole folder is
+//! examined again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Deployer;
+
+/// What a path in the deploy folder is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeployFile {
+    /// `<name>.wasm`.
+    Plugin(String),
+    /// `<name>.toml`.
+    Settings(String),
+}
+
+impl DeployFile {
+    /// The plugin it belongs to.
+    pub fn name(&self) -> &str {
+        match self {
+            DeployFile::Plugin(name) | DeployFile::Settings(name) => name,
+        }
+    }
+}
+
+/// Classifies a path of the deploy folder; `None` for anything to ignore.
+pub fn classify(path: &Path) -> Option<DeployFile> {
+    let file = path.file_name()?.to_str()?;
+    let (stem, ext) = file.rsplit_once('.')?;
+    if !crate::names::is_plugin(stem) {
+        if !file.starts_with('.') && matches!(ext, "wasm" | "toml") {
+            tracing::warn!(file, "ignored: a plugin name is [a-z0-9][a-z0-9_-]*, at most 63 bytes");
+        }
+        return None;
+    }
+    match ext {
+        "wasm" => Some(DeployFile::Plugin(stem.to_owned())),
+        "toml" => Some(DeployFile::Settings(stem.to_owned())),
+        _ => None,
+    }
+}
+
+/// The plugins in `dir`: `(name, path of <name>.wasm)`, sorted by name.
+pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(DeployFile::Plugin(name)) = classify(&path)
+            && path.is_file()
+        {
+            files.push((name, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Watches `dir` in a task (abort it to stop). Returns once the watch is set
+/// up, so changes made after this call are seen.
+pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify::Result<JoinHandle<()>> {
+    std::fs::create_dir_all(&dir).map_err(notify::Error::io)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
+    let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
+        let message = match result {
+            Ok(events) => Some(events.into_iter().flat_map(|e| e.event.paths).collect()),
+            Err(errors) => {
+                tracing::warn!(?errors, "deploy folder watch lost events; rescanning");
+                None
+            }
+        };
+        let _ = tx.send(message);
+    })?;
+    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+
+    Ok(tokio::spawn(async move {
+        // Keeps the OS watch alive as long as this task runs.
+        let _debouncer = debouncer;
+        let mut pending: HashMap<String, JoinHandle<()>> = HashMap::new();
+        while let Some(message) = rx.recv().await {
+            let names: BTreeSet<String> = match message {
+                Some(paths) => paths
+                    .iter()
+                    .filter(|p| p.parent() == Some(dir.as_path()) || p.parent().is_none())
+                    .filter_map(|p| classify(p))
+                    .map(|f| f.name().to_owned())
+                    .collect(),
+                None => all_names(&deployer, &dir),
+            };
+            pending.retain(|_, task| !task.is_finished());
+            for name in names {
+                if let Some(previous) = pending.remove(&name) {
+                    previous.abort();
+                }
+                let deployer = deployer.clone();
+                let wasm = dir.join(format!("{name}.wasm"));
+                let task_name = name.clone();
+                pending.insert(
+                    name,
+                    tokio::spawn(async move { examine(&deployer, &task_name, &wasm, settle).await }),
+                );
+            }
+        }
+        for task in pending.into_values() {
+            task.abort();
+        }
+    }))
+}
+
+/// Every plugin that has a file or is deployed.
+fn all_names(deployer: &Deployer, dir: &Path) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = plugin_files(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    names.extend(deployer.registry.all().into_iter().filter(|e| e.current().is_some()).map(|e| e.name.clone()));
+    names
+}
+
+/// Deploys `wasm` once it is stable, or removes the plugin if it is gone.
+async fn examine(deployer: &Deployer, name: &str, wasm: &Path, settle: Duration) {
+    if wait_stable(wasm, settle).await {
+        let _ = deployer.deploy_file(name, wasm).await;
+    } else {
+        deployer.remove(name).await;
+    }
+}
+
+/// Waits until `path` has kept its size and modification time for `settle`.
+/// `false` if the file does not exist.
+async fn wait_stable(path: &Path, settle: Duration) -> bool {
+    let mut last = stamp(path);
+    loop {
+        let Some(seen) = last else {
+            return false;
+        };
+        tokio::time::sleep(settle).await;
+        let now = stamp(path);
+        if now == Some(seen) {
+            return true;
+        }
+        last = now;
+    }
+}
+
+fn stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plugin_files_count() {
+        assert_eq!(classify(Path::new("d/echo.wasm")), Some(DeployFile::Plugin("echo".into())));
+        assert_eq!(classify(Path::new("d/echo.toml")), Some(DeployFile::Settings("echo".into())));
+        for ignored in [
+            "d/.echo.wasm",
+            "d/echo.wasm.tmp",
+            "d/echo.wasm~",
+            "d/.echo.wasm.123.tmp",
+            "d/Echo.wasm",
+            "d/echo.cwasm",
+            "d/README",
+        ] {
+            assert_eq!(classify(Path::new(ignored)), None, "{ignored}");
+        }
+    }
+}

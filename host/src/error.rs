@@ -1,0 +1,104 @@
+//! What clients are told when something goes wrong, in one place: the HTTP
+//! statuses of rejected requests and the WebSocket close codes of ended
+//! sessions.
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::Full;
+
+/// WebSocket close codes the host sends (RFC 6455, section 7.4.1).
+pub mod close {
+    /// The plugin or the client ended the session normally.
+    pub const NORMAL: u16 = 1000;
+    /// The host is shutting down, the plugin was removed, or the session was
+    /// idle past `sessions.idle_timeout_secs`.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// Used internally when the connection ended without a close frame.
+    pub const ABNORMAL: u16 = 1006;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// The client did not read its frames and its outbound queue filled up, or
+    /// the plugin refused a session re-announced after a crash.
+    pub const SLOW_CONSUMER: u16 = 1008;
+    /// The plugin refused a resumed session (same code as other policy closes).
+    pub const POLICY: u16 = 1008;
+    /// A frame above `limits.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The tenant's instance could not take frames for
+    /// `sessions.mailbox_wait_secs` (overloaded, or backing off after crashes).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A request the host answers itself, without the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// No such route, plugin or tenant: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The plugin refused the connection: 403 with its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// Malformed request (bad WebSocket handshake, bad method): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Request body above `http.max_body_bytes`: 413.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A limit on sessions was hit: 429.
+    #[error("{0}")]
+    TooMany(String),
+    /// The plugin failed (its own error or a crash): 500.
+    #[error("{0}")]
+    PluginFailed(String),
+    /// The tenant's instance is backing off after crashes, or the host is
+    /// shutting down: 503.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// The HTTP status for this rejection.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotFound(_) => StatusCode::NOT_FOUND,
+            Rejection::Refused(_) => StatusCode::FORBIDDEN,
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The response: the status with a JSON body `{"error": "..."}`.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        json_error(self.status(), &self.to_string())
+    }
+}
+
+/// A JSON error response.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_json_with_their_status() {
+        let response = Rejection::Refused("no room".into()).into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = response.into_body();
+        let _ = body;
+    }
+}

@@ -1,0 +1,175 @@
+//! baton: a hot-swappable WebAssembly plugin host for multi-tenant real-time
+//! services.
+//!
+//! One process holds long-lived client connections while each tenant's logic
+//! runs in its own instance of a WebAssembly component (a *plugin*). Dropping
+//! a new `<name>.wasm` into the deploy folder swaps the new version in; every
+//! tenant moves over with its state; connected clients notice nothing.
+//!
+//! The map of the crate, from the outside in:
+//!
+//! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
+//! - [`config`]: the host's layered settings and a plugin's `<name>.toml`.
+//! - [`server`]: the client listener: routes WebSocket upgrades and HTTP
+//!   requests under `/t/{tenant}/{plugin}` to tenants.
+//! - [`session`]: one client WebSocket, owned by the host, over any
+//!   `Stream + Sink`.
+//! - [`tenant`]: one task per (tenant, plugin) owning its instance: mailbox,
+//!   migration on swaps, supervision of crashes.
+//! - [`instance`]: one wasmtime `Store` of one version for one tenant, with
+//!   its CPU, memory and drain limits.
+//! - [`imports`]: the host functions plugins import, one file per WIT interface.
+//! - [`bindings`]: the one `bindgen!` of the `wit/` world.
+//! - [`registry`]: plugins and their versions behind `ArcSwap`.
+//! - [`deploy`]: the deploy pipeline (folder watch, compile cache, checks,
+//!   activation, rollback, withdrawal).
+//! - [`runtime`]: the wasmtime engine, linker and epoch ticker.
+//! - [`admin`]: the admin API, metrics and dashboard.
+//! - [`error`]: HTTP statuses and WebSocket close codes, in one place.
+//! - [`names`]: what a valid plugin or tenant name is.
+//!
+//! [`run`] ties them together; `main` only parses the command line.
+
+pub mod admin;
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod deploy;
+pub mod error;
+pub mod imports;
+pub mod instance;
+pub mod names;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod session;
+pub mod tenant;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::deploy::Deployer;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::tenant::TenantEnv;
+
+/// The two listeners of a host, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Client sessions and plugin HTTP.
+    pub clients: TcpListener,
+    /// Admin API, metrics and dashboard.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let clients = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin_listen))
+        })?;
+        Ok(Listeners { clients, admin })
+    }
+}
+
+/// Runs a host until `shutdown` resolves, then shuts it down gracefully.
+///
+/// At start every plugin in the deploy folder is loaded (invalid files are
+/// reported and skipped), then the folder is watched.
+pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.deploy_dir)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let runtime = Runtime::new(&config.runtime)?;
+    let registry = Arc::new(Registry::default());
+    let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
+
+    let (reports, mut report_rx) = mpsc::unbounded_channel();
+    let report_task = {
+        let deployer = deployer.clone();
+        tokio::spawn(async move {
+            while let Some(report) = report_rx.recv().await {
+                deployer.handle(report).await;
+            }
+        })
+    };
+
+    deployer.deploy_all().await;
+    let watcher = deploy::watch::spawn(
+        deployer.clone(),
+        config.deploy_dir.clone(),
+        Duration::from_millis(config.swap.settle_ms),
+    )?;
+
+    let (stop, stopped) = watch::channel(false);
+    let clients = Arc::new(server::Clients {
+        registry: registry.clone(),
+        config: config.clone(),
+        tenant_env: Arc::new(TenantEnv {
+            config: config.clone(),
+            reports,
+        }),
+    });
+    let client_addr = listeners.clients.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
+    let admin = Arc::new(admin::Admin {
+        registry: registry.clone(),
+        deployer: deployer.clone(),
+        token: config.admin_token.clone(),
+        metrics: metrics_handle(),
+    });
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
+    tracing::info!(
+        clients = %client_addr, admin = %admin_addr, deploy_dir = %config.deploy_dir.display(),
+        "baton is serving: connect to ws://{client_addr}/t/{{tenant}}/{{plugin}}"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    watcher.abort();
+    let _ = stop.send(true);
+    close_sessions(&registry).await;
+    let _ = client_task.await;
+    let _ = admin_task.await;
+    report_task.abort();
+    Ok(())
+}
+
+/// Closes every session with 1001 and waits (bounded) until the tenants have
+/// seen them go.
+async fn close_sessions(registry: &Registry) {
+    let tenants: Vec<_> = registry.all().iter().flat_map(|p| p.tenants()).collect();
+    for tenant in &tenants {
+        tenant.shared().stop_sessions(error::close::GOING_AWAY, "server shutting down");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tenants.iter().any(|t| t.shared().session_count() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .inspect_err(|e| tracing::warn!("metrics disabled: {e}"))
+                .ok()
+        })
+        .clone()
+}

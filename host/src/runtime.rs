@@ -1,0 +1,185 @@
+//! The WebAssembly engine: one wasmtime [`Engine`] and [`Linker`] per host.
+//!
+//! The engine is configured once, at start, and never changes:
+//! - component model, async calls (guest code runs on fibers), so that running
+//!   guest code can yield to the tokio scheduler;
+//! - epoch interruption, ticked by a background thread every
+//!   `runtime.epoch_tick_ms`: at each tick a running call yields, and its CPU
+//!   deadline and drain deadline are checked (see [`crate::instance`]);
+//! - the pooling allocator, sized by `runtime.max_instances`: instantiation
+//!   takes pre-reserved slots, and a dropped instance's memory is returned to
+//!   the kernel. Every pool cap is set explicitly (wasmtime's defaults are
+//!   permissive);
+//! - WASI p2 linked with nothing granted (see [`crate::instance`]).
+//!
+//! Compiling is CPU-heavy and blocking: callers run [`Runtime::compile`] on a
+//! blocking thread, never on the async runtime.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::PluginPre;
+use crate::config::RuntimeConfig;
+use crate::instance::InstanceState;
+
+/// Why a file is not a plugin this host can run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a WebAssembly component (not wasm at all, truncated, or a core module).
+    #[error("not a valid WebAssembly component: {0}")]
+    Compile(String),
+    /// A component, but not of the `baton:plugin/plugin` world (or it imports
+    /// something the host does not provide).
+    #[error("does not match the baton:plugin world: {0}")]
+    World(String),
+    /// A cached compiled artifact could not be used.
+    #[error("compiled artifact unusable: {0}")]
+    Artifact(String),
+}
+
+/// The engine, the linker and the epoch ticker of one host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    tick: Duration,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
+        let max_memory = usize::try_from(config.max_memory_mib << 20)?;
+        let wasm_stack = config.max_wasm_stack_kib << 10;
+        let instances = config.max_instances;
+
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            // A Rust plugin is one main module plus wit-component's two shims.
+            .total_core_instances(instances.saturating_mul(4))
+            .max_core_instances_per_component(32)
+            .total_memories(instances.saturating_mul(2))
+            .max_memories_per_component(4)
+            .max_memories_per_module(1)
+            .total_tables(instances.saturating_mul(4))
+            .max_tables_per_component(32)
+            .max_tables_per_module(4)
+            .table_elements(20_000)
+            .max_memory_size(max_memory)
+            // One async call per instance at a time, plus deploy checks.
+            .total_stacks(instances)
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(wasm_stack)
+            // The fiber stack holds the wasm stack plus host frames above it.
+            .async_stack_size(wasm_stack + (512 << 10))
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        crate::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state: &mut InstanceState| state,
+        )?;
+
+        let tick = Duration::from_millis(config.epoch_tick_ms);
+        let weak = engine.weak();
+        thread::Builder::new()
+            .name("baton-epoch".into())
+            .spawn(move || {
+                // Stops once the host dropped its engine.
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    thread::sleep(tick);
+                }
+            })?;
+
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            tick,
+        }))
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The interval between epoch ticks.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Compiles a component. Blocking and CPU-heavy: call it off the async runtime.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+    }
+
+    /// Serializes a compiled component for the artifact cache.
+    pub fn serialize(&self, component: &Component) -> Result<Vec<u8>, LoadError> {
+        component
+            .serialize()
+            .map_err(|e| LoadError::Artifact(format!("{e:#}")))
+    }
+
+    /// Loads a component compiled by this engine configuration earlier.
+    ///
+    /// Only ever called on files the host wrote itself into its data folder
+    /// (the artifact cache), never on anything from the deploy folder.
+    pub fn deserialize(&self, path: &std::path::Path) -> Result<Component, LoadError> {
+        // SAFETY: the file is an artifact this host serialized with an engine of
+        // the same configuration (the cache key includes the engine's
+        // compatibility hash) and wrote atomically into its own data folder.
+        #[expect(unsafe_code, reason = "wasmtime's only way to load precompiled code")]
+        let component = unsafe { Component::deserialize_file(&self.engine, path) };
+        component.map_err(|e| LoadError::Artifact(format!("{e:#}")))
+    }
+
+    /// Checks a component against the world and links it: its imports must be
+    /// provided by the host and its exports must be the world's.
+    pub fn prepare(&self, component: &Component) -> Result<PluginPre<InstanceState>, LoadError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+        PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
+    }
+
+    /// A short hash of everything that makes compiled code of this engine
+    /// loadable: part of every artifact cache key.
+    pub fn compatibility_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::hash::{Hash, Hasher};
+
+        struct Sha(Sha256);
+        impl Hasher for Sha {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut hasher = Sha(Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        hex(&hasher.0.finalize()[..8])
+    }
+}
+
+/// Lower-case hex of some bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

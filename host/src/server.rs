@@ -1,0 +1,322 @@
+//! The client listener: WebSocket sessions and plain HTTP, routed to plugins.
+//!
+//! Routes (everything else is 404):
+//! - `GET /t/{tenant}/{plugin}[/path]` with a WebSocket upgrade: opens a
+//!   session. The plugin's `on-connect` decides (403 with its reason when it
+//!   refuses); then the handshake completes and the session runs
+//!   ([`crate::session`]).
+//! - any other request under `/t/{tenant}/{plugin}[/path]`: handed to the
+//!   plugin's `on-http` (body up to `http.max_body_bytes`, else 413).
+//!
+//! An unknown or removed plugin, an invalid tenant name, or a tenant outside
+//! the configured allow-list gets 404 with a JSON body; a tenant backing off
+//! after crashes gets 503. Requests are read with a header timeout, so a client
+//! that trickles its headers is dropped. Each connection is its own task; no
+//! request waits behind another tenant's plugin call.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::stopped;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::bindings::{ConnectRequest, HttpRequest};
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::registry::Registry;
+use crate::session::{self, SessionLink, SessionSettings};
+use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle};
+
+/// What the client listener needs.
+pub struct Clients {
+    /// The plugins.
+    pub registry: Arc<Registry>,
+    /// The host's configuration.
+    pub config: Arc<Config>,
+    /// Handed to new tenant tasks.
+    pub tenant_env: Arc<TenantEnv>,
+}
+
+/// Accepts client connections until `shutdown` turns true, then stops
+/// accepting and lets in-flight HTTP requests finish (sessions are closed by
+/// the host's shutdown, not here).
+pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(clients.config.http.header_read_timeout_ms))
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let clients = clients.clone();
+        let service = service_fn(move |request| {
+            let clients = clients.clone();
+            async move { Ok::<_, Infallible>(route(&clients, request).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+type Body = Full<Bytes>;
+
+async fn route(clients: &Clients, request: Request<Incoming>) -> Response<Body> {
+    let result = match split_route(request.uri().path()) {
+        Some((tenant, plugin, rest)) => {
+            let (tenant, plugin, rest) = (tenant.to_owned(), plugin.to_owned(), rest.to_owned());
+            if is_upgrade(request.headers()) {
+                open_session(clients, request, &tenant, &plugin, rest).await
+            } else {
+                plain_http(clients, request, &tenant, &plugin, rest).await
+            }
+        }
+        None => Err(Rejection::NotFound(format!("no route for {}", request.uri().path()))),
+    };
+    result.unwrap_or_else(Rejection::into_response)
+}
+
+/// Splits `/t/{tenant}/{plugin}/rest` into its parts; `rest` is `/` when absent.
+fn split_route(path: &str) -> Option<(&str, &str, &str)> {
+    let after = path.strip_prefix("/t/")?;
+    let (tenant, after) = after.split_once('/')?;
+    let (plugin, rest) = match after.find('/') {
+        Some(at) => (&after[..at], &after[at..]),
+        None => (after, "/"),
+    };
+    (!tenant.is_empty() && !plugin.is_empty()).then_some((tenant, plugin, rest))
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The tenant's task for `plugin`, created on first use.
+fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
+    let entry = clients
+        .registry
+        .get(plugin)
+        .filter(|e| e.current().is_some())
+        .ok_or_else(|| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
+    let allowed = &clients.config.tenants;
+    if !crate::names::is_tenant(tenant) || (!allowed.is_empty() && !allowed.iter().any(|t| t == tenant)) {
+        return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));
+    }
+    let handle = entry.tenant(tenant, || tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone()));
+    match handle.shared().status() {
+        Status::BackingOff => Err(Rejection::Unavailable(
+            "the tenant's plugin instance is restarting after crashes; try again later".into(),
+        )),
+        _ => Ok(handle),
+    }
+}
+
+fn headers_of(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .collect()
+}
+
+async fn open_session(
+    clients: &Clients,
+    mut request: Request<Incoming>,
+    tenant_name: &str,
+    plugin: &str,
+    path: String,
+) -> Result<Response<Body>, Rejection> {
+    if request.method() != Method::GET {
+        return Err(Rejection::BadRequest("a WebSocket upgrade must be a GET".into()));
+    }
+    let key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| Rejection::BadRequest("missing Sec-WebSocket-Key".into()))?
+        .clone();
+    if request.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(Rejection::BadRequest("unsupported Sec-WebSocket-Version (13 is)".into()));
+    }
+    let handle = tenant(clients, tenant_name, plugin)?;
+
+    let id = session::next_id();
+    let sessions = &clients.config.sessions;
+    let (link, outbound) = SessionLink::new(id, sessions.outbound_queue);
+    let stop = link.stop_handle();
+    let connect = ConnectRequest {
+        tenant: tenant_name.to_owned(),
+        path,
+        query: request.uri().query().unwrap_or("").to_owned(),
+        headers: headers_of(request.headers()),
+        resumed: false,
+    };
+    let (reply, answer) = oneshot::channel();
+    handle
+        .mailbox()
+        .send(Command::Connect {
+            link,
+            request: connect,
+            reply,
+        })
+        .await
+        .map_err(|_| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
+    answer
+        .await
+        .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))??;
+
+    // Accepted: finish the handshake and run the session.
+    let upgrade = hyper::upgrade::on(&mut request);
+    let mailbox = handle.mailbox().clone();
+    let max_frame = clients
+        .registry
+        .get(plugin)
+        .and_then(|e| e.current())
+        .map_or(clients.config.limits.max_frame_bytes, |v| {
+            clients.config.limits_for(&v.limits, tenant_name).max_frame_bytes
+        });
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(sessions.read_buffer_bytes)
+        .write_buffer_size(4096)
+        .max_frame_size(Some(max_frame))
+        .max_message_size(Some(max_frame));
+    let settings = SessionSettings {
+        ping_interval: Duration::from_secs(sessions.ping_interval_secs),
+        idle_timeout: Duration::from_secs(sessions.idle_timeout_secs),
+        mailbox_wait: Duration::from_secs(sessions.mailbox_wait_secs),
+        close_timeout: Duration::from_secs(5),
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+                metrics::gauge!("baton_sessions").increment(1.0);
+                let ending = session::run(ws, id, mailbox, outbound, stop, settings).await;
+                metrics::gauge!("baton_sessions").decrement(1.0);
+                tracing::debug!(session = id, ?ending, "session ended");
+            }
+            Err(e) => {
+                tracing::debug!(session = id, "upgrade failed: {e}");
+                let _ = mailbox.send(Command::Disconnect { session: id }).await;
+            }
+        }
+    });
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+    let accept = derive_accept_key(key.as_bytes());
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_str(&accept).map_err(|_| Rejection::BadRequest("bad key".into()))?,
+    );
+    Ok(response)
+}
+
+async fn plain_http(
+    clients: &Clients,
+    request: Request<Incoming>,
+    tenant_name: &str,
+    plugin: &str,
+    path: String,
+) -> Result<Response<Body>, Rejection> {
+    let handle = tenant(clients, tenant_name, plugin)?;
+    let (parts, body) = request.into_parts();
+    let max = clients.config.http.max_body_bytes;
+    let body = Limited::new(body, max)
+        .collect()
+        .await
+        .map_err(|_| Rejection::TooLarge(format!("request body above {max} bytes")))?
+        .to_bytes();
+    let request = HttpRequest {
+        method: parts.method.as_str().to_owned(),
+        path,
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        headers: headers_of(&parts.headers),
+        body: body.to_vec(),
+    };
+    let (reply, answer) = oneshot::channel();
+    handle
+        .mailbox()
+        .send(Command::Http { request, reply })
+        .await
+        .map_err(|_| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
+    let response = answer
+        .await
+        .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))??;
+
+    let status = StatusCode::from_u16(response.status)
+        .map_err(|_| Rejection::PluginFailed(format!("plugin answered invalid status {}", response.status)))?;
+    let mut builder = Response::builder().status(status);
+    for (name, value) in &response.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .map_err(|e| Rejection::PluginFailed(format!("plugin answered an invalid header: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_split_into_tenant_plugin_and_path() {
+        assert_eq!(split_route("/t/acme/echo"), Some(("acme", "echo", "/")));
+        assert_eq!(split_route("/t/acme/chat/rooms/r1"), Some(("acme", "chat", "/rooms/r1")));
+        assert_eq!(split_route("/t/acme/echo/"), Some(("acme", "echo", "/")));
+        assert_eq!(split_route("/t/acme"), None);
+        assert_eq!(split_route("/t//echo"), None);
+        assert_eq!(split_route("/x/acme/echo"), None);
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, "keep-alive, Upgrade".parse().expect("value"));
+        assert!(!is_upgrade(&headers));
+        headers.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        assert!(is_upgrade(&headers));
+    }
+}

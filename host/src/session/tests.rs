@@ -1,0 +1,184 @@
+//! The session task over channels instead of a socket.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::{Sink, Stream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+use super::*;
+
+/// A fake socket: the test pushes what the client "sends" and reads what the
+/// session writes.
+struct Duplex {
+    incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+    outgoing: mpsc::UnboundedSender<Message>,
+}
+
+impl Stream for Duplex {
+    type Item = Result<Message, WsError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.incoming.poll_recv(cx)
+    }
+}
+
+impl Sink<Message> for Duplex {
+    type Error = WsError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+        self.outgoing.send(item).map_err(|_| WsError::ConnectionClosed)
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct Harness {
+    client: mpsc::UnboundedSender<Result<Message, WsError>>,
+    written: mpsc::UnboundedReceiver<Message>,
+    mailbox: mpsc::Receiver<Command>,
+    link: SessionLink,
+    task: tokio::task::JoinHandle<Ending>,
+}
+
+fn settings() -> SessionSettings {
+    SessionSettings {
+        ping_interval: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(90),
+        mailbox_wait: Duration::from_secs(30),
+        close_timeout: Duration::from_secs(5),
+    }
+}
+
+fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Harness {
+    let (client, incoming) = mpsc::unbounded_channel();
+    let (outgoing, written) = mpsc::unbounded_channel();
+    let (mailbox_tx, mailbox) = mpsc::channel(mailbox_len);
+    let (link, outbound) = SessionLink::new(7, queue_len);
+    let stop = link.stop_handle();
+    let ws = Duplex { incoming, outgoing };
+    let task = tokio::spawn(run(ws, 7, mailbox_tx, outbound, stop, settings));
+    Harness {
+        client,
+        written,
+        mailbox,
+        link,
+        task,
+    }
+}
+
+async fn next_frame(mailbox: &mut mpsc::Receiver<Command>) -> Frame {
+    match mailbox.recv().await {
+        Some(Command::Frame { session: 7, frame }) => frame,
+        _ => panic!("expected a frame of session 7"),
+    }
+}
+
+fn close_code(message: Message) -> u16 {
+    match message {
+        Message::Close(Some(frame)) => u16::from(frame.code),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn frames_reach_the_mailbox_in_order_with_backpressure() {
+    let mut h = start(1, 8, settings());
+    for i in 0..5 {
+        h.client.send(Ok(Message::text(format!("f{i}")))).expect("send");
+    }
+    // With a mailbox of one, the session holds the rest unread until the
+    // tenant takes them.
+    tokio::task::yield_now().await;
+    for i in 0..5 {
+        assert_eq!(next_frame(&mut h.mailbox).await, Frame::Text(format!("f{i}")));
+    }
+    h.client.send(Ok(Message::binary(vec![1, 2]))).expect("send");
+    assert_eq!(next_frame(&mut h.mailbox).await, Frame::Binary(vec![1, 2]));
+}
+
+#[tokio::test]
+async fn queued_frames_are_written_before_a_close() {
+    let mut h = start(8, 8, settings());
+    assert!(h.link.push(Outbound::Frame(Message::text("a"))));
+    assert!(h.link.push(Outbound::Frame(Message::text("b"))));
+    h.link.close(4001, "bye".into());
+    assert_eq!(h.written.recv().await, Some(Message::text("a")));
+    assert_eq!(h.written.recv().await, Some(Message::text("b")));
+    assert_eq!(close_code(h.written.recv().await.expect("close")), 4001);
+    h.client.send(Ok(Message::Close(None))).expect("client answers");
+    assert_eq!(h.task.await.expect("task"), Ending::ServerClosed(4001));
+    assert!(matches!(h.mailbox.recv().await, Some(Command::Disconnect { session: 7 })));
+}
+
+#[tokio::test]
+async fn a_client_close_ends_the_session_with_one_disconnect() {
+    let mut h = start(8, 8, settings());
+    h.client.send(Ok(Message::Close(None))).expect("send");
+    assert_eq!(h.task.await.expect("task"), Ending::ClientClosed(None));
+    assert!(matches!(h.mailbox.recv().await, Some(Command::Disconnect { session: 7 })));
+    assert!(h.mailbox.recv().await.is_none(), "exactly one disconnect");
+}
+
+#[tokio::test]
+async fn a_full_outbound_queue_closes_a_slow_consumer_with_1008() {
+    let mut h = start(8, 2, settings());
+    // The session task has not run yet, so nothing drains the queue.
+    assert!(h.link.push(Outbound::Frame(Message::text("1"))));
+    assert!(h.link.push(Outbound::Frame(Message::text("2"))));
+    assert!(!h.link.push(Outbound::Frame(Message::text("3"))));
+    assert_eq!(h.task.await.expect("task"), Ending::ServerClosed(close::SLOW_CONSUMER));
+    let mut codes = Vec::new();
+    while let Ok(message) = h.written.try_recv() {
+        if let Message::Close(_) = message {
+            codes.push(close_code(message));
+        }
+    }
+    assert_eq!(codes, vec![close::SLOW_CONSUMER]);
+}
+
+#[tokio::test]
+async fn an_oversized_frame_is_closed_with_1009() {
+    let mut h = start(8, 8, settings());
+    h.client
+        .send(Err(WsError::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 5 })))
+        .expect("send");
+    assert_eq!(close_code(h.written.recv().await.expect("close")), close::TOO_BIG);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_client_is_pinged_then_closed_when_idle() {
+    let mut s = settings();
+    s.ping_interval = Duration::from_secs(10);
+    s.idle_timeout = Duration::from_secs(25);
+    let mut h = start(8, 8, s);
+    assert!(matches!(h.written.recv().await, Some(Message::Ping(_))));
+    assert!(matches!(h.written.recv().await, Some(Message::Ping(_))));
+    assert_eq!(close_code(h.written.recv().await.expect("close")), close::GOING_AWAY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_that_takes_nothing_gets_its_session_closed_with_1013() {
+    let mut s = settings();
+    s.mailbox_wait = Duration::from_secs(5);
+    let mut h = start(1, 8, s);
+    h.client.send(Ok(Message::text("taken"))).expect("send");
+    h.client.send(Ok(Message::text("waits"))).expect("send");
+    // Nobody reads the mailbox.
+    let mut close = None;
+    while let Some(message) = h.written.recv().await {
+        if let Message::Close(_) = message {
+            close = Some(close_code(message));
+            break;
+        }
+    }
+    assert_eq!(close, Some(close::TRY_AGAIN_LATER));
+    drop(h.mailbox);
+}

@@ -1,0 +1,8 @@
+//! baton's integration tests, in one binary: each file proves one area
+//! against a real host (in this process, on ephemeral loopback ports), real
+//! WebSocket and HTTP clients, and the real plugins of `plugins/`.
+
+mod fixtures;
+mod sessions;
+mod startup;
+mod support;

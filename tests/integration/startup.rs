@@ -1,0 +1,42 @@
+//! Start-up: every plugin of the deploy folder is loaded; a file that is not
+//! a valid plugin is reported (which file, why) and skipped while the others
+//! serve.
+
+use baton_test_plugins::{ECHO, WRONG_WORLD};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_files_are_reported_and_skipped() {
+    let echo = plugin_bytes(ECHO);
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let deploy = dirs.path().join("deploy");
+    std::fs::create_dir_all(&deploy).expect("deploy dir");
+    std::fs::write(deploy.join("garbage.wasm"), b"this is not wasm").expect("write");
+    std::fs::write(deploy.join("truncated.wasm"), &echo[..echo.len() / 2]).expect("write");
+    std::fs::copy(WRONG_WORLD, deploy.join("command.wasm")).expect("copy");
+    std::fs::copy(ECHO, deploy.join("echo.wasm")).expect("copy");
+
+    let host = TestHost::start_with(&[], |c| {
+        c.deploy_dir = deploy.clone();
+        c.data_dir = dirs.path().join("data");
+    })
+    .await;
+    host.wait_current("echo").await;
+
+    for (name, why) in [("garbage", "not a valid WebAssembly component"), ("truncated", "not a valid WebAssembly component"), ("command", "does not match the baton:plugin world")] {
+        let plugin = wait_for(&format!("{name} is reported"), async || {
+            let plugin = host.plugin(name).await;
+            plugin["last_error"].is_object().then_some(plugin)
+        })
+        .await;
+        assert!(plugin["current"].is_null(), "{name} must not be current");
+        let error = plugin["last_error"]["error"].as_str().expect("error text");
+        assert!(error.contains(why), "{name}: {error}");
+        assert!(plugin["last_error"]["what"].as_str().expect("file").ends_with(&format!("{name}.wasm")));
+        let (status, _) = host.connect_path(&format!("/t/acme/{name}")).await.err().expect("no such plugin");
+        assert_eq!(status, 404);
+    }
+    let mut client = host.connect("acme", "echo").await;
+    assert_eq!(client.ask("hello").await, "hello");
+}

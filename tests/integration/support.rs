@@ -1,0 +1,353 @@
+//! What every integration test uses: a real host on ephemeral loopback ports
+//! with its own temporary deploy and data folders, real WebSocket and HTTP
+//! clients, and waiting on conditions with a deadline (never a bare sleep).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use baton::config::Config;
+
+/// How long any single expectation may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A host running in this process.
+pub struct TestHost {
+    pub clients: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: Config,
+    dirs: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+/// The configuration tests start from: small pools, quick settling.
+pub fn test_config(root: &Path) -> Config {
+    let mut config = Config::default();
+    config.deploy_dir = root.join("deploy");
+    config.data_dir = root.join("data");
+    config.runtime.max_instances = 64;
+    config.runtime.max_memory_mib = 256;
+    config.swap.settle_ms = 50;
+    config.limits.max_frame_bytes = 64 << 10;
+    config
+}
+
+impl TestHost {
+    /// Starts a host with `plugins` (deployed name, built file) in its deploy
+    /// folder, waiting until they are current.
+    pub async fn start(plugins: &[(&str, &str)]) -> TestHost {
+        TestHost::start_with(plugins, |_| {}).await
+    }
+
+    /// Like [`TestHost::start`], with changes to the test configuration.
+    pub async fn start_with(plugins: &[(&str, &str)], configure: impl FnOnce(&mut Config)) -> TestHost {
+        let dirs = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(dirs.path());
+        configure(&mut config);
+        std::fs::create_dir_all(&config.deploy_dir).expect("deploy dir");
+        for (name, file) in plugins {
+            std::fs::copy(file, config.deploy_dir.join(format!("{name}.wasm"))).expect("copy plugin");
+        }
+        let host = TestHost::launch(config, dirs).await;
+        for (name, _) in plugins {
+            host.wait_current(name).await;
+        }
+        host
+    }
+
+    async fn launch(config: Config, dirs: tempfile::TempDir) -> TestHost {
+        let clients = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (clients_addr, admin_addr) = (clients.local_addr().expect("addr"), admin.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = baton::Listeners { clients, admin };
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            baton::run(listeners, run_config, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        TestHost {
+            clients: clients_addr,
+            admin: admin_addr,
+            config,
+            dirs,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the host gracefully and waits for it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown().await;
+        let dirs = std::mem::replace(&mut self.dirs, tempfile::tempdir().expect("temp dir"));
+        dirs
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(DEADLINE, task).await;
+            result.expect("host stops in time").expect("host task").expect("host runs cleanly");
+        }
+    }
+
+    /// Stops the host and starts a new one on the same folders.
+    pub async fn restart(mut self) -> TestHost {
+        self.shutdown().await;
+        let config = self.config.clone();
+        let dirs = std::mem::replace(&mut self.dirs, tempfile::tempdir().expect("temp dir"));
+        TestHost::launch(config, dirs).await
+    }
+
+    pub fn deploy_dir(&self) -> PathBuf {
+        self.config.deploy_dir.clone()
+    }
+
+    /// Writes `bytes` as `<name>.wasm` atomically (temporary file + rename).
+    pub fn drop_file(&self, name: &str, bytes: &[u8]) {
+        let dir = self.deploy_dir();
+        let tmp = dir.join(format!(".{name}.wasm.tmp"));
+        std::fs::write(&tmp, bytes).expect("write");
+        std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename");
+    }
+
+    /// Writes `<name>.toml`.
+    pub fn write_settings(&self, name: &str, text: &str) {
+        std::fs::write(self.deploy_dir().join(format!("{name}.toml")), text).expect("write settings");
+    }
+
+    pub fn ws_url(&self, tenant: &str, plugin: &str) -> String {
+        format!("ws://{}/t/{tenant}/{plugin}", self.clients)
+    }
+
+    /// Opens a session.
+    pub async fn connect(&self, tenant: &str, plugin: &str) -> Client {
+        self.connect_path(&format!("/t/{tenant}/{plugin}")).await.expect("session opens")
+    }
+
+    /// Opens a session on any path (with query), or returns the HTTP
+    /// rejection as `(status, body)`.
+    pub async fn connect_path(&self, path_and_query: &str) -> std::result::Result<Client, (u16, String)> {
+        let url = format!("ws://{}{path_and_query}", self.clients);
+        match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url)).await {
+            Ok(Ok((ws, _))) => Ok(Client { ws }),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let body = response.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                Err((status, body))
+            }
+            Ok(Err(e)) => Err((0, e.to_string())),
+            Err(_) => Err((0, "timed out".into())),
+        }
+    }
+
+    /// A plain HTTP request to the client listener.
+    pub async fn http(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        request(self.clients, method, path, body, None).await.expect("HTTP request")
+    }
+
+    /// `GET` on the admin API, as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let response = request(self.admin, "GET", path, b"", None).await.expect("admin request");
+        assert_eq!(response.status, 200, "GET {path}: {}", response.text());
+        response.json()
+    }
+
+    /// A request to the admin listener.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Response {
+        request(self.admin, method, path, b"", token).await.expect("admin request")
+    }
+
+    /// The admin view of one plugin.
+    pub async fn plugin(&self, name: &str) -> serde_json::Value {
+        self.admin_json(&format!("/api/plugins/{name}")).await
+    }
+
+    /// Waits until `name` has a current version; returns its generation.
+    pub async fn wait_current(&self, name: &str) -> u64 {
+        wait_for(&format!("{name} is deployed"), async || {
+            let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", None).await;
+            match response {
+                Ok(r) if r.status == 200 => r.json()["current"]["generation"].as_u64(),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    /// Waits until the current generation of `name` is above `generation`.
+    pub async fn wait_generation_above(&self, name: &str, generation: u64) -> serde_json::Value {
+        wait_for(&format!("{name} gets a generation above {generation}"), async || {
+            let plugin = self.plugin(name).await;
+            plugin["current"]["generation"].as_u64().is_some_and(|g| g > generation).then_some(plugin)
+        })
+        .await
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Waits until `condition` holds, failing the test after [`DEADLINE`].
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    wait_for(what, async || condition().await.then_some(())).await
+}
+
+/// Waits until `probe` returns something, failing the test after [`DEADLINE`].
+pub async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A WebSocket client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send text");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.ws.send(Message::binary(bytes.to_vec())).await.expect("send binary");
+    }
+
+    /// The next data or close message (pings and pongs skipped).
+    pub async fn recv(&mut self) -> Result<Message> {
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .map_err(|_| anyhow!("no message within {DEADLINE:?}"))?;
+            match next {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(message)) => return Ok(message),
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("socket closed without a close frame"),
+            }
+        }
+    }
+
+    /// The next message, which must be text.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv().await.expect("a message") {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must be text and JSON.
+    pub async fn recv_json(&mut self) -> serde_json::Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Sends `text` and returns the text reply.
+    pub async fn ask(&mut self, text: &str) -> String {
+        self.send_text(text).await;
+        self.recv_text().await
+    }
+
+    /// Waits for the server's close frame.
+    pub async fn expect_close(&mut self) -> CloseFrame {
+        match self.recv().await.expect("a close frame") {
+            Message::Close(Some(frame)) => frame,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// Closes from the client side and waits for the server's answer.
+    pub async fn close(mut self) {
+        self.ws.close(None).await.expect("close");
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, self.ws.next()).await {}
+    }
+}
+
+/// An HTTP response.
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8], token: Option<&str>) -> Result<Response> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, addr.to_string());
+    if let Some(token) = token {
+        builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = builder.body(Full::new(Bytes::copy_from_slice(body)))?;
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .context("no response in time")??;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Response { status, headers, body })
+}
+
+/// A copy of a component that differs in bytes but not in behaviour: a custom
+/// section appended (a valid component still, with another hash).
+pub fn byte_different(bytes: &[u8], tag: u32) -> Vec<u8> {
+    let name = b"baton-test";
+    let payload = tag.to_le_bytes();
+    let size = 1 + name.len() + payload.len();
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section id
+    out.push(u8::try_from(size).expect("small section"));
+    out.push(u8::try_from(name.len()).expect("short name"));
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Reads a built plugin.
+pub fn plugin_bytes(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
