@@ -98,3 +98,16 @@ impl From<HttpResponse> for wit::HttpResponse {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::query_param;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("room=a&user=b", "user"), Some("b"));
+        assert_eq!(query_param("room=a&flag", "flag"), Some(""));
+        assert_eq!(query_param("room=a", "user"), None);
+        assert_eq!(query_param("", "user"), None);
+    }
+}

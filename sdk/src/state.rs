@@ -106,3 +106,62 @@ pub trait VersionedState: Serialize + DeserializeOwned {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Old {
+        n: u64,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct New {
+        count: u64,
+        label: String,
+    }
+
+    impl VersionedState for Old {
+        const LAYOUT: u32 = 1;
+    }
+
+    impl VersionedState for New {
+        const LAYOUT: u32 = 2;
+
+        fn from_layout(saved: Saved) -> Result<Self, String> {
+            match saved.layout() {
+                1 => {
+                    let old: Old = saved.decode()?;
+                    Ok(New { count: old.n, label: "migrated".into() })
+                }
+                other => Err(format!("unknown layout {other}")),
+            }
+        }
+    }
+
+    #[test]
+    fn same_layout_round_trips() {
+        let bytes = New { count: 3, label: "x".into() }.save().expect("save");
+        assert_eq!(New::restore(&bytes).expect("restore"), Some(New { count: 3, label: "x".into() }));
+    }
+
+    #[test]
+    fn an_older_layout_goes_through_from_layout() {
+        let bytes = Old { n: 9 }.save().expect("save");
+        assert_eq!(New::restore(&bytes).expect("restore"), Some(New { count: 9, label: "migrated".into() }));
+    }
+
+    #[test]
+    fn an_unknown_layout_is_refused_not_dropped() {
+        let bytes = New { count: 1, label: String::new() }.save().expect("save");
+        let err = Old::restore(&bytes).expect_err("layout 2 is unknown to Old");
+        assert!(err.contains("layout 1, not 2"), "{err}");
+        assert!(Old::restore(b"not json").is_err());
+    }
+
+    #[test]
+    fn empty_state_is_none() {
+        assert_eq!(Old::restore(b"").expect("empty"), None);
+    }
+}
