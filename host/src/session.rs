@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -229,6 +229,10 @@ where
                         break (close::TOO_BIG, "frame too large".into());
                     }
                     Some(Err(WsError::Utf8(_))) => break (close::INVALID_DATA, "invalid UTF-8".into()),
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                        disconnect(&mailbox, id).await;
+                        return Ending::Dropped;
+                    }
                     Some(Err(WsError::Protocol(e))) => break (close::PROTOCOL, bounded_reason(&e.to_string())),
                     Some(Err(_)) | None => {
                         disconnect(&mailbox, id).await;

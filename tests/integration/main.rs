@@ -3,6 +3,7 @@
 //! WebSocket and HTTP clients, and the real plugins of `plugins/`.
 
 mod fixtures;
+mod hot_swap;
 mod sessions;
 mod startup;
 mod support;

@@ -68,6 +68,7 @@ impl TestHost {
     }
 
     async fn launch(config: Config, dirs: tempfile::TempDir) -> TestHost {
+        init_logging();
         let clients = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (clients_addr, admin_addr) = (clients.local_addr().expect("addr"), admin.local_addr().expect("addr"));
@@ -207,6 +208,20 @@ impl Drop for TestHost {
             let _ = stop.send(());
         }
     }
+}
+
+/// Logs to the test output when `BATON_TEST_LOG` is set (an `EnvFilter`,
+/// e.g. `BATON_TEST_LOG=baton=debug`).
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("BATON_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 /// Waits until `condition` holds, failing the test after [`DEADLINE`].

@@ -80,7 +80,14 @@ pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify:
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
     let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
         let message = match result {
-            Ok(events) => Some(events.into_iter().flat_map(|e| e.event.paths).collect()),
+            // Reads (ours included) are not changes.
+            Ok(events) => Some(
+                events
+                    .into_iter()
+                    .filter(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
+                    .flat_map(|e| e.event.paths)
+                    .collect(),
+            ),
             Err(errors) => {
                 tracing::warn!(?errors, "deploy folder watch lost events; rescanning");
                 None
@@ -96,6 +103,7 @@ pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify:
         let mut pending: HashMap<String, JoinHandle<()>> = HashMap::new();
         while let Some(message) = rx.recv().await {
             let names: BTreeSet<String> = match message {
+                Some(paths) if paths.is_empty() => continue,
                 Some(paths) => paths
                     .iter()
                     .filter(|p| p.parent() == Some(dir.as_path()) || p.parent().is_none())
