@@ -69,8 +69,10 @@ impl WasiView for InstanceState {
 pub struct Trap {
     /// The kind of fault.
     pub kind: TrapKind,
-    /// wasmtime's description, bounded.
+    /// The cause in one line (e.g. "wasm trap: out of bounds memory access").
     pub message: String,
+    /// wasmtime's full report with the guest's backtrace, bounded (for logs).
+    pub backtrace: String,
 }
 
 /// Kinds of fault, as logged and counted.
@@ -263,7 +265,8 @@ impl Instance {
         };
         Trap {
             kind,
-            message: bounded(format!("{error:#}")),
+            message: bounded(error.root_cause().to_string()),
+            backtrace: bounded(format!("{error:?}")),
         }
     }
 

@@ -601,7 +601,7 @@ impl Actor {
     fn note_crash(&mut self, version: &Arc<Version>, trap: &Trap) {
         tracing::error!(
             tenant = %self.shared.tenant, plugin = %self.plugin.name, version = %version.id,
-            kind = trap.kind.as_str(), "plugin trapped: {}", trap.message
+            kind = trap.kind.as_str(), "plugin trapped: {}", trap.backtrace
         );
         metrics::counter!(
             "baton_traps_total",

@@ -208,13 +208,15 @@ async fn bad_files_leave_the_current_version_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_flight_finishes_on_its_version_and_the_old_version_is_released() {
-    let host = TestHost::start(&[("chaos", baton_test_plugins::CHAOS)]).await;
+    // The slow call must outlast the swap (settling, compiling) even on a
+    // loaded machine.
+    let host = TestHost::start_with(&[("chaos", baton_test_plugins::CHAOS)], |c| c.limits.call_timeout_ms = 30_000).await;
     let chaos = plugin_bytes(baton_test_plugins::CHAOS);
     let mut client = host.connect("acme", "chaos").await;
     let before = client.ask("whoami").await;
     let generation = host.wait_current("chaos").await;
 
-    client.send_text("sleep:1500").await;
+    client.send_text("sleep:5000").await;
     eventually("the slow call is in flight", async || {
         host.plugin("chaos").await["live_versions"][0]["in_flight"] == 1
     })
@@ -231,7 +233,7 @@ async fn a_call_in_flight_finishes_on_its_version_and_the_old_version_is_release
     assert_eq!(old["in_flight"], 1);
     assert_eq!(old["current"], false);
 
-    assert_eq!(client.recv_text().await, "slept:1500", "the call finished");
+    assert_eq!(client.recv_text().await, "slept:5000", "the call finished");
     let after = client.ask("whoami").await;
     assert_ne!(before, after, "later frames go to a new instance");
     assert_eq!(client.ask("count").await, "count:4", "state came along");

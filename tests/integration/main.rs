@@ -4,6 +4,9 @@
 
 mod fixtures;
 mod hot_swap;
+mod isolation;
+mod limits;
 mod sessions;
 mod startup;
+mod supervision;
 mod support;

@@ -370,27 +370,20 @@ impl Deployer {
             // refuses leaves that tenant where it is.
             return;
         }
-        let hash = current.id.hex();
-        match self.roll_back_to_previous(&entry, activation).await {
-            Ok(_) => {
-                entry.mark_failed(&hash, &why);
-                self.persist(&entry);
-                entry.report_error(
-                    if activation == Activation::Withdrawal { "withdrawal" } else { "auto_rollback" },
-                    Some(current.id.short()),
-                    format!("version {} (generation {generation})", current.id.short()),
-                    format!("{why}; the previous version is current again"),
-                );
-            }
-            Err(error) => {
-                entry.report_error(
-                    "crash_loop",
-                    Some(current.id.short()),
-                    format!("version {} (generation {generation})", current.id.short()),
-                    format!("{why}; cannot roll back: {error}"),
-                );
-            }
+        // Marked before anything else, so that whoever sees the rollback also
+        // sees why.
+        entry.mark_failed(&current.id.hex(), &why);
+        let what = format!("version {} (generation {generation})", current.id.short());
+        let kind = if activation == Activation::Withdrawal { "withdrawal" } else { "auto_rollback" };
+        entry.report_error(kind, Some(current.id.short()), what.clone(), format!("{why}; rolling back to the previous version"));
+        if let Err(error) = self.roll_back_to_previous(&entry, activation).await {
+            let consequence = match activation {
+                Activation::Withdrawal => "the tenant stays on its version",
+                _ => "the tenant is backing off",
+            };
+            entry.report_error(kind, Some(current.id.short()), what, format!("{why}; cannot roll back ({error}), so {consequence}"));
         }
+        self.persist(&entry);
     }
 
     /// Deploys every `*.wasm` of the deploy folder (at start). Invalid files

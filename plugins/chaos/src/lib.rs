@@ -183,11 +183,13 @@ impl Plugin for Chaos {
     }
 }
 
+/// Recurses until the WebAssembly stack overflows. Nothing here lives in
+/// linear memory, so it is the engine's stack limit that is hit, not the
+/// shadow stack in linear memory.
 #[inline(never)]
 #[expect(unconditional_recursion, reason = "overflowing the stack is the point")]
 fn recurse(depth: u64) -> u64 {
-    let frame = black_box([depth; 32]);
-    recurse(depth + 1).wrapping_add(frame[7])
+    recurse(depth + 1).rotate_left((depth & 63) as u32) ^ depth
 }
 
 baton_sdk::export!(Chaos);

@@ -1,0 +1,92 @@
+//! Limits and quotas: each is enforced with its documented status or close
+//! code, and the host keeps serving.
+
+use std::time::Duration;
+
+use baton_test_plugins::CHAOS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_with_1008() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.sessions.outbound_queue = 8).await;
+    let mut reader = host.connect("acme", "chaos").await;
+    let mut stalled = host.connect("acme", "chaos").await;
+    // 60 KB answers pile up: the kernel buffers fill, then the outbound queue.
+    for _ in 0..200 {
+        stalled.send_text("big:60000").await;
+    }
+    eventually("the stalled session is closed", async || {
+        host.plugin("chaos").await["sessions"] == 1
+    })
+    .await;
+    let mut code = None;
+    while let Ok(message) = stalled.recv().await {
+        if let tokio_tungstenite::tungstenite::Message::Close(Some(frame)) = message {
+            code = Some(u16::from(frame.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1008));
+    assert_eq!(reader.ask("echo:fine").await, "fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_dropped() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.http.header_read_timeout_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(host.clients).await.expect("connect");
+    slow.write_all(b"GET /t/acme/chaos HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(DEADLINE, async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Keep trickling; the header timeout still fires.
+            let _ = slow.write_all(b"X-Slow: 1\r\n").await;
+            match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+                Ok(Ok(n)) => return n,
+                Ok(Err(_)) => return 0,
+                Err(_) => continue,
+            }
+        }
+    })
+    .await
+    .expect("the host drops the connection");
+    let answer = String::from_utf8_lossy(&buf[..read]);
+    assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(host.http("GET", "/t/acme/chaos/", b"").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_per_tenant_are_capped_with_429() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.limits.max_sessions = 2).await;
+    let _a = host.connect("acme", "chaos").await;
+    let _b = host.connect("acme", "chaos").await;
+    assert_eq!(host.connect_path("/t/acme/chaos").await.err().expect("capped").0, 429);
+    let _other = host.connect("globex", "chaos").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_settings_set_its_own_memory_limit() {
+    let host = TestHost::start(&[("chaos", CHAOS)]).await;
+    let generation = host.wait_current("chaos").await;
+    host.write_settings("chaos", "[limits]\nmemory_mib = 8\n");
+    host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 4));
+    host.wait_generation_above("chaos", generation).await;
+    let mut client = host.connect("acme", "chaos").await;
+    client.send_text("oom").await;
+    assert_eq!(client.ask("echo:after").await, "after");
+    let events = host.plugin("chaos").await["events"].clone();
+    assert!(
+        events.as_array().expect("events").iter().any(|e| e["detail"].as_str().is_some_and(|d| d.contains("memory_limit"))),
+        "{events}"
+    );
+
+    // Limits above the host's ceilings are refused at deploy.
+    host.write_settings("chaos", "[limits]\nmemory_mib = 100000\n");
+    host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 5));
+    eventually("the over-limit settings are reported", async || {
+        host.plugin("chaos").await["last_error"]["error"].as_str().is_some_and(|e| e.contains("max_memory_mib"))
+    })
+    .await;
+}
