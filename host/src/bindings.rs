@@ -1,14 +1,21 @@
 //! The host's one binding site for the plugin world in `wit/`.
 //!
+//! The host binds the `plugin-core` world: every export a plugin must have.
+//! Optional callbacks of the `plugin` world (`on-presence`) are looked up by
+//! name on each instance, so plugins built before they existed still load
+//! (see [`crate::instance`]).
+//!
 //! Exports are async (calls run on fibers so that guest code can yield at
-//! epoch ticks); imports are plain synchronous functions, implemented one file
-//! per interface in [`crate::imports`].
+//! epoch ticks). Imports are plain synchronous functions, implemented one file
+//! per interface in [`crate::imports`], except storage, which waits for the
+//! disk on the blocking pool.
 
 #![expect(missing_docs, reason = "generated bindings carry the WIT's docs, not Rust ones")]
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "plugin",
+    world: "plugin-core",
+    imports: { "baton:plugin/storage": async },
     exports: { default: async },
     additional_derives: [PartialEq, Eq],
 });

@@ -127,6 +127,16 @@ pub struct Limits {
     pub max_log_bytes: usize,
     /// Open sessions per tenant and plugin. Default 10000.
     pub max_sessions: usize,
+    /// Topics one session may be subscribed to. Default 100.
+    pub max_topics_per_session: usize,
+    /// Pending timers per tenant and plugin. Default 10000.
+    pub max_timers: usize,
+    /// Largest presence key plus metadata, in bytes. Default 4096.
+    pub max_presence_bytes: usize,
+    /// Largest stored value, in bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Stored keys and values per tenant and plugin, in MiB. Default 64.
+    pub max_storage_mib: u64,
 }
 
 /// A partial [`Limits`]: the keys present replace the defaults.
@@ -151,6 +161,16 @@ pub struct LimitsOverride {
     max_log_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_sessions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_topics_per_session: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_timers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_presence_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_value_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_storage_mib: Option<u64>,
 }
 
 /// Client session settings.
@@ -258,6 +278,11 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             max_log_bytes: 4096,
             max_sessions: 10_000,
+            max_topics_per_session: 100,
+            max_timers: 10_000,
+            max_presence_bytes: 4096,
+            max_value_bytes: 1 << 20,
+            max_storage_mib: 64,
         }
     }
 }
@@ -317,12 +342,25 @@ impl Limits {
             max_frame_bytes: o.max_frame_bytes.unwrap_or(self.max_frame_bytes),
             max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
             max_sessions: o.max_sessions.unwrap_or(self.max_sessions),
+            max_topics_per_session: o.max_topics_per_session.unwrap_or(self.max_topics_per_session),
+            max_timers: o.max_timers.unwrap_or(self.max_timers),
+            max_presence_bytes: o.max_presence_bytes.unwrap_or(self.max_presence_bytes),
+            max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
+            max_storage_mib: o.max_storage_mib.unwrap_or(self.max_storage_mib),
         }
     }
 
     /// Linear memory per instance, in bytes.
     pub fn memory_bytes(&self) -> usize {
         usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX)
+    }
+
+    /// Storage limits of one namespace.
+    pub fn storage(&self) -> crate::storage::StorageLimits {
+        crate::storage::StorageLimits {
+            max_value_bytes: self.max_value_bytes,
+            max_bytes: self.max_storage_mib << 20,
+        }
     }
 
     /// CPU time per call.

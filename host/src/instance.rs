@@ -28,13 +28,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin};
+use crate::bindings::baton::plugin::presence::PresenceEntry;
+use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, PluginCore as Plugin};
 use crate::config::Limits;
 use crate::imports::log::{LogTags, emit};
 use crate::registry::Version;
@@ -129,10 +130,15 @@ pub enum StartError {
     Trap(Trap),
 }
 
+/// The optional `on-presence` callback: (topic, joins, leaves).
+type OnPresence = TypedFunc<(String, Vec<PresenceEntry>, Vec<PresenceEntry>), ()>;
+
 /// One instance of one plugin version for one tenant.
 pub struct Instance {
     store: Store<InstanceState>,
     plugin: Plugin,
+    /// `None` when the plugin does not export `on-presence`.
+    on_presence: Option<OnPresence>,
     version: Arc<Version>,
     number: u64,
 }
@@ -199,14 +205,23 @@ impl Instance {
         let ticks = version.call_ticks(&store.data().limits);
         store.data_mut().budget.arm(ticks);
         store.set_epoch_deadline(1);
-        let plugin = version
+        let failed = |e: wasmtime::Error| StartError::Instantiate(bounded(format!("{e:#}")));
+        let raw = version
             .pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| StartError::Instantiate(bounded(format!("{e:#}"))))?;
+            .map_err(failed)?;
+        let plugin = Plugin::new(&mut store, &raw).map_err(failed)?;
+        // Optional callbacks: absent is fine, present with the wrong type is not.
+        let on_presence = match raw.get_export_index(&mut store, None, "on-presence") {
+            Some(index) => Some(raw.get_typed_func(&mut store, &index).map_err(failed)?),
+            None => None,
+        };
         let mut instance = Instance {
             store,
             plugin,
+            on_presence,
             version,
             number,
         };
@@ -304,6 +319,24 @@ impl Instance {
     pub async fn on_timer(&mut self, timer: u64, payload: &[u8]) -> Result<(), Trap> {
         self.call(async |p, s| p.call_on_timer(s, timer, payload).await)
             .await
+    }
+
+    /// `on-presence`, if the plugin has it.
+    pub async fn on_presence(&mut self, topic: &str, diff: &crate::presence::Diff) -> Result<(), Trap> {
+        let Some(func) = self.on_presence else {
+            return Ok(());
+        };
+        let entries = |list: &[crate::presence::Entry]| -> Vec<PresenceEntry> {
+            list.iter()
+                .map(|e| PresenceEntry {
+                    session: e.session,
+                    key: e.key.clone(),
+                    meta: e.meta.clone(),
+                })
+                .collect()
+        };
+        let args = (topic.to_owned(), entries(&diff.joins), entries(&diff.leaves));
+        self.call(async |_, s| func.call_async(s, args).await).await
     }
 
     /// `export-state`.

@@ -18,6 +18,9 @@
 //!   migration on swaps, supervision of crashes.
 //! - [`instance`]: one wasmtime `Store` of one version for one tenant, with
 //!   its CPU, memory and drain limits.
+//! - [`pubsub`], [`presence`], [`timers`]: a tenant's host-held topics,
+//!   presence and timers (they survive swaps and crashes).
+//! - [`storage`]: durable key-value storage per tenant and plugin (redb).
 //! - [`imports`]: the host functions plugins import, one file per WIT interface.
 //! - [`bindings`]: the one `bindgen!` of the `wit/` world.
 //! - [`registry`]: plugins and their versions behind `ArcSwap`.
@@ -39,11 +42,15 @@ pub mod error;
 pub mod imports;
 pub mod instance;
 pub mod names;
+pub mod presence;
+pub mod pubsub;
 pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod tenant;
+pub mod timers;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -89,6 +96,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     std::fs::create_dir_all(&config.data_dir)?;
     let runtime = Runtime::new(&config.runtime)?;
     let registry = Arc::new(Registry::default());
+    let storage = Arc::new(
+        storage::Storage::open(&config.data_dir.join("storage.redb"))
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", config.data_dir.join("storage.redb").display()))?,
+    );
     let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
 
     let (reports, mut report_rx) = mpsc::unbounded_channel();
@@ -115,6 +126,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         tenant_env: Arc::new(TenantEnv {
             config: config.clone(),
             reports,
+            storage,
         }),
     });
     let client_addr = listeners.clients.local_addr()?;
@@ -139,8 +151,22 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     close_sessions(&registry).await;
     let _ = client_task.await;
     let _ = admin_task.await;
+    stop_tenants(&registry).await;
     report_task.abort();
     Ok(())
+}
+
+/// Ends every tenant task, dropping their instances (and with them the last
+/// references to the storage and the engine).
+async fn stop_tenants(registry: &Registry) {
+    let mut waiting = Vec::new();
+    for tenant in registry.all().iter().flat_map(|p| p.tenants()) {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        if tenant.mailbox().send(tenant::Command::Shutdown { done }).await.is_ok() {
+            waiting.push(finished);
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(waiting)).await;
 }
 
 /// Closes every session with 1001 and waits (bounded) until the tenants have

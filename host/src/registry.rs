@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::bindings::PluginPre;
+use crate::bindings::PluginCorePre;
 use crate::config::{Limits, PluginSettings};
 use crate::instance::InstanceState;
 use crate::tenant::TenantHandle;
@@ -97,7 +97,7 @@ pub struct Version {
     /// Grows with every activation of the plugin.
     pub generation: u64,
     /// Linked and type-checked against the world: instantiation is cheap.
-    pub pre: PluginPre<InstanceState>,
+    pub pre: PluginCorePre<InstanceState>,
     /// The plugin's `<name>.toml` as read with this file.
     pub settings: PluginSettings,
     /// The host's default limits with the plugin's settings applied.
@@ -125,7 +125,7 @@ impl Version {
         plugin: String,
         id: VersionId,
         generation: u64,
-        pre: PluginPre<InstanceState>,
+        pre: PluginCorePre<InstanceState>,
         settings: PluginSettings,
         limits: Limits,
         origin: Origin,

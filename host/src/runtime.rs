@@ -22,7 +22,7 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::PluginPre;
+use crate::bindings::PluginCorePre;
 use crate::config::RuntimeConfig;
 use crate::instance::InstanceState;
 
@@ -84,7 +84,7 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        crate::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+        crate::bindings::PluginCore::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
             &mut linker,
             |state: &mut InstanceState| state,
         )?;
@@ -146,12 +146,12 @@ impl Runtime {
 
     /// Checks a component against the world and links it: its imports must be
     /// provided by the host and its exports must be the world's.
-    pub fn prepare(&self, component: &Component) -> Result<PluginPre<InstanceState>, LoadError> {
+    pub fn prepare(&self, component: &Component) -> Result<PluginCorePre<InstanceState>, LoadError> {
         let pre = self
             .linker
             .instantiate_pre(component)
             .map_err(|e| LoadError::World(format!("{e:#}")))?;
-        PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
+        PluginCorePre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
     }
 
     /// A short hash of everything that makes compiled code of this engine

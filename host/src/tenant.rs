@@ -7,9 +7,12 @@
 //! (backpressure). The task is created on the tenant's first session or
 //! request.
 //!
-//! Host-held state of the tenant ([`TenantShared`]: its sessions) lives
-//! outside any instance and is shared by every instance the tenant gets, so it
-//! survives swaps, crashes and restarts.
+//! Host-held state of the tenant ([`TenantShared`]: its sessions, topic
+//! subscriptions, presence and timers) lives outside any instance and is
+//! shared by every instance the tenant gets, so it survives swaps, crashes and
+//! restarts. Timers fire from this task, on whatever instance is current;
+//! presence changes are handed to the plugin's `on-presence` callback after
+//! the call that caused them.
 //!
 //! Between commands the task compares its instance's version with the
 //! plugin's current one. When they differ it **migrates** (OTP's
@@ -46,8 +49,16 @@ use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
 use crate::config::{Config, Limits};
 use crate::error::{Rejection, close};
 use crate::instance::{Instance, StartError, Trap};
+use crate::presence::{Diff, Presence};
+use crate::pubsub::Topics;
 use crate::registry::{PluginEntry, Version};
 use crate::session::{SessionId, SessionLink};
+use crate::storage::{Namespace, Storage};
+use crate::timers::Timers;
+
+/// Rounds of `on-presence` delivered after one call at most (a callback that
+/// itself changes presence causes another round).
+const PRESENCE_ROUNDS: usize = 8;
 
 /// A request to a tenant's task.
 pub enum Command {
@@ -78,6 +89,11 @@ pub enum Command {
         request: HttpRequest,
         /// The plugin's response.
         reply: oneshot::Sender<Result<HttpResponse, Rejection>>,
+    },
+    /// The host is shutting down: end the task (after its sessions closed).
+    Shutdown {
+        /// Answered when the task has ended.
+        done: oneshot::Sender<()>,
     },
 }
 
@@ -113,6 +129,8 @@ pub struct TenantEnv {
     pub config: Arc<Config>,
     /// Where reports go (the deployer).
     pub reports: mpsc::UnboundedSender<Report>,
+    /// Durable storage for plugins.
+    pub storage: Arc<Storage>,
 }
 
 /// The lifecycle state of a tenant, as seen from outside its task.
@@ -151,10 +169,24 @@ impl Status {
 }
 
 /// One open session, as the tenant knows it.
-struct SessionEntry {
-    link: SessionLink,
+pub(crate) struct SessionEntry {
+    pub(crate) link: SessionLink,
     /// Kept to re-announce the session to a fresh instance after a crash.
     request: ConnectRequest,
+}
+
+/// The host-held state of a tenant, behind one lock: every part of it is
+/// touched by host functions of the tenant's one running call, by its task
+/// between calls, and (reading) by the admin API, so the lock is never
+/// contended for long.
+#[derive(Default)]
+pub(crate) struct TenantState {
+    pub(crate) sessions: HashMap<SessionId, SessionEntry>,
+    pub(crate) topics: Topics,
+    pub(crate) presence: Presence,
+    pub(crate) timers: Timers,
+    /// Presence changes not yet handed to the plugin.
+    pub(crate) diffs: Vec<(String, Diff)>,
 }
 
 /// Host-held state of one tenant of one plugin, shared by its task, its
@@ -164,7 +196,11 @@ pub struct TenantShared {
     pub tenant: String,
     /// The plugin's name.
     pub plugin: String,
-    sessions: Mutex<HashMap<SessionId, SessionEntry>>,
+    state: Mutex<TenantState>,
+    /// Durable storage (none during a deploy check).
+    pub(crate) storage: Option<Arc<Storage>>,
+    /// This tenant's namespace in the storage.
+    pub(crate) namespace: Namespace,
     status: AtomicU8,
     generation: AtomicU64,
     instance: AtomicU64,
@@ -172,11 +208,13 @@ pub struct TenantShared {
 }
 
 impl TenantShared {
-    fn new(tenant: String, plugin: String) -> TenantShared {
+    fn new(tenant: String, plugin: String, storage: Option<Arc<Storage>>) -> TenantShared {
         TenantShared {
+            namespace: Namespace::new(&tenant, &plugin),
             tenant,
             plugin,
-            sessions: Mutex::new(HashMap::new()),
+            state: Mutex::new(TenantState::default()),
+            storage,
             status: AtomicU8::new(Status::Idle as u8),
             generation: AtomicU64::new(0),
             instance: AtomicU64::new(0),
@@ -184,26 +222,45 @@ impl TenantShared {
         }
     }
 
-    /// The stand-in tenant of a deploy check: no sessions, never shared.
+    /// The stand-in tenant of a deploy check: no sessions, no storage, never
+    /// shared.
     pub fn for_check(plugin: &str) -> Arc<TenantShared> {
-        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into()))
+        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into(), None))
     }
 
     /// The link of one of this tenant's open sessions.
     pub fn session(&self, id: SessionId) -> Option<SessionLink> {
-        self.sessions().get(&id).map(|e| e.link.clone())
+        self.state().sessions.get(&id).map(|e| e.link.clone())
     }
 
     /// Ends every open session now with `code` (they then disconnect).
     pub fn stop_sessions(&self, code: u16, reason: &str) {
-        for entry in self.sessions().values() {
+        for entry in self.state().sessions.values() {
             entry.link.stop(code, reason);
         }
     }
 
     /// Open sessions.
     pub fn session_count(&self) -> usize {
-        self.sessions().len()
+        self.state().sessions.len()
+    }
+
+    /// The host-held state, locked.
+    pub(crate) fn state(&self) -> MutexGuard<'_, TenantState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets a closed session everywhere; its presence leaves are queued
+    /// for `on-presence`. `false` if it was not open.
+    fn remove_session(&self, id: SessionId) -> bool {
+        let mut state = self.state();
+        if state.sessions.remove(&id).is_none() {
+            return false;
+        }
+        state.topics.remove_session(id);
+        let diffs = state.presence.remove_session(id);
+        state.diffs.extend(diffs);
+        true
     }
 
     /// The tenant's state.
@@ -229,10 +286,6 @@ impl TenantShared {
 
     fn set_status(&self, status: Status) {
         self.status.store(status as u8, Ordering::Relaxed);
-    }
-
-    fn sessions(&self) -> MutexGuard<'_, HashMap<SessionId, SessionEntry>> {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -269,7 +322,7 @@ impl TenantHandle {
 /// Starts the task of `tenant` for `plugin`.
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
     let (mailbox, rx) = mpsc::channel(env.config.sessions.mailbox.max(1));
-    let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.name.clone()));
+    let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.name.clone(), Some(env.storage.clone())));
     let actor = Actor {
         shared: shared.clone(),
         plugin,
@@ -317,6 +370,7 @@ struct Actor {
 impl Actor {
     async fn run(mut self) {
         let plugin = self.plugin.clone();
+        let mut shutdown = None;
         loop {
             let changed = plugin.changed();
             tokio::pin!(changed);
@@ -360,18 +414,27 @@ impl Actor {
             }
 
             let removal_deadline = self.removed_at.map(|at| at + self.drain());
+            let next_timer = self.shared.state().timers.next_deadline();
             tokio::select! {
                 command = self.mailbox.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        shutdown = Some(done);
+                        break;
+                    }
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
                 () = &mut changed => {}
                 () = sleep_until(removal_deadline) => {}
+                () = sleep_until(next_timer) => self.fire_timers().await,
             }
         }
         self.instance = None;
         self.shared.set_status(Status::Idle);
         self.plugin.forget_tenant(&self.shared.tenant);
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+        }
     }
 
     fn drain(&self) -> Duration {
@@ -415,7 +478,7 @@ impl Actor {
                     return;
                 }
                 let id = link.id();
-                self.shared.sessions().insert(
+                self.shared.state().sessions.insert(
                     id,
                     SessionEntry {
                         link,
@@ -431,7 +494,7 @@ impl Actor {
                     Ok(Err(reason)) => Err(Rejection::Refused(reason)),
                     Err(trap) => {
                         let message = format!("plugin crashed: {}", trap.kind.as_str());
-                        self.shared.sessions().remove(&id);
+                        self.shared.remove_session(id);
                         let _ = reply.send(Err(Rejection::PluginFailed(message)));
                         self.crashed(trap).await;
                         return;
@@ -439,17 +502,19 @@ impl Actor {
                 };
                 let accepted = answer.is_ok();
                 if !accepted {
-                    self.shared.sessions().remove(&id);
+                    // Whatever it subscribed or tracked during the refusal goes too.
+                    self.shared.remove_session(id);
                 }
                 if reply.send(answer).is_err() && accepted {
                     // The client went away before hearing the answer: its
                     // session never starts, so end it here.
-                    self.shared.sessions().remove(&id);
+                    self.shared.remove_session(id);
                     self.call_disconnect(id).await;
                 }
+                self.deliver_presence().await;
             }
             Command::Frame { session, frame } => {
-                if !self.shared.sessions().contains_key(&session) {
+                if !self.shared.state().sessions.contains_key(&session) {
                     return;
                 }
                 if !self.ensure_instance().await {
@@ -461,10 +526,12 @@ impl Actor {
                 {
                     self.crashed(trap).await;
                 }
+                self.deliver_presence().await;
             }
             Command::Disconnect { session } => {
-                if self.shared.sessions().remove(&session).is_some() && self.instance.is_some() {
+                if self.shared.remove_session(session) && self.instance.is_some() {
                     self.call_disconnect(session).await;
+                    self.deliver_presence().await;
                 }
             }
             Command::Http { request, reply } => {
@@ -490,8 +557,59 @@ impl Actor {
                     }
                 };
                 let _ = reply.send(answer);
+                self.deliver_presence().await;
+            }
+            Command::Shutdown { done } => {
+                // Handled by the main loop; a held one means the same.
+                let _ = done.send(());
             }
         }
+    }
+
+    /// Fires the timers that are due, on the current instance.
+    async fn fire_timers(&mut self) {
+        let due = self.shared.state().timers.take_due(Instant::now());
+        for (id, payload) in due {
+            if !self.ensure_instance().await {
+                // Backing off or removed: the timer is lost with the instance
+                // that could not run it, as a crashed call is.
+                continue;
+            }
+            if let Some(instance) = self.instance.as_mut()
+                && let Err(trap) = instance.on_timer(id, &payload).await
+            {
+                self.crashed(trap).await;
+            }
+            self.deliver_presence().await;
+        }
+    }
+
+    /// Hands pending presence changes to the plugin's `on-presence` callback
+    /// (if it has one), a few rounds at most.
+    async fn deliver_presence(&mut self) {
+        for _ in 0..PRESENCE_ROUNDS {
+            let diffs = std::mem::take(&mut self.shared.state().diffs);
+            if diffs.is_empty() {
+                return;
+            }
+            for (topic, diff) in diffs {
+                if diff.joins.is_empty() && diff.leaves.is_empty() {
+                    continue;
+                }
+                let Some(instance) = self.instance.as_mut() else {
+                    return;
+                };
+                if let Err(trap) = instance.on_presence(&topic, &diff).await {
+                    self.crashed(trap).await;
+                    return;
+                }
+            }
+        }
+        let dropped = std::mem::take(&mut self.shared.state().diffs).len();
+        tracing::warn!(
+            tenant = %self.shared.tenant, plugin = %self.plugin.name, dropped,
+            "on-presence keeps changing presence; later changes not delivered"
+        );
     }
 
     fn current_limits(&self) -> Arc<Limits> {
@@ -563,7 +681,8 @@ impl Actor {
     async fn reannounce(&mut self) -> Result<(), Trap> {
         let sessions: Vec<(SessionId, ConnectRequest)> = self
             .shared
-            .sessions()
+            .state()
+            .sessions
             .iter()
             .map(|(id, entry)| {
                 let mut request = entry.request.clone();
@@ -576,8 +695,8 @@ impl Actor {
                 return Ok(());
             };
             if let Err(reason) = instance.on_connect(id, &request).await? {
-                if let Some(entry) = self.shared.sessions().remove(&id) {
-                    entry.link.close(close::POLICY, format!("refused on resume: {reason}"));
+                if let Some(link) = self.shared.session(id) {
+                    link.close(close::POLICY, format!("refused on resume: {reason}"));
                 }
             }
         }
@@ -753,9 +872,13 @@ impl Actor {
             };
             match command {
                 Command::Disconnect { session } => {
-                    if self.shared.sessions().remove(&session).is_some() {
+                    if self.shared.remove_session(session) {
                         self.call_disconnect(session).await;
+                        self.deliver_presence().await;
                     }
+                }
+                Command::Shutdown { done } => {
+                    let _ = done.send(());
                 }
                 Command::Connect { reply, .. } => {
                     let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));

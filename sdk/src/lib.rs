@@ -34,6 +34,11 @@
 //! baton_sdk::export!(Echo);
 //! ```
 //!
+//! What the host offers, all scoped to the instance's tenant:
+//! [`Session`] (send, close), [`topics`] (pub/sub with host fan-out),
+//! [`presence`] (who is where, with [`Plugin::on_presence`]), [`timers`],
+//! [`storage`] (durable key-value), [`log`] and [`now_ms`].
+//!
 //! State across hot swaps: a new version of the plugin receives the state of
 //! the old one through [`Plugin::export_state`] and [`Plugin::import_state`];
 //! the [`state`] module encodes it with a layout version so that reading an
@@ -44,8 +49,12 @@ extern crate self as baton_sdk;
 
 mod http;
 pub mod log;
+pub mod presence;
 mod session;
 pub mod state;
+pub mod storage;
+pub mod timers;
+pub mod topics;
 
 pub use http::{HttpRequest, HttpResponse, query_param};
 pub use session::{CloseError, SendError, Session};
@@ -115,6 +124,15 @@ pub mod __private {
 
     pub fn on_timer<P: Plugin>(slot: &'static Slot<P>, timer: u64, payload: Vec<u8>) {
         with(slot, |p| p.on_timer(timer, payload))
+    }
+
+    pub fn on_presence<P: Plugin>(
+        slot: &'static Slot<P>,
+        topic: String,
+        joins: Vec<crate::presence::Entry>,
+        leaves: Vec<crate::presence::Entry>,
+    ) {
+        with(slot, |p| p.on_presence(&topic, &joins, &leaves))
     }
 
     pub fn export_state<P: Plugin>(slot: &'static Slot<P>) -> Result<Vec<u8>, String> {
@@ -203,9 +221,16 @@ pub trait Plugin: Sized + 'static {
         Ok(HttpResponse::text(404, "not found"))
     }
 
-    /// A timer fired.
+    /// A timer set with [`timers::set`] fired.
     fn on_timer(&mut self, timer: TimerId, payload: Vec<u8>) {
         let _ = (timer, payload);
+    }
+
+    /// Presence changed in `topic` (see [`presence`]): `joins` arrived,
+    /// `leaves` left. Called after the call that changed it, and after
+    /// [`Plugin::on_disconnect`] for a closed session, which leaves everything.
+    fn on_presence(&mut self, topic: &str, joins: &[presence::Entry], leaves: &[presence::Entry]) {
+        let _ = (topic, joins, leaves);
     }
 
     /// A hot swap is moving this tenant to a new version: return the state it
@@ -274,6 +299,13 @@ macro_rules! export {
                 }
                 fn import_state(from_version: String, state: Vec<u8>) -> Result<(), String> {
                     __baton::import_state::<$plugin>(&PLUGIN, from_version, state)
+                }
+                fn on_presence(
+                    topic: String,
+                    joins: Vec<$crate::presence::Entry>,
+                    leaves: Vec<$crate::presence::Entry>,
+                ) {
+                    __baton::on_presence::<$plugin>(&PLUGIN, topic, joins, leaves)
                 }
             }
 

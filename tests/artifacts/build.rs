@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     for member in &members {
-        for path in ["Cargo.toml", "src"] {
+        for path in ["Cargo.toml", "src", "wit"] {
             println!("cargo:rerun-if-changed={}", plugins.join(member).join(path).display());
         }
     }

@@ -2,6 +2,8 @@
 //! against a real host (in this process, on ephemeral loopback ports), real
 //! WebSocket and HTTP clients, and the real plugins of `plugins/`.
 
+mod channels;
+mod durability;
 mod fixtures;
 mod hot_swap;
 mod isolation;

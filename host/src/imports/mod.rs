@@ -6,8 +6,13 @@
 //! a plugin could index into with another tenant's ids. Errors a plugin can
 //! handle are WIT `result` values; none of these functions traps.
 
+
 pub mod clock;
 pub mod log;
+pub mod presence;
 pub mod session;
+pub mod storage;
+pub mod timers;
+pub mod topics;
 
 impl crate::bindings::baton::plugin::types::Host for crate::instance::InstanceState {}

@@ -6,7 +6,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use baton_sdk::state::VersionedState;
-use baton_sdk::{Config, ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin, Session};
+use baton_sdk::{
+    Config, ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin, Session, presence, storage, timers, topics,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize, Default)]
@@ -23,6 +25,8 @@ struct State {
     frames: u64,
     connects: Vec<(u64, bool)>,
     disconnects: Vec<u64>,
+    /// Presence changes seen: (topic, joined keys, left keys).
+    presence: Vec<(String, Vec<String>, Vec<String>)>,
 }
 
 impl VersionedState for State {
@@ -143,9 +147,74 @@ impl Plugin for Chaos {
                 "printed".into()
             }
             "big" => "x".repeat(argument.parse().unwrap_or(0)),
+            "sub" => match topics::subscribe(session, argument) {
+                Ok(()) => "subscribed".into(),
+                Err(e) => format!("error:{e}"),
+            },
+            "pub" | "pub-others" => {
+                let (topic, text) = argument.split_once(':').unwrap_or((argument, ""));
+                let frame = Frame::Text(text.to_owned());
+                let sent = if command == "pub" {
+                    topics::publish(topic, &frame)
+                } else {
+                    topics::publish_except(topic, &frame, session)
+                };
+                match sent {
+                    Ok(n) => format!("published:{n}"),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "track" => {
+                let (topic, key) = argument.split_once(':').unwrap_or((argument, ""));
+                match presence::track(session, topic, key, "{}") {
+                    Ok(()) => "tracked".into(),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "untrack" => match presence::untrack(session, argument) {
+                Ok(()) => "untracked".into(),
+                Err(e) => format!("error:{e}"),
+            },
+            "members" => {
+                let keys: Vec<String> = presence::list(argument).into_iter().map(|e| e.key).collect();
+                format!("members:{}", keys.join(","))
+            }
+            "timer" => {
+                // timer:<ms>:<text>: later, <text> is sent to this session.
+                let (ms, text) = argument.split_once(':').unwrap_or((argument, ""));
+                let payload = format!("{}:{text}", session.id());
+                match timers::set(ms.parse().unwrap_or(0), payload.as_bytes()) {
+                    Ok(id) => format!("timer:{id}"),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "put" => {
+                let (key, value) = argument.split_once(':').unwrap_or((argument, ""));
+                match storage::set(key, value.as_bytes()) {
+                    Ok(()) => "stored".into(),
+                    Err(e) => format!("error:{e}"),
+                }
+            }
+            "get" => match storage::get(argument) {
+                Ok(Some(value)) => format!("value:{}", String::from_utf8_lossy(&value)),
+                Ok(None) => "none".into(),
+                Err(e) => format!("error:{e}"),
+            },
             _ => text.to_owned(),
         };
         let _ = session.send_text(reply);
+    }
+
+    fn on_timer(&mut self, _timer: u64, payload: Vec<u8>) {
+        let payload = String::from_utf8_lossy(&payload);
+        if let Some((session, text)) = payload.split_once(':') {
+            let _ = Session::from_id(session.parse().unwrap_or(0)).send_text(text);
+        }
+    }
+
+    fn on_presence(&mut self, topic: &str, joins: &[presence::Entry], leaves: &[presence::Entry]) {
+        let keys = |entries: &[presence::Entry]| entries.iter().map(|e| e.key.clone()).collect();
+        self.state.presence.push((topic.to_owned(), keys(joins), keys(leaves)));
     }
 
     fn on_http(&mut self, request: HttpRequest) -> Result<HttpResponse, String> {
@@ -157,6 +226,7 @@ impl Plugin for Chaos {
                     "frames": self.state.frames,
                     "connects": self.state.connects,
                     "disconnects": self.state.disconnects,
+                    "presence": self.state.presence,
                 }),
             ),
             "/panic" => panic!("chaos: asked to panic over HTTP"),

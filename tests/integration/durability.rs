@@ -1,0 +1,87 @@
+//! Durability: timers fire on the current version after swaps and crashes;
+//! tenant storage survives host restarts and is scoped to its tenant.
+
+use baton_test_plugins::{CHAOS, CHAT, LEGACY_ECHO, METERING};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_after_a_swap_and_after_a_crash() {
+    let host = TestHost::start(&[("chaos", CHAOS)]).await;
+    let mut client = host.connect("acme", "chaos").await;
+    assert!(client.ask("timer:1500:after the swap").await.starts_with("timer:"));
+    let generation = host.wait_current("chaos").await;
+    host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 21));
+    host.wait_generation_above("chaos", generation).await;
+    assert_eq!(client.recv_text().await, "after the swap");
+
+    assert!(client.ask("timer:300:after the crash").await.starts_with("timer:"));
+    client.send_text("panic").await;
+    assert_eq!(client.recv_text().await, "after the crash");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_survives_a_host_restart_and_is_scoped_to_its_tenant() {
+    let host = TestHost::start(&[("chaos", CHAOS), ("chat", CHAT), ("metering", METERING)]).await;
+    host.write_settings("metering", "[config]\nflush_ms = 100\n");
+    let generation = host.wait_current("metering").await;
+    host.drop_file("metering", &byte_different(&plugin_bytes(METERING), 1));
+    host.wait_generation_above("metering", generation).await;
+
+    let mut a = host.connect("acme", "chaos").await;
+    assert_eq!(a.ask("put:plan:gold").await, "stored");
+    let mut b = host.connect("globex", "chaos").await;
+    assert_eq!(b.ask("get:plan").await, "none", "another tenant's key is not visible");
+    assert_eq!(b.ask("put:plan:free").await, "stored");
+
+    let mut chat = host.connect_path("/t/acme/chat?room=ops&user=ann").await.expect("join");
+    chat.send_text("remember me").await;
+    let mut meter = host.connect_path("/t/acme/metering?user=ann").await.expect("connect");
+    for _ in 0..3 {
+        assert_eq!(meter.ask("12345").await, "12345");
+    }
+    eventually("usage is flushed to storage", async || {
+        host.http("GET", "/t/acme/metering/usage", b"").await.json()["flushed"]["tenant"]["frames"] == 3
+    })
+    .await;
+    eventually("the message is stored", async || {
+        host.http("GET", "/t/acme/chat/rooms/ops/messages", b"").await.json().as_array().is_some_and(|h| h.len() == 1)
+    })
+    .await;
+    drop((a, b, chat, meter));
+
+    let host = host.restart().await;
+    host.wait_current("chaos").await;
+    host.wait_current("metering").await;
+    let mut a = host.connect("acme", "chaos").await;
+    assert_eq!(a.ask("get:plan").await, "value:gold");
+    let mut b = host.connect("globex", "chaos").await;
+    assert_eq!(b.ask("get:plan").await, "value:free");
+    let history = host.http("GET", "/t/acme/chat/rooms/ops/messages", b"").await.json();
+    assert_eq!(history[0]["text"], "remember me");
+    let usage = host.http("GET", "/t/acme/metering/usage", b"").await.json();
+    assert_eq!(usage["users"]["ann"]["frames"], 3);
+    assert_eq!(usage["users"]["ann"]["bytes"], 15);
+    assert_eq!(host.http("GET", "/t/globex/metering/usage", b"").await.json()["tenant"]["frames"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_limits_are_clear_errors() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
+        c.limits.max_value_bytes = 10;
+        c.limits.max_storage_mib = 1;
+    })
+    .await;
+    let mut client = host.connect("acme", "chaos").await;
+    assert_eq!(client.ask("put:k:0123456789").await, "stored");
+    assert!(client.ask("put:k:01234567890").await.starts_with("error:"), "value over the limit");
+    assert!(client.ask(&format!("put:{}:v", "k".repeat(2000))).await.starts_with("error:"), "key over the limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_against_the_first_world_still_loads() {
+    let host = TestHost::start(&[("legacy", LEGACY_ECHO)]).await;
+    let mut client = host.connect("acme", "legacy").await;
+    assert_eq!(client.ask("still speaking 0.1.0").await, "still speaking 0.1.0");
+    assert!(host.http("GET", "/t/acme/legacy", b"").await.text().contains("0.1.0"));
+}
