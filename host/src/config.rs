@@ -72,6 +72,8 @@ pub struct Config {
     pub swap: SwapConfig,
     /// Restarting crashed instances.
     pub supervision: SupervisionConfig,
+    /// Graceful shutdown (SIGTERM, SIGINT).
+    pub shutdown: ShutdownConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -233,6 +235,27 @@ pub struct SupervisionConfig {
     pub max_backoff_ms: u64,
 }
 
+/// Graceful shutdown settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Sessions closed (with 1001) per second at most, so that clients do not
+    /// all reconnect elsewhere at the same instant. Default 5000.
+    pub close_per_second: usize,
+    /// The host exits within this time after the signal, in seconds, whatever
+    /// is still open. Default 30.
+    pub deadline_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            close_per_second: 5000,
+            deadline_secs: 30,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -249,6 +272,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             swap: SwapConfig::default(),
             supervision: SupervisionConfig::default(),
+            shutdown: ShutdownConfig::default(),
             log_format: LogFormat::Text,
         }
     }

@@ -227,7 +227,7 @@ impl Instance {
         };
         instance.version.tenants.fetch_add(1, Ordering::Relaxed);
         let config = instance.version.settings.config_json();
-        match instance.call(async |p, s| p.call_init(s, &config).await).await {
+        match instance.call("init", async |p, s| p.call_init(s, &config).await).await {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(StartError::Init(bounded(reason))),
             Err(trap) => Err(StartError::Trap(trap)),
@@ -247,6 +247,7 @@ impl Instance {
     /// Runs one call with a fresh CPU budget and classifies its failure.
     async fn call<R>(
         &mut self,
+        name: &'static str,
         f: impl AsyncFnOnce(&Plugin, &mut Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> Result<R, Trap> {
         let ticks = self.version.call_ticks(&self.store.data().limits);
@@ -254,8 +255,16 @@ impl Instance {
         self.store.data_mut().limiter.memory_denied = false;
         self.store.set_epoch_deadline(1);
         self.version.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = f(&self.plugin, &mut self.store).await;
         self.version.in_flight.fetch_sub(1, Ordering::Relaxed);
+        metrics::histogram!(
+            "baton_call_seconds",
+            "plugin" => self.version.plugin.clone(),
+            "version" => self.version.id.short(),
+            "call" => name,
+        )
+        .record(started.elapsed().as_secs_f64());
         result.map_err(|e| self.classify(e))
     }
 
@@ -291,19 +300,19 @@ impl Instance {
         session: u64,
         request: &ConnectRequest,
     ) -> Result<Result<(), String>, Trap> {
-        self.call(async |p, s| p.call_on_connect(s, session, request).await)
+        self.call("on-connect", async |p, s| p.call_on_connect(s, session, request).await)
             .await
     }
 
     /// `on-frame`.
     pub async fn on_frame(&mut self, session: u64, frame: &Frame) -> Result<(), Trap> {
-        self.call(async |p, s| p.call_on_frame(s, session, frame).await)
+        self.call("on-frame", async |p, s| p.call_on_frame(s, session, frame).await)
             .await
     }
 
     /// `on-disconnect`.
     pub async fn on_disconnect(&mut self, session: u64) -> Result<(), Trap> {
-        self.call(async |p, s| p.call_on_disconnect(s, session).await)
+        self.call("on-disconnect", async |p, s| p.call_on_disconnect(s, session).await)
             .await
     }
 
@@ -312,12 +321,12 @@ impl Instance {
         &mut self,
         request: &HttpRequest,
     ) -> Result<Result<HttpResponse, String>, Trap> {
-        self.call(async |p, s| p.call_on_http(s, request).await).await
+        self.call("on-http", async |p, s| p.call_on_http(s, request).await).await
     }
 
     /// `on-timer`.
     pub async fn on_timer(&mut self, timer: u64, payload: &[u8]) -> Result<(), Trap> {
-        self.call(async |p, s| p.call_on_timer(s, timer, payload).await)
+        self.call("on-timer", async |p, s| p.call_on_timer(s, timer, payload).await)
             .await
     }
 
@@ -336,12 +345,12 @@ impl Instance {
                 .collect()
         };
         let args = (topic.to_owned(), entries(&diff.joins), entries(&diff.leaves));
-        self.call(async |_, s| func.call_async(s, args).await).await
+        self.call("on-presence", async |_, s| func.call_async(s, args).await).await
     }
 
     /// `export-state`.
     pub async fn export_state(&mut self) -> Result<Result<Vec<u8>, String>, Trap> {
-        self.call(async |p, s| p.call_export_state(s).await).await
+        self.call("export-state", async |p, s| p.call_export_state(s).await).await
     }
 
     /// `import-state`.
@@ -350,7 +359,7 @@ impl Instance {
         from_version: &str,
         state: &[u8],
     ) -> Result<Result<(), String>, Trap> {
-        self.call(async |p, s| p.call_import_state(s, from_version, state).await)
+        self.call("import-state", async |p, s| p.call_import_state(s, from_version, state).await)
             .await
     }
 }

@@ -92,6 +92,8 @@ impl Listeners {
 /// reported and skipped), then the folder is watched.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Before anything records a metric.
+    let metrics = metrics_handle();
     std::fs::create_dir_all(&config.deploy_dir)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let runtime = Runtime::new(&config.runtime)?;
@@ -136,7 +138,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         registry: registry.clone(),
         deployer: deployer.clone(),
         token: config.admin_token.clone(),
-        metrics: metrics_handle(),
+        metrics,
+        shutdown: stopped.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
     tracing::info!(
@@ -145,14 +148,21 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     );
 
     shutdown.await;
-    tracing::info!("shutting down");
+    let deadline = Duration::from_secs(config.shutdown.deadline_secs);
+    tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
     watcher.abort();
     let _ = stop.send(true);
-    close_sessions(&registry).await;
-    let _ = client_task.await;
-    let _ = admin_task.await;
-    stop_tenants(&registry).await;
+    let graceful = async {
+        close_sessions(&registry, config.shutdown.close_per_second).await;
+        let _ = client_task.await;
+        let _ = admin_task.await;
+        stop_tenants(&registry).await;
+    };
+    if tokio::time::timeout(deadline, graceful).await.is_err() {
+        tracing::warn!("shutdown deadline reached; exiting with work still open");
+    }
     report_task.abort();
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -166,18 +176,24 @@ async fn stop_tenants(registry: &Registry) {
             waiting.push(finished);
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(waiting)).await;
+    futures_util::future::join_all(waiting).await;
 }
 
-/// Closes every session with 1001 and waits (bounded) until the tenants have
-/// seen them go.
-async fn close_sessions(registry: &Registry) {
+/// Closes every session with 1001, `per_second` at most (in batches every
+/// 100 ms, as Phoenix's drainer does, so that clients do not reconnect in a
+/// storm), then waits until the tenants have seen them go.
+async fn close_sessions(registry: &Registry, per_second: usize) {
     let tenants: Vec<_> = registry.all().iter().flat_map(|p| p.tenants()).collect();
-    for tenant in &tenants {
-        tenant.shared().stop_sessions(error::close::GOING_AWAY, "server shutting down");
+    let links: Vec<_> = tenants.iter().flat_map(|t| t.shared().links()).collect();
+    let batch = (per_second / 10).max(1);
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for chunk in links.chunks(batch) {
+        pace.tick().await;
+        for link in chunk {
+            link.stop(error::close::GOING_AWAY, "server shutting down");
+        }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tenants.iter().any(|t| t.shared().session_count() > 0) && tokio::time::Instant::now() < deadline {
+    while tenants.iter().any(|t| t.shared().session_count() > 0) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -192,8 +208,14 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
     static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            // Seconds, from 50 µs to 10 s.
+            const BUCKETS: &[f64] = &[
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .and_then(|b| b.install_recorder())
                 .inspect_err(|e| tracing::warn!("metrics disabled: {e}"))
                 .ok()
         })

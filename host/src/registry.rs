@@ -192,6 +192,18 @@ pub enum Activation {
     Withdrawal,
 }
 
+impl Activation {
+    /// A stable name for metrics and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Deploy => "deploy",
+            Activation::Rollback => "rollback",
+            Activation::AutoRollback => "auto_rollback",
+            Activation::Withdrawal => "withdrawal",
+        }
+    }
+}
+
 /// A version in a plugin's history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionRecord {
@@ -320,6 +332,12 @@ impl PluginEntry {
             book.history.push(record);
             book.push_event(event);
         }
+        metrics::counter!(
+            "baton_activations_total",
+            "plugin" => self.name.clone(),
+            "activation" => activation.as_str(),
+        )
+        .increment(1);
         if let Some(old) = self.current.swap(Some(version)) {
             old.retire();
         }

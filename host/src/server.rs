@@ -108,7 +108,10 @@ async fn route(clients: &Clients, request: Request<Incoming>) -> Response<Body> 
         }
         None => Err(Rejection::NotFound(format!("no route for {}", request.uri().path()))),
     };
-    result.unwrap_or_else(Rejection::into_response)
+    result.unwrap_or_else(|rejection| {
+        metrics::counter!("baton_rejected_total", "status" => rejection.status().as_str().to_owned()).increment(1);
+        rejection.into_response()
+    })
 }
 
 /// Splits `/t/{tenant}/{plugin}/rest` into its parts; `rest` is `/` when absent.
@@ -229,9 +232,7 @@ async fn open_session(
         match upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                metrics::gauge!("baton_sessions").increment(1.0);
                 let ending = session::run(ws, id, mailbox, outbound, stop, settings).await;
-                metrics::gauge!("baton_sessions").decrement(1.0);
                 tracing::debug!(session = id, ?ending, "session ended");
             }
             Err(e) => {

@@ -205,6 +205,8 @@ pub struct TenantShared {
     generation: AtomicU64,
     instance: AtomicU64,
     restarts: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
 }
 
 impl TenantShared {
@@ -219,6 +221,8 @@ impl TenantShared {
             generation: AtomicU64::new(0),
             instance: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
         }
     }
 
@@ -231,6 +235,11 @@ impl TenantShared {
     /// The link of one of this tenant's open sessions.
     pub fn session(&self, id: SessionId) -> Option<SessionLink> {
         self.state().sessions.get(&id).map(|e| e.link.clone())
+    }
+
+    /// The links of every open session.
+    pub fn links(&self) -> Vec<SessionLink> {
+        self.state().sessions.values().map(|e| e.link.clone()).collect()
     }
 
     /// Ends every open session now with `code` (they then disconnect).
@@ -284,6 +293,22 @@ impl TenantShared {
         self.restarts.load(Ordering::Relaxed)
     }
 
+    /// Frames received from this tenant's sessions so far.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in.load(Ordering::Relaxed)
+    }
+
+    /// Frames queued to this tenant's sessions so far.
+    pub fn frames_out(&self) -> u64 {
+        self.frames_out.load(Ordering::Relaxed)
+    }
+
+    /// Counts frames queued to sessions.
+    pub(crate) fn count_out(&self, frames: u64) {
+        self.frames_out.fetch_add(frames, Ordering::Relaxed);
+        metrics::counter!("baton_frames_out_total", "plugin" => self.plugin.clone()).increment(frames);
+    }
+
     fn set_status(&self, status: Status) {
         self.status.store(status as u8, Ordering::Relaxed);
     }
@@ -316,6 +341,11 @@ impl TenantHandle {
     /// Whether the task has ended.
     pub fn is_closed(&self) -> bool {
         self.mailbox.is_closed()
+    }
+
+    /// Commands waiting in the mailbox.
+    pub fn mailbox_depth(&self) -> usize {
+        self.mailbox.max_capacity() - self.mailbox.capacity()
     }
 }
 
@@ -517,6 +547,8 @@ impl Actor {
                 if !self.shared.state().sessions.contains_key(&session) {
                     return;
                 }
+                self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("baton_frames_in_total", "plugin" => self.plugin.name.clone()).increment(1);
                 if !self.ensure_instance().await {
                     self.held = Some(Command::Frame { session, frame });
                     return;

@@ -3,11 +3,13 @@
 //! WebSocket and HTTP clients, and the real plugins of `plugins/`.
 
 mod channels;
+mod cli;
 mod durability;
 mod fixtures;
 mod hot_swap;
 mod isolation;
 mod limits;
+mod operations;
 mod sessions;
 mod startup;
 mod supervision;

@@ -102,6 +102,7 @@ async fn unknown_plugins_and_invalid_tenants_get_404_json() {
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
         let response = host.http("GET", path, b"").await;
         assert_eq!(response.status, 404, "{path}");
+        assert_eq!(response.headers[http::header::CONTENT_TYPE], "application/json");
         assert!(response.json()["error"].is_string());
     }
     let mut client = host.connect("acme", "echo").await;

@@ -91,13 +91,6 @@ impl TestHost {
         }
     }
 
-    /// Stops the host gracefully and waits for it.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        self.shutdown().await;
-        let dirs = std::mem::replace(&mut self.dirs, tempfile::tempdir().expect("temp dir"));
-        dirs
-    }
-
     async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -133,10 +126,6 @@ impl TestHost {
         std::fs::write(self.deploy_dir().join(format!("{name}.toml")), text).expect("write settings");
     }
 
-    pub fn ws_url(&self, tenant: &str, plugin: &str) -> String {
-        format!("ws://{}/t/{tenant}/{plugin}", self.clients)
-    }
-
     /// Opens a session.
     pub async fn connect(&self, tenant: &str, plugin: &str) -> Client {
         self.connect_path(&format!("/t/{tenant}/{plugin}")).await.expect("session opens")
@@ -165,7 +154,8 @@ impl TestHost {
 
     /// `GET` on the admin API, as JSON.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
-        let response = request(self.admin, "GET", path, b"", None).await.expect("admin request");
+        let token = self.config.admin_token.as_deref();
+        let response = request(self.admin, "GET", path, b"", token).await.expect("admin request");
         assert_eq!(response.status, 200, "GET {path}: {}", response.text());
         response.json()
     }
@@ -183,7 +173,8 @@ impl TestHost {
     /// Waits until `name` has a current version; returns its generation.
     pub async fn wait_current(&self, name: &str) -> u64 {
         wait_for(&format!("{name} is deployed"), async || {
-            let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", None).await;
+            let token = self.config.admin_token.as_deref();
+            let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", token).await;
             match response {
                 Ok(r) if r.status == 200 => r.json()["current"]["generation"].as_u64(),
                 _ => None,

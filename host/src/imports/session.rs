@@ -22,7 +22,9 @@ impl Host for InstanceState {
             return Err(Error::TooLarge);
         }
         let link = self.tenant.session(session).ok_or(Error::UnknownSession)?;
-        link.push(Outbound::from(frame));
+        if link.push(Outbound::from(frame)) {
+            self.tenant.count_out(1);
+        }
         Ok(())
     }
 

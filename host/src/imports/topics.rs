@@ -59,7 +59,8 @@ impl Host for InstanceState {
                 queued += 1;
             }
         }
-        metrics::counter!("baton_frames_out_total", "plugin" => self.tenant.plugin.clone()).increment(u64::from(queued));
+        drop(state);
+        self.tenant.count_out(u64::from(queued));
         Ok(queued)
     }
 

@@ -9,16 +9,29 @@
 //! - `GET /api/plugins`, `GET /api/plugins/{name}`: plugins with their current
 //!   version, live versions (tenants and in-flight calls each), tenants,
 //!   sessions, last error, history and recent events;
+//! - `GET /api/status`: every plugin plus host totals and the recent events
+//!   of all plugins (what `baton status` shows);
+//! - `GET /api/stream`: the same as server-sent events, twice a second (the
+//!   dashboard's feed);
 //! - `POST /api/plugins/{name}/rollback`: makes the previous version current;
-//! - `GET /metrics`: Prometheus text format;
-//! - `GET /`: the live dashboard.
+//! - `GET /metrics`: Prometheus text format (gauges are read from the registry
+//!   at scrape time);
+//! - `GET /`: the live dashboard ([`dashboard.html`](dashboard.html)).
+//!
+//! A browser cannot send a bearer header when opening the dashboard or its
+//! event stream, so `?token=` is accepted in place of the header.
+
+mod view;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,7 +44,8 @@ use crate::stopped;
 
 use crate::deploy::{DeployError, Deployer, Outcome};
 use crate::error::json_error;
-use crate::registry::{ErrorReport, Event, Origin, PluginEntry, Registry, VersionRecord};
+use crate::registry::Registry;
+pub use view::{PluginView, StatusView};
 
 /// What the admin listener needs.
 pub struct Admin {
@@ -43,6 +57,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Turns true at shutdown (ends event streams).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -72,19 +88,26 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
     }
 }
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, Infallible>;
 
 async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
-    if let Some(token) = &admin.token {
-        let expected = format!("Bearer {token}");
-        let given = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if !given.is_some_and(|g| constant_time_eq(g, expected.as_bytes())) {
-            return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
+    if let Some(token) = &admin.token
+        && !authorized(&request, token)
+    {
+        return full(json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
     }
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match (request.method(), segments.as_slice()) {
+    let response = match (request.method(), segments.as_slice()) {
+        (&Method::GET, []) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+            response
+        }
+        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &StatusView::of(&admin.registry)),
+        (&Method::GET, ["api", "stream"]) => return stream(admin),
         (&Method::GET, ["api", "plugins"]) => {
             let plugins: Vec<PluginView> = admin.registry.all().iter().map(|e| PluginView::of(e, false)).collect();
             json(StatusCode::OK, &plugins)
@@ -104,6 +127,7 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
         },
         (&Method::GET, ["metrics"]) => match &admin.metrics {
             Some(handle) => {
+                view::record_gauges(&admin.registry);
                 let mut response = Response::new(Full::new(Bytes::from(handle.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -113,16 +137,70 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
             }
             None => json_error(StatusCode::NOT_FOUND, "metrics are not enabled in this process"),
         },
-        (_, ["api", ..] | ["metrics"]) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, ["api", ..] | ["metrics"] | []) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => json_error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+    };
+    full(response)
+}
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// How often the event stream sends a snapshot.
+const STREAM_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `GET /api/stream`: a status snapshot as a server-sent event every
+/// [`STREAM_INTERVAL`], until the client goes away or the host shuts down.
+fn stream(admin: &Admin) -> Response<Body> {
+    let registry = admin.registry.clone();
+    let shutdown = admin.shutdown.clone();
+    let ticks = tokio_stream_interval(STREAM_INTERVAL);
+    let events = ticks
+        .take_while(move |_| {
+            let open = !*shutdown.borrow();
+            async move { open }
+        })
+        .map(move |_| {
+            let snapshot = serde_json::to_string(&StatusView::of(&registry)).unwrap_or_default();
+            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(format!("data: {snapshot}\n\n"))))
+        });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// An interval as a stream (first tick immediately).
+fn tokio_stream_interval(period: Duration) -> impl futures_util::Stream<Item = ()> + Send + 'static {
+    futures_util::stream::unfold(tokio::time::interval(period), |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    })
+}
+
+fn full(response: Response<Full<Bytes>>) -> Response<Body> {
+    response.map(|body| body.boxed())
+}
+
+/// Checks the bearer token, from the header or (for browsers) `?token=`.
+fn authorized(request: &Request<Incoming>, token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    if let Some(given) = request.headers().get(header::AUTHORIZATION) {
+        return constant_time_eq(given.as_bytes(), expected.as_bytes());
     }
+    request
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -136,91 +214,3 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     }
 }
 
-/// A plugin as the API shows it.
-#[derive(Serialize)]
-pub struct PluginView {
-    name: String,
-    /// `null` when the plugin was removed or never loaded.
-    current: Option<VersionView>,
-    /// Current and draining versions, newest first.
-    live_versions: Vec<VersionView>,
-    tenants: Vec<TenantView>,
-    sessions: usize,
-    last_error: Option<ErrorReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    history: Option<Vec<VersionRecord>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    events: Option<Vec<Event>>,
-}
-
-#[derive(Serialize)]
-struct VersionView {
-    hash: String,
-    short: String,
-    generation: u64,
-    loaded_at_ms: u64,
-    origin: Origin,
-    load_ms: f64,
-    current: bool,
-    tenants: usize,
-    in_flight: usize,
-}
-
-#[derive(Serialize)]
-struct TenantView {
-    tenant: String,
-    status: &'static str,
-    generation: u64,
-    instance: u64,
-    restarts: u64,
-    sessions: usize,
-}
-
-impl PluginView {
-    /// The view of one plugin; `detail` adds history and events.
-    pub fn of(entry: &PluginEntry, detail: bool) -> PluginView {
-        use std::sync::atomic::Ordering;
-        let current = entry.current();
-        let view = |v: &crate::registry::Version| VersionView {
-            hash: v.id.hex(),
-            short: v.id.short(),
-            generation: v.generation,
-            loaded_at_ms: v
-                .loaded_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            origin: v.origin,
-            load_ms: v.load_time.as_secs_f64() * 1000.0,
-            current: current.as_ref().is_some_and(|c| c.generation == v.generation),
-            tenants: v.tenants.load(Ordering::Relaxed),
-            in_flight: v.in_flight.load(Ordering::Relaxed),
-        };
-        let mut tenants: Vec<TenantView> = entry
-            .tenants()
-            .iter()
-            .map(|t| {
-                let s = t.shared();
-                TenantView {
-                    tenant: s.tenant.clone(),
-                    status: s.status().as_str(),
-                    generation: s.generation(),
-                    instance: s.instance_number(),
-                    restarts: s.restarts(),
-                    sessions: s.session_count(),
-                }
-            })
-            .collect();
-        tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
-        PluginView {
-            name: entry.name.clone(),
-            current: current.as_deref().map(view),
-            live_versions: entry.live_versions().iter().map(|v| view(v)).collect(),
-            sessions: tenants.iter().map(|t| t.sessions).sum(),
-            tenants,
-            last_error: entry.last_error(),
-            history: detail.then(|| entry.history()),
-            events: detail.then(|| entry.events()),
-        }
-    }
-}

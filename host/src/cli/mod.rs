@@ -1,0 +1,420 @@
+//! The `baton` command line. Each command is a thin layer over the library:
+//! `serve` runs [`crate::run`]; `check` and `deploy` run the deploy checks
+//! offline; `status` and `rollback` talk to a running host's admin API;
+//! `new` scaffolds a plugin crate. Errors go to stderr and the exit code is 0
+//! only on success.
+
+mod admin_client;
+mod scaffold;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::registry::VersionId;
+use admin_client::{AdminClient, error_text};
+
+/// A hot-swappable WebAssembly plugin host for multi-tenant real-time services.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve sessions and run the plugins of the deploy folder.
+    Serve(ServeArgs),
+    /// Say whether a file is a valid plugin for this host, and why not.
+    Check {
+        /// The component to check.
+        file: PathBuf,
+    },
+    /// Check a plugin, place it in the deploy folder atomically, and wait until
+    /// the host has activated it (or says why not).
+    Deploy {
+        /// The component to deploy.
+        file: PathBuf,
+        /// Plugin name [default: the file's stem].
+        #[arg(long)]
+        name: Option<String>,
+        /// The host's deploy folder.
+        #[arg(long, value_name = "DIR", env = "BATON_DEPLOY_DIR", default_value = "deploy")]
+        deploy_dir: PathBuf,
+        /// How long to wait for the host, in seconds (0: do not wait).
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Plugins, versions, tenants, sessions and recent swaps of a running host.
+    Status {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the previous version of a plugin current again.
+    Rollback {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Create a plugin crate that uses the SDK and builds as is.
+    New {
+        /// The plugin's name.
+        name: String,
+        /// Where to create it [default: the current folder].
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The baton SDK to depend on [default: $BATON_SDK, else the one this
+        /// binary was built with].
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// The host's admin API.
+    #[arg(long, value_name = "URL", env = "BATON_ADMIN", default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "BATON_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> Result<AdminClient> {
+        AdminClient::new(&self.admin, self.token.clone())
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// A TOML configuration file (every setting has a default).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Client listener address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin listener address [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Folder of `<name>.wasm` plugins [default: ./deploy].
+    #[arg(long, value_name = "DIR")]
+    deploy_dir: Option<PathBuf>,
+    /// Folder for compiled artifacts and data [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log one JSON object per line.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl ServeArgs {
+    /// The flags given, as a configuration layer.
+    fn layer(&self) -> toml::Table {
+        let mut table = toml::Table::new();
+        let mut set = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                table.insert(key.into(), toml::Value::String(value));
+            }
+        };
+        set("listen", self.listen.clone());
+        set("admin_listen", self.admin_listen.clone());
+        set("deploy_dir", self.deploy_dir.as_ref().map(|p| p.display().to_string()));
+        set("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string()));
+        if self.log_json {
+            set("log_format", Some("json".into()));
+        }
+        table
+    }
+}
+
+/// Runs the command line; the exit code is 0 only on success.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => return serve(args),
+        Command::Check { file } => check(&file).map(|report| println!("{report}")),
+        Command::New { name, dir, sdk } => new(&name, &dir, sdk),
+        command => block_on(async move {
+            match command {
+                Command::Deploy {
+                    file,
+                    name,
+                    deploy_dir,
+                    wait,
+                    admin,
+                } => deploy(&file, name, &deploy_dir, wait, &admin).await,
+                Command::Status { json, admin } => status(json, &admin).await,
+                Command::Rollback { name, admin } => rollback(&name, &admin).await,
+                _ => unreachable!("handled above"),
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn block_on(future: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), std::env::vars(), args.layer()) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(e),
+    };
+    let result = runtime.block_on(async {
+        let listeners = crate::Listeners::bind(&config).await?;
+        crate::run(listeners, config, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn init_logging(format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Compiles `file` and links it against the world; returns what it imports
+/// and exports.
+fn check(file: &Path) -> Result<String> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let runtime = crate::runtime::Runtime::new(&crate::config::RuntimeConfig {
+        max_instances: 4,
+        ..Default::default()
+    })?;
+    let component = runtime
+        .compile(&bytes)
+        .and_then(|c| runtime.prepare(&c).map(|_| c))
+        .with_context(|| format!("{} is not a valid baton plugin", file.display()))?;
+    let ty = component.component_type();
+    let engine = runtime.engine();
+    let mut report = format!(
+        "{}: a valid baton plugin (sha256 {})\nimports:\n",
+        file.display(),
+        VersionId::of(&bytes).hex()
+    );
+    for (name, _) in ty.imports(engine) {
+        report.push_str(&format!("  {name}\n"));
+    }
+    report.push_str("exports:\n");
+    for (name, _) in ty.exports(engine) {
+        report.push_str(&format!("  {name}\n"));
+    }
+    Ok(report.trim_end().to_owned())
+}
+
+async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64, admin: &AdminArgs) -> Result<()> {
+    let name = match name {
+        Some(name) => name,
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(|s| s.replace('_', "-"))
+            .context("cannot tell the plugin's name from the file: pass --name")?,
+    };
+    if !crate::names::is_plugin(&name) {
+        bail!("{name:?} is not a plugin name: use [a-z0-9][a-z0-9_-]*, at most 63 bytes (pass --name)");
+    }
+    let report = check(file)?;
+    eprintln!("{}", report.lines().next().unwrap_or_default());
+    let bytes = std::fs::read(file)?;
+    let hash = VersionId::of(&bytes).hex();
+
+    let client = admin.client()?;
+    let before = client.get(&format!("/api/plugins/{name}")).await.ok();
+    let started_ms = crate::registry::unix_ms();
+    std::fs::create_dir_all(deploy_dir)?;
+    let target = deploy_dir.join(format!("{name}.wasm"));
+    crate::deploy::artifacts::write_atomically(&target, &bytes)
+        .with_context(|| format!("cannot write {}", target.display()))?;
+    println!("placed {} as {}", file.display(), target.display());
+    if wait == 0 {
+        return Ok(());
+    }
+    if before.as_ref().is_some_and(|p| p["current"]["hash"] == hash.as_str()) {
+        println!("{name}: this file is already the current version");
+        return Ok(());
+    }
+    let before_generation = before.as_ref().and_then(|p| p["current"]["generation"].as_u64()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        match client.request("GET", &format!("/api/plugins/{name}")).await {
+            Err(e) => {
+                println!("no host confirmed it ({e:#}); the next host to start on {} loads it", deploy_dir.display());
+                return Ok(());
+            }
+            Ok((200, plugin)) => {
+                let current = &plugin["current"];
+                if current["hash"] == hash.as_str() && current["generation"].as_u64() > Some(before_generation) {
+                    println!("{name}: active, version {} generation {}", current["short"].as_str().unwrap_or("?"), current["generation"]);
+                    return Ok(());
+                }
+                let error = &plugin["last_error"];
+                if error["at_ms"].as_u64().is_some_and(|at| at >= started_ms) {
+                    bail!("{name}: the host refused it: {}: {}", error["what"].as_str().unwrap_or(""), error["error"].as_str().unwrap_or(""));
+                }
+            }
+            Ok((404, _)) => {}
+            Ok((status, body)) => bail!("admin API: {status}: {}", error_text(&body)),
+        }
+        if Instant::now() > deadline {
+            bail!("{name}: not active after {wait}s; see `baton status`");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
+    let status = admin.client()?.get("/api/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let totals = &status["totals"];
+    println!(
+        "{} plugins, {} tenants, {} sessions\n",
+        totals["plugins"], totals["tenants"], totals["sessions"]
+    );
+    let mut rows = vec![["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"].map(String::from).to_vec()];
+    for plugin in status["plugins"].as_array().into_iter().flatten() {
+        let current = &plugin["current"];
+        let error = &plugin["last_error"];
+        rows.push(vec![
+            plugin["name"].as_str().unwrap_or("").to_owned(),
+            current["short"].as_str().unwrap_or("(removed)").to_owned(),
+            current["generation"].as_u64().map_or("-".into(), |g| g.to_string()),
+            plugin["live_versions"].as_array().map_or(0, Vec::len).to_string(),
+            plugin["tenants"].as_array().map_or(0, Vec::len).to_string(),
+            plugin["sessions"].to_string(),
+            if error.is_null() { "-".into() } else { one_line(error["error"].as_str().unwrap_or(""), 60) },
+        ]);
+    }
+    print!("{}", table(&rows));
+    let events = status["events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        println!("\nrecent events (newest first):");
+        for event in events.iter().take(10) {
+            println!(
+                "  {}  {:<12} {:<16} {:<12} {}",
+                event["at_ms"].as_u64().map_or("?".into(), clock),
+                event["plugin"].as_str().unwrap_or(""),
+                event["kind"].as_str().unwrap_or(""),
+                event["version"].as_str().unwrap_or("-"),
+                one_line(event["detail"].as_str().unwrap_or(""), 70),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
+    let (status, body) = admin.client()?.request("POST", &format!("/api/plugins/{name}/rollback")).await?;
+    if status != 200 {
+        bail!("cannot roll back {name}: {}", error_text(&body));
+    }
+    println!(
+        "{name}: rolled back to version {} (generation {})",
+        body["version"].as_str().unwrap_or("?"),
+        body["generation"]
+    );
+    Ok(())
+}
+
+fn new(name: &str, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
+    let sdk = scaffold::sdk_path(sdk)?;
+    let root = scaffold::create(name, dir, &sdk)?;
+    println!("created {}; build it with `cargo build --release` there (see its README.md)", root.display());
+    Ok(())
+}
+
+/// Pads columns.
+fn table(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if flat.chars().count() > max {
+        format!("{}…", flat.chars().take(max).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in ms.
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}

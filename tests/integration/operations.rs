@@ -1,0 +1,251 @@
+//! Operating a host: admin authentication, Prometheus metrics, graceful
+//! shutdown of the real binary on SIGTERM, and the live dashboard in a real
+//! headless Chromium.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baton_test_plugins::{COUNTER_V1, COUNTER_V2, ECHO};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_requires_its_token_when_one_is_set() {
+    let host = TestHost::start_with(&[("echo", ECHO)], |c| c.admin_token = Some("s3cret".into())).await;
+    for path in ["/api/plugins", "/api/status", "/metrics", "/"] {
+        let response = host.admin("GET", path, None).await;
+        assert_eq!(response.status, 401, "{path}");
+        assert!(response.json()["error"].is_string());
+        assert_eq!(host.admin("GET", path, Some("wrong")).await.status, 401, "{path}");
+        assert_eq!(host.admin("GET", path, Some("s3cret")).await.status, 200, "{path}");
+    }
+    assert_eq!(host.admin("GET", "/api/status?token=s3cret", None).await.status, 200, "browsers pass ?token=");
+    assert_eq!(host.admin("POST", "/api/plugins/echo/rollback", None).await.status, 401);
+    // The client listener never asks for it.
+    assert_eq!(host.http("GET", "/t/acme/echo", b"").await.status, 200);
+}
+
+/// The value of a Prometheus sample whose line starts with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exposed_and_move_with_traffic() {
+    let host = TestHost::start(&[("metrics-echo", ECHO)]).await;
+    let scrape = async || host.admin("GET", "/metrics", None).await.text();
+    let frames_in = "baton_frames_in_total{plugin=\"metrics-echo\"}";
+    let before = sample(&scrape().await, frames_in).unwrap_or(0.0);
+    let mut client = host.connect("acme", "metrics-echo").await;
+    for i in 0..10 {
+        client.ask(&i.to_string()).await;
+    }
+    let metrics = scrape().await;
+    assert_eq!(sample(&metrics, frames_in), Some(before + 10.0), "frames in moved");
+    assert!(sample(&metrics, "baton_frames_out_total{plugin=\"metrics-echo\"}").is_some_and(|v| v >= 10.0));
+    assert_eq!(sample(&metrics, "baton_sessions{plugin=\"metrics-echo\",tenant=\"acme\"}"), Some(1.0));
+    assert!(metrics.contains("baton_call_seconds_bucket{plugin=\"metrics-echo\""), "call latency histogram");
+    assert!(metrics.contains("baton_compile_seconds"), "compile time");
+    assert!(metrics.contains("baton_activations_total{plugin=\"metrics-echo\",activation=\"deploy\"}"), "swaps");
+    assert!(metrics.contains("baton_live_versions{plugin=\"metrics-echo\"}"));
+    assert!(metrics.contains("baton_mailbox_depth{plugin=\"metrics-echo\",tenant=\"acme\"}"));
+    let _ = host.connect_path("/t/acme/nope").await;
+    assert!(sample(&scrape().await, "baton_rejected_total{status=\"404\"}").is_some_and(|v| v >= 1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let deploy = dir.path().join("deploy");
+    std::fs::create_dir_all(&deploy).expect("deploy dir");
+    std::fs::copy(ECHO, deploy.join("echo.wasm")).expect("copy");
+    let config = dir.path().join("baton.toml");
+    std::fs::write(&config, "[shutdown]\ndeadline_secs = 10\nclose_per_second = 100\n").expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-json"])
+        .arg("--config")
+        .arg(&config)
+        .arg("--deploy-dir")
+        .arg(&deploy)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start baton");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(json) = serde_json::from_str(&line) {
+                let _ = lines_tx.send(json);
+            }
+        }
+    });
+    let clients = loop {
+        let line = lines.recv_timeout(DEADLINE).expect("the host logs where it listens");
+        if let Some(addr) = line["fields"]["clients"].as_str() {
+            break addr.to_owned();
+        }
+    };
+
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{clients}/t/t{}/echo", i % 3)).await.expect("connect");
+        ws.send(Message::text("hi")).await.expect("send");
+        assert_eq!(ws.next().await.expect("echo").expect("echo"), Message::text("hi"));
+        sessions.push(ws);
+    }
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(kill.success());
+    for mut ws in sessions {
+        let close = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("closed in time");
+        assert_eq!(close, Some(1001));
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("wait").expect("exit status");
+    assert!(status.success(), "exit code 0: {status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(15), "exits within its deadline");
+}
+
+/// A headless Chromium driven over the DevTools protocol.
+struct Browser {
+    child: std::process::Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("Chromium is needed for the dashboard test: `apt-get install chromium` (scripts/test installs it)");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut child = Command::new(binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chromium");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
+                    let _ = tx.send(rest.split('/').next().unwrap_or("").to_owned());
+                }
+            }
+        });
+        let port = rx.recv_timeout(DEADLINE).expect("Chromium's DevTools port").parse().expect("port");
+        Browser {
+            child,
+            port,
+            _profile: profile,
+        }
+    }
+
+    /// Opens `url` in a new tab and returns the tab's DevTools socket.
+    async fn open(&self, url: &str) -> Tab {
+        let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None).await.expect("new tab");
+        let target = response.json();
+        let socket = target["webSocketDebuggerUrl"].as_str().expect("tab socket").to_owned();
+        let (ws, _) = tokio_tungstenite::connect_async(socket).await.expect("DevTools socket");
+        Tab { ws, next: 0 }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Tab {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    next: u64,
+}
+
+impl Tab {
+    /// Evaluates a JavaScript expression in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> serde_json::Value {
+        self.next += 1;
+        let id = self.next;
+        let command = serde_json::json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": expression, "returnByValue": true } });
+        self.ws.send(Message::text(command.to_string())).await.expect("send to DevTools");
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("DevTools answers").expect("open").expect("ok");
+            let reply: serde_json::Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
+            if reply["id"] == id {
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Waits until the page's text for `selector` contains `needle`.
+    async fn wait_text(&mut self, selector: &str, needle: &str) -> String {
+        let expression = format!("document.querySelector({selector:?})?.innerText ?? ''");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let text = self.eval(&expression).await.as_str().unwrap_or("").to_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{selector} never showed {needle:?}; it shows {text:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_plugins_and_updates_live_after_a_swap() {
+    let host = TestHost::start(&[("counter", COUNTER_V1)]).await;
+    let mut client = host.connect("acme", "counter").await;
+    client.ask("hello").await;
+    let browser = Browser::launch();
+    let mut tab = browser.open(&format!("http://{}/", host.admin)).await;
+
+    let row = tab.wait_text("tr[data-plugin=counter]", "gen 1").await;
+    assert!(row.contains("counter"), "{row}");
+    tab.wait_text("#tenants", "acme").await;
+    tab.wait_text("#events", "swap").await;
+    let loaded_at = tab.eval("performance.timeOrigin").await;
+
+    // A swap shows up without reloading the page.
+    host.drop_file("counter", &plugin_bytes(COUNTER_V2));
+    host.wait_generation_above("counter", 1).await;
+    tab.wait_text("tr[data-plugin=counter]", "gen 2").await;
+    assert_eq!(tab.eval("performance.timeOrigin").await, loaded_at, "the same page, not reloaded");
+    let timeline = tab.wait_text("#events", "generation 2").await;
+    assert!(timeline.matches("swap").count() >= 2, "{timeline}");
+}
