@@ -74,6 +74,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Graceful shutdown (SIGTERM, SIGINT).
     pub shutdown: ShutdownConfig,
+    /// Dropping the instances of idle tenants.
+    pub hibernation: HibernationConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -105,6 +107,10 @@ pub struct RuntimeConfig {
     pub epoch_tick_ms: u64,
     /// Plugins compiled at the same time at most. Default 2.
     pub compile_concurrency: usize,
+    /// Tenants migrating to a new version at the same time at most. Each holds
+    /// two instances while it migrates, so `max_instances` must leave this
+    /// much room above the live tenants. Default 64.
+    pub migration_concurrency: usize,
 }
 
 /// Limits applied to every instance (one plugin, one tenant).
@@ -245,6 +251,27 @@ pub struct ShutdownConfig {
     /// The host exits within this time after the signal, in seconds, whatever
     /// is still open. Default 30.
     pub deadline_secs: u64,
+    /// Export every tenant's plugin state to the data folder at shutdown and
+    /// import it at the tenant's first instance after the next start, so
+    /// plugin state survives host restarts. Default true.
+    pub persist_state: bool,
+}
+
+/// Hibernation: an instance idle this long exports its state and is dropped
+/// (its memory returns to the pool); the next event for the tenant starts a
+/// new one that imports the state. Open sessions stay open meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HibernationConfig {
+    /// Idle time before hibernating, in seconds; 0 turns hibernation off.
+    /// Default 300.
+    pub idle_secs: u64,
+}
+
+impl Default for HibernationConfig {
+    fn default() -> Self {
+        HibernationConfig { idle_secs: 300 }
+    }
 }
 
 impl Default for ShutdownConfig {
@@ -252,6 +279,7 @@ impl Default for ShutdownConfig {
         ShutdownConfig {
             close_per_second: 5000,
             deadline_secs: 30,
+            persist_state: true,
         }
     }
 }
@@ -273,6 +301,7 @@ impl Default for Config {
             swap: SwapConfig::default(),
             supervision: SupervisionConfig::default(),
             shutdown: ShutdownConfig::default(),
+            hibernation: HibernationConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -286,6 +315,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack_kib: 512,
             epoch_tick_ms: 2,
             compile_concurrency: 2,
+            migration_concurrency: 64,
         }
     }
 }

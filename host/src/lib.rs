@@ -115,20 +115,22 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     };
 
     deployer.deploy_all().await;
+    let (stop, stopped) = watch::channel(false);
     let watcher = deploy::watch::spawn(
         deployer.clone(),
         config.deploy_dir.clone(),
         Duration::from_millis(config.swap.settle_ms),
+        stopped.clone(),
     )?;
 
-    let (stop, stopped) = watch::channel(false);
     let clients = Arc::new(server::Clients {
         registry: registry.clone(),
         config: config.clone(),
         tenant_env: Arc::new(TenantEnv {
             config: config.clone(),
             reports,
-            storage,
+            storage: storage.clone(),
+            migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.max(1)),
         }),
     });
     let client_addr = listeners.clients.local_addr()?;
@@ -150,9 +152,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     shutdown.await;
     let deadline = Duration::from_secs(config.shutdown.deadline_secs);
     tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
-    watcher.abort();
     let _ = stop.send(true);
     let graceful = async {
+        let _ = watcher.await;
         close_sessions(&registry, config.shutdown.close_per_second).await;
         let _ = client_task.await;
         let _ = admin_task.await;
@@ -162,6 +164,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         tracing::warn!("shutdown deadline reached; exiting with work still open");
     }
     report_task.abort();
+    let _ = report_task.await;
+    storage.close();
     tracing::info!("stopped");
     Ok(())
 }

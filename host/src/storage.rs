@@ -13,10 +13,14 @@
 
 use std::path::Path;
 
+use std::sync::{RwLock, RwLockReadGuard};
+
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&[u8], u64> = TableDefinition::new("usage");
+/// Plugin states exported at shutdown: namespace → (version hash, state).
+const STATES: TableDefinition<&[u8], (&str, &[u8])> = TableDefinition::new("states");
 
 /// Longest key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -55,7 +59,21 @@ pub struct StorageLimits {
 
 /// The storage of one host.
 pub struct Storage {
-    db: Database,
+    /// `None` once closed: the host closes it when it stops, so that the file
+    /// (which redb locks) is free for the next host at once, whatever still
+    /// holds a reference.
+    db: RwLock<Option<Database>>,
+}
+
+/// The open database, read-locked for one call.
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was made")
+    }
 }
 
 /// One (tenant, plugin) namespace.
@@ -90,14 +108,28 @@ impl Storage {
         let txn = db.begin_write()?;
         txn.open_table(DATA)?;
         txn.open_table(USAGE)?;
+        txn.open_table(STATES)?;
         txn.commit()?;
-        Ok(Storage { db })
+        Ok(Storage { db: RwLock::new(Some(db)) })
+    }
+
+    /// Closes the database; later calls fail with `Unavailable`.
+    pub fn close(&self) {
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn db(&self) -> Result<DbGuard<'_>, StorageError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StorageError::Unavailable("the host is shutting down".into()));
+        }
+        Ok(DbGuard(guard))
     }
 
     /// The value of `key`.
     pub fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let full = ns.key(key)?;
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(DATA)?;
         Ok(table.get(full.as_slice())?.map(|v| v.value().to_vec()))
     }
@@ -108,7 +140,7 @@ impl Storage {
         if value.len() > limits.max_value_bytes {
             return Err(StorageError::TooLarge);
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut data = txn.open_table(DATA)?;
             let mut usage = txn.open_table(USAGE)?;
@@ -129,7 +161,7 @@ impl Storage {
     /// Deletes `key`; `false` if it was not set.
     pub fn delete(&self, ns: &Namespace, key: &str) -> Result<bool, StorageError> {
         let full = ns.key(key)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let existed = {
             let mut data = txn.open_table(DATA)?;
             let removed = data.remove(full.as_slice())?.map(|v| (key.len() + v.value().len()) as u64);
@@ -148,7 +180,7 @@ impl Storage {
     pub fn list(&self, ns: &Namespace, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
         let mut start = ns.0.clone();
         start.extend_from_slice(prefix.as_bytes());
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(DATA)?;
         let mut keys = Vec::new();
         for entry in table.range(start.as_slice()..)? {
@@ -162,9 +194,32 @@ impl Storage {
         Ok(keys)
     }
 
+    /// Keeps a plugin state exported at shutdown (host-internal: plugins cannot
+    /// reach this table).
+    pub fn save_state(&self, ns: &Namespace, version: &str, state: &[u8]) -> Result<(), StorageError> {
+        let txn = self.db()?.begin_write()?;
+        txn.open_table(STATES)?.insert(ns.0.as_slice(), (version, state))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Takes (reads and deletes) the state kept for a namespace.
+    pub fn take_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
+        let txn = self.db()?.begin_write()?;
+        let taken = txn
+            .open_table(STATES)?
+            .remove(ns.0.as_slice())?
+            .map(|v| {
+                let (version, state) = v.value();
+                (version.to_owned(), state.to_vec())
+            });
+        txn.commit()?;
+        Ok(taken)
+    }
+
     /// Bytes used by a namespace.
     pub fn used(&self, ns: &Namespace) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let usage = txn.open_table(USAGE)?;
         Ok(usage.get(ns.0.as_slice())?.map_or(0, |u| u.value()))
     }
@@ -228,6 +283,16 @@ mod tests {
         s.set(&ns, "j", &[0; 5], small).expect("now it fits");
         s.delete(&ns, "k").expect("delete");
         assert_eq!(s.used(&ns).expect("used"), 6);
+    }
+
+    #[test]
+    fn kept_states_are_taken_once() {
+        let (_dir, s) = storage();
+        let ns = Namespace::new("t", "p");
+        s.save_state(&ns, "abc", b"state").expect("save");
+        assert_eq!(s.take_state(&ns).expect("take"), Some(("abc".to_owned(), b"state".to_vec())));
+        assert_eq!(s.take_state(&ns).expect("take"), None);
+        assert_eq!(s.list(&ns, "", 10).expect("list"), Vec::<String>::new(), "not visible as data");
     }
 
     #[test]

@@ -33,6 +33,13 @@
 //! wait; new sessions and requests get 503) and report a crash loop
 //! ([`Report::CrashLoop`]), on which the deployer may roll the plugin back.
 //!
+//! **Hibernation**: an instance idle for `hibernation.idle_secs` exports its
+//! state and is dropped; the next command or timer starts an instance of the
+//! same version that imports it (then migrates as usual if the plugin moved
+//! on meanwhile). Sessions stay open. At shutdown the state of every tenant
+//! is exported to the data folder (`shutdown.persist_state`) and imported by
+//! its first instance after the next start.
+//!
 //! **Removal**: when the plugin is removed, the tenant keeps serving its open
 //! sessions for the drain deadline, then closes them with 1001 and ends once
 //! they are gone. A redeploy within the deadline migrates it as usual.
@@ -131,6 +138,9 @@ pub struct TenantEnv {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Durable storage for plugins.
     pub storage: Arc<Storage>,
+    /// Bounds how many tenants migrate at once (each holds two instances
+    /// meanwhile).
+    pub migrations: tokio::sync::Semaphore,
 }
 
 /// The lifecycle state of a tenant, as seen from outside its task.
@@ -145,6 +155,8 @@ pub enum Status {
     BackingOff = 2,
     /// The plugin was removed: draining, then closing its sessions.
     Closing = 3,
+    /// Idle: the instance was dropped and its state kept.
+    Hibernated = 4,
 }
 
 impl Status {
@@ -153,6 +165,7 @@ impl Status {
             1 => Status::Running,
             2 => Status::BackingOff,
             3 => Status::Closing,
+            4 => Status::Hibernated,
             _ => Status::Idle,
         }
     }
@@ -164,6 +177,7 @@ impl Status {
             Status::Running => "running",
             Status::BackingOff => "backing_off",
             Status::Closing => "closing",
+            Status::Hibernated => "hibernated",
         }
     }
 }
@@ -366,9 +380,19 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         backoff_level: 0,
         held: None,
         removed_at: None,
+        hibernated: None,
+        persisted_checked: false,
+        last_active: Instant::now(),
     };
     tokio::spawn(actor.run());
     TenantHandle { shared, mailbox }
+}
+
+/// The state of a hibernated instance, and the version that exported it
+/// (kept loaded, so the tenant can always wake on it).
+struct Hibernated {
+    version: Arc<Version>,
+    state: Vec<u8>,
 }
 
 /// Back-off after a crash loop: until when, and for which generation.
@@ -395,6 +419,12 @@ struct Actor {
     held: Option<Command>,
     /// When the plugin was seen removed.
     removed_at: Option<Instant>,
+    /// Set while hibernating.
+    hibernated: Option<Hibernated>,
+    /// Whether state kept at the last shutdown was looked for.
+    persisted_checked: bool,
+    /// When the last command or timer was handled.
+    last_active: Instant,
 }
 
 impl Actor {
@@ -417,6 +447,18 @@ impl Actor {
                     }
                     if self.needs_migration(current) {
                         self.migrate(current.clone()).await;
+                        continue;
+                    }
+                    if self.backoff.is_none()
+                        && self.hibernated.as_ref().is_some_and(|h| {
+                            h.version.generation != current.generation && self.refused_generation != Some(current.generation)
+                        })
+                    {
+                        // Wake to migrate: a swap moves every tenant promptly,
+                        // hibernating ones too, so old versions can be released.
+                        if let Some(hibernated) = self.hibernated.take() {
+                            self.wake(hibernated).await;
+                        }
                         continue;
                     }
                 }
@@ -445,25 +487,113 @@ impl Actor {
 
             let removal_deadline = self.removed_at.map(|at| at + self.drain());
             let next_timer = self.shared.state().timers.next_deadline();
+            let idle_deadline = self.idle_deadline();
             tokio::select! {
                 command = self.mailbox.recv() => match command {
                     Some(Command::Shutdown { done }) => {
                         shutdown = Some(done);
                         break;
                     }
-                    Some(command) => self.handle(command).await,
+                    Some(command) => {
+                        self.last_active = Instant::now();
+                        self.handle(command).await;
+                    }
                     None => break,
                 },
                 () = &mut changed => {}
                 () = sleep_until(removal_deadline) => {}
-                () = sleep_until(next_timer) => self.fire_timers().await,
+                () = sleep_until(next_timer) => {
+                    self.last_active = Instant::now();
+                    self.fire_timers().await;
+                }
+                () = sleep_until(idle_deadline) => self.hibernate().await,
             }
+        }
+        if shutdown.is_some() && self.env.config.shutdown.persist_state {
+            self.persist().await;
         }
         self.instance = None;
         self.shared.set_status(Status::Idle);
         self.plugin.forget_tenant(&self.shared.tenant);
         if let Some(done) = shutdown {
             let _ = done.send(());
+        }
+    }
+
+    /// When the instance hibernates if nothing happens (none when it has no
+    /// instance or hibernation is off).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let idle = self.env.config.hibernation.idle_secs;
+        (idle > 0 && self.instance.is_some()).then(|| self.last_active + Duration::from_secs(idle))
+    }
+
+    /// Exports the idle instance's state and drops it.
+    async fn hibernate(&mut self) {
+        let Some(instance) = self.instance.as_mut() else {
+            return;
+        };
+        match instance.export_state().await {
+            Ok(Ok(state)) => {
+                let Some(instance) = self.instance.take() else {
+                    return;
+                };
+                let version = instance.version().clone();
+                drop(instance);
+                tracing::debug!(tenant = %self.shared.tenant, plugin = %self.plugin.name, bytes = state.len(), "hibernated");
+                metrics::counter!("baton_hibernations_total", "plugin" => self.plugin.name.clone()).increment(1);
+                self.hibernated = Some(Hibernated { version, state });
+                self.shared.set_status(Status::Hibernated);
+            }
+            // A plugin that cannot export its state stays awake.
+            Ok(Err(reason)) => {
+                tracing::debug!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "not hibernating: {reason}");
+                self.last_active = Instant::now();
+            }
+            Err(trap) => self.crashed(trap).await,
+        }
+    }
+
+    /// At shutdown: keeps the tenant's state in the data folder for the next start.
+    async fn persist(&mut self) {
+        let exported = match (self.instance.as_mut(), self.hibernated.take()) {
+            (Some(instance), _) => match instance.export_state().await {
+                Ok(Ok(state)) => Some((instance.version().id.hex(), state)),
+                Ok(Err(reason)) => {
+                    tracing::warn!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "state not kept at shutdown: {reason}");
+                    None
+                }
+                Err(trap) => {
+                    tracing::warn!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "state not kept at shutdown: {trap}");
+                    None
+                }
+            },
+            (None, Some(hibernated)) => Some((hibernated.version.id.hex(), hibernated.state)),
+            (None, None) => None,
+        };
+        let Some((version, state)) = exported else {
+            return;
+        };
+        let storage = self.env.storage.clone();
+        let namespace = self.shared.namespace.clone();
+        let saved = tokio::task::spawn_blocking(move || storage.save_state(&namespace, &version, &state)).await;
+        if !matches!(saved, Ok(Ok(()))) {
+            tracing::warn!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "cannot keep the state at shutdown: {saved:?}");
+        }
+    }
+
+    /// The state kept at the last shutdown, if any (taken once).
+    async fn take_persisted(&mut self) -> Option<(String, Vec<u8>)> {
+        if std::mem::replace(&mut self.persisted_checked, true) {
+            return None;
+        }
+        let storage = self.env.storage.clone();
+        let namespace = self.shared.namespace.clone();
+        match tokio::task::spawn_blocking(move || storage.take_state(&namespace)).await {
+            Ok(Ok(kept)) => kept,
+            other => {
+                tracing::warn!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "cannot read the state kept at shutdown: {other:?}");
+                None
+            }
         }
     }
 
@@ -561,7 +691,8 @@ impl Actor {
                 self.deliver_presence().await;
             }
             Command::Disconnect { session } => {
-                if self.shared.remove_session(session) && self.instance.is_some() {
+                let has_instance = self.instance.is_some() || self.hibernated.is_some();
+                if self.shared.remove_session(session) && has_instance && self.ensure_instance().await {
                     self.call_disconnect(session).await;
                     self.deliver_presence().await;
                 }
@@ -663,6 +794,12 @@ impl Actor {
     /// (and re-announcing open sessions to it) if needed. `false` when none
     /// could be started: the tenant is then backing off or the plugin is gone.
     async fn ensure_instance(&mut self) -> bool {
+        if self.instance.is_none()
+            && self.backoff.is_none()
+            && let Some(hibernated) = self.hibernated.take()
+        {
+            self.wake(hibernated).await;
+        }
         while self.instance.is_none() {
             if self.backoff.is_some() {
                 return false;
@@ -670,6 +807,10 @@ impl Actor {
             let Some(version) = self.plugin.current() else {
                 return false;
             };
+            if let Some((from, state)) = self.take_persisted().await {
+                self.restore(version, &from, &state).await;
+                continue;
+            }
             match self.start(version.clone()).await {
                 Ok(instance) => {
                     self.install(instance);
@@ -694,6 +835,62 @@ impl Actor {
             }
         }
         true
+    }
+
+    /// Starts an instance of the version that hibernated and gives it back its
+    /// state. (A changed current version is then migrated to as usual.)
+    async fn wake(&mut self, hibernated: Hibernated) {
+        let Hibernated { version, state } = hibernated;
+        let started = Instant::now();
+        let result = match self.start(version.clone()).await {
+            Ok(mut instance) => match instance.import_state(&version.id.hex(), &state).await {
+                Ok(Ok(())) => Ok(instance),
+                Ok(Err(reason)) => Err(format!("import-state refused its own state: {reason}")),
+                Err(trap) => Err(format!("import-state trapped: {trap}")),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        match result {
+            Ok(instance) => {
+                self.install(instance);
+                metrics::histogram!("baton_wake_seconds", "plugin" => self.plugin.name.clone())
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(error) => {
+                // Its state is gone with it; a fresh instance takes over, as
+                // after a crash.
+                tracing::error!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "cannot wake: {error}");
+                self.plugin.report_error("crash", Some(version.id.short()), format!("tenant {} waking", self.shared.tenant), error);
+                self.count_restart(&version);
+            }
+        }
+    }
+
+    /// Starts an instance of `version` with the state kept at the last
+    /// shutdown; a refusal is reported and the instance starts fresh.
+    async fn restore(&mut self, version: Arc<Version>, from: &str, state: &[u8]) {
+        match self.start(version.clone()).await {
+            Ok(mut instance) => {
+                match instance.import_state(from, state).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => self.plugin.report_error(
+                        "restore_failed",
+                        Some(version.id.short()),
+                        format!("tenant {}", self.shared.tenant),
+                        format!("the state kept at shutdown was refused, starting fresh: {reason}"),
+                    ),
+                    Err(trap) => {
+                        self.note_crash(&version, &trap);
+                        return;
+                    }
+                }
+                self.install(instance);
+            }
+            Err(error) => {
+                self.plugin.report_error("crash", Some(version.id.short()), format!("tenant {}", self.shared.tenant), error.to_string());
+                self.count_restart(&version);
+            }
+        }
     }
 
     async fn start(&mut self, version: Arc<Version>) -> Result<Instance, StartError> {
@@ -844,6 +1041,8 @@ impl Actor {
                 return;
             }
         };
+        let env = self.env.clone();
+        let _slot = env.migrations.acquire().await;
         let mut fresh = match self.start(target.clone()).await {
             Ok(instance) => instance,
             Err(error) => {

@@ -85,3 +85,46 @@ async fn a_plugin_built_against_the_first_world_still_loads() {
     assert_eq!(client.ask("still speaking 0.1.0").await, "still speaking 0.1.0");
     assert!(host.http("GET", "/t/acme/legacy", b"").await.text().contains("0.1.0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tenant_hibernates_and_wakes_with_its_state() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.hibernation.idle_secs = 1).await;
+    let mut client = host.connect("acme", "chaos").await;
+    let before = client.ask("whoami").await;
+    assert_eq!(client.ask("count").await, "count:2");
+    let tenant_status = async || host.plugin("chaos").await["tenants"][0]["status"].clone();
+    eventually("the tenant hibernates", async || tenant_status().await == "hibernated").await;
+    assert_eq!(host.plugin("chaos").await["live_versions"][0]["tenants"], 0, "its instance is gone");
+    // The session stayed open; the next frame wakes a new instance with the state.
+    assert_eq!(client.ask("count").await, "count:3");
+    assert_ne!(client.ask("whoami").await, before);
+    assert_eq!(tenant_status().await, "running");
+
+    // A swap wakes hibernating tenants so that they move too.
+    eventually("the tenant hibernates again", async || tenant_status().await == "hibernated").await;
+    let generation = host.wait_current("chaos").await;
+    host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 31));
+    host.wait_generation_above("chaos", generation).await;
+    eventually("the hibernated tenant migrated", async || {
+        let view = host.plugin("chaos").await;
+        view["live_versions"].as_array().is_some_and(|v| v.len() == 1) && view["tenants"][0]["generation"] == view["current"]["generation"]
+    })
+    .await;
+    assert_eq!(client.ask("count").await, "count:5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_state_survives_a_host_restart() {
+    let host = TestHost::start(&[("counter", baton_test_plugins::COUNTER_V2)]).await;
+    let mut client = host.connect("acme", "counter").await;
+    for _ in 0..3 {
+        client.ask("x").await;
+    }
+    let host = host.restart().await;
+    host.wait_current("counter").await;
+    let usage = host.http("GET", "/t/acme/counter", b"").await.json();
+    assert_eq!(usage["total"], 3, "the tenant's total was kept at shutdown and imported: {usage}");
+    let mut client = host.connect("acme", "counter").await;
+    let reply: serde_json::Value = serde_json::from_str(&client.ask("y").await).expect("json");
+    assert_eq!(reply["total"], 4);
+}

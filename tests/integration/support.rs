@@ -173,6 +173,7 @@ impl TestHost {
     /// Waits until `name` has a current version; returns its generation.
     pub async fn wait_current(&self, name: &str) -> u64 {
         wait_for(&format!("{name} is deployed"), async || {
+            assert!(!self.task.as_ref().is_some_and(JoinHandle::is_finished), "the host exited while starting");
             let token = self.config.admin_token.as_deref();
             let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", token).await;
             match response {

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Deployer;
@@ -73,9 +73,15 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Watches `dir` in a task (abort it to stop). Returns once the watch is set
+/// Watches `dir` in a task until `shutdown` turns true; the task then ends
+/// its pending examinations before it finishes. Returns once the watch is set
 /// up, so changes made after this call are seen.
-pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify::Result<JoinHandle<()>> {
+pub fn spawn(
+    deployer: Arc<Deployer>,
+    dir: PathBuf,
+    settle: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> notify::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(notify::Error::io)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
     let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
@@ -101,7 +107,14 @@ pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify:
         // Keeps the OS watch alive as long as this task runs.
         let _debouncer = debouncer;
         let mut pending: HashMap<String, JoinHandle<()>> = HashMap::new();
-        while let Some(message) = rx.recv().await {
+        loop {
+            let message = tokio::select! {
+                message = rx.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                () = crate::stopped(&mut shutdown) => break,
+            };
             let names: BTreeSet<String> = match message {
                 Some(paths) if paths.is_empty() => continue,
                 Some(paths) => paths
@@ -128,6 +141,7 @@ pub fn spawn(deployer: Arc<Deployer>, dir: PathBuf, settle: Duration) -> notify:
         }
         for task in pending.into_values() {
             task.abort();
+            let _ = task.await;
         }
     }))
 }
