@@ -94,6 +94,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let config = Arc::new(config);
     // Before anything records a metric.
     let metrics = metrics_handle();
+    raise_file_limit();
     std::fs::create_dir_all(&config.deploy_dir)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let runtime = Runtime::new(&config.runtime)?;
@@ -199,6 +200,19 @@ async fn close_sessions(registry: &Registry, per_second: usize) {
     }
     while tenants.iter().any(|t| t.shared().session_count() > 0) {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: each session is a
+/// socket, so this bounds the sessions one host can hold.
+fn raise_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(
+            file_descriptors = limit,
+            "open-file limit raised to the hard limit: about {} sessions at most",
+            limit.saturating_sub(100)
+        ),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
 }
 

@@ -68,19 +68,17 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
     std::fs::copy(ECHO, deploy.join("echo.wasm")).expect("copy");
     let config = dir.path().join("baton.toml");
     std::fs::write(&config, "[shutdown]\ndeadline_secs = 10\nclose_per_second = 100\n").expect("config");
+    // Relative folders, as `baton serve` run from a project directory has them.
     let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-json"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--deploy-dir")
-        .arg(&deploy)
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .args(["--config", "baton.toml", "--deploy-dir", "deploy", "--data-dir", "data"])
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .spawn()
         .expect("start baton");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().expect("stdout");
+    let mut child = KillOnDrop(Some(child));
+    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(json) = serde_json::from_str(&line) {
@@ -88,12 +86,21 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
             }
         }
     });
-    let clients = loop {
+    let (clients, admin) = loop {
         let line = lines.recv_timeout(DEADLINE).expect("the host logs where it listens");
-        if let Some(addr) = line["fields"]["clients"].as_str() {
-            break addr.to_owned();
+        if let (Some(clients), Some(admin)) = (line["fields"]["clients"].as_str(), line["fields"]["admin"].as_str()) {
+            break (clients.to_owned(), admin.parse().expect("admin address"));
         }
     };
+    // A file dropped into the (relative) deploy folder is picked up.
+    let tmp = deploy.join(".echo.wasm.tmp");
+    std::fs::write(&tmp, byte_different(&plugin_bytes(ECHO), 1)).expect("write");
+    std::fs::rename(&tmp, deploy.join("echo.wasm")).expect("rename");
+    eventually("the dropped file is deployed", async || {
+        let response = request(admin, "GET", "/api/plugins/echo", b"", None).await;
+        response.is_ok_and(|r| r.json()["current"]["generation"] == 2)
+    })
+    .await;
 
     let mut sessions = Vec::new();
     for i in 0..20 {
@@ -103,7 +110,8 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         sessions.push(ws);
     }
     let signalled = Instant::now();
-    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let pid = child.0.as_ref().expect("running").id();
+    let kill = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
     assert!(kill.success());
     for mut ws in sessions {
         let close = tokio::time::timeout(DEADLINE, async {
@@ -119,9 +127,22 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         .expect("closed in time");
         assert_eq!(close, Some(1001));
     }
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("wait").expect("exit status");
+    let mut process = child.0.take().expect("running");
+    let status = tokio::task::spawn_blocking(move || process.wait()).await.expect("wait").expect("exit status");
     assert!(status.success(), "exit code 0: {status:?}");
     assert!(signalled.elapsed() < Duration::from_secs(15), "exits within its deadline");
+}
+
+/// Kills a child process the test did not get to stop (a failed assertion).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A headless Chromium driven over the DevTools protocol.

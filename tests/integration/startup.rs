@@ -2,7 +2,7 @@
 //! a valid plugin is reported (which file, why) and skipped while the others
 //! serve.
 
-use baton_test_plugins::{ECHO, WRONG_WORLD};
+use baton_test_plugins::{ECHO, WASI_HTTP_HELLO, WRONG_WORLD};
 
 use crate::support::*;
 
@@ -15,6 +15,7 @@ async fn invalid_files_are_reported_and_skipped() {
     std::fs::write(deploy.join("garbage.wasm"), b"this is not wasm").expect("write");
     std::fs::write(deploy.join("truncated.wasm"), &echo[..echo.len() / 2]).expect("write");
     std::fs::copy(WRONG_WORLD, deploy.join("command.wasm")).expect("copy");
+    std::fs::copy(WASI_HTTP_HELLO, deploy.join("proxy.wasm")).expect("copy");
     std::fs::copy(ECHO, deploy.join("echo.wasm")).expect("copy");
 
     let host = TestHost::start_with(&[], |c| {
@@ -24,7 +25,7 @@ async fn invalid_files_are_reported_and_skipped() {
     .await;
     host.wait_current("echo").await;
 
-    for (name, why) in [("garbage", "not a valid WebAssembly component"), ("truncated", "not a valid WebAssembly component"), ("command", "does not match the baton:plugin world")] {
+    for (name, why) in [("garbage", "not a valid WebAssembly component"), ("truncated", "not a valid WebAssembly component"), ("command", "does not match the baton:plugin world"), ("proxy", "does not match the baton:plugin world")] {
         let plugin = wait_for(&format!("{name} is reported"), async || {
             let plugin = host.plugin(name).await;
             plugin["last_error"].is_object().then_some(plugin)

@@ -83,6 +83,9 @@ pub fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> notify::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(notify::Error::io)?;
+    // Events carry the watched path as given; an absolute one makes them
+    // comparable whatever the working directory was.
+    let dir = dir.canonicalize().map_err(notify::Error::io)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
     let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
         let message = match result {
