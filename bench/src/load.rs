@@ -1,13 +1,105 @@
-//! The load generator: many WebSocket clients doing round trips, bounded in
-//! count and time, on loopback only.
+//! The load generator: WebSocket and HTTP clients, bounded in count and time,
+//! on loopback only.
+//!
+//! Many sessions are spread over source addresses in 127.0.0.0/8 (one address
+//! pair allows ~28,000 ephemeral ports) and over several processes
+//! ([`Holders`], this binary in the `hold` role) when one process's
+//! file-descriptor limit is too small.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A client WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Latency percentiles and a rate.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Operations per second.
+    pub rate: f64,
+    /// Median, µs.
+    pub p50: u64,
+    /// 99th percentile, µs.
+    pub p99: u64,
+    /// Failed clients or requests.
+    pub errors: usize,
+}
+
+impl Stats {
+    fn of(histogram: &Histogram<u64>, count: u64, seconds: f64, errors: usize) -> Stats {
+        Stats {
+            rate: count as f64 / seconds,
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            errors,
+        }
+    }
+}
+
+fn check_loopback(url: &str) -> Result<()> {
+    if !url.starts_with("ws://127.") && !url.starts_with("http://127.") {
+        bail!("the load generator targets loopback only, not {url}");
+    }
+    Ok(())
+}
+
+/// Opens one session from the source address `source`.
+pub async fn connect_from(url: &str, source: Ipv4Addr) -> Result<Ws> {
+    check_loopback(url)?;
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+    let server: SocketAddr = authority.parse()?;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// Opens `count` sessions, 100 at a time, from source addresses
+/// `127.0.0.<first_source>` upwards (a new address every 20,000 sessions).
+pub async fn open(url: &str, count: usize, first_source: u8) -> Result<Vec<Ws>> {
+    let mut sessions = Vec::with_capacity(count);
+    while sessions.len() < count {
+        let batch = (sessions.len()..count.min(sessions.len() + 100)).map(|i| {
+            let source = Ipv4Addr::new(127, 0, 0, first_source.saturating_add((i / 20_000) as u8));
+            connect_from(url, source)
+        });
+        for result in futures_util::future::join_all(batch).await {
+            sessions.push(result.with_context(|| format!("opening session {} to {url}", sessions.len()))?);
+        }
+    }
+    Ok(sessions)
+}
+
+/// Sends `text` on every session and waits for one text answer on each;
+/// returns how many answered.
+pub async fn ping_all(sessions: &mut [Ws], text: &str) -> usize {
+    let pings = sessions.iter_mut().map(|ws| async move {
+        if ws.send(Message::text(text)).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(30), ws.next()).await, Ok(Some(Ok(Message::Text(_)))))
+    });
+    let mut answered = 0;
+    for chunk in futures_util::stream::iter(pings).buffer_unordered(512).collect::<Vec<_>>().await {
+        answered += usize::from(chunk);
+    }
+    answered
+}
 
 /// An echo load.
 #[derive(Debug, Clone)]
@@ -22,42 +114,101 @@ pub struct EchoLoad {
     pub warmup: Duration,
 }
 
-/// What an echo load measured.
-#[derive(Debug, Clone)]
-pub struct EchoStats {
-    /// Round trips per second, all connections together.
-    pub rate: f64,
-    /// Median round trip, µs.
-    pub p50: u64,
-    /// 99th percentile round trip, µs.
-    pub p99: u64,
-    /// Connections that failed.
-    pub errors: usize,
-}
-
-/// Runs `load` against the WebSocket at `url`.
-pub async fn echo(url: &str, load: &EchoLoad) -> Result<EchoStats> {
-    if !url.starts_with("ws://127.") {
-        bail!("the load generator targets loopback only, not {url}");
-    }
-    let mut clients = Vec::with_capacity(load.connections);
-    for chunk in 0..load.connections.div_ceil(100) {
-        let batch = (chunk * 100..load.connections.min((chunk + 1) * 100)).map(|_| tokio_tungstenite::connect_async(url));
-        for result in futures_util::future::join_all(batch).await {
-            let (ws, _) = result.with_context(|| format!("connecting to {url}"))?;
-            clients.push(ws);
-        }
-    }
-    let barrier = std::sync::Arc::new(Barrier::new(load.connections + 1));
-    let payload = "x".repeat(load.payload);
-    let (warmup, duration) = (load.warmup, load.duration);
-    let mut tasks = Vec::with_capacity(load.connections);
-    for mut ws in clients {
+/// Round trips on already open sessions: each sends a frame and waits for
+/// the answer, in a loop. `frame(i)` makes the i-th frame of a session.
+pub async fn round_trips(sessions: Vec<Ws>, frame: fn(u64) -> String, warmup: Duration, duration: Duration) -> Result<(Stats, Vec<Ws>)> {
+    let barrier = std::sync::Arc::new(Barrier::new(sessions.len() + 1));
+    let mut tasks = Vec::with_capacity(sessions.len());
+    for mut ws in sessions {
         let barrier = barrier.clone();
-        let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).expect("histogram");
             let mut count = 0u64;
+            barrier.wait().await;
+            let start = Instant::now();
+            let (measure_from, end) = (start + warmup, start + warmup + duration);
+            let mut i = 0;
+            let mut failed = false;
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                if ws.send(Message::text(frame(i))).await.is_err() {
+                    failed = true;
+                    break;
+                }
+                i += 1;
+                match ws.next().await {
+                    Some(Ok(Message::Text(_))) => {}
+                    _ => {
+                        failed = true;
+                        break;
+                    }
+                }
+                if sent >= measure_from {
+                    count += 1;
+                    histogram.record(sent.elapsed().as_micros() as u64).ok();
+                }
+            }
+            (count, histogram, failed, ws)
+        }));
+    }
+    barrier.wait().await;
+    let mut total = Histogram::<u64>::new(3).expect("histogram");
+    let (mut count, mut errors) = (0, 0);
+    let mut sessions = Vec::new();
+    for task in tasks {
+        let (n, h, failed, ws) = task.await?;
+        count += n;
+        total.add(&h).ok();
+        errors += usize::from(failed);
+        sessions.push(ws);
+    }
+    Ok((Stats::of(&total, count, duration.as_secs_f64(), errors), sessions))
+}
+
+/// Runs `load` against the echo at `url`.
+pub async fn echo(url: &str, load: &EchoLoad) -> Result<Stats> {
+    let sessions = open(url, load.connections, 1).await?;
+    let payload = load.payload;
+    let frame: fn(u64) -> String = match payload {
+        64 => |_| "x".repeat(64),
+        _ => |_| "x".repeat(4096),
+    };
+    let (stats, sessions) = round_trips(sessions, frame, load.warmup, load.duration).await?;
+    for mut ws in sessions {
+        let _ = ws.close(None).await;
+    }
+    Ok(stats)
+}
+
+/// One `GET` over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::get(path).header(http::header::HOST, addr.to_string()).body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// `connections` keep-alive HTTP/1.1 clients sending `GET path` back to back.
+pub async fn http_load(addr: SocketAddr, path: &str, connections: usize, warmup: Duration, duration: Duration) -> Result<Stats> {
+    check_loopback(&format!("http://{addr}"))?;
+    let barrier = std::sync::Arc::new(Barrier::new(connections + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let barrier = barrier.clone();
+        let path = path.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+            let (mut count, mut errors) = (0u64, 0usize);
             barrier.wait().await;
             let start = Instant::now();
             let (measure_from, end) = (start + warmup, start + warmup + duration);
@@ -66,37 +217,120 @@ pub async fn echo(url: &str, load: &EchoLoad) -> Result<EchoStats> {
                 if sent >= end {
                     break;
                 }
-                ws.send(Message::text(payload.clone())).await?;
-                match ws.next().await {
-                    Some(Ok(Message::Text(_))) => {}
-                    other => bail!("unexpected reply: {other:?}"),
+                let request = http::Request::get(path.as_str())
+                    .header(http::header::HOST, addr.to_string())
+                    .body(Empty::<Bytes>::new())?;
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => response.status() == 200 && response.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors += 1;
+                    break;
                 }
                 if sent >= measure_from {
                     count += 1;
                     histogram.record(sent.elapsed().as_micros() as u64).ok();
                 }
             }
-            let _ = ws.close(None).await;
-            Ok::<_, anyhow::Error>((count, histogram))
+            Ok::<_, anyhow::Error>((count, histogram, errors))
         }));
     }
     barrier.wait().await;
     let mut total = Histogram::<u64>::new(3).expect("histogram");
-    let mut count = 0;
-    let mut errors = 0;
+    let (mut count, mut errors) = (0, 0);
     for task in tasks {
         match task.await? {
-            Ok((n, h)) => {
+            Ok((n, h, e)) => {
                 count += n;
                 total.add(&h).ok();
+                errors += e;
             }
             Err(_) => errors += 1,
         }
     }
-    Ok(EchoStats {
-        rate: count as f64 / duration.as_secs_f64(),
-        p50: total.value_at_quantile(0.5),
-        p99: total.value_at_quantile(0.99),
-        errors,
-    })
+    Ok(Stats::of(&total, count, duration.as_secs_f64(), errors))
+}
+
+/// Idle sessions held by child processes (this binary in the `hold` role),
+/// each opening its share from its own source address.
+pub struct Holders {
+    children: Vec<(Child, ChildStdin, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)>,
+}
+
+impl Holders {
+    /// Opens `count` sessions to `url` from `processes` processes.
+    pub async fn open(url: &str, count: usize, processes: usize) -> Result<Holders> {
+        let mut children = Vec::new();
+        let per = count.div_ceil(processes);
+        for p in 0..processes {
+            let share = per.min(count - (p * per).min(count));
+            if share == 0 {
+                break;
+            }
+            let mut child = Command::new(std::env::current_exe()?)
+                .args(["hold", url, &share.to_string(), &format!("127.0.0.{}", 10 + p)])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()?;
+            let stdin = child.stdin.take().context("stdin")?;
+            let lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+            children.push((child, stdin, lines));
+        }
+        let mut holders = Holders { children };
+        let ready = holders.each("READY", None).await?;
+        if ready != count {
+            bail!("only {ready} of {count} sessions opened");
+        }
+        Ok(holders)
+    }
+
+    /// Pings every held session; returns how many answered.
+    pub async fn check(&mut self) -> Result<usize> {
+        self.each("CHECKED", Some("CHECK\n")).await
+    }
+
+    /// Sends `command` to each holder and sums the number after `answer`.
+    async fn each(&mut self, answer: &str, command: Option<&str>) -> Result<usize> {
+        let mut total = 0;
+        for (_, stdin, _) in &mut self.children {
+            if let Some(command) = command {
+                stdin.write_all(command.as_bytes()).await?;
+                stdin.flush().await?;
+            }
+        }
+        for (_, _, lines) in &mut self.children {
+            loop {
+                let line = lines.next_line().await?.context("a holder exited")?;
+                if let Some(n) = line.strip_prefix(answer) {
+                    total += n.trim().parse::<usize>()?;
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Role `hold`: opens `count` sessions from `source`, prints `READY <n>`, then
+/// answers `CHECK` with `CHECKED <sessions that answered a ping>` until stdin
+/// closes.
+pub async fn hold(url: String, count: usize, source: Ipv4Addr) -> Result<()> {
+    let mut sessions = Vec::with_capacity(count);
+    while sessions.len() < count {
+        let batch = (sessions.len()..count.min(sessions.len() + 100)).map(|_| connect_from(&url, source));
+        for result in futures_util::future::join_all(batch).await {
+            sessions.push(result?);
+        }
+    }
+    println!("READY {}", sessions.len());
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim() == "CHECK" {
+            println!("CHECKED {}", ping_all(&mut sessions, "ping").await);
+        }
+    }
+    Ok(())
 }

@@ -5,10 +5,16 @@ use std::fmt::Write;
 /// A table row.
 pub struct Row(Vec<String>);
 
-impl<const N: usize> From<[String; N]> for Row {
-    fn from(cells: [String; N]) -> Row {
+impl Row {
+    /// A row of cells.
+    pub fn of<const N: usize>(cells: [String; N]) -> Row {
         Row(cells.to_vec())
     }
+}
+
+/// `a / b` as `1.23×`.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 { "–".into() } else { format!("{:.2}×", a / b) }
 }
 
 /// A markdown report.
@@ -38,14 +44,20 @@ impl Report {
         s.push('\n');
     }
 
+    /// Adds a paragraph to the last section (targets met or missed, and why).
+    pub fn note(&mut self, text: &str) {
+        let _ = writeln!(self.sections, "{text}\n");
+    }
+
     /// The whole report.
     pub fn render(&self) -> String {
         let mut out = String::from("# baton benchmarks\n\n");
         let _ = writeln!(
             out,
             "Made by `scripts/bench` (`cargo run --release -p baton-bench -- --write BENCHMARKS.md`), \
-             a {} run. Every figure in a table was measured side by side in the same run; absolute \
-             numbers on shared cores are noisy, ratios less so.\n",
+             a {} run. Every table compares figures measured side by side in the same run, servers \
+             each in their own process and the load generator in another, all on loopback. Absolute \
+             numbers on shared cores are noisy; ratios less so.\n",
             self.mode
         );
         let _ = writeln!(out, "Machine: {}\n", machine());
@@ -72,5 +84,10 @@ fn machine() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("{cpus} vCPU ({model}), {memory}, Linux {}, {rustc}, wasmtime 48.0.8", kernel.trim())
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(_, hard)| hard).unwrap_or(0);
+    format!(
+        "{cpus} vCPU ({model}), {memory}, Linux {}, {rustc}, wasmtime 48.0.8, tokio-tungstenite 0.30, \
+         file descriptors per process: {files}",
+        kernel.trim()
+    )
 }

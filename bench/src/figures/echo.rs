@@ -1,0 +1,45 @@
+//! Echo round trips through the echo plugin versus a native tokio-tungstenite
+//! echo server.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::Scale;
+use crate::load::{self, EchoLoad};
+use crate::report::{Report, Row, ratio};
+use crate::servers::Server;
+
+/// Adds the echo section.
+pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
+    let mut rows = Vec::new();
+    for payload in [64, 4096] {
+        let load = EchoLoad {
+            connections: 1000,
+            payload,
+            duration: Duration::from_secs(scale.seconds),
+            warmup: Duration::from_secs(1),
+        };
+        eprintln!("echo: {payload} B frames, 1000 connections, native then plugin");
+        let native = Server::native().await?;
+        let n = load::echo(&native.url("/"), &load).await?;
+        drop(native);
+        let plugin = Server::baton(&[("echo", baton_test_plugins::ECHO)], "").await?;
+        let p = load::echo(&plugin.url("/t/bench/echo"), &load).await?;
+        drop(plugin);
+        rows.push(Row::of([format!("{payload} B"), "native".into(), format!("{:.0}", n.rate), n.p50.to_string(), n.p99.to_string(), n.errors.to_string(), "1.00×".into()]));
+        rows.push(Row::of([format!("{payload} B"), "baton + echo plugin".into(), format!("{:.0}", p.rate), p.p50.to_string(), p.p99.to_string(), p.errors.to_string(), ratio(p.rate, n.rate)]));
+    }
+    report.section(
+        "Echo: plugin vs native",
+        &format!(
+            "1,000 connections on loopback, each sending a text frame and waiting for its echo, for {} s after 1 s of warm-up. \
+             Native: a tokio-tungstenite echo server with the host's socket settings, one task per connection. \
+             Target: plugin ≥ 0.9× native msgs/s at 64 B.",
+            scale.seconds
+        ),
+        &["frame", "server", "msgs/s", "p50 µs", "p99 µs", "errors", "msgs/s vs native"],
+        rows,
+    );
+    Ok(())
+}
