@@ -199,7 +199,9 @@ impl Instance {
                 budget.interrupted = Some(TrapKind::Drained);
                 return Ok(UpdateDeadline::Interrupt);
             }
-            Ok(UpdateDeadline::Yield(1))
+            // tokio's own yield puts the task at the back of the run queue;
+            // a bare wake-up could be polled again at once and starve others.
+            Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
         });
 
         let ticks = version.call_ticks(&store.data().limits);
@@ -258,13 +260,7 @@ impl Instance {
         let started = Instant::now();
         let result = f(&self.plugin, &mut self.store).await;
         self.version.in_flight.fetch_sub(1, Ordering::Relaxed);
-        metrics::histogram!(
-            "baton_call_seconds",
-            "plugin" => self.version.plugin.clone(),
-            "version" => self.version.id.short(),
-            "call" => name,
-        )
-        .record(started.elapsed().as_secs_f64());
+        self.version.call_histogram(name).record(started.elapsed().as_secs_f64());
         result.map_err(|e| self.classify(e))
     }
 

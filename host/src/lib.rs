@@ -105,6 +105,14 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     );
     let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
 
+    // Plugin code runs on its own workers, so that sockets are accepted, read
+    // and written on the caller's runtime whatever the plugins are doing.
+    let plugin_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name("baton-plugins")
+        .enable_all()
+        .build()?;
+
     let (reports, mut report_rx) = mpsc::unbounded_channel();
     let report_task = {
         let deployer = deployer.clone();
@@ -132,6 +140,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
             reports,
             storage: storage.clone(),
             migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.max(1)),
+            plugins: plugin_runtime.handle().clone(),
         }),
     });
     let client_addr = listeners.clients.local_addr()?;
@@ -167,6 +176,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     report_task.abort();
     let _ = report_task.await;
     storage.close();
+    // Every tenant task has ended; nothing is left to wait for.
+    plugin_runtime.shutdown_background();
     tracing::info!("stopped");
     Ok(())
 }

@@ -116,7 +116,22 @@ pub struct Version {
     retired: OnceLock<Instant>,
     drain: Duration,
     tick: Duration,
+    /// `baton_call_seconds` per export, resolved once (calls are the hot path).
+    call_metrics: Vec<(&'static str, metrics::Histogram)>,
 }
+
+/// The exports whose calls are timed.
+const CALLS: [&str; 9] = [
+    "init",
+    "on-connect",
+    "on-frame",
+    "on-disconnect",
+    "on-http",
+    "on-timer",
+    "on-presence",
+    "export-state",
+    "import-state",
+];
 
 impl Version {
     /// A version ready to become current.
@@ -133,6 +148,18 @@ impl Version {
         drain: Duration,
         tick: Duration,
     ) -> Version {
+        let call_metrics = CALLS
+            .iter()
+            .map(|call| {
+                let histogram = metrics::histogram!(
+                    "baton_call_seconds",
+                    "plugin" => plugin.clone(),
+                    "version" => id.short(),
+                    "call" => *call,
+                );
+                (*call, histogram)
+            })
+            .collect();
         Version {
             plugin,
             id,
@@ -148,7 +175,16 @@ impl Version {
             retired: OnceLock::new(),
             drain,
             tick,
+            call_metrics,
         }
+    }
+
+    /// The latency histogram of calls to export `call`.
+    pub fn call_histogram(&self, call: &str) -> &metrics::Histogram {
+        self.call_metrics
+            .iter()
+            .find(|(name, _)| *name == call)
+            .map_or(&self.call_metrics[0].1, |(_, h)| h)
     }
 
     /// Epoch ticks a call may run under `limits`.

@@ -70,11 +70,22 @@ impl Runtime {
             .max_memory_size(max_memory)
             // One async call per instance at a time, plus deploy checks.
             .total_stacks(instances)
-            .linear_memory_keep_resident(64 << 10)
-            .table_keep_resident(16 << 10);
+            // A freed slot gives all its memory back (hibernation and swaps
+            // must really release memory), in batches (below).
+            .linear_memory_keep_resident(0)
+            .table_keep_resident(0)
+            // Return freed memory to the kernel in batches: each batch is one
+            // round of TLB shootdowns instead of one per instance (a swap
+            // frees one instance per tenant at once).
+            .decommit_batch_size(64);
 
         let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
+        // Plugins' initial memories are small: copying them in is cheaper
+        // than mapping a copy-on-write image, whose mmap contends for the
+        // process's memory-map lock when many tenants start at once (a swap
+        // migrates every tenant; measured: 1,000 tenants ~25% faster).
+        wasm.memory_init_cow(false)
+            .wasm_component_model(true)
             .epoch_interruption(true)
             .max_wasm_stack(wasm_stack)
             // The fiber stack holds the wasm stack plus host frames above it.

@@ -1,5 +1,9 @@
 //! Tenants: one task per (tenant, plugin) that owns the tenant's instance.
 //!
+//! Tenant tasks run on a runtime of their own (see [`crate::run`]): plugin
+//! code never occupies a worker that accepts, reads or writes sockets, and a
+//! running call yields to the other tenants at every epoch tick.
+//!
 //! Everything that reaches a tenant's plugin goes through its bounded mailbox
 //! ([`Command`]) and is handled by its one task, one command at a time: calls
 //! into an instance are serialized, different tenants run in parallel, and a
@@ -141,6 +145,9 @@ pub struct TenantEnv {
     /// Bounds how many tenants migrate at once (each holds two instances
     /// meanwhile).
     pub migrations: tokio::sync::Semaphore,
+    /// The runtime tenant tasks (and so all plugin code) run on, apart from
+    /// the one that serves sockets.
+    pub plugins: tokio::runtime::Handle,
 }
 
 /// The lifecycle state of a tenant, as seen from outside its task.
@@ -221,6 +228,9 @@ pub struct TenantShared {
     restarts: AtomicU64,
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    /// Metric handles, resolved once: the per-frame path does no label lookup.
+    frames_in_metric: metrics::Counter,
+    frames_out_metric: metrics::Counter,
 }
 
 impl TenantShared {
@@ -228,7 +238,6 @@ impl TenantShared {
         TenantShared {
             namespace: Namespace::new(&tenant, &plugin),
             tenant,
-            plugin,
             state: Mutex::new(TenantState::default()),
             storage,
             status: AtomicU8::new(Status::Idle as u8),
@@ -237,6 +246,9 @@ impl TenantShared {
             restarts: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
+            frames_in_metric: metrics::counter!("baton_frames_in_total", "plugin" => plugin.clone()),
+            frames_out_metric: metrics::counter!("baton_frames_out_total", "plugin" => plugin.clone()),
+            plugin,
         }
     }
 
@@ -320,7 +332,7 @@ impl TenantShared {
     /// Counts frames queued to sessions.
     pub(crate) fn count_out(&self, frames: u64) {
         self.frames_out.fetch_add(frames, Ordering::Relaxed);
-        metrics::counter!("baton_frames_out_total", "plugin" => self.plugin.clone()).increment(frames);
+        self.frames_out_metric.increment(frames);
     }
 
     fn set_status(&self, status: Status) {
@@ -366,6 +378,7 @@ impl TenantHandle {
 /// Starts the task of `tenant` for `plugin`.
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
     let (mailbox, rx) = mpsc::channel(env.config.sessions.mailbox.max(1));
+    let plugins = env.plugins.clone();
     let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.name.clone(), Some(env.storage.clone())));
     let actor = Actor {
         shared: shared.clone(),
@@ -384,7 +397,7 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         persisted_checked: false,
         last_active: Instant::now(),
     };
-    tokio::spawn(actor.run());
+    plugins.spawn(actor.run());
     TenantHandle { shared, mailbox }
 }
 
@@ -678,7 +691,7 @@ impl Actor {
                     return;
                 }
                 self.shared.frames_in.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("baton_frames_in_total", "plugin" => self.plugin.name.clone()).increment(1);
+                self.shared.frames_in_metric.increment(1);
                 if !self.ensure_instance().await {
                     self.held = Some(Command::Frame { session, frame });
                     return;

@@ -38,6 +38,6 @@ pub async fn all_migrated(server: &crate::servers::Server, plugin: &str, above: 
         if current > above && view["tenants"].as_array().is_some_and(|t| t.iter().all(|t| t["generation"] == current)) {
             return Ok(current);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -67,7 +67,7 @@ async fn latency(report: &mut Report) -> Result<()> {
         &format!(
             "Time from renaming a new `counter.wasm` into the deploy folder until every tenant runs it \
              (each tenant migrated with its state: export, init, import), polled on the admin API every \
-             5 ms. \"total\" includes noticing the file (a 50 ms debounce) and waiting for it to settle \
+             10 ms. \"total\" includes noticing the file (a 50 ms debounce) and waiting for it to settle \
              (`swap.settle_ms = {SETTLE_MS}`; 200 by default); \"migration\" is from the activation to the \
              last tenant. Cold: a file never seen (compiled); cached: a file compiled before (loaded from \
              the artifact cache). Target: ≤ 50 ms for 1,000 tenants with a cache hit."
