@@ -15,8 +15,6 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the protocol.
     pub const PROTOCOL: u16 = 1002;
-    /// Used internally when the connection ended without a close frame.
-    pub const ABNORMAL: u16 = 1006;
     /// A text frame was not valid UTF-8.
     pub const INVALID_DATA: u16 = 1007;
     /// The client did not read its frames and its outbound queue filled up, or

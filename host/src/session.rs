@@ -191,7 +191,9 @@ where
             out = outbound.recv() => match out {
                 Some(Outbound::Frame(message)) => {
                     if !write(&mut sink, message, &mut outbound, &stop).await {
-                        break stop.close.get().cloned().unwrap_or((close::ABNORMAL, String::new()));
+                        // The socket failed: nobody to send a close frame to.
+                        disconnect(&mailbox, id).await;
+                        return Ending::Dropped;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => break (code, reason),
