@@ -91,6 +91,15 @@ pub trait VersionedState: Serialize + DeserializeOwned {
         serde_json::to_vec(&saved).map_err(|e| format!("cannot encode state: {e}"))
     }
 
+    /// Replaces `self` with the state in `bytes` (as given to
+    /// [`crate::Plugin::import_state`]); empty bytes leave `self` as it is.
+    fn restore_into(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if let Some(state) = Self::restore(bytes)? {
+            *self = state;
+        }
+        Ok(())
+    }
+
     /// Decodes the bytes given to [`crate::Plugin::import_state`]. `None` when
     /// the previous version had no state (empty bytes).
     fn restore(bytes: &[u8]) -> Result<Option<Self>, String> {
@@ -163,5 +172,10 @@ mod tests {
     #[test]
     fn empty_state_is_none() {
         assert_eq!(Old::restore(b"").expect("empty"), None);
+        let mut kept = Old { n: 4 };
+        kept.restore_into(b"").expect("empty");
+        assert_eq!(kept, Old { n: 4 });
+        kept.restore_into(&Old { n: 5 }.save().expect("save")).expect("restore");
+        assert_eq!(kept, Old { n: 5 });
     }
 }

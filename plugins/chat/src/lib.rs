@@ -145,10 +145,7 @@ impl Plugin for Chat {
     }
 
     fn import_state(&mut self, _from_version: &str, state: &[u8]) -> Result<(), String> {
-        if let Some(state) = State::restore(state)? {
-            self.state = state;
-        }
-        Ok(())
+        self.state.restore_into(state)
     }
 }
 

@@ -94,10 +94,7 @@ impl Plugin for Counter {
         if self.refuse_import {
             return Err(format!("configured to refuse the state of {from_version}"));
         }
-        if let Some(state) = State::restore(state)? {
-            self.state = state;
-        }
-        Ok(())
+        self.state.restore_into(state)
     }
 }
 
