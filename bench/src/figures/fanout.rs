@@ -30,7 +30,8 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         let n = measure(subscribers, publisher, |seq| format!("m:{seq}"), None).await?;
         drop(native);
 
-        let baton = Server::baton(&[("chaos", baton_test_plugins::CHAOS)], "").await?;
+        // One tenant holds every subscriber and the publisher.
+        let baton = Server::baton(&[("chaos", baton_test_plugins::CHAOS)], "[limits]\nmax_sessions = 20000\n").await?;
         let mut subscribers = load::open(&baton.url("/t/bench/chaos"), count, 1).await?;
         let joined = load::ping_all(&mut subscribers, "sub:room").await;
         anyhow::ensure!(joined == count, "only {joined} subscribed");
