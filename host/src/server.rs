@@ -184,8 +184,7 @@ async fn open_session(
 
     let id = session::next_id();
     let sessions = &clients.config.sessions;
-    let (link, outbound) = SessionLink::new(id, sessions.outbound_queue);
-    let stop = link.stop_handle();
+    let (link, outbox) = SessionLink::new(id, sessions.outbound_queue);
     let connect = ConnectRequest {
         tenant: tenant_name.to_owned(),
         path,
@@ -232,7 +231,7 @@ async fn open_session(
         match upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                let ending = session::run(ws, id, mailbox, outbound, stop, settings).await;
+                let ending = session::run(ws, id, mailbox, outbox, settings).await;
                 tracing::debug!(session = id, ?ending, "session ended");
             }
             Err(e) => {

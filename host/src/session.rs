@@ -66,35 +66,94 @@ impl From<Frame> for Outbound {
 #[derive(Debug, Clone)]
 pub struct SessionLink {
     id: SessionId,
-    queue: mpsc::Sender<Outbound>,
-    stop: Arc<Stop>,
+    shared: Arc<Shared>,
+}
+
+/// The session task's end of a [`SessionLink`]: frames to write, and the stop
+/// switch. Dropping it (the session ended) makes further pushes fail.
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// The outbound queue and stop switch of one session, in one allocation.
+///
+/// A bounded `VecDeque` behind a mutex rather than a channel: an idle session
+/// (most of them) holds no buffer at all, where a channel preallocates a block
+/// of slots per session, and a queue emptied after a burst gives its memory
+/// back. Only the session's tenant pushes, only its task pops.
+#[derive(Debug)]
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    capacity: usize,
+    /// Something was pushed (or the queue was closed).
+    ready: Notify,
+    stop: Stop,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: std::collections::VecDeque<Outbound>,
+    /// The session task is gone.
+    closed: bool,
 }
 
 /// An immediate end of the session, ahead of anything queued.
 #[derive(Debug, Default)]
-pub struct Stop {
+struct Stop {
     close: OnceLock<(u16, String)>,
     notify: Notify,
 }
 
 impl Stop {
     /// Ends the session with this close code (the first call wins).
-    pub fn stop(&self, code: u16, reason: &str) {
+    fn stop(&self, code: u16, reason: &str) {
         let _ = self.close.set((code, reason.to_owned()));
         self.notify.notify_one();
     }
 }
 
+/// Why a push was not queued.
+enum Refused {
+    Full(Outbound),
+    Closed,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, out: Outbound) -> Result<(), Refused> {
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(Refused::Closed);
+        }
+        if queue.items.len() >= self.capacity {
+            return Err(Refused::Full(out));
+        }
+        queue.items.push_back(out);
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
 impl SessionLink {
-    /// A link and the receiving end of its outbound queue (for [`run`]).
-    pub fn new(id: SessionId, queue_len: usize) -> (SessionLink, mpsc::Receiver<Outbound>) {
-        let (queue, rx) = mpsc::channel(queue_len.max(1));
+    /// A link and the session task's end of it (for [`run`]), queueing at
+    /// most `queue_len` frames.
+    pub fn new(id: SessionId, queue_len: usize) -> (SessionLink, Outbox) {
+        let shared = Arc::new(Shared {
+            queue: std::sync::Mutex::new(Queue::default()),
+            capacity: queue_len.max(1),
+            ready: Notify::new(),
+            stop: Stop::default(),
+        });
         let link = SessionLink {
             id,
-            queue,
-            stop: Arc::new(Stop::default()),
+            shared: shared.clone(),
         };
-        (link, rx)
+        (link, Outbox { shared })
     }
 
     /// The session's id.
@@ -102,38 +161,67 @@ impl SessionLink {
         self.id
     }
 
-    /// The session's stop switch (for [`run`]).
-    pub fn stop_handle(&self) -> Arc<Stop> {
-        self.stop.clone()
-    }
-
     /// Queues a frame without waiting. A client whose queue is full is not
     /// keeping up: it is closed with 1008 rather than slowing the plugin or
     /// other sessions down. Returns whether the frame was queued.
     pub fn push(&self, out: Outbound) -> bool {
-        match self.queue.try_send(out) {
+        match self.shared.push(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 metrics::counter!("baton_slow_consumer_closes_total").increment(1);
-                self.stop.stop(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                self.stop(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
     /// Closes the session after what is already queued.
     pub fn close(&self, code: u16, reason: String) {
-        if let Err(mpsc::error::TrySendError::Full(Outbound::Close(code, reason))) =
-            self.queue.try_send(Outbound::Close(code, reason))
-        {
-            self.stop.stop(code, &reason);
+        if let Err(Refused::Full(Outbound::Close(code, reason))) = self.shared.push(Outbound::Close(code, reason)) {
+            self.stop(code, &reason);
         }
     }
 
     /// Ends the session now, ahead of anything queued.
     pub fn stop(&self, code: u16, reason: &str) {
-        self.stop.stop(code, reason);
+        self.shared.stop.stop(code, reason);
+    }
+}
+
+impl Outbox {
+    /// The next thing to write, waiting for one.
+    async fn recv(&self) -> Outbound {
+        loop {
+            let ready = self.shared.ready.notified();
+            if let Some(out) = self.try_recv() {
+                return out;
+            }
+            ready.await;
+        }
+    }
+
+    /// The next thing to write, if any is queued. An emptied queue that grew
+    /// in a burst gives its memory back.
+    fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = self.shared.queue();
+        let out = queue.items.pop_front();
+        if out.is_none() && queue.items.capacity() > 16 {
+            queue.items = std::collections::VecDeque::new();
+        }
+        out
+    }
+
+    fn stop(&self) -> &Stop {
+        &self.shared.stop
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.closed = true;
+        queue.items.clear();
     }
 }
 
@@ -162,18 +250,12 @@ pub enum Ending {
 }
 
 /// Runs one session to its end, then tells the tenant it disconnected.
-pub async fn run<S>(
-    ws: S,
-    id: SessionId,
-    mailbox: mpsc::Sender<Command>,
-    mut outbound: mpsc::Receiver<Outbound>,
-    stop: Arc<Stop>,
-    settings: SessionSettings,
-) -> Ending
+pub async fn run<S>(ws: S, id: SessionId, mailbox: mpsc::Sender<Command>, outbox: Outbox, settings: SessionSettings) -> Ending
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let (mut sink, mut stream) = ws.split();
+    let stop = outbox.stop();
     let mut ping = tokio::time::interval(settings.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ping.reset();
@@ -188,16 +270,15 @@ where
             () = stop.notify.notified() => {
                 break stop.close.get().cloned().unwrap_or((close::GOING_AWAY, String::new()));
             }
-            out = outbound.recv() => match out {
-                Some(Outbound::Frame(message)) => {
-                    if !write(&mut sink, message, &mut outbound, &stop).await {
+            out = outbox.recv() => match out {
+                Outbound::Frame(message) => {
+                    if !write(&mut sink, message, &outbox).await {
                         // The socket failed: nobody to send a close frame to.
                         disconnect(&mailbox, id).await;
                         return Ending::Dropped;
                     }
                 }
-                Some(Outbound::Close(code, reason)) => break (code, reason),
-                None => break (close::GOING_AWAY, String::new()),
+                Outbound::Close(code, reason) => break (code, reason),
             },
             permit = mailbox.reserve(), if waiting.is_some() => match permit {
                 Ok(permit) => {
@@ -278,7 +359,7 @@ where
 /// Writes one message and whatever else is queued behind it, then flushes.
 /// Gives up (returning false) when the socket fails or the session is stopped
 /// while the client is not reading.
-async fn write<K>(sink: &mut K, first: Message, outbound: &mut mpsc::Receiver<Outbound>, stop: &Stop) -> bool
+async fn write<K>(sink: &mut K, first: Message, outbox: &Outbox) -> bool
 where
     K: Sink<Message, Error = WsError> + Unpin,
 {
@@ -286,24 +367,24 @@ where
         sink.feed(first).await?;
         // Batch what is already queued into one flush, up to a bound.
         for _ in 0..64 {
-            match outbound.try_recv() {
-                Ok(Outbound::Frame(message)) => sink.feed(message).await?,
-                Ok(Outbound::Close(code, reason)) => {
+            match outbox.try_recv() {
+                Some(Outbound::Frame(message)) => sink.feed(message).await?,
+                Some(Outbound::Close(code, reason)) => {
                     // Keep the order: close after the frames before it.
                     sink.flush().await?;
-                    stop.stop(code, &reason);
+                    outbox.stop().stop(code, &reason);
                     return Ok(());
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         sink.flush().await
     };
     tokio::select! {
         result = writing => result.is_ok(),
-        () = stop.notify.notified() => {
+        () = outbox.stop().notify.notified() => {
             // Re-arm the stop for the main loop.
-            stop.notify.notify_one();
+            outbox.stop().notify.notify_one();
             true
         }
     }

@@ -61,10 +61,9 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
     let (client, incoming) = mpsc::unbounded_channel();
     let (outgoing, written) = mpsc::unbounded_channel();
     let (mailbox_tx, mailbox) = mpsc::channel(mailbox_len);
-    let (link, outbound) = SessionLink::new(7, queue_len);
-    let stop = link.stop_handle();
+    let (link, outbox) = SessionLink::new(7, queue_len);
     let ws = Duplex { incoming, outgoing };
-    let task = tokio::spawn(run(ws, 7, mailbox_tx, outbound, stop, settings));
+    let task = tokio::spawn(run(ws, 7, mailbox_tx, outbox, settings));
     Harness {
         client,
         written,
@@ -182,3 +181,4 @@ async fn a_tenant_that_takes_nothing_gets_its_session_closed_with_1013() {
     assert_eq!(close, Some(close::TRY_AGAIN_LATER));
     drop(h.mailbox);
 }
+
