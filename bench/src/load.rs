@@ -56,8 +56,24 @@ fn check_loopback(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Opens one session from the source address `source`.
+/// Opens one session from the source address `source`, retrying a refused
+/// or reset connection twice (a listen backlog overflows under a burst of
+/// connects; that is the load generator's doing, not the server's answer).
 pub async fn connect_from(url: &str, source: Ipv4Addr) -> Result<Ws> {
+    let mut attempt = 0;
+    loop {
+        match connect_once(url, source).await {
+            Ok(ws) => return Ok(ws),
+            Err(_) if attempt < 2 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn connect_once(url: &str, source: Ipv4Addr) -> Result<Ws> {
     check_loopback(url)?;
     let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
     let server: SocketAddr = authority.parse()?;

@@ -71,8 +71,9 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     } else {
         format!(
             "Target missed: up to {worst:.2}× native. A session's fixed host-side cost (its task, its \
-             outbound queue, the tenant's record of it) is not yet shrunk to the native server's; see the \
-             per-session breakdown in ARCHITECTURE.md."
+             outbound queue, the tenant's record of it) is above the native server's, which holds only the \
+             socket and its buffers; a heap profile of an idle session (e.g. with heaptrack) shows which \
+             part to shrink next."
         )
     });
     Ok(())
