@@ -108,10 +108,17 @@ pub async fn ping_all(sessions: &mut [Ws], text: &str) -> usize {
         if ws.send(Message::text(text)).await.is_err() {
             return false;
         }
-        matches!(tokio::time::timeout(Duration::from_secs(30), ws.next()).await, Ok(Some(Ok(Message::Text(_)))))
+        matches!(
+            tokio::time::timeout(Duration::from_secs(30), ws.next()).await,
+            Ok(Some(Ok(Message::Text(_))))
+        )
     });
     let mut answered = 0;
-    for chunk in futures_util::stream::iter(pings).buffer_unordered(512).collect::<Vec<_>>().await {
+    for chunk in futures_util::stream::iter(pings)
+        .buffer_unordered(512)
+        .collect::<Vec<_>>()
+        .await
+    {
         answered += usize::from(chunk);
     }
     answered
@@ -132,7 +139,12 @@ pub struct EchoLoad {
 
 /// Round trips on already open sessions: each sends a frame and waits for
 /// the answer, in a loop. `frame(i)` makes the i-th frame of a session.
-pub async fn round_trips(sessions: Vec<Ws>, frame: fn(u64) -> String, warmup: Duration, duration: Duration) -> Result<(Stats, Vec<Ws>)> {
+pub async fn round_trips(
+    sessions: Vec<Ws>,
+    frame: fn(u64) -> String,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<(Stats, Vec<Ws>)> {
     let barrier = std::sync::Arc::new(Barrier::new(sessions.len() + 1));
     let mut tasks = Vec::with_capacity(sessions.len());
     for mut ws in sessions {
@@ -204,14 +216,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes)> {
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = http::Request::get(path).header(http::header::HOST, addr.to_string()).body(Empty::<Bytes>::new())?;
+    let request = http::Request::get(path)
+        .header(http::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     Ok((status, response.into_body().collect().await?.to_bytes()))
 }
 
 /// `connections` keep-alive HTTP/1.1 clients sending `GET path` back to back.
-pub async fn http_load(addr: SocketAddr, path: &str, connections: usize, warmup: Duration, duration: Duration) -> Result<Stats> {
+pub async fn http_load(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Stats> {
     check_loopback(&format!("http://{addr}"))?;
     let barrier = std::sync::Arc::new(Barrier::new(connections + 1));
     let mut tasks = Vec::new();
@@ -221,7 +241,8 @@ pub async fn http_load(addr: SocketAddr, path: &str, connections: usize, warmup:
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(connection);
             let mut histogram = Histogram::<u64>::new(3).expect("histogram");
             let (mut count, mut errors) = (0u64, 0usize);
@@ -271,7 +292,11 @@ pub async fn http_load(addr: SocketAddr, path: &str, connections: usize, warmup:
 /// Idle sessions held by child processes (this binary in the `hold` role),
 /// each opening its share from its own source address.
 pub struct Holders {
-    children: Vec<(Child, ChildStdin, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>)>,
+    children: Vec<(
+        Child,
+        ChildStdin,
+        tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    )>,
 }
 
 impl Holders {

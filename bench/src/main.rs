@@ -51,7 +51,11 @@ enum Role {
     ServeBaton { deploy: PathBuf, data: PathBuf },
     /// (internal) Holds idle sessions for the load generator.
     #[command(hide = true)]
-    Hold { url: String, count: usize, source: Ipv4Addr },
+    Hold {
+        url: String,
+        count: usize,
+        source: Ipv4Addr,
+    },
 }
 
 fn main() -> Result<()> {

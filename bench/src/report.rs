@@ -14,7 +14,11 @@ impl Row {
 
 /// `a / b` as `1.23×`.
 pub fn ratio(a: f64, b: f64) -> String {
-    if b == 0.0 { "–".into() } else { format!("{:.2}×", a / b) }
+    if b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
 }
 
 /// A markdown report.
@@ -70,11 +74,22 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()).unwrap_or(0)))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+        })
         .map(|kib| format!("{:.0} GiB", kib as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -84,7 +99,9 @@ fn machine() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let files = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(_, hard)| hard).unwrap_or(0);
+    let files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(0);
     format!(
         "{cpus} vCPU ({model}), {memory}, Linux {}, {rustc}, wasmtime 48.0.8, tokio-tungstenite 0.30, \
          file descriptors per process: {files}",

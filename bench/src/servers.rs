@@ -49,7 +49,11 @@ impl Server {
             std::fs::copy(file, deploy.join(format!("{name}.wasm")))?;
         }
         let data = dirs.path().join("data");
-        let args = ["serve-baton", &deploy.display().to_string(), &data.display().to_string()];
+        let args = [
+            "serve-baton",
+            &deploy.display().to_string(),
+            &data.display().to_string(),
+        ];
         let server = Server::spawn(&args, Some(dirs), config).await?;
         for (name, _) in plugins {
             server.wait_current(name).await?;
@@ -72,7 +76,12 @@ impl Server {
             .spawn()?;
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Ok(Some(Server { addr, admin: None, child, dirs: None }));
+                return Ok(Some(Server {
+                    addr,
+                    admin: None,
+                    child,
+                    dirs: None,
+                }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

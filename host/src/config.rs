@@ -469,19 +469,15 @@ impl Config {
         for (origin, layer) in layers {
             // Check each layer on its own first, so an unknown key is blamed on
             // the layer that has it.
-            Config::deserialize(toml::Value::Table(layer.clone())).map_err(|e| {
-                ConfigError::Invalid {
-                    origin: origin.clone(),
-                    message: e.to_string(),
-                }
+            Config::deserialize(toml::Value::Table(layer.clone())).map_err(|e| ConfigError::Invalid {
+                origin: origin.clone(),
+                message: e.to_string(),
             })?;
             merge(&mut merged, layer);
         }
-        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            ConfigError::Invalid {
-                origin: "configuration".into(),
-                message: e.to_string(),
-            }
+        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
+            origin: "configuration".into(),
+            message: e.to_string(),
         })?;
         config.validate()?;
         Ok(config)
@@ -506,7 +502,9 @@ impl Config {
             )));
         }
         if self.runtime.epoch_tick_ms == 0 || self.runtime.max_instances == 0 {
-            return Err(invalid("runtime.epoch_tick_ms and runtime.max_instances must be > 0".into()));
+            return Err(invalid(
+                "runtime.epoch_tick_ms and runtime.max_instances must be > 0".into(),
+            ));
         }
         if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
             return Err(invalid(format!("tenants: {bad:?} is not a valid tenant name")));
@@ -627,8 +625,14 @@ mod tests {
     #[test]
     fn later_layers_win_key_by_key() {
         let config = Config::from_layers(vec![
-            ("file".into(), table("listen = '0.0.0.0:9000'\n[limits]\nmemory_mib = 32\ncall_timeout_ms = 10")),
-            ("environment".into(), env_layer([("BATON_LIMITS__MEMORY_MIB".into(), "16".into())])),
+            (
+                "file".into(),
+                table("listen = '0.0.0.0:9000'\n[limits]\nmemory_mib = 32\ncall_timeout_ms = 10"),
+            ),
+            (
+                "environment".into(),
+                env_layer([("BATON_LIMITS__MEMORY_MIB".into(), "16".into())]),
+            ),
             ("flags".into(), table("listen = '127.0.0.1:1'")),
         ])
         .expect("valid");
@@ -666,8 +670,8 @@ mod tests {
 
     #[test]
     fn public_admin_needs_a_token() {
-        let err = Config::from_layers(vec![("flags".into(), table("admin_listen = '0.0.0.0:8081'"))])
-            .expect_err("no token");
+        let err =
+            Config::from_layers(vec![("flags".into(), table("admin_listen = '0.0.0.0:8081'"))]).expect_err("no token");
         assert!(err.to_string().contains("admin_token"), "{err}");
         Config::from_layers(vec![(
             "flags".into(),
@@ -678,15 +682,14 @@ mod tests {
 
     #[test]
     fn limits_above_the_ceiling_are_refused() {
-        let err = Config::from_layers(vec![("f".into(), table("[limits]\nmemory_mib = 4096"))])
-            .expect_err("above ceiling");
+        let err =
+            Config::from_layers(vec![("f".into(), table("[limits]\nmemory_mib = 4096"))]).expect_err("above ceiling");
         assert!(err.to_string().contains("max_memory_mib"), "{err}");
     }
 
     #[test]
     fn plugin_settings_parse_and_reject_unknown_keys() {
-        let s = PluginSettings::parse("[limits]\nmemory_mib = 8\n[config]\ngreeting = 'hi'\n")
-            .expect("valid");
+        let s = PluginSettings::parse("[limits]\nmemory_mib = 8\n[config]\ngreeting = 'hi'\n").expect("valid");
         assert_eq!(Limits::default().with(&s.limits).memory_mib, 8);
         assert_eq!(s.config_json(), r#"{"greeting":"hi"}"#);
         let err = PluginSettings::parse("[limit]\nmemory_mib = 8").expect_err("typo");

@@ -260,7 +260,9 @@ impl Instance {
         let started = Instant::now();
         let result = f(&self.plugin, &mut self.store).await;
         self.version.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.version.call_histogram(name).record(started.elapsed().as_secs_f64());
+        self.version
+            .call_histogram(name)
+            .record(started.elapsed().as_secs_f64());
         result.map_err(|e| self.classify(e))
     }
 
@@ -291,11 +293,7 @@ impl Instance {
     }
 
     /// `on-connect`: `Ok(Err(reason))` is a refusal.
-    pub async fn on_connect(
-        &mut self,
-        session: u64,
-        request: &ConnectRequest,
-    ) -> Result<Result<(), String>, Trap> {
+    pub async fn on_connect(&mut self, session: u64, request: &ConnectRequest) -> Result<Result<(), String>, Trap> {
         self.call("on-connect", async |p, s| p.call_on_connect(s, session, request).await)
             .await
     }
@@ -313,11 +311,9 @@ impl Instance {
     }
 
     /// `on-http`: `Ok(Err(message))` is the plugin's own error.
-    pub async fn on_http(
-        &mut self,
-        request: &HttpRequest,
-    ) -> Result<Result<HttpResponse, String>, Trap> {
-        self.call("on-http", async |p, s| p.call_on_http(s, request).await).await
+    pub async fn on_http(&mut self, request: &HttpRequest) -> Result<Result<HttpResponse, String>, Trap> {
+        self.call("on-http", async |p, s| p.call_on_http(s, request).await)
+            .await
     }
 
     /// `on-timer`.
@@ -341,22 +337,22 @@ impl Instance {
                 .collect()
         };
         let args = (topic.to_owned(), entries(&diff.joins), entries(&diff.leaves));
-        self.call("on-presence", async |_, s| func.call_async(s, args).await).await
+        self.call("on-presence", async |_, s| func.call_async(s, args).await)
+            .await
     }
 
     /// `export-state`.
     pub async fn export_state(&mut self) -> Result<Result<Vec<u8>, String>, Trap> {
-        self.call("export-state", async |p, s| p.call_export_state(s).await).await
+        self.call("export-state", async |p, s| p.call_export_state(s).await)
+            .await
     }
 
     /// `import-state`.
-    pub async fn import_state(
-        &mut self,
-        from_version: &str,
-        state: &[u8],
-    ) -> Result<Result<(), String>, Trap> {
-        self.call("import-state", async |p, s| p.call_import_state(s, from_version, state).await)
-            .await
+    pub async fn import_state(&mut self, from_version: &str, state: &[u8]) -> Result<Result<(), String>, Trap> {
+        self.call("import-state", async |p, s| {
+            p.call_import_state(s, from_version, state).await
+        })
+        .await
     }
 }
 
@@ -408,23 +404,13 @@ impl Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory;
         self.memory_denied |= !allowed;
         Ok(allowed)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= self.table_elements)
     }
 
@@ -544,11 +530,7 @@ impl OutputStream for LineWriter {
 }
 
 impl tokio::io::AsyncWrite for LineWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

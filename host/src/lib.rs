@@ -76,12 +76,12 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses of `config`.
     pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let clients = TcpListener::bind(config.listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
-        })?;
-        let admin = TcpListener::bind(config.admin_listen).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin_listen))
-        })?;
+        let clients = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin_listen)))?;
         Ok(Listeners { clients, admin })
     }
 }
@@ -240,7 +240,8 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
             use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
             // Seconds, from 50 µs to 10 s.
             const BUCKETS: &[f64] = &[
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                10.0,
             ];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)

@@ -46,7 +46,10 @@ impl Presence {
         let mut diff = self.untrack(session, topic);
         self.next += 1;
         let entry = Entry { session, key, meta };
-        self.by_topic.entry(topic.to_owned()).or_default().insert(self.next, entry.clone());
+        self.by_topic
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(self.next, entry.clone());
         self.index.insert((topic.to_owned(), session), self.next);
         self.by_session.entry(session).or_default().insert(topic.to_owned());
         diff.joins.push(entry);
@@ -89,7 +92,10 @@ impl Presence {
 
     /// Everyone in `topic`, in join order.
     pub fn list(&self, topic: &str) -> Vec<Entry> {
-        self.by_topic.get(topic).map(|e| e.values().cloned().collect()).unwrap_or_default()
+        self.by_topic
+            .get(topic)
+            .map(|e| e.values().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -465,9 +465,7 @@ impl PluginEntry {
             .iter()
             .rev()
             .find(|r| {
-                Some(&r.hash) != current.as_ref()
-                    && r.failed.is_none()
-                    && (include_rolled_back || !r.rolled_back)
+                Some(&r.hash) != current.as_ref() && r.failed.is_none() && (include_rolled_back || !r.rolled_back)
             })
             .cloned()
     }

@@ -102,22 +102,16 @@ impl Runtime {
 
         let tick = Duration::from_millis(config.epoch_tick_ms);
         let weak = engine.weak();
-        thread::Builder::new()
-            .name("baton-epoch".into())
-            .spawn(move || {
-                // Stops once the host dropped its engine.
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    thread::sleep(tick);
-                }
-            })?;
+        thread::Builder::new().name("baton-epoch".into()).spawn(move || {
+            // Stops once the host dropped its engine.
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(tick);
+            }
+        })?;
 
-        Ok(Arc::new(Runtime {
-            engine,
-            linker,
-            tick,
-        }))
+        Ok(Arc::new(Runtime { engine, linker, tick }))
     }
 
     /// The engine.
@@ -137,9 +131,7 @@ impl Runtime {
 
     /// Serializes a compiled component for the artifact cache.
     pub fn serialize(&self, component: &Component) -> Result<Vec<u8>, LoadError> {
-        component
-            .serialize()
-            .map_err(|e| LoadError::Artifact(format!("{e:#}")))
+        component.serialize().map_err(|e| LoadError::Artifact(format!("{e:#}")))
     }
 
     /// Loads a component compiled by this engine configuration earlier.

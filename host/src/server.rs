@@ -146,7 +146,9 @@ fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle,
     if !crate::names::is_tenant(tenant) || (!allowed.is_empty() && !allowed.iter().any(|t| t == tenant)) {
         return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));
     }
-    let handle = entry.tenant(tenant, || tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone()));
+    let handle = entry.tenant(tenant, || {
+        tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone())
+    });
     match handle.shared().status() {
         Status::BackingOff => Err(Rejection::Unavailable(
             "the tenant's plugin instance is restarting after crashes; try again later".into(),
@@ -158,7 +160,12 @@ fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle,
 fn headers_of(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
         .collect()
 }
 
@@ -177,8 +184,15 @@ async fn open_session(
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| Rejection::BadRequest("missing Sec-WebSocket-Key".into()))?
         .clone();
-    if request.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return Err(Rejection::BadRequest("unsupported Sec-WebSocket-Version (13 is)".into()));
+    if request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Rejection::BadRequest(
+            "unsupported Sec-WebSocket-Version (13 is)".into(),
+        ));
     }
     let handle = tenant(clients, tenant_name, plugin)?;
 
@@ -304,7 +318,10 @@ mod tests {
     #[test]
     fn routes_split_into_tenant_plugin_and_path() {
         assert_eq!(split_route("/t/acme/echo"), Some(("acme", "echo", "/")));
-        assert_eq!(split_route("/t/acme/chat/rooms/r1"), Some(("acme", "chat", "/rooms/r1")));
+        assert_eq!(
+            split_route("/t/acme/chat/rooms/r1"),
+            Some(("acme", "chat", "/rooms/r1"))
+        );
         assert_eq!(split_route("/t/acme/echo/"), Some(("acme", "echo", "/")));
         assert_eq!(split_route("/t/acme"), None);
         assert_eq!(split_route("/t//echo"), None);

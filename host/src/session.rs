@@ -250,7 +250,13 @@ pub enum Ending {
 }
 
 /// Runs one session to its end, then tells the tenant it disconnected.
-pub async fn run<S>(ws: S, id: SessionId, mailbox: mpsc::Sender<Command>, outbox: Outbox, settings: SessionSettings) -> Ending
+pub async fn run<S>(
+    ws: S,
+    id: SessionId,
+    mailbox: mpsc::Sender<Command>,
+    outbox: Outbox,
+    settings: SessionSettings,
+) -> Ending
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {

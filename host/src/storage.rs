@@ -110,7 +110,9 @@ impl Storage {
         txn.open_table(USAGE)?;
         txn.open_table(STATES)?;
         txn.commit()?;
-        Ok(Storage { db: RwLock::new(Some(db)) })
+        Ok(Storage {
+            db: RwLock::new(Some(db)),
+        })
     }
 
     /// Closes the database; later calls fail with `Unavailable`.
@@ -145,7 +147,9 @@ impl Storage {
             let mut data = txn.open_table(DATA)?;
             let mut usage = txn.open_table(USAGE)?;
             let used = usage.get(ns.0.as_slice())?.map_or(0, |u| u.value());
-            let old = data.get(full.as_slice())?.map_or(0, |v| (key.len() + v.value().len()) as u64);
+            let old = data
+                .get(full.as_slice())?
+                .map_or(0, |v| (key.len() + v.value().len()) as u64);
             let new = (key.len() + value.len()) as u64;
             let total = used - old.min(used) + new;
             if new > old && total > limits.max_bytes {
@@ -164,7 +168,9 @@ impl Storage {
         let txn = self.db()?.begin_write()?;
         let existed = {
             let mut data = txn.open_table(DATA)?;
-            let removed = data.remove(full.as_slice())?.map(|v| (key.len() + v.value().len()) as u64);
+            let removed = data
+                .remove(full.as_slice())?
+                .map(|v| (key.len() + v.value().len()) as u64);
             if let Some(freed) = removed {
                 let mut usage = txn.open_table(USAGE)?;
                 let used = usage.get(ns.0.as_slice())?.map_or(0, |u| u.value());
@@ -206,13 +212,10 @@ impl Storage {
     /// Takes (reads and deletes) the state kept for a namespace.
     pub fn take_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
         let txn = self.db()?.begin_write()?;
-        let taken = txn
-            .open_table(STATES)?
-            .remove(ns.0.as_slice())?
-            .map(|v| {
-                let (version, state) = v.value();
-                (version.to_owned(), state.to_vec())
-            });
+        let taken = txn.open_table(STATES)?.remove(ns.0.as_slice())?.map(|v| {
+            let (version, state) = v.value();
+            (version.to_owned(), state.to_vec())
+        });
         txn.commit()?;
         Ok(taken)
     }
@@ -273,7 +276,10 @@ mod tests {
     fn sizes_and_quotas_are_enforced() {
         let (_dir, s) = storage();
         let ns = Namespace::new("t", "p");
-        let small = StorageLimits { max_value_bytes: 100, max_bytes: 20 };
+        let small = StorageLimits {
+            max_value_bytes: 100,
+            max_bytes: 20,
+        };
         assert_eq!(s.set(&ns, "", b"x", small), Err(StorageError::InvalidKey));
         assert_eq!(s.set(&ns, "k", &[0; 101], small), Err(StorageError::TooLarge));
         s.set(&ns, "k", &[0; 15], small).expect("16 bytes fit");
@@ -290,9 +296,16 @@ mod tests {
         let (_dir, s) = storage();
         let ns = Namespace::new("t", "p");
         s.save_state(&ns, "abc", b"state").expect("save");
-        assert_eq!(s.take_state(&ns).expect("take"), Some(("abc".to_owned(), b"state".to_vec())));
+        assert_eq!(
+            s.take_state(&ns).expect("take"),
+            Some(("abc".to_owned(), b"state".to_vec()))
+        );
         assert_eq!(s.take_state(&ns).expect("take"), None);
-        assert_eq!(s.list(&ns, "", 10).expect("list"), Vec::<String>::new(), "not visible as data");
+        assert_eq!(
+            s.list(&ns, "", 10).expect("list"),
+            Vec::<String>::new(),
+            "not visible as data"
+        );
     }
 
     #[test]
@@ -300,7 +313,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("s.redb");
         let ns = Namespace::new("t", "p");
-        Storage::open(&path).expect("open").set(&ns, "k", b"v", LIMITS).expect("set");
-        assert_eq!(Storage::open(&path).expect("reopen").get(&ns, "k").expect("get"), Some(b"v".to_vec()));
+        Storage::open(&path)
+            .expect("open")
+            .set(&ns, "k", b"v", LIMITS)
+            .expect("set");
+        assert_eq!(
+            Storage::open(&path).expect("reopen").get(&ns, "k").expect("get"),
+            Some(b"v".to_vec())
+        );
     }
 }

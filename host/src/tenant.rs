@@ -379,7 +379,11 @@ impl TenantHandle {
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
     let (mailbox, rx) = mpsc::channel(env.config.sessions.mailbox.max(1));
     let plugins = env.plugins.clone();
-    let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.name.clone(), Some(env.storage.clone())));
+    let shared = Arc::new(TenantShared::new(
+        tenant.to_owned(),
+        plugin.name.clone(),
+        Some(env.storage.clone()),
+    ));
     let actor = Actor {
         shared: shared.clone(),
         plugin,
@@ -453,7 +457,11 @@ impl Actor {
             match &current {
                 Some(current) => {
                     self.removed_at = None;
-                    if self.backoff.as_ref().is_some_and(|b| b.generation != current.generation) {
+                    if self
+                        .backoff
+                        .as_ref()
+                        .is_some_and(|b| b.generation != current.generation)
+                    {
                         // A different version took over (e.g. an automatic
                         // rollback): try it right away.
                         self.end_backoff();
@@ -464,7 +472,8 @@ impl Actor {
                     }
                     if self.backoff.is_none()
                         && self.hibernated.as_ref().is_some_and(|h| {
-                            h.version.generation != current.generation && self.refused_generation != Some(current.generation)
+                            h.version.generation != current.generation
+                                && self.refused_generation != Some(current.generation)
                         })
                     {
                         // Wake to migrate: a swap moves every tenant promptly,
@@ -616,8 +625,7 @@ impl Actor {
 
     fn needs_migration(&self, current: &Version) -> bool {
         self.instance.as_ref().is_some_and(|i| {
-            i.version().generation != current.generation
-                && self.refused_generation != Some(current.generation)
+            i.version().generation != current.generation && self.refused_generation != Some(current.generation)
         })
     }
 
@@ -627,27 +635,17 @@ impl Actor {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Connect {
-                link,
-                request,
-                reply,
-            } => {
+            Command::Connect { link, request, reply } => {
                 if self.backoff.is_some() {
                     let _ = reply.send(Err(backing_off()));
                     return;
                 }
                 if self.shared.session_count() >= self.current_limits().max_sessions {
-                    let _ = reply.send(Err(Rejection::TooMany(
-                        "too many sessions for this tenant".into(),
-                    )));
+                    let _ = reply.send(Err(Rejection::TooMany("too many sessions for this tenant".into())));
                     return;
                 }
                 if !self.ensure_instance().await {
-                    self.held = Some(Command::Connect {
-                        link,
-                        request,
-                        reply,
-                    });
+                    self.held = Some(Command::Connect { link, request, reply });
                     return;
                 }
                 let id = link.id();
@@ -789,7 +787,12 @@ impl Actor {
     }
 
     fn current_limits(&self) -> Arc<Limits> {
-        match self.instance.as_ref().map(|i| i.version().clone()).or_else(|| self.plugin.current()) {
+        match self
+            .instance
+            .as_ref()
+            .map(|i| i.version().clone())
+            .or_else(|| self.plugin.current())
+        {
             Some(version) => self.limits(&version),
             None => Arc::new(self.env.config.limits.clone()),
         }
@@ -873,7 +876,12 @@ impl Actor {
                 // Its state is gone with it; a fresh instance takes over, as
                 // after a crash.
                 tracing::error!(tenant = %self.shared.tenant, plugin = %self.plugin.name, "cannot wake: {error}");
-                self.plugin.report_error("crash", Some(version.id.short()), format!("tenant {} waking", self.shared.tenant), error);
+                self.plugin.report_error(
+                    "crash",
+                    Some(version.id.short()),
+                    format!("tenant {} waking", self.shared.tenant),
+                    error,
+                );
                 self.count_restart(&version);
             }
         }
@@ -900,7 +908,12 @@ impl Actor {
                 self.install(instance);
             }
             Err(error) => {
-                self.plugin.report_error("crash", Some(version.id.short()), format!("tenant {}", self.shared.tenant), error.to_string());
+                self.plugin.report_error(
+                    "crash",
+                    Some(version.id.short()),
+                    format!("tenant {}", self.shared.tenant),
+                    error.to_string(),
+                );
                 self.count_restart(&version);
             }
         }
@@ -913,7 +926,9 @@ impl Actor {
     }
 
     fn install(&mut self, instance: Instance) {
-        self.shared.generation.store(instance.version().generation, Ordering::Relaxed);
+        self.shared
+            .generation
+            .store(instance.version().generation, Ordering::Relaxed);
         self.shared.instance.store(instance.number(), Ordering::Relaxed);
         self.shared.set_status(Status::Running);
         self.instance = Some(instance);
@@ -1017,8 +1032,10 @@ impl Actor {
             "crash_loop",
             Some(version.id.short()),
             format!("tenant {}", self.shared.tenant),
-            format!("more than {} restarts in {}s; backing off for {delay:?}",
-                supervision.max_restarts, supervision.window_secs),
+            format!(
+                "more than {} restarts in {}s; backing off for {delay:?}",
+                supervision.max_restarts, supervision.window_secs
+            ),
         );
         let _ = self.env.reports.send(Report::CrashLoop {
             plugin: self.plugin.clone(),
@@ -1088,8 +1105,7 @@ impl Actor {
             tenant = %self.shared.tenant, plugin = %self.plugin.name, version = %target.id,
             "tenant stays on its version: {reason}"
         );
-        metrics::counter!("baton_migration_failures_total", "plugin" => self.plugin.name.clone())
-            .increment(1);
+        metrics::counter!("baton_migration_failures_total", "plugin" => self.plugin.name.clone()).increment(1);
         self.plugin.report_error(
             "migration_failed",
             Some(target.id.short()),

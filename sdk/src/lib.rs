@@ -139,11 +139,7 @@ pub mod __private {
         with(slot, |p| p.export_state())
     }
 
-    pub fn import_state<P: Plugin>(
-        slot: &'static Slot<P>,
-        from_version: String,
-        state: Vec<u8>,
-    ) -> Result<(), String> {
+    pub fn import_state<P: Plugin>(slot: &'static Slot<P>, from_version: String, state: Vec<u8>) -> Result<(), String> {
         with(slot, |p| p.import_state(&from_version, &state))
     }
 }

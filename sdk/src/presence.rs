@@ -2,8 +2,8 @@
 //! (it survives swaps and crashes); a closed session leaves every topic.
 //! Changes reach [`crate::Plugin::on_presence`].
 
-use crate::Session;
 use crate::__private::baton::plugin::presence as host;
+use crate::Session;
 
 /// One session present in a topic: `session`, `key` (who) and `meta`.
 pub type Entry = host::PresenceEntry;

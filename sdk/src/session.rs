@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::Frame;
 use crate::__private::baton::plugin::session as host;
+use crate::Frame;
 
 /// One client connection of this tenant.
 ///

@@ -59,8 +59,7 @@ impl Saved {
 
     /// Decodes the state as `T` (the type of the layout it was written with).
     pub fn decode<T: DeserializeOwned>(self) -> Result<T, String> {
-        serde_json::from_value(self.data)
-            .map_err(|e| format!("cannot read state layout {}: {e}", self.layout))
+        serde_json::from_value(self.data).map_err(|e| format!("cannot read state layout {}: {e}", self.layout))
     }
 }
 
@@ -106,8 +105,7 @@ pub trait VersionedState: Serialize + DeserializeOwned {
         if bytes.is_empty() {
             return Ok(None);
         }
-        let saved: Saved =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a baton state: {e}"))?;
+        let saved: Saved = serde_json::from_slice(bytes).map_err(|e| format!("not a baton state: {e}"))?;
         if saved.layout == Self::LAYOUT {
             saved.decode().map(Some)
         } else {
@@ -142,7 +140,10 @@ mod tests {
             match saved.layout() {
                 1 => {
                     let old: Old = saved.decode()?;
-                    Ok(New { count: old.n, label: "migrated".into() })
+                    Ok(New {
+                        count: old.n,
+                        label: "migrated".into(),
+                    })
                 }
                 other => Err(format!("unknown layout {other}")),
             }
@@ -151,19 +152,41 @@ mod tests {
 
     #[test]
     fn same_layout_round_trips() {
-        let bytes = New { count: 3, label: "x".into() }.save().expect("save");
-        assert_eq!(New::restore(&bytes).expect("restore"), Some(New { count: 3, label: "x".into() }));
+        let bytes = New {
+            count: 3,
+            label: "x".into(),
+        }
+        .save()
+        .expect("save");
+        assert_eq!(
+            New::restore(&bytes).expect("restore"),
+            Some(New {
+                count: 3,
+                label: "x".into()
+            })
+        );
     }
 
     #[test]
     fn an_older_layout_goes_through_from_layout() {
         let bytes = Old { n: 9 }.save().expect("save");
-        assert_eq!(New::restore(&bytes).expect("restore"), Some(New { count: 9, label: "migrated".into() }));
+        assert_eq!(
+            New::restore(&bytes).expect("restore"),
+            Some(New {
+                count: 9,
+                label: "migrated".into()
+            })
+        );
     }
 
     #[test]
     fn an_unknown_layout_is_refused_not_dropped() {
-        let bytes = New { count: 1, label: String::new() }.save().expect("save");
+        let bytes = New {
+            count: 1,
+            label: String::new(),
+        }
+        .save()
+        .expect("save");
         let err = Old::restore(&bytes).expect_err("layout 2 is unknown to Old");
         assert!(err.contains("layout 1, not 2"), "{err}");
         assert!(Old::restore(b"not json").is_err());

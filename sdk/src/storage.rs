@@ -33,7 +33,9 @@ pub fn list(prefix: &str, limit: u32) -> Result<Vec<String>, Error> {
 /// The value of `key`, decoded from JSON.
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, String> {
     match get(key).map_err(|e| e.to_string())? {
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| format!("{key}: {e}")),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{key}: {e}")),
         None => Ok(None),
     }
 }

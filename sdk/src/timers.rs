@@ -2,8 +2,8 @@
 //! then. Timers survive hot swaps and crashes but not a host restart: re-arm
 //! the ones you need in `init` (a named timer makes that idempotent).
 
-use crate::TimerId;
 use crate::__private::baton::plugin::timers as host;
+use crate::TimerId;
 
 /// Why a timer could not be set.
 pub type Error = host::Error;

@@ -26,7 +26,13 @@ fn main() -> anyhow::Result<()> {
         .filter_map(|m| m.as_str().map(str::to_owned))
         .collect();
 
-    for path in ["plugins/Cargo.toml", "plugins/Cargo.lock", "sdk/Cargo.toml", "sdk/src", "wit"] {
+    for path in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "sdk/Cargo.toml",
+        "sdk/src",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     for member in &members {

@@ -34,7 +34,11 @@ async fn a_message_fans_out_to_100_members_of_a_room() {
         members.push(join(&host, "acme", "lobby", &format!("u{i}")).await);
     }
     eventually("all 100 are present", async || {
-        host.http("GET", "/t/acme/chat/rooms/lobby/members", b"").await.json().as_array().is_some_and(|m| m.len() == 100)
+        host.http("GET", "/t/acme/chat/rooms/lobby/members", b"")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|m| m.len() == 100)
     })
     .await;
     members[0].send_text("hello, everyone").await;
@@ -75,8 +79,14 @@ async fn presence_reports_joins_leaves_and_disconnects() {
 
     let mut bob = join(&host, "acme", "r", "bob").await;
     let seen = next_where(&mut ann, |f| f["type"] == "presence").await;
-    assert_eq!((seen["joins"].clone(), seen["leaves"].clone()), (serde_json::json!(["bob"]), serde_json::json!([])));
-    next_where(&mut bob, |f| f["type"] == "presence" && f["joins"] == serde_json::json!(["bob"])).await;
+    assert_eq!(
+        (seen["joins"].clone(), seen["leaves"].clone()),
+        (serde_json::json!(["bob"]), serde_json::json!([]))
+    );
+    next_where(&mut bob, |f| {
+        f["type"] == "presence" && f["joins"] == serde_json::json!(["bob"])
+    })
+    .await;
 
     // An explicit leave, staying connected.
     bob.send_text("/leave").await;
@@ -86,11 +96,17 @@ async fn presence_reports_joins_leaves_and_disconnects() {
 
     // A disconnect untracks automatically.
     let carl = join(&host, "acme", "r", "carl").await;
-    next_where(&mut ann, |f| f["type"] == "presence" && f["joins"] == serde_json::json!(["carl"])).await;
+    next_where(&mut ann, |f| {
+        f["type"] == "presence" && f["joins"] == serde_json::json!(["carl"])
+    })
+    .await;
     carl.close().await;
     let seen = next_where(&mut ann, |f| f["type"] == "presence").await;
     assert_eq!(seen["leaves"], serde_json::json!(["carl"]));
-    assert_eq!(host.http("GET", "/t/acme/chat/rooms/r/members", b"").await.json(), serde_json::json!(["ann"]));
+    assert_eq!(
+        host.http("GET", "/t/acme/chat/rooms/r/members", b"").await.json(),
+        serde_json::json!(["ann"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,13 +118,24 @@ async fn a_joining_member_gets_the_history_first() {
     }
     next_where(&mut ann, is_message("m54")).await;
     eventually("the history is stored", async || {
-        host.http("GET", "/t/acme/chat/rooms/r/messages", b"").await.json().as_array().is_some_and(|h| h.len() == 50 && h[49]["text"] == "m54")
+        host.http("GET", "/t/acme/chat/rooms/r/messages", b"")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|h| h.len() == 50 && h[49]["text"] == "m54")
     })
     .await;
     let mut bob = join(&host, "acme", "r", "bob").await;
     for i in 5..55 {
         let frame = bob.recv_json().await;
-        assert_eq!((frame["type"].as_str(), frame["text"].as_str(), frame["history"].as_bool()), (Some("message"), Some(format!("m{i}").as_str()), Some(true)));
+        assert_eq!(
+            (
+                frame["type"].as_str(),
+                frame["text"].as_str(),
+                frame["history"].as_bool()
+            ),
+            (Some("message"), Some(format!("m{i}").as_str()), Some(true))
+        );
     }
     assert_eq!(bob.recv_json().await["type"], "presence", "then presence");
 }
@@ -124,7 +151,10 @@ async fn subscriptions_and_presence_survive_a_swap_and_a_crash() {
     let generation = host.wait_current("chaos").await;
     host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 11));
     host.wait_generation_above("chaos", generation).await;
-    eventually("the tenant moved", async || host.plugin("chaos").await["tenants"][0]["generation"].as_u64() > Some(generation)).await;
+    eventually("the tenant moved", async || {
+        host.plugin("chaos").await["tenants"][0]["generation"].as_u64() > Some(generation)
+    })
+    .await;
     assert_eq!(speaker.ask("pub-others:t:after swap").await, "published:1");
     assert_eq!(listener.recv_text().await, "after swap");
     assert_eq!(speaker.ask("members:t").await, "members:listener");
@@ -137,7 +167,14 @@ async fn subscriptions_and_presence_survive_a_swap_and_a_crash() {
     assert_eq!(listener.ask("untrack:t").await, "untracked");
     assert_eq!(speaker.ask("members:t").await, "members:");
     let events = host.http("GET", "/t/acme/chaos/events", b"").await.json();
-    assert_eq!(events["presence"].as_array().expect("presence").last().expect("a change"), &serde_json::json!(["t", [], ["listener"]]));
+    assert_eq!(
+        events["presence"]
+            .as_array()
+            .expect("presence")
+            .last()
+            .expect("a change"),
+        &serde_json::json!(["t", [], ["listener"]])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,8 +188,22 @@ async fn tenants_never_see_each_others_rooms() {
     eve.send_text("globex hello").await;
     // Eve's next frame is her own message: nothing of acme in between.
     let frame = eve.recv_json().await;
-    assert_eq!((frame["type"].as_str(), frame["text"].as_str()), (Some("message"), Some("globex hello")));
-    assert_eq!(host.http("GET", "/t/globex/chat/rooms/general/members", b"").await.json(), serde_json::json!(["eve"]));
-    let history = host.http("GET", "/t/globex/chat/rooms/general/messages", b"").await.json();
-    assert!(history.as_array().expect("history").iter().all(|m| m["user"] == "eve"), "{history}");
+    assert_eq!(
+        (frame["type"].as_str(), frame["text"].as_str()),
+        (Some("message"), Some("globex hello"))
+    );
+    assert_eq!(
+        host.http("GET", "/t/globex/chat/rooms/general/members", b"")
+            .await
+            .json(),
+        serde_json::json!(["eve"])
+    );
+    let history = host
+        .http("GET", "/t/globex/chat/rooms/general/messages", b"")
+        .await
+        .json();
+    assert!(
+        history.as_array().expect("history").iter().all(|m| m["user"] == "eve"),
+        "{history}"
+    );
 }

@@ -33,7 +33,15 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn every_command_has_help() {
-    for command in [&[][..], &["serve"], &["check"], &["deploy"], &["status"], &["rollback"], &["new"]] {
+    for command in [
+        &[][..],
+        &["serve"],
+        &["check"],
+        &["deploy"],
+        &["status"],
+        &["rollback"],
+        &["new"],
+    ] {
         let mut args = command.to_vec();
         args.push("--help");
         let output = baton(&args);
@@ -51,7 +59,10 @@ fn check_says_what_a_plugin_is_or_why_not() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("a valid baton plugin"), "{stdout}");
-    assert!(stdout.contains("on-frame") && stdout.contains("baton:plugin/session"), "{stdout}");
+    assert!(
+        stdout.contains("on-frame") && stdout.contains("baton:plugin/session"),
+        "{stdout}"
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let garbage = dir.path().join("garbage.wasm");
@@ -70,17 +81,36 @@ fn check_says_what_a_plugin_is_or_why_not() {
 fn serve_layers_its_configuration_and_rejects_unknown_keys() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("baton.toml");
-    std::fs::write(&file, "listen = '127.0.0.1:9000'\n[limits]\nmemory_mib = 48\ncall_timeout_ms = 700\n").expect("write");
+    std::fs::write(
+        &file,
+        "listen = '127.0.0.1:9000'\n[limits]\nmemory_mib = 48\ncall_timeout_ms = 700\n",
+    )
+    .expect("write");
     let output = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--config", file.to_str().expect("path"), "--listen", "127.0.0.1:9999", "--print-config"])
+        .args([
+            "serve",
+            "--config",
+            file.to_str().expect("path"),
+            "--listen",
+            "127.0.0.1:9999",
+            "--print-config",
+        ])
         .env("BATON_LIMITS__MEMORY_MIB", "32")
         .output()
         .expect("run");
     assert!(output.status.success(), "{}", text(&output.stderr));
     let printed: toml::Table = text(&output.stdout).parse().expect("TOML");
     assert_eq!(printed["listen"].as_str(), Some("127.0.0.1:9999"), "flags win");
-    assert_eq!(printed["limits"]["memory_mib"].as_integer(), Some(32), "environment beats the file");
-    assert_eq!(printed["limits"]["call_timeout_ms"].as_integer(), Some(700), "the file beats defaults");
+    assert_eq!(
+        printed["limits"]["memory_mib"].as_integer(),
+        Some(32),
+        "environment beats the file"
+    );
+    assert_eq!(
+        printed["limits"]["call_timeout_ms"].as_integer(),
+        Some(700),
+        "the file beats defaults"
+    );
 
     std::fs::write(&file, "[limits]\nmemroy_mib = 1\n").expect("write");
     let output = baton(&["serve", "--config", file.to_str().expect("path"), "--print-config"]);
@@ -95,15 +125,32 @@ async fn deploy_status_and_rollback_against_a_running_host() {
     let deploy_dir = host.deploy_dir();
     let deploy_dir = deploy_dir.to_str().expect("path");
 
-    let output = baton_async(&["deploy", COUNTER_V2, "--name", "counter", "--deploy-dir", deploy_dir, "--admin", &admin]).await;
+    let output = baton_async(&[
+        "deploy",
+        COUNTER_V2,
+        "--name",
+        "counter",
+        "--deploy-dir",
+        deploy_dir,
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("counter: active"), "{}", text(&output.stdout));
+    assert!(
+        text(&output.stdout).contains("counter: active"),
+        "{}",
+        text(&output.stdout)
+    );
     assert_eq!(host.plugin("counter").await["current"]["generation"], 2);
 
     let output = baton_async(&["status", "--admin", &admin]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let table = text(&output.stdout);
-    assert!(table.contains("PLUGIN") && table.contains("counter") && table.contains("swap"), "{table}");
+    assert!(
+        table.contains("PLUGIN") && table.contains("counter") && table.contains("swap"),
+        "{table}"
+    );
     let output = baton_async(&["status", "--json", "--admin", &admin]).await;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(json["plugins"][0]["name"], "counter");
@@ -116,11 +163,35 @@ async fn deploy_status_and_rollback_against_a_running_host() {
 
     // A file the host refuses (its init fails) is reported as such.
     host.write_settings("counter", "[config]\nfail_init = \"broken on purpose\"\n");
-    let output = baton_async(&["deploy", COUNTER_V2, "--name", "counter", "--deploy-dir", deploy_dir, "--admin", &admin]).await;
+    let output = baton_async(&[
+        "deploy",
+        COUNTER_V2,
+        "--name",
+        "counter",
+        "--deploy-dir",
+        deploy_dir,
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
-    assert!(text(&output.stderr).contains("broken on purpose"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("broken on purpose"),
+        "{}",
+        text(&output.stderr)
+    );
     // A file that is not a plugin never reaches the folder.
-    let output = baton_async(&["deploy", baton_test_plugins::WRONG_WORLD, "--name", "other", "--deploy-dir", deploy_dir, "--admin", &admin]).await;
+    let output = baton_async(&[
+        "deploy",
+        baton_test_plugins::WRONG_WORLD,
+        "--name",
+        "other",
+        "--deploy-dir",
+        deploy_dir,
+        "--admin",
+        &admin,
+    ])
+    .await;
     assert_eq!(output.status.code(), Some(1));
     assert!(!Path::new(deploy_dir).join("other.wasm").exists());
 }
@@ -129,13 +200,31 @@ async fn deploy_status_and_rollback_against_a_running_host() {
 fn deploy_without_a_host_places_the_file_and_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let deploy_dir = dir.path().join("deploy");
-    let output = baton(&["deploy", ECHO, "--deploy-dir", deploy_dir.to_str().expect("path"), "--admin", "http://127.0.0.1:1"]);
+    let output = baton(&[
+        "deploy",
+        ECHO,
+        "--deploy-dir",
+        deploy_dir.to_str().expect("path"),
+        "--admin",
+        "http://127.0.0.1:1",
+    ]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("no host confirmed it"), "{}", text(&output.stdout));
-    assert_eq!(std::fs::read(deploy_dir.join("echo.wasm")).expect("placed"), plugin_bytes(ECHO));
+    assert!(
+        text(&output.stdout).contains("no host confirmed it"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert_eq!(
+        std::fs::read(deploy_dir.join("echo.wasm")).expect("placed"),
+        plugin_bytes(ECHO)
+    );
     let output = baton(&["status", "--admin", "http://127.0.0.1:1"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(text(&output.stderr).contains("no baton admin API"), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("no baton admin API"),
+        "{}",
+        text(&output.stderr)
+    );
 }
 
 #[test]
@@ -158,7 +247,11 @@ fn new_scaffolds_a_plugin_that_builds_and_checks() {
         .env_remove("CARGO_BUILD_TARGET")
         .output()
         .expect("cargo");
-    assert!(build.status.success(), "the scaffold builds as is: {}", text(&build.stderr));
+    assert!(
+        build.status.success(),
+        "the scaffold builds as is: {}",
+        text(&build.stderr)
+    );
     let wasm = root.join("target/wasm32-wasip2/release/hello_world.wasm");
     let output = baton(&["check", wasm.to_str().expect("path")]);
     assert!(output.status.success(), "{}", text(&output.stderr));

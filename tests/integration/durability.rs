@@ -45,7 +45,11 @@ async fn storage_survives_a_host_restart_and_is_scoped_to_its_tenant() {
     })
     .await;
     eventually("the message is stored", async || {
-        host.http("GET", "/t/acme/chat/rooms/ops/messages", b"").await.json().as_array().is_some_and(|h| h.len() == 1)
+        host.http("GET", "/t/acme/chat/rooms/ops/messages", b"")
+            .await
+            .json()
+            .as_array()
+            .is_some_and(|h| h.len() == 1)
     })
     .await;
     drop((a, b, chat, meter));
@@ -62,7 +66,10 @@ async fn storage_survives_a_host_restart_and_is_scoped_to_its_tenant() {
     let usage = host.http("GET", "/t/acme/metering/usage", b"").await.json();
     assert_eq!(usage["users"]["ann"]["frames"], 3);
     assert_eq!(usage["users"]["ann"]["bytes"], 15);
-    assert_eq!(host.http("GET", "/t/globex/metering/usage", b"").await.json()["tenant"]["frames"], 0);
+    assert_eq!(
+        host.http("GET", "/t/globex/metering/usage", b"").await.json()["tenant"]["frames"],
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,8 +81,17 @@ async fn storage_limits_are_clear_errors() {
     .await;
     let mut client = host.connect("acme", "chaos").await;
     assert_eq!(client.ask("put:k:0123456789").await, "stored");
-    assert!(client.ask("put:k:01234567890").await.starts_with("error:"), "value over the limit");
-    assert!(client.ask(&format!("put:{}:v", "k".repeat(2000))).await.starts_with("error:"), "key over the limit");
+    assert!(
+        client.ask("put:k:01234567890").await.starts_with("error:"),
+        "value over the limit"
+    );
+    assert!(
+        client
+            .ask(&format!("put:{}:v", "k".repeat(2000)))
+            .await
+            .starts_with("error:"),
+        "key over the limit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,20 +110,28 @@ async fn an_idle_tenant_hibernates_and_wakes_with_its_state() {
     assert_eq!(client.ask("count").await, "count:2");
     let tenant_status = async || host.plugin("chaos").await["tenants"][0]["status"].clone();
     eventually("the tenant hibernates", async || tenant_status().await == "hibernated").await;
-    assert_eq!(host.plugin("chaos").await["live_versions"][0]["tenants"], 0, "its instance is gone");
+    assert_eq!(
+        host.plugin("chaos").await["live_versions"][0]["tenants"],
+        0,
+        "its instance is gone"
+    );
     // The session stayed open; the next frame wakes a new instance with the state.
     assert_eq!(client.ask("count").await, "count:3");
     assert_ne!(client.ask("whoami").await, before);
     assert_eq!(tenant_status().await, "running");
 
     // A swap wakes hibernating tenants so that they move too.
-    eventually("the tenant hibernates again", async || tenant_status().await == "hibernated").await;
+    eventually("the tenant hibernates again", async || {
+        tenant_status().await == "hibernated"
+    })
+    .await;
     let generation = host.wait_current("chaos").await;
     host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 31));
     host.wait_generation_above("chaos", generation).await;
     eventually("the hibernated tenant migrated", async || {
         let view = host.plugin("chaos").await;
-        view["live_versions"].as_array().is_some_and(|v| v.len() == 1) && view["tenants"][0]["generation"] == view["current"]["generation"]
+        view["live_versions"].as_array().is_some_and(|v| v.len() == 1)
+            && view["tenants"][0]["generation"] == view["current"]["generation"]
     })
     .await;
     assert_eq!(client.ask("count").await, "count:5");
@@ -123,7 +147,10 @@ async fn plugin_state_survives_a_host_restart() {
     let host = host.restart().await;
     host.wait_current("counter").await;
     let usage = host.http("GET", "/t/acme/counter", b"").await.json();
-    assert_eq!(usage["total"], 3, "the tenant's total was kept at shutdown and imported: {usage}");
+    assert_eq!(
+        usage["total"], 3,
+        "the tenant's total was kept at shutdown and imported: {usage}"
+    );
     let mut client = host.connect("acme", "counter").await;
     let reply: serde_json::Value = serde_json::from_str(&client.ask("y").await).expect("json");
     assert_eq!(reply["total"], 4);

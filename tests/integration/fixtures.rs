@@ -16,6 +16,9 @@ fn every_built_plugin_is_used_by_a_test() {
         .collect();
     for (name, _) in baton_test_plugins::ALL {
         let constant = name.to_uppercase().replace('-', "_");
-        assert!(words.contains(constant.as_str()), "plugin {name} (baton_test_plugins::{constant}) is used by no test");
+        assert!(
+            words.contains(constant.as_str()),
+            "plugin {name} (baton_test_plugins::{constant}) is used by no test"
+        );
     }
 }

@@ -24,7 +24,9 @@ async fn stream_until(mut client: Client, stop: Arc<AtomicBool>, window: usize) 
             while !stop.load(Ordering::Relaxed) {
                 credits.acquire().await.expect("credits").forget();
                 let text = format!("seq:{sent}");
-                sink.send(tokio_tungstenite::tungstenite::Message::text(text)).await.expect("send");
+                sink.send(tokio_tungstenite::tungstenite::Message::text(text))
+                    .await
+                    .expect("send");
                 sent += 1;
             }
             (sent, sink)
@@ -68,7 +70,11 @@ async fn stream_until(mut client: Client, stop: Arc<AtomicBool>, window: usize) 
 fn check(message: &tokio_tungstenite::tungstenite::Message, index: u64, first_n: &mut Option<u64>) -> u64 {
     let text = message.to_text().expect("text answer");
     let reply: serde_json::Value = serde_json::from_str(text).expect("JSON answer");
-    assert_eq!(reply["echo"], format!("seq:{index}"), "answers come once each, in order");
+    assert_eq!(
+        reply["echo"],
+        format!("seq:{index}"),
+        "answers come once each, in order"
+    );
     let n = reply["n"].as_u64().expect("count");
     let first = *first_n.get_or_insert(n - index);
     assert_eq!(n, first + index, "the count continues across versions: {reply}");
@@ -81,7 +87,10 @@ async fn all_tenants_current(host: &TestHost, plugin: &str) -> serde_json::Value
         let view = host.plugin(plugin).await;
         let current = view["current"]["generation"].as_u64()?;
         let tenants = view["tenants"].as_array()?;
-        tenants.iter().all(|t| t["generation"].as_u64() == Some(current)).then_some(view)
+        tenants
+            .iter()
+            .all(|t| t["generation"].as_u64() == Some(current))
+            .then_some(view)
     })
     .await
 }
@@ -130,7 +139,9 @@ async fn swaps_under_load_lose_no_session_and_no_frame() {
 
     // Every replaced version is released once its tenants moved away.
     eventually("only the current version is live", async || {
-        host.plugin("counter").await["live_versions"].as_array().is_some_and(|v| v.len() == 1)
+        host.plugin("counter").await["live_versions"]
+            .as_array()
+            .is_some_and(|v| v.len() == 1)
     })
     .await;
 }
@@ -166,7 +177,11 @@ async fn bad_files_leave_the_current_version_serving() {
         reported += 1;
         let error = view["last_error"]["error"].as_str().expect("error");
         assert!(error.contains(expected), "{what}: {error}");
-        assert_eq!(view["current"]["generation"].as_u64(), Some(generation), "{what} changed nothing");
+        assert_eq!(
+            view["current"]["generation"].as_u64(),
+            Some(generation),
+            "{what} changed nothing"
+        );
     };
     host.drop_file("counter", b"\0asm garbage");
     expect_failure("garbage", "not a valid WebAssembly component").await;
@@ -187,16 +202,29 @@ async fn bad_files_leave_the_current_version_serving() {
     host.drop_file("counter", &byte_different(&v2, 1));
     let view = wait_for("the refusing version is withdrawn", async || {
         let view = host.plugin("counter").await;
-        let withdrawn = view["history"].as_array()?.iter().any(|r| r["activation"] == "withdrawal");
+        let withdrawn = view["history"]
+            .as_array()?
+            .iter()
+            .any(|r| r["activation"] == "withdrawal");
         withdrawn.then_some(view)
     })
     .await;
     let error = view["last_error"]["error"].as_str().expect("error");
     assert!(error.contains("import-state refused"), "{error}");
-    let current = view["history"].as_array().expect("history").last().expect("record").clone();
+    let current = view["history"]
+        .as_array()
+        .expect("history")
+        .last()
+        .expect("record")
+        .clone();
     assert_eq!(current["hash"], view["current"]["hash"]);
     assert_eq!(current["activation"], "withdrawal");
-    let refused: Vec<_> = view["history"].as_array().expect("history").iter().filter(|r| r["failed"].is_string()).collect();
+    let refused: Vec<_> = view["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|r| r["failed"].is_string())
+        .collect();
     assert_eq!(refused.len(), 1, "the refusing version is marked failed");
 
     stop.store(true, Ordering::Relaxed);
@@ -210,7 +238,10 @@ async fn bad_files_leave_the_current_version_serving() {
 async fn a_call_in_flight_finishes_on_its_version_and_the_old_version_is_released() {
     // The slow call must outlast the swap (settling, compiling) even on a
     // loaded machine.
-    let host = TestHost::start_with(&[("chaos", baton_test_plugins::CHAOS)], |c| c.limits.call_timeout_ms = 30_000).await;
+    let host = TestHost::start_with(&[("chaos", baton_test_plugins::CHAOS)], |c| {
+        c.limits.call_timeout_ms = 30_000
+    })
+    .await;
     let chaos = plugin_bytes(baton_test_plugins::CHAOS);
     let mut client = host.connect("acme", "chaos").await;
     let before = client.ask("whoami").await;
@@ -239,7 +270,8 @@ async fn a_call_in_flight_finishes_on_its_version_and_the_old_version_is_release
     assert_eq!(client.ask("count").await, "count:4", "state came along");
     eventually("the old version is released", async || {
         let live = host.plugin("chaos").await["live_versions"].clone();
-        live.as_array().is_some_and(|v| v.len() == 1 && v[0]["generation"].as_u64() > Some(generation))
+        live.as_array()
+            .is_some_and(|v| v.len() == 1 && v[0]["generation"].as_u64() > Some(generation))
     })
     .await;
 }
@@ -265,7 +297,11 @@ async fn a_call_that_outlives_the_drain_deadline_is_interrupted() {
     assert_eq!(client.ask("echo:after").await, "after");
     let events = host.plugin("chaos").await["events"].clone();
     assert!(
-        events.as_array().expect("events").iter().any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains("drained"))),
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains("drained"))),
         "{events}"
     );
 }
@@ -279,7 +315,10 @@ async fn rollback_returns_tenants_to_the_previous_version_with_their_state() {
 
     let mut client = host.connect("acme", "counter").await;
     for n in 1..=3 {
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&client.ask("a").await).expect("json")["n"], n);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&client.ask("a").await).expect("json")["n"],
+            n
+        );
     }
     let generation = host.wait_current("counter").await;
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
@@ -291,10 +330,20 @@ async fn rollback_returns_tenants_to_the_previous_version_with_their_state() {
     let response = host.admin("POST", "/api/plugins/counter/rollback", None).await;
     assert_eq!(response.status, 200, "{}", response.text());
     let view = all_tenants_current(&host, "counter").await;
-    assert_eq!(view["current"]["hash"], view["history"][0]["hash"], "version 1 is current again");
-    assert_eq!(view["history"].as_array().expect("history").last().expect("last")["activation"], "rollback");
+    assert_eq!(
+        view["current"]["hash"], view["history"][0]["hash"],
+        "version 1 is current again"
+    );
+    assert_eq!(
+        view["history"].as_array().expect("history").last().expect("last")["activation"],
+        "rollback"
+    );
     let reply: serde_json::Value = serde_json::from_str(&client.ask("c").await).expect("json");
-    assert_eq!((reply["v"].as_u64(), reply["n"].as_u64()), (Some(1), Some(5)), "counts continue");
+    assert_eq!(
+        (reply["v"].as_u64(), reply["n"].as_u64()),
+        (Some(1), Some(5)),
+        "counts continue"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,8 +356,14 @@ async fn a_restart_with_an_unchanged_folder_does_not_recompile() {
     let host = host.restart().await;
     host.wait_current("counter").await;
     let view = host.plugin("counter").await;
-    assert_eq!(view["current"]["origin"], "cache", "loaded from the compiled-artifact cache");
-    assert!(view["current"]["generation"].as_u64() > Some(generation), "generations keep growing across restarts");
+    assert_eq!(
+        view["current"]["origin"], "cache",
+        "loaded from the compiled-artifact cache"
+    );
+    assert!(
+        view["current"]["generation"].as_u64() > Some(generation),
+        "generations keep growing across restarts"
+    );
     let mut client = host.connect("acme", "counter").await;
     assert!(client.ask("x").await.contains("\"v\":1"));
 }
@@ -338,7 +393,10 @@ async fn redeploying_within_the_drain_deadline_keeps_the_sessions() {
     let mut open = host.connect("acme", "counter").await;
     open.ask("one").await;
     std::fs::remove_file(host.deploy_dir().join("counter.wasm")).expect("remove");
-    eventually("the plugin is removed", async || host.plugin("counter").await["current"].is_null()).await;
+    eventually("the plugin is removed", async || {
+        host.plugin("counter").await["current"].is_null()
+    })
+    .await;
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
     host.wait_current("counter").await;
     all_tenants_current(&host, "counter").await;
@@ -368,7 +426,14 @@ async fn the_folder_watch_reads_complete_files_only() {
         }
     }
     let view = host.wait_generation_above("counter", generation).await;
-    assert_eq!(view["current"]["generation"].as_u64(), Some(generation + 1), "one new version, the complete one");
+    assert_eq!(
+        view["current"]["generation"].as_u64(),
+        Some(generation + 1),
+        "one new version, the complete one"
+    );
     let events = view["events"].as_array().expect("events");
-    assert!(!events.iter().any(|e| e["kind"] == "deploy_failed"), "no partial read: {events:?}");
+    assert!(
+        !events.iter().any(|e| e["kind"] == "deploy_failed"),
+        "no partial read: {events:?}"
+    );
 }

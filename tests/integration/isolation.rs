@@ -15,8 +15,14 @@ async fn a_plugin_cannot_reach_another_tenants_sessions() {
     let own_id = attacker.ask("session").await.trim_start_matches("session:").to_owned();
 
     // The same plugin, same ids, another tenant: unknown.
-    assert_eq!(attacker.ask(&format!("send:{victim_id}:psst")).await, "error:unknown session");
-    assert_eq!(attacker.ask(&format!("close-other:{victim_id}")).await, "error:unknown session");
+    assert_eq!(
+        attacker.ask(&format!("send:{victim_id}:psst")).await,
+        "error:unknown session"
+    );
+    assert_eq!(
+        attacker.ask(&format!("close-other:{victim_id}")).await,
+        "error:unknown session"
+    );
     // Its own session is reachable (the calls work at all).
     assert_eq!(attacker.ask(&format!("send:{own_id}:to myself")).await, "to myself");
     assert_eq!(attacker.recv_text().await, "sent");
@@ -64,7 +70,12 @@ async fn plugins_get_no_files_environment_or_network_unless_granted() {
     let mut client = host.connect("acme", "chaos").await;
     assert!(client.ask("files").await.starts_with("files:denied:"));
     assert_eq!(client.ask("env:HOME").await, "env:HOME:unset:0");
-    assert!(client.ask(&format!("net:127.0.0.1:{port}")).await.starts_with("net:denied:"));
+    assert!(
+        client
+            .ask(&format!("net:127.0.0.1:{port}"))
+            .await
+            .starts_with("net:denied:")
+    );
 
     // Environment variables can be granted, one by one, in the plugin's settings.
     let generation = host.wait_current("chaos").await;

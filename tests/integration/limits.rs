@@ -36,7 +36,9 @@ async fn a_client_that_never_reads_is_closed_with_1008() {
 async fn a_client_that_trickles_its_headers_is_dropped() {
     let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.http.header_read_timeout_ms = 300).await;
     let mut slow = tokio::net::TcpStream::connect(host.clients).await.expect("connect");
-    slow.write_all(b"GET /t/acme/chaos HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    slow.write_all(b"GET /t/acme/chaos HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 1024];
     let read = tokio::time::timeout(DEADLINE, async {
         loop {
@@ -78,7 +80,11 @@ async fn a_plugins_settings_set_its_own_memory_limit() {
     assert_eq!(client.ask("echo:after").await, "after");
     let events = host.plugin("chaos").await["events"].clone();
     assert!(
-        events.as_array().expect("events").iter().any(|e| e["detail"].as_str().is_some_and(|d| d.contains("memory_limit"))),
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["detail"].as_str().is_some_and(|d| d.contains("memory_limit"))),
         "{events}"
     );
 
@@ -86,7 +92,9 @@ async fn a_plugins_settings_set_its_own_memory_limit() {
     host.write_settings("chaos", "[limits]\nmemory_mib = 100000\n");
     host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 5));
     eventually("the over-limit settings are reported", async || {
-        host.plugin("chaos").await["last_error"]["error"].as_str().is_some_and(|e| e.contains("max_memory_mib"))
+        host.plugin("chaos").await["last_error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_memory_mib"))
     })
     .await;
 }

@@ -22,7 +22,11 @@ async fn the_admin_api_requires_its_token_when_one_is_set() {
         assert_eq!(host.admin("GET", path, Some("wrong")).await.status, 401, "{path}");
         assert_eq!(host.admin("GET", path, Some("s3cret")).await.status, 200, "{path}");
     }
-    assert_eq!(host.admin("GET", "/api/status?token=s3cret", None).await.status, 200, "browsers pass ?token=");
+    assert_eq!(
+        host.admin("GET", "/api/status?token=s3cret", None).await.status,
+        200,
+        "browsers pass ?token="
+    );
     assert_eq!(host.admin("POST", "/api/plugins/echo/rollback", None).await.status, 401);
     // The client listener never asks for it.
     assert_eq!(host.http("GET", "/t/acme/echo", b"").await.status, 200);
@@ -50,10 +54,19 @@ async fn metrics_are_exposed_and_move_with_traffic() {
     let metrics = scrape().await;
     assert_eq!(sample(&metrics, frames_in), Some(before + 10.0), "frames in moved");
     assert!(sample(&metrics, "baton_frames_out_total{plugin=\"metrics-echo\"}").is_some_and(|v| v >= 10.0));
-    assert_eq!(sample(&metrics, "baton_sessions{plugin=\"metrics-echo\",tenant=\"acme\"}"), Some(1.0));
-    assert!(metrics.contains("baton_call_seconds_bucket{plugin=\"metrics-echo\""), "call latency histogram");
+    assert_eq!(
+        sample(&metrics, "baton_sessions{plugin=\"metrics-echo\",tenant=\"acme\"}"),
+        Some(1.0)
+    );
+    assert!(
+        metrics.contains("baton_call_seconds_bucket{plugin=\"metrics-echo\""),
+        "call latency histogram"
+    );
     assert!(metrics.contains("baton_compile_seconds"), "compile time");
-    assert!(metrics.contains("baton_activations_total{plugin=\"metrics-echo\",activation=\"deploy\"}"), "swaps");
+    assert!(
+        metrics.contains("baton_activations_total{plugin=\"metrics-echo\",activation=\"deploy\"}"),
+        "swaps"
+    );
     assert!(metrics.contains("baton_live_versions{plugin=\"metrics-echo\"}"));
     assert!(metrics.contains("baton_mailbox_depth{plugin=\"metrics-echo\",tenant=\"acme\"}"));
     let _ = host.connect_path("/t/acme/nope").await;
@@ -70,7 +83,14 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
     std::fs::write(&config, "[shutdown]\ndeadline_secs = 10\nclose_per_second = 100\n").expect("config");
     // Relative folders, as `baton serve` run from a project directory has them.
     let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-json"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-json",
+        ])
         .args(["--config", "baton.toml", "--deploy-dir", "deploy", "--data-dir", "data"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
@@ -104,14 +124,19 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
 
     let mut sessions = Vec::new();
     for i in 0..20 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{clients}/t/t{}/echo", i % 3)).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{clients}/t/t{}/echo", i % 3))
+            .await
+            .expect("connect");
         ws.send(Message::text("hi")).await.expect("send");
         assert_eq!(ws.next().await.expect("echo").expect("echo"), Message::text("hi"));
         sessions.push(ws);
     }
     let signalled = Instant::now();
     let pid = child.0.as_ref().expect("running").id();
-    let kill = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     for mut ws in sessions {
         let close = tokio::time::timeout(DEADLINE, async {
@@ -128,9 +153,15 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         assert_eq!(close, Some(1001));
     }
     let mut process = child.0.take().expect("running");
-    let status = tokio::task::spawn_blocking(move || process.wait()).await.expect("wait").expect("exit status");
+    let status = tokio::task::spawn_blocking(move || process.wait())
+        .await
+        .expect("wait")
+        .expect("exit status");
     assert!(status.success(), "exit code 0: {status:?}");
-    assert!(signalled.elapsed() < Duration::from_secs(15), "exits within its deadline");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "exits within its deadline"
+    );
 }
 
 /// Kills a child process the test did not get to stop (a failed assertion).
@@ -186,7 +217,11 @@ impl Browser {
                 }
             }
         });
-        let port = rx.recv_timeout(DEADLINE).expect("Chromium's DevTools port").parse().expect("port");
+        let port = rx
+            .recv_timeout(DEADLINE)
+            .expect("Chromium's DevTools port")
+            .parse()
+            .expect("port");
         Browser {
             child,
             port,
@@ -197,7 +232,9 @@ impl Browser {
     /// Opens `url` in a new tab and returns the tab's DevTools socket.
     async fn open(&self, url: &str) -> Tab {
         let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
-        let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None).await.expect("new tab");
+        let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None)
+            .await
+            .expect("new tab");
         let target = response.json();
         let socket = target["webSocketDebuggerUrl"].as_str().expect("tab socket").to_owned();
         let (ws, _) = tokio_tungstenite::connect_async(socket).await.expect("DevTools socket");
@@ -223,9 +260,16 @@ impl Tab {
         self.next += 1;
         let id = self.next;
         let command = serde_json::json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": expression, "returnByValue": true } });
-        self.ws.send(Message::text(command.to_string())).await.expect("send to DevTools");
+        self.ws
+            .send(Message::text(command.to_string()))
+            .await
+            .expect("send to DevTools");
         loop {
-            let message = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("DevTools answers").expect("open").expect("ok");
+            let message = tokio::time::timeout(DEADLINE, self.ws.next())
+                .await
+                .expect("DevTools answers")
+                .expect("open")
+                .expect("ok");
             let reply: serde_json::Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
             if reply["id"] == id {
                 return reply["result"]["result"]["value"].clone();
@@ -242,7 +286,10 @@ impl Tab {
             if text.contains(needle) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "{selector} never showed {needle:?}; it shows {text:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{selector} never showed {needle:?}; it shows {text:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -266,7 +313,11 @@ async fn the_dashboard_shows_plugins_and_updates_live_after_a_swap() {
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
     host.wait_generation_above("counter", 1).await;
     tab.wait_text("tr[data-plugin=counter]", "gen 2").await;
-    assert_eq!(tab.eval("performance.timeOrigin").await, loaded_at, "the same page, not reloaded");
+    assert_eq!(
+        tab.eval("performance.timeOrigin").await,
+        loaded_at,
+        "the same page, not reloaded"
+    );
     let timeline = tab.wait_text("#events", "generation 2").await;
     assert!(timeline.matches("swap").count() >= 2, "{timeline}");
 }

@@ -25,7 +25,12 @@ async fn invalid_files_are_reported_and_skipped() {
     .await;
     host.wait_current("echo").await;
 
-    for (name, why) in [("garbage", "not a valid WebAssembly component"), ("truncated", "not a valid WebAssembly component"), ("command", "does not match the baton:plugin world"), ("proxy", "does not match the baton:plugin world")] {
+    for (name, why) in [
+        ("garbage", "not a valid WebAssembly component"),
+        ("truncated", "not a valid WebAssembly component"),
+        ("command", "does not match the baton:plugin world"),
+        ("proxy", "does not match the baton:plugin world"),
+    ] {
         let plugin = wait_for(&format!("{name} is reported"), async || {
             let plugin = host.plugin(name).await;
             plugin["last_error"].is_object().then_some(plugin)
@@ -34,8 +39,17 @@ async fn invalid_files_are_reported_and_skipped() {
         assert!(plugin["current"].is_null(), "{name} must not be current");
         let error = plugin["last_error"]["error"].as_str().expect("error text");
         assert!(error.contains(why), "{name}: {error}");
-        assert!(plugin["last_error"]["what"].as_str().expect("file").ends_with(&format!("{name}.wasm")));
-        let (status, _) = host.connect_path(&format!("/t/acme/{name}")).await.err().expect("no such plugin");
+        assert!(
+            plugin["last_error"]["what"]
+                .as_str()
+                .expect("file")
+                .ends_with(&format!("{name}.wasm"))
+        );
+        let (status, _) = host
+            .connect_path(&format!("/t/acme/{name}"))
+            .await
+            .err()
+            .expect("no such plugin");
         assert_eq!(status, 404);
     }
     let mut client = host.connect("acme", "echo").await;

@@ -24,7 +24,12 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
     let mut other = host.connect("bystander", "chaos").await;
     let bystander = other.ask("whoami").await;
     let mut client = host.connect("acme", "chaos").await;
-    let id: u64 = client.ask("session").await.trim_start_matches("session:").parse().expect("id");
+    let id: u64 = client
+        .ask("session")
+        .await
+        .trim_start_matches("session:")
+        .parse()
+        .expect("id");
 
     for (fault, kind) in [
         ("panic", "panic"),
@@ -35,7 +40,10 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
         let before = host.plugin("chaos").await;
         let (restarts, instance) = {
             let t = tenant(&before, "acme");
-            (t["restarts"].as_u64().expect("restarts"), t["instance"].as_u64().expect("instance"))
+            (
+                t["restarts"].as_u64().expect("restarts"),
+                t["instance"].as_u64().expect("instance"),
+            )
         };
         let who = client.ask("whoami").await;
         client.send_text(fault).await;
@@ -45,16 +53,31 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
 
         let after = host.plugin("chaos").await;
         let t = tenant(&after, "acme");
-        assert_eq!(t["restarts"].as_u64(), Some(restarts + 1), "{fault}: the restart is counted");
-        assert!(t["instance"].as_u64() > Some(instance), "{fault}: the instance number grows");
+        assert_eq!(
+            t["restarts"].as_u64(),
+            Some(restarts + 1),
+            "{fault}: the restart is counted"
+        );
+        assert!(
+            t["instance"].as_u64() > Some(instance),
+            "{fault}: the instance number grows"
+        );
         let events = after["events"].as_array().expect("events");
         assert!(
-            events.iter().any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains(kind))),
+            events
+                .iter()
+                .any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains(kind))),
             "{fault} is reported as {kind}: {events:?}"
         );
         // The open session was re-announced to the fresh instance.
         let seen = host.http("GET", "/t/acme/chaos/events", b"").await.json();
-        assert!(seen["connects"].as_array().expect("connects").contains(&serde_json::json!([id, true])), "{seen}");
+        assert!(
+            seen["connects"]
+                .as_array()
+                .expect("connects")
+                .contains(&serde_json::json!([id, true])),
+            "{seen}"
+        );
     }
 
     // The other tenant never noticed.
@@ -91,11 +114,22 @@ async fn a_crash_looping_version_is_rolled_back_to_the_last_that_worked() {
         client.send_text("panic").await;
     }
     let view = host.wait_generation_above("chaos", bad_generation).await;
-    assert_eq!(view["current"]["hash"], good, "the version that worked is current again");
+    assert_eq!(
+        view["current"]["hash"], good,
+        "the version that worked is current again"
+    );
     let history = view["history"].as_array().expect("history");
     assert_eq!(history.last().expect("last")["activation"], "auto_rollback");
-    assert!(history.iter().any(|r| r["hash"] == bad && r["failed"].is_string()), "{history:?}");
-    assert!(view["last_error"]["error"].as_str().expect("error").contains("crash loop"));
+    assert!(
+        history.iter().any(|r| r["hash"] == bad && r["failed"].is_string()),
+        "{history:?}"
+    );
+    assert!(
+        view["last_error"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("crash loop")
+    );
     // The session survived it all.
     assert_eq!(client.ask("echo:still here").await, "still here");
 }
@@ -116,7 +150,12 @@ async fn a_crash_loop_with_nothing_to_roll_back_to_backs_off() {
         (tenant(&view, "acme")["status"] == "backing_off").then_some(view)
     })
     .await;
-    assert!(view["last_error"]["error"].as_str().expect("error").contains("backing off"));
+    assert!(
+        view["last_error"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("backing off")
+    );
     // Meanwhile new sessions and requests are told to come back later...
     assert_eq!(host.connect_path("/t/acme/chaos").await.err().expect("refused").0, 503);
     assert_eq!(host.http("GET", "/t/acme/chaos/", b"").await.status, 503);

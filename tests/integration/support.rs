@@ -97,7 +97,10 @@ impl TestHost {
         }
         if let Some(task) = self.task.take() {
             let result = tokio::time::timeout(DEADLINE, task).await;
-            result.expect("host stops in time").expect("host task").expect("host runs cleanly");
+            result
+                .expect("host stops in time")
+                .expect("host task")
+                .expect("host runs cleanly");
         }
     }
 
@@ -128,7 +131,9 @@ impl TestHost {
 
     /// Opens a session.
     pub async fn connect(&self, tenant: &str, plugin: &str) -> Client {
-        self.connect_path(&format!("/t/{tenant}/{plugin}")).await.expect("session opens")
+        self.connect_path(&format!("/t/{tenant}/{plugin}"))
+            .await
+            .expect("session opens")
     }
 
     /// Opens a session on any path (with query), or returns the HTTP
@@ -139,7 +144,11 @@ impl TestHost {
             Ok(Ok((ws, _))) => Ok(Client { ws }),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
                 let status = response.status().as_u16();
-                let body = response.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
                 Err((status, body))
             }
             Ok(Err(e)) => Err((0, e.to_string())),
@@ -149,20 +158,26 @@ impl TestHost {
 
     /// A plain HTTP request to the client listener.
     pub async fn http(&self, method: &str, path: &str, body: &[u8]) -> Response {
-        request(self.clients, method, path, body, None).await.expect("HTTP request")
+        request(self.clients, method, path, body, None)
+            .await
+            .expect("HTTP request")
     }
 
     /// `GET` on the admin API, as JSON.
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         let token = self.config.admin_token.as_deref();
-        let response = request(self.admin, "GET", path, b"", token).await.expect("admin request");
+        let response = request(self.admin, "GET", path, b"", token)
+            .await
+            .expect("admin request");
         assert_eq!(response.status, 200, "GET {path}: {}", response.text());
         response.json()
     }
 
     /// A request to the admin listener.
     pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Response {
-        request(self.admin, method, path, b"", token).await.expect("admin request")
+        request(self.admin, method, path, b"", token)
+            .await
+            .expect("admin request")
     }
 
     /// The admin view of one plugin.
@@ -173,7 +188,10 @@ impl TestHost {
     /// Waits until `name` has a current version; returns its generation.
     pub async fn wait_current(&self, name: &str) -> u64 {
         wait_for(&format!("{name} is deployed"), async || {
-            assert!(!self.task.as_ref().is_some_and(JoinHandle::is_finished), "the host exited while starting");
+            assert!(
+                !self.task.as_ref().is_some_and(JoinHandle::is_finished),
+                "the host exited while starting"
+            );
             let token = self.config.admin_token.as_deref();
             let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", token).await;
             match response {
@@ -188,7 +206,10 @@ impl TestHost {
     pub async fn wait_generation_above(&self, name: &str, generation: u64) -> serde_json::Value {
         wait_for(&format!("{name} gets a generation above {generation}"), async || {
             let plugin = self.plugin(name).await;
-            plugin["current"]["generation"].as_u64().is_some_and(|g| g > generation).then_some(plugin)
+            plugin["current"]["generation"]
+                .as_u64()
+                .is_some_and(|g| g > generation)
+                .then_some(plugin)
         })
         .await
     }
@@ -246,7 +267,10 @@ impl Client {
     }
 
     pub async fn send_binary(&mut self, bytes: &[u8]) {
-        self.ws.send(Message::binary(bytes.to_vec())).await.expect("send binary");
+        self.ws
+            .send(Message::binary(bytes.to_vec()))
+            .await
+            .expect("send binary");
     }
 
     /// The next data or close message (pings and pongs skipped).
@@ -319,8 +343,7 @@ impl Response {
 /// One HTTP/1.1 request over a fresh connection.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8], token: Option<&str>) -> Result<Response> {
     let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let mut builder = http::Request::builder()
         .method(method)

@@ -31,8 +31,24 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         if payload == 64 {
             ratio_64 = p.rate / n.rate;
         }
-        rows.push(Row::of([format!("{payload} B"), "native".into(), format!("{:.0}", n.rate), n.p50.to_string(), n.p99.to_string(), n.errors.to_string(), "1.00×".into()]));
-        rows.push(Row::of([format!("{payload} B"), "baton + echo plugin".into(), format!("{:.0}", p.rate), p.p50.to_string(), p.p99.to_string(), p.errors.to_string(), ratio(p.rate, n.rate)]));
+        rows.push(Row::of([
+            format!("{payload} B"),
+            "native".into(),
+            format!("{:.0}", n.rate),
+            n.p50.to_string(),
+            n.p99.to_string(),
+            n.errors.to_string(),
+            "1.00×".into(),
+        ]));
+        rows.push(Row::of([
+            format!("{payload} B"),
+            "baton + echo plugin".into(),
+            format!("{:.0}", p.rate),
+            p.p50.to_string(),
+            p.p99.to_string(),
+            p.errors.to_string(),
+            ratio(p.rate, n.rate),
+        ]));
     }
     report.section(
         "Echo: plugin vs native",

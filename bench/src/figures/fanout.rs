@@ -31,12 +31,22 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         drop(native);
 
         // One tenant holds every subscriber and the publisher.
-        let baton = Server::baton(&[("chaos", baton_test_plugins::CHAOS)], "[limits]\nmax_sessions = 20000\n").await?;
+        let baton = Server::baton(
+            &[("chaos", baton_test_plugins::CHAOS)],
+            "[limits]\nmax_sessions = 20000\n",
+        )
+        .await?;
         let mut subscribers = load::open(&baton.url("/t/bench/chaos"), count, 1).await?;
         let joined = load::ping_all(&mut subscribers, "sub:room").await;
         anyhow::ensure!(joined == count, "only {joined} subscribed");
         let publisher = load::open(&baton.url("/t/bench/chaos"), 1, 1).await?.remove(0);
-        let p = measure(subscribers, publisher, |seq| format!("pub-others:room:m:{seq}"), Some("published:")).await?;
+        let p = measure(
+            subscribers,
+            publisher,
+            |seq| format!("pub-others:room:m:{seq}"),
+            Some("published:"),
+        )
+        .await?;
         drop(baton);
         for (server, s) in [("native tokio broadcast", &n), ("baton, one plugin `publish`", &p)] {
             rows.push(Row::of([
@@ -59,7 +69,15 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
              subscribes each session to a topic and publishes with one `publish` call; the host queues the \
              frame, encoded once, to every subscriber."
         ),
-        &["subscribers", "server", "all p50 µs", "all p99 µs", "each p50 µs", "each p99 µs", "all p50 vs native"],
+        &[
+            "subscribers",
+            "server",
+            "all p50 µs",
+            "all p99 µs",
+            "each p50 µs",
+            "each p99 µs",
+            "all p50 vs native",
+        ],
         rows,
     );
     Ok(())
@@ -72,7 +90,12 @@ struct FanOut {
     each_p99: u64,
 }
 
-async fn measure(subscribers: Vec<Ws>, mut publisher: Ws, frame: fn(usize) -> String, ack: Option<&str>) -> Result<FanOut> {
+async fn measure(
+    subscribers: Vec<Ws>,
+    mut publisher: Ws,
+    frame: fn(usize) -> String,
+    ack: Option<&str>,
+) -> Result<FanOut> {
     let count = subscribers.len();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Instant)>();
     let mut readers = Vec::new();
@@ -122,7 +145,12 @@ async fn measure(subscribers: Vec<Ws>, mut publisher: Ws, frame: fn(usize) -> St
         last[seq] = last[seq].max(latency);
         received += 1;
     }
-    anyhow::ensure!(received == count * MESSAGES, "{} of {} deliveries arrived", received, count * MESSAGES);
+    anyhow::ensure!(
+        received == count * MESSAGES,
+        "{} of {} deliveries arrived",
+        received,
+        count * MESSAGES
+    );
     let mut all = Histogram::<u64>::new(3).expect("histogram");
     for l in &last {
         all.record(l.as_micros() as u64).ok();

@@ -23,7 +23,10 @@ use crate::servers::Server;
 pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     let count = if scale.full { 1000 } else { 200 };
     eprintln!("instances: starting {count} instances in-process");
-    let runtime = Runtime::new(&RuntimeConfig { max_instances: (count + 10) as u32, ..RuntimeConfig::default() })?;
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_instances: (count + 10) as u32,
+        ..RuntimeConfig::default()
+    })?;
     let mut rows = Vec::new();
     for (name, file) in [("echo", baton_test_plugins::ECHO), ("chat", baton_test_plugins::CHAT)] {
         let bytes = std::fs::read(file)?;
@@ -46,7 +49,8 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         let started = Instant::now();
         for i in 0..count {
             let t = Instant::now();
-            let instance = Instance::start(version.clone(), TenantShared::for_check(name), limits.clone(), i as u64).await?;
+            let instance =
+                Instance::start(version.clone(), TenantShared::for_check(name), limits.clone(), i as u64).await?;
             times.record(t.elapsed().as_micros() as u64).ok();
             live.push(instance);
         }
@@ -62,7 +66,10 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
 
     eprintln!("instances: first request of new tenants vs warm requests");
     let server = Server::baton(&[("echo", baton_test_plugins::ECHO)], "").await?;
-    let (mut first, mut warm) = (Histogram::<u64>::new(3).expect("histogram"), Histogram::<u64>::new(3).expect("histogram"));
+    let (mut first, mut warm) = (
+        Histogram::<u64>::new(3).expect("histogram"),
+        Histogram::<u64>::new(3).expect("histogram"),
+    );
     for i in 0..200 {
         let t = Instant::now();
         load::http_get(server.addr, &format!("/t/new{i}/echo")).await?;

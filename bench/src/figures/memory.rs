@@ -20,7 +20,11 @@ const QUIET: &str = "[sessions]\nping_interval_secs = 3600\nidle_timeout_secs = 
 
 /// Adds the memory section.
 pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
-    let counts: &[usize] = if scale.full { &[1_000, 10_000, LIMIT] } else { &[1_000, 5_000] };
+    let counts: &[usize] = if scale.full {
+        &[1_000, 10_000, LIMIT]
+    } else {
+        &[1_000, 5_000]
+    };
     let mut rows = Vec::new();
     let mut swap_note = String::new();
     let mut worst = 0.0f64;
@@ -47,7 +51,10 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
             format!("{survived} / {count}"),
         ]));
         if survived != count {
-            swap_note = format!("**{} of {count} sessions did not answer after the swap.**", count - survived);
+            swap_note = format!(
+                "**{} of {count} sessions did not answer after the swap.**",
+                count - survived
+            );
         }
     }
     report.section(
@@ -60,7 +67,14 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
              and every session must answer a frame. Target: ≤ 1.5× native.",
             counts.last().map_or(1, |c| c.div_ceil(9_000))
         ),
-        &["sessions", "native KiB/session", "baton KiB/session", "baton vs native", "baton RSS", "answering after a swap"],
+        &[
+            "sessions",
+            "native KiB/session",
+            "baton KiB/session",
+            "baton vs native",
+            "baton RSS",
+            "answering after a swap",
+        ],
         rows,
     );
     if !swap_note.is_empty() {
@@ -81,7 +95,13 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
 
 /// Opens `count` sessions, returns RSS before and after (KiB) and, when
 /// `swap_to` is given, how many answered after swapping that file in.
-async fn measure(server: &Server, path: &str, count: usize, processes: usize, swap_to: Option<&[u8]>) -> Result<(u64, u64, Option<usize>)> {
+async fn measure(
+    server: &Server,
+    path: &str,
+    count: usize,
+    processes: usize,
+    swap_to: Option<&[u8]>,
+) -> Result<(u64, u64, Option<usize>)> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = server.rss_kib()?;
     let mut holders = Holders::open(&server.url(path), count, processes).await?;
@@ -89,7 +109,9 @@ async fn measure(server: &Server, path: &str, count: usize, processes: usize, sw
     let after = server.rss_kib()?;
     let survived = match swap_to {
         Some(bytes) => {
-            let generation = server.admin_json("/api/plugins/echo").await?["current"]["generation"].as_u64().unwrap_or(0);
+            let generation = server.admin_json("/api/plugins/echo").await?["current"]["generation"]
+                .as_u64()
+                .unwrap_or(0);
             server.drop_file("echo", &super::variant(bytes, count as u32))?;
             super::all_migrated(server, "echo", generation).await?;
             Some(holders.check().await?)

@@ -35,7 +35,11 @@ pub async fn all_migrated(server: &crate::servers::Server, plugin: &str, above: 
     loop {
         let view = server.admin_json(&format!("/api/plugins/{plugin}")).await?;
         let current = view["current"]["generation"].as_u64().unwrap_or(0);
-        if current > above && view["tenants"].as_array().is_some_and(|t| t.iter().all(|t| t["generation"] == current)) {
+        if current > above
+            && view["tenants"]
+                .as_array()
+                .is_some_and(|t| t.iter().all(|t| t["generation"] == current))
+        {
             return Ok(current);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -23,7 +23,13 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     eprintln!("noisy neighbour: alone");
     let (alone, q) = load::round_trips(quiet, frame, Duration::from_secs(1), seconds).await?;
     quiet = q;
-    let mut rows = vec![Row::of(["alone".into(), format!("{:.0}", alone.rate), alone.p50.to_string(), alone.p99.to_string(), "1.00×".into()])];
+    let mut rows = vec![Row::of([
+        "alone".into(),
+        format!("{:.0}", alone.rate),
+        alone.p50.to_string(),
+        alone.p99.to_string(),
+        "1.00×".into(),
+    ])];
     let mut noisy = Vec::new();
     let mut factor_one = 0.0;
     for spinners in [1usize, 2] {

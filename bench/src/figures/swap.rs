@@ -29,7 +29,10 @@ async fn latency(report: &mut Report) -> Result<()> {
     let mut cached_1000 = None;
     for tenants in [1usize, 100, 1000] {
         eprintln!("swap latency: {tenants} tenants");
-        let config = format!("[runtime]\nmax_instances = {}\n[swap]\nsettle_ms = {SETTLE_MS}\n", tenants + 300);
+        let config = format!(
+            "[runtime]\nmax_instances = {}\n[swap]\nsettle_ms = {SETTLE_MS}\n",
+            tenants + 300
+        );
         let server = Server::baton(&[("counter", baton_test_plugins::COUNTER_V1)], &config).await?;
         // Every tenant gets an instance (one HTTP request each).
         let addr = server.addr;
@@ -41,7 +44,9 @@ async fn latency(report: &mut Report) -> Result<()> {
         let mut cells = vec![tenants.to_string()];
         // Cold: bytes never seen, compiled. Cached: v1 again, compiled at start.
         for (kind, bytes) in [("cold", variant(&v2, tenants as u32)), ("cached", v1.clone())] {
-            let generation = server.admin_json("/api/plugins/counter").await?["current"]["generation"].as_u64().unwrap_or(0);
+            let generation = server.admin_json("/api/plugins/counter").await?["current"]["generation"]
+                .as_u64()
+                .unwrap_or(0);
             let dropped = Instant::now();
             let dropped_ms = baton::registry::unix_ms();
             server.drop_file("counter", &bytes)?;
@@ -60,7 +65,13 @@ async fn latency(report: &mut Report) -> Result<()> {
                 cached_1000 = Some(migrated_ms);
             }
         }
-        rows.push(Row::of([cells[0].clone(), cells[1].clone(), cells[2].clone(), cells[3].clone(), cells[4].clone()]));
+        rows.push(Row::of([
+            cells[0].clone(),
+            cells[1].clone(),
+            cells[2].clone(),
+            cells[3].clone(),
+            cells[4].clone(),
+        ]));
     }
     report.section(
         "Swap latency",
@@ -72,7 +83,13 @@ async fn latency(report: &mut Report) -> Result<()> {
              last tenant. Cold: a file never seen (compiled); cached: a file compiled before (loaded from \
              the artifact cache). Target: ≤ 50 ms for 1,000 tenants with a cache hit."
         ),
-        &["tenants", "cold total ms", "cold migration ms", "cached total ms", "cached migration ms"],
+        &[
+            "tenants",
+            "cold total ms",
+            "cold migration ms",
+            "cached total ms",
+            "cached migration ms",
+        ],
         rows,
     );
     if let Some(ms) = cached_1000 {
@@ -96,7 +113,9 @@ async fn storm(report: &mut Report, scale: Scale) -> Result<()> {
     let v1 = std::fs::read(baton_test_plugins::COUNTER_V1)?;
     let v2 = std::fs::read(baton_test_plugins::COUNTER_V2)?;
     // Compile v2 once so the storm measures swaps, not compiles.
-    let generation = server.admin_json("/api/plugins/counter").await?["current"]["generation"].as_u64().unwrap_or(0);
+    let generation = server.admin_json("/api/plugins/counter").await?["current"]["generation"]
+        .as_u64()
+        .unwrap_or(0);
     server.drop_file("counter", &v2)?;
     let generation = all_migrated(&server, "counter", generation).await?;
     server.drop_file("counter", &v1)?;
@@ -119,7 +138,10 @@ async fn storm(report: &mut Report, scale: Scale) -> Result<()> {
             while !stop.load(Ordering::Relaxed) {
                 let bytes = if swaps % 2 == 0 { &v2 } else { &v1 };
                 let tmp = deploy.join(".counter.wasm.tmp");
-                if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, deploy.join("counter.wasm"))).is_ok() {
+                if std::fs::write(&tmp, bytes)
+                    .and_then(|()| std::fs::rename(&tmp, deploy.join("counter.wasm")))
+                    .is_ok()
+                {
                     swaps += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -139,10 +161,31 @@ async fn storm(report: &mut Report, scale: Scale) -> Result<()> {
              ({swaps} swaps, each migrating every tenant with its state). Target: p99 during the storm ≤ 2× steady.",
             scale.seconds
         ),
-        &["phase", "round trips/s", "p50 µs", "p99 µs", "failed sessions", "p99 vs steady"],
+        &[
+            "phase",
+            "round trips/s",
+            "p50 µs",
+            "p99 µs",
+            "failed sessions",
+            "p99 vs steady",
+        ],
         vec![
-            Row::of(["steady".into(), format!("{:.0}", steady.rate), steady.p50.to_string(), steady.p99.to_string(), steady.errors.to_string(), "1.00×".into()]),
-            Row::of(["swap storm".into(), format!("{:.0}", during.rate), during.p50.to_string(), during.p99.to_string(), during.errors.to_string(), ratio(during.p99 as f64, steady.p99 as f64)]),
+            Row::of([
+                "steady".into(),
+                format!("{:.0}", steady.rate),
+                steady.p50.to_string(),
+                steady.p99.to_string(),
+                steady.errors.to_string(),
+                "1.00×".into(),
+            ]),
+            Row::of([
+                "swap storm".into(),
+                format!("{:.0}", during.rate),
+                during.p50.to_string(),
+                during.p99.to_string(),
+                during.errors.to_string(),
+                ratio(during.p99 as f64, steady.p99 as f64),
+            ]),
         ],
     );
     let factor = during.p99 as f64 / steady.p99.max(1) as f64;

@@ -101,9 +101,10 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
     let response = match (request.method(), segments.as_slice()) {
         (&Method::GET, []) => {
             let mut response = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/html; charset=utf-8"),
+            );
             response
         }
         (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &StatusView::of(&admin.registry)),
@@ -166,7 +167,10 @@ fn stream(admin: &Admin) -> Response<Body> {
         });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     response
 }
@@ -205,12 +209,12 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             response
         }
         Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
-

@@ -54,7 +54,8 @@ impl AdminClient {
         let response = sender.send_request(request.body(Full::new(Bytes::new()))?).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
-        let json = serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()));
         Ok((status, json))
     }
 

@@ -84,7 +84,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct AdminArgs {
     /// The host's admin API.
-    #[arg(long, value_name = "URL", env = "BATON_ADMIN", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "BATON_ADMIN",
+        default_value = "http://127.0.0.1:8081"
+    )]
     admin: String,
     /// Bearer token of the admin API.
     #[arg(long, env = "BATON_ADMIN_TOKEN", hide_env_values = true)]
@@ -298,23 +303,37 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
         println!("{name}: this file is already the current version");
         return Ok(());
     }
-    let before_generation = before.as_ref().and_then(|p| p["current"]["generation"].as_u64()).unwrap_or(0);
+    let before_generation = before
+        .as_ref()
+        .and_then(|p| p["current"]["generation"].as_u64())
+        .unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         match client.request("GET", &format!("/api/plugins/{name}")).await {
             Err(e) => {
-                println!("no host confirmed it ({e:#}); the next host to start on {} loads it", deploy_dir.display());
+                println!(
+                    "no host confirmed it ({e:#}); the next host to start on {} loads it",
+                    deploy_dir.display()
+                );
                 return Ok(());
             }
             Ok((200, plugin)) => {
                 let current = &plugin["current"];
                 if current["hash"] == hash.as_str() && current["generation"].as_u64() > Some(before_generation) {
-                    println!("{name}: active, version {} generation {}", current["short"].as_str().unwrap_or("?"), current["generation"]);
+                    println!(
+                        "{name}: active, version {} generation {}",
+                        current["short"].as_str().unwrap_or("?"),
+                        current["generation"]
+                    );
                     return Ok(());
                 }
                 let error = &plugin["last_error"];
                 if error["at_ms"].as_u64().is_some_and(|at| at >= started_ms) {
-                    bail!("{name}: the host refused it: {}: {}", error["what"].as_str().unwrap_or(""), error["error"].as_str().unwrap_or(""));
+                    bail!(
+                        "{name}: the host refused it: {}: {}",
+                        error["what"].as_str().unwrap_or(""),
+                        error["error"].as_str().unwrap_or("")
+                    );
                 }
             }
             Ok((404, _)) => {}
@@ -338,7 +357,11 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
         "{} plugins, {} tenants, {} sessions\n",
         totals["plugins"], totals["tenants"], totals["sessions"]
     );
-    let mut rows = vec![["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for plugin in status["plugins"].as_array().into_iter().flatten() {
         let current = &plugin["current"];
         let error = &plugin["last_error"];
@@ -349,7 +372,11 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
             plugin["live_versions"].as_array().map_or(0, Vec::len).to_string(),
             plugin["tenants"].as_array().map_or(0, Vec::len).to_string(),
             plugin["sessions"].to_string(),
-            if error.is_null() { "-".into() } else { one_line(error["error"].as_str().unwrap_or(""), 60) },
+            if error.is_null() {
+                "-".into()
+            } else {
+                one_line(error["error"].as_str().unwrap_or(""), 60)
+            },
         ]);
     }
     print!("{}", table(&rows));
@@ -371,7 +398,10 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
 }
 
 async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
-    let (status, body) = admin.client()?.request("POST", &format!("/api/plugins/{name}/rollback")).await?;
+    let (status, body) = admin
+        .client()?
+        .request("POST", &format!("/api/plugins/{name}/rollback"))
+        .await?;
     if status != 200 {
         bail!("cannot roll back {name}: {}", error_text(&body));
     }
@@ -386,7 +416,10 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
 fn new(name: &str, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
     let sdk = scaffold::sdk_path(sdk)?;
     let root = scaffold::create(name, dir, &sdk)?;
-    println!("created {}; build it with `cargo build --release` there (see its README.md)", root.display());
+    println!(
+        "created {}; build it with `cargo build --release` there (see its README.md)",
+        root.display()
+    );
     Ok(())
 }
 

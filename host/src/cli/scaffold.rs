@@ -16,7 +16,12 @@ pub fn sdk_path(explicit: Option<PathBuf>) -> Result<PathBuf> {
     path.canonicalize()
         .ok()
         .filter(|p| p.join("Cargo.toml").exists())
-        .with_context(|| format!("no baton SDK at {}: pass --sdk PATH (the sdk/ folder of a baton checkout)", path.display()))
+        .with_context(|| {
+            format!(
+                "no baton SDK at {}: pass --sdk PATH (the sdk/ folder of a baton checkout)",
+                path.display()
+            )
+        })
 }
 
 /// Writes the crate `name` into `dir/name`.
@@ -30,11 +35,19 @@ pub fn create(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf> {
     }
     let crate_ident = name.replace('-', "_");
     let files: [(&str, String); 5] = [
-        ("Cargo.toml", CARGO_TOML.replace("{name}", name).replace("{sdk}", &sdk.display().to_string())),
+        (
+            "Cargo.toml",
+            CARGO_TOML
+                .replace("{name}", name)
+                .replace("{sdk}", &sdk.display().to_string()),
+        ),
         (".cargo/config.toml", CARGO_CONFIG.to_owned()),
         (".gitignore", "/target\n".to_owned()),
         ("src/lib.rs", LIB_RS.replace("{name}", name)),
-        ("README.md", README.replace("{name}", name).replace("{crate}", &crate_ident)),
+        (
+            "README.md",
+            README.replace("{name}", name).replace("{crate}", &crate_ident),
+        ),
     ];
     for (path, text) in files {
         let path = root.join(path);

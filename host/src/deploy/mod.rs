@@ -142,14 +142,16 @@ impl Deployer {
         let result = self.deploy_locked(&entry, wasm).await;
         match &result {
             Ok(Outcome::Activated { version, generation }) => {
-                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated").increment(1);
+                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated")
+                    .increment(1);
                 tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "version activated");
             }
             Ok(Outcome::Unchanged) => {
                 tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
             }
             Err(error) => {
-                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed").increment(1);
+                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed")
+                    .increment(1);
                 tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
                 entry.report_error("deploy_failed", None, wasm.display().to_string(), error.to_string());
             }
@@ -198,10 +200,12 @@ impl Deployer {
         settings_text: String,
     ) -> Result<Candidate, DeployError> {
         let limits = self.config.limits.with(&settings.limits);
-        limits.check(&self.config.runtime).map_err(|message| DeployError::Settings {
-            path: PathBuf::from(format!("{}.toml", entry.name)),
-            message,
-        })?;
+        limits
+            .check(&self.config.runtime)
+            .map_err(|message| DeployError::Settings {
+                path: PathBuf::from(format!("{}.toml", entry.name)),
+                message,
+            })?;
         let started = Instant::now();
         let (component, origin) = self.compiled(id, bytes).await?;
         let load_time = started.elapsed();
@@ -228,10 +232,7 @@ impl Deployer {
             Ok(instance) => drop(instance),
             Err(error) => return Err(DeployError::Init(error.to_string())),
         }
-        Ok(Candidate {
-            version,
-            settings_text,
-        })
+        Ok(Candidate { version, settings_text })
     }
 
     /// The compiled component of `id`: from the cache, or compiled from
@@ -241,9 +242,11 @@ impl Deployer {
         id: VersionId,
         bytes: Option<Vec<u8>>,
     ) -> Result<(wasmtime::component::Component, Origin), DeployError> {
-        let _permit = self.compiling.acquire().await.map_err(|_| {
-            DeployError::Load(LoadError::Compile("the host is shutting down".into()))
-        })?;
+        let _permit = self
+            .compiling
+            .acquire()
+            .await
+            .map_err(|_| DeployError::Load(LoadError::Compile("the host is shutting down".into())))?;
         let cached = self.artifacts.compiled_path(&id);
         if cached.exists() {
             let runtime = self.runtime.clone();
@@ -271,15 +274,14 @@ impl Deployer {
         })
         .await?;
         self.artifacts.store_original(&id, &bytes).map_err(DeployError::Data)?;
-        self.artifacts.store_compiled(&id, &serialized).map_err(DeployError::Data)?;
+        self.artifacts
+            .store_compiled(&id, &serialized)
+            .map_err(DeployError::Data)?;
         Ok((component, Origin::Compiled))
     }
 
     fn activate(&self, entry: &PluginEntry, candidate: Candidate, activation: Activation) -> Outcome {
-        let Candidate {
-            version,
-            settings_text,
-        } = candidate;
+        let Candidate { version, settings_text } = candidate;
         let outcome = Outcome::Activated {
             version: version.id.short(),
             generation: version.generation,
@@ -291,7 +293,10 @@ impl Deployer {
 
     fn persist(&self, entry: &PluginEntry) {
         let (generation, records) = entry.snapshot();
-        if let Err(e) = self.artifacts.save_history(&entry.name, &History { generation, records }) {
+        if let Err(e) = self
+            .artifacts
+            .save_history(&entry.name, &History { generation, records })
+        {
             tracing::warn!(plugin = %entry.name, "cannot save history: {e}");
         }
     }
@@ -316,7 +321,11 @@ impl Deployer {
         result
     }
 
-    async fn roll_back_to_previous(&self, entry: &Arc<PluginEntry>, activation: Activation) -> Result<Outcome, DeployError> {
+    async fn roll_back_to_previous(
+        &self,
+        entry: &Arc<PluginEntry>,
+        activation: Activation,
+    ) -> Result<Outcome, DeployError> {
         let target = entry
             .rollback_target(activation != Activation::Rollback)
             .ok_or_else(|| DeployError::Rollback(format!("{} has no previous version to roll back to", entry.name)))?;
@@ -340,19 +349,37 @@ impl Deployer {
             && entry.current().is_some()
         {
             entry.remove();
-            tracing::info!(plugin = name, "plugin removed; its sessions close after the drain deadline");
+            tracing::info!(
+                plugin = name,
+                "plugin removed; its sessions close after the drain deadline"
+            );
         }
     }
 
     /// Acts on a tenant's report (withdrawal, automatic rollback).
     pub async fn handle(&self, report: Report) {
         let (entry, generation, activation, why) = match report {
-            Report::MigrationFailed { plugin, tenant, generation, reason } => {
-                (plugin, generation, Activation::Withdrawal, format!("tenant {tenant} could not migrate: {reason}"))
-            }
-            Report::CrashLoop { plugin, tenant, generation } => {
-                (plugin, generation, Activation::AutoRollback, format!("crash loop in tenant {tenant}"))
-            }
+            Report::MigrationFailed {
+                plugin,
+                tenant,
+                generation,
+                reason,
+            } => (
+                plugin,
+                generation,
+                Activation::Withdrawal,
+                format!("tenant {tenant} could not migrate: {reason}"),
+            ),
+            Report::CrashLoop {
+                plugin,
+                tenant,
+                generation,
+            } => (
+                plugin,
+                generation,
+                Activation::AutoRollback,
+                format!("crash loop in tenant {tenant}"),
+            ),
         };
         let lock = self.lock(&entry.name);
         let _guard = lock.lock().await;
@@ -374,14 +401,28 @@ impl Deployer {
         // sees why.
         entry.mark_failed(&current.id.hex(), &why);
         let what = format!("version {} (generation {generation})", current.id.short());
-        let kind = if activation == Activation::Withdrawal { "withdrawal" } else { "auto_rollback" };
-        entry.report_error(kind, Some(current.id.short()), what.clone(), format!("{why}; rolling back to the previous version"));
+        let kind = if activation == Activation::Withdrawal {
+            "withdrawal"
+        } else {
+            "auto_rollback"
+        };
+        entry.report_error(
+            kind,
+            Some(current.id.short()),
+            what.clone(),
+            format!("{why}; rolling back to the previous version"),
+        );
         if let Err(error) = self.roll_back_to_previous(&entry, activation).await {
             let consequence = match activation {
                 Activation::Withdrawal => "the tenant stays on its version",
                 _ => "the tenant is backing off",
             };
-            entry.report_error(kind, Some(current.id.short()), what, format!("{why}; cannot roll back ({error}), so {consequence}"));
+            entry.report_error(
+                kind,
+                Some(current.id.short()),
+                what,
+                format!("{why}; cannot roll back ({error}), so {consequence}"),
+            );
         }
         self.persist(&entry);
     }

@@ -156,7 +156,14 @@ fn all_names(deployer: &Deployer, dir: &Path) -> BTreeSet<String> {
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    names.extend(deployer.registry.all().into_iter().filter(|e| e.current().is_some()).map(|e| e.name.clone()));
+    names.extend(
+        deployer
+            .registry
+            .all()
+            .into_iter()
+            .filter(|e| e.current().is_some())
+            .map(|e| e.name.clone()),
+    );
     names
 }
 
@@ -197,8 +204,14 @@ mod tests {
 
     #[test]
     fn only_plugin_files_count() {
-        assert_eq!(classify(Path::new("d/echo.wasm")), Some(DeployFile::Plugin("echo".into())));
-        assert_eq!(classify(Path::new("d/echo.toml")), Some(DeployFile::Settings("echo".into())));
+        assert_eq!(
+            classify(Path::new("d/echo.wasm")),
+            Some(DeployFile::Plugin("echo".into()))
+        );
+        assert_eq!(
+            classify(Path::new("d/echo.toml")),
+            Some(DeployFile::Settings("echo".into()))
+        );
         for ignored in [
             "d/.echo.wasm",
             "d/echo.wasm.tmp",

@@ -6,7 +6,6 @@
 //! a plugin could index into with another tenant's ids. Errors a plugin can
 //! handle are WIT `result` values; none of these functions traps.
 
-
 pub mod clock;
 pub mod log;
 pub mod presence;

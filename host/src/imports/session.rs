@@ -3,8 +3,8 @@
 //! A session id is looked up in the calling tenant's own table only, so an id
 //! of another tenant's session is simply unknown here.
 
-use crate::bindings::baton::plugin::session::{Error, Host};
 use crate::bindings::Frame;
+use crate::bindings::baton::plugin::session::{Error, Host};
 use crate::instance::InstanceState;
 use crate::session::Outbound;
 

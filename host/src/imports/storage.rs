@@ -28,7 +28,9 @@ impl InstanceState {
         let namespace = self.tenant.namespace.clone();
         async move {
             let Some(storage) = storage else {
-                return Err(Error::Unavailable("storage is not available while a deploy is checked".into()));
+                return Err(Error::Unavailable(
+                    "storage is not available while a deploy is checked".into(),
+                ));
             };
             tokio::task::spawn_blocking(move || f(&storage, &namespace))
                 .await

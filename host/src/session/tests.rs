@@ -114,7 +114,10 @@ async fn queued_frames_are_written_before_a_close() {
     assert_eq!(close_code(h.written.recv().await.expect("close")), 4001);
     h.client.send(Ok(Message::Close(None))).expect("client answers");
     assert_eq!(h.task.await.expect("task"), Ending::ServerClosed(4001));
-    assert!(matches!(h.mailbox.recv().await, Some(Command::Disconnect { session: 7 })));
+    assert!(matches!(
+        h.mailbox.recv().await,
+        Some(Command::Disconnect { session: 7 })
+    ));
 }
 
 #[tokio::test]
@@ -122,7 +125,10 @@ async fn a_client_close_ends_the_session_with_one_disconnect() {
     let mut h = start(8, 8, settings());
     h.client.send(Ok(Message::Close(None))).expect("send");
     assert_eq!(h.task.await.expect("task"), Ending::ClientClosed(None));
-    assert!(matches!(h.mailbox.recv().await, Some(Command::Disconnect { session: 7 })));
+    assert!(matches!(
+        h.mailbox.recv().await,
+        Some(Command::Disconnect { session: 7 })
+    ));
     assert!(h.mailbox.recv().await.is_none(), "exactly one disconnect");
 }
 
@@ -147,7 +153,10 @@ async fn a_full_outbound_queue_closes_a_slow_consumer_with_1008() {
 async fn an_oversized_frame_is_closed_with_1009() {
     let mut h = start(8, 8, settings());
     h.client
-        .send(Err(WsError::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 5 })))
+        .send(Err(WsError::Capacity(CapacityError::MessageTooLong {
+            size: 10,
+            max_size: 5,
+        })))
         .expect("send");
     assert_eq!(close_code(h.written.recv().await.expect("close")), close::TOO_BIG);
 }
@@ -181,4 +190,3 @@ async fn a_tenant_that_takes_nothing_gets_its_session_closed_with_1013() {
     assert_eq!(close, Some(close::TRY_AGAIN_LATER));
     drop(h.mailbox);
 }
-

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use baton_sdk::state::VersionedState;
 use baton_sdk::{
-    Config, ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin, Session, presence, query_param, storage,
-    topics,
+    Config, ConnectRequest, Frame, HttpRequest, HttpResponse, Plugin, Session, presence, query_param, storage, topics,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +57,9 @@ fn send_json(session: Session, value: &serde_json::Value) {
 
 impl Plugin for Chat {
     fn init(_config: Config) -> Result<Self, String> {
-        Ok(Chat { state: State::default() })
+        Ok(Chat {
+            state: State::default(),
+        })
     }
 
     fn on_connect(&mut self, session: Session, request: &ConnectRequest) -> Result<(), String> {
@@ -67,7 +68,10 @@ impl Plugin for Chat {
         if !valid(room) || !valid(user) {
             return Err("join with ?room=<room>&user=<user> (1-64 characters, no '/')".into());
         }
-        let member = Member { room: room.to_owned(), user: user.to_owned() };
+        let member = Member {
+            room: room.to_owned(),
+            user: user.to_owned(),
+        };
         self.state.members.insert(session.id(), member.clone());
         if request.resumed {
             // The host kept the subscription and presence; only our memory was lost.
@@ -91,7 +95,10 @@ impl Plugin for Chat {
             return;
         };
         let Frame::Text(text) = frame else {
-            send_json(session, &serde_json::json!({ "type": "error", "error": "send text frames" }));
+            send_json(
+                session,
+                &serde_json::json!({ "type": "error", "error": "send text frames" }),
+            );
             return;
         };
         if text == "/leave" {
@@ -102,8 +109,13 @@ impl Plugin for Chat {
             send_json(session, &serde_json::json!({ "type": "left", "room": member.room }));
             return;
         }
-        let message = Message { user: member.user.clone(), text, at: baton_sdk::now_ms() };
-        let frame = serde_json::json!({ "type": "message", "user": message.user, "text": message.text, "at": message.at });
+        let message = Message {
+            user: member.user.clone(),
+            text,
+            at: baton_sdk::now_ms(),
+        };
+        let frame =
+            serde_json::json!({ "type": "message", "user": message.user, "text": message.text, "at": message.at });
         // Everyone gets it first; then it is kept.
         let _ = topics::publish(&topic(&member.room), &Frame::Text(frame.to_string()));
         let key = history_key(&member.room);

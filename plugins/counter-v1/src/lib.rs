@@ -42,7 +42,10 @@ impl VersionedState for State {
             2 => {
                 let v2: StateV2 = saved.decode()?;
                 let counts = v2.sessions.into_iter().map(|(id, s)| (id, s.frames)).collect();
-                Ok(State { counts, total: v2.total })
+                Ok(State {
+                    counts,
+                    total: v2.total,
+                })
             }
             other => Err(format!("counter v1 cannot read state layout {other}")),
         }
@@ -60,7 +63,10 @@ impl Plugin for Counter {
         if let Some(reason) = settings.fail_init {
             return Err(reason);
         }
-        Ok(Counter { state: State::default(), refuse_import: settings.refuse_import })
+        Ok(Counter {
+            state: State::default(),
+            refuse_import: settings.refuse_import,
+        })
     }
 
     fn on_frame(&mut self, session: Session, frame: Frame) {

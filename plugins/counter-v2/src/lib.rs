@@ -46,9 +46,20 @@ impl VersionedState for State {
                 let sessions = v1
                     .counts
                     .into_iter()
-                    .map(|(id, frames)| (id, SessionState { frames, first_seen_ms: now }))
+                    .map(|(id, frames)| {
+                        (
+                            id,
+                            SessionState {
+                                frames,
+                                first_seen_ms: now,
+                            },
+                        )
+                    })
                     .collect();
-                Ok(State { sessions, total: v1.total })
+                Ok(State {
+                    sessions,
+                    total: v1.total,
+                })
             }
             other => Err(format!("counter v2 cannot read state layout {other}")),
         }
@@ -66,7 +77,10 @@ impl Plugin for Counter {
         if let Some(reason) = settings.fail_init {
             return Err(reason);
         }
-        Ok(Counter { state: State::default(), refuse_import: settings.refuse_import })
+        Ok(Counter {
+            state: State::default(),
+            refuse_import: settings.refuse_import,
+        })
     }
 
     fn on_frame(&mut self, session: Session, frame: Frame) {

@@ -87,7 +87,10 @@ impl Metering {
 impl Plugin for Metering {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
-        let metering = Metering { state: State::default(), flush_ms: settings.flush_ms.max(10) };
+        let metering = Metering {
+            state: State::default(),
+            flush_ms: settings.flush_ms.max(10),
+        };
         // Named, so re-arming on every new instance never doubles it.
         if timers::pending(FLUSH).is_none() {
             metering.arm();
@@ -96,7 +99,9 @@ impl Plugin for Metering {
     }
 
     fn on_connect(&mut self, session: Session, request: &ConnectRequest) -> Result<(), String> {
-        let user = query_param(&request.query, "user").filter(|u| !u.is_empty()).unwrap_or("anonymous");
+        let user = query_param(&request.query, "user")
+            .filter(|u| !u.is_empty())
+            .unwrap_or("anonymous");
         self.state.sessions.insert(session.id(), user.to_owned());
         Ok(())
     }
@@ -108,7 +113,12 @@ impl Plugin for Metering {
         } as u64;
         let usage = Usage { frames: 1, bytes };
         self.state.tenant.add(usage);
-        let user = self.state.sessions.get(&session.id()).cloned().unwrap_or_else(|| "anonymous".into());
+        let user = self
+            .state
+            .sessions
+            .get(&session.id())
+            .cloned()
+            .unwrap_or_else(|| "anonymous".into());
         self.state.users.entry(user).or_default().add(usage);
         let _ = session.send(&frame);
     }
@@ -131,7 +141,8 @@ impl Plugin for Metering {
             return Ok(HttpResponse::text(404, "not found"));
         }
         let mut totals: Totals = storage::get_json(TOTALS)?.unwrap_or_default();
-        let flushed = serde_json::json!({ "tenant": totals.tenant, "users": totals.users, "flushed_at": totals.flushed_at });
+        let flushed =
+            serde_json::json!({ "tenant": totals.tenant, "users": totals.users, "flushed_at": totals.flushed_at });
         totals.tenant.add(self.state.tenant);
         for (user, usage) in &self.state.users {
             totals.users.entry(user.clone()).or_default().add(*usage);
