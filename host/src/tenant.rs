@@ -951,10 +951,10 @@ impl Actor {
             let Some(instance) = self.instance.as_mut() else {
                 return Ok(());
             };
-            if let Err(reason) = instance.on_connect(id, &request).await? {
-                if let Some(link) = self.shared.session(id) {
-                    link.close(close::POLICY, format!("refused on resume: {reason}"));
-                }
+            if let Err(reason) = instance.on_connect(id, &request).await?
+                && let Some(link) = self.shared.session(id)
+            {
+                link.close(close::POLICY, format!("refused on resume: {reason}"));
             }
         }
         Ok(())

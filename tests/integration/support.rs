@@ -34,9 +34,11 @@ pub struct TestHost {
 
 /// The configuration tests start from: small pools, quick settling.
 pub fn test_config(root: &Path) -> Config {
-    let mut config = Config::default();
-    config.deploy_dir = root.join("deploy");
-    config.data_dir = root.join("data");
+    let mut config = Config {
+        deploy_dir: root.join("deploy"),
+        data_dir: root.join("data"),
+        ..Config::default()
+    };
     config.runtime.max_instances = 64;
     config.runtime.max_memory_mib = 256;
     config.swap.settle_ms = 50;

@@ -139,7 +139,7 @@ impl StatusView {
             totals.frames_out += tenant.frames_out;
         }
         let mut events: Vec<Event> = entries.iter().flat_map(|e| e.events()).collect();
-        events.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+        events.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
         events.truncate(RECENT_EVENTS);
         StatusView {
             at_ms: unix_ms(),
