@@ -103,7 +103,8 @@ pub struct RuntimeConfig {
     /// WebAssembly stack per call, in KiB. Default 512.
     pub max_wasm_stack_kib: usize,
     /// Interval between epoch ticks, in milliseconds: how often running guest
-    /// code yields to the scheduler and its CPU deadline is checked. Default 2.
+    /// code yields to the scheduler and its CPU deadline is checked. Default 1:
+    /// a tenant waits up to about a tick behind another tenant's long call.
     pub epoch_tick_ms: u64,
     /// Plugins compiled at the same time at most. Default 2.
     pub compile_concurrency: usize,
@@ -313,7 +314,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory_mib: 1024,
             max_wasm_stack_kib: 512,
-            epoch_tick_ms: 2,
+            epoch_tick_ms: 1,
             compile_concurrency: 2,
             migration_concurrency: 64,
         }

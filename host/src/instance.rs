@@ -208,16 +208,19 @@ impl Instance {
         store.data_mut().budget.arm(ticks);
         store.set_epoch_deadline(1);
         let failed = |e: wasmtime::Error| StartError::Instantiate(bounded(format!("{e:#}")));
+        // Instantiation runs the modules' start functions: guest code.
+        let running = version.ticker().running();
         let raw = version
             .pre
             .instance_pre()
             .instantiate_async(&mut store)
             .await
             .map_err(failed)?;
+        drop(running);
         let plugin = Plugin::new(&mut store, &raw).map_err(failed)?;
         // Optional callbacks: absent is fine, present with the wrong type is not.
         let on_presence = match raw.get_export_index(&mut store, None, "on-presence") {
-            Some(index) => Some(raw.get_typed_func(&mut store, &index).map_err(failed)?),
+            Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
             None => None,
         };
         let mut instance = Instance {
@@ -258,7 +261,9 @@ impl Instance {
         self.store.set_epoch_deadline(1);
         self.version.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
+        let running = self.version.ticker().running();
         let result = f(&self.plugin, &mut self.store).await;
+        drop(running);
         self.version.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.version
             .call_histogram(name)

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use crate::bindings::PluginCorePre;
 use crate::config::{Limits, PluginSettings};
 use crate::instance::InstanceState;
+use crate::runtime::EpochTicker;
 use crate::tenant::TenantHandle;
 
 /// How many swap events each plugin keeps.
@@ -115,7 +116,7 @@ pub struct Version {
     /// When it stopped being current.
     retired: OnceLock<Instant>,
     drain: Duration,
-    tick: Duration,
+    ticker: Arc<EpochTicker>,
     /// `baton_call_seconds` per export, resolved once (calls are the hot path).
     call_metrics: Vec<(&'static str, metrics::Histogram)>,
 }
@@ -146,7 +147,7 @@ impl Version {
         origin: Origin,
         load_time: Duration,
         drain: Duration,
-        tick: Duration,
+        ticker: Arc<EpochTicker>,
     ) -> Version {
         let call_metrics = CALLS
             .iter()
@@ -174,7 +175,7 @@ impl Version {
             tenants: AtomicUsize::new(0),
             retired: OnceLock::new(),
             drain,
-            tick,
+            ticker,
             call_metrics,
         }
     }
@@ -187,9 +188,15 @@ impl Version {
             .map_or(&self.call_metrics[0].1, |(_, h)| h)
     }
 
+    /// The host's epoch ticker: a call holds its [`EpochTicker::running`]
+    /// guard while guest code runs.
+    pub fn ticker(&self) -> &EpochTicker {
+        &self.ticker
+    }
+
     /// Epoch ticks a call may run under `limits`.
     pub fn call_ticks(&self, limits: &Limits) -> u64 {
-        let tick = self.tick.as_micros().max(1);
+        let tick = self.ticker.tick().as_micros().max(1);
         u64::try_from(limits.call_timeout().as_micros().div_ceil(tick)).unwrap_or(u64::MAX)
     }
 

@@ -3,9 +3,10 @@
 //! The engine is configured once, at start, and never changes:
 //! - component model, async calls (guest code runs on fibers), so that running
 //!   guest code can yield to the tokio scheduler;
-//! - epoch interruption, ticked by a background thread every
-//!   `runtime.epoch_tick_ms`: at each tick a running call yields, and its CPU
-//!   deadline and drain deadline are checked (see [`crate::instance`]);
+//! - epoch interruption, ticked by a background thread ([`EpochTicker`]) every
+//!   `runtime.epoch_tick_ms` while guest code runs, and asleep while none
+//!   does: at each tick a running call yields, and its CPU deadline and drain
+//!   deadline are checked (see [`crate::instance`]);
 //! - the pooling allocator, sized by `runtime.max_instances`: instantiation
 //!   takes pre-reserved slots, and a dropped instance's memory is returned to
 //!   the kernel. Every pool cap is set explicitly (wasmtime's defaults are
@@ -15,8 +16,9 @@
 //! Compiling is CPU-heavy and blocking: callers run [`Runtime::compile`] on a
 //! blocking thread, never on the async runtime.
 
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, Thread};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
@@ -45,7 +47,7 @@ pub enum LoadError {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<InstanceState>,
-    tick: Duration,
+    ticker: Arc<EpochTicker>,
 }
 
 impl Runtime {
@@ -100,18 +102,8 @@ impl Runtime {
             |state: &mut InstanceState| state,
         )?;
 
-        let tick = Duration::from_millis(config.epoch_tick_ms);
-        let weak = engine.weak();
-        thread::Builder::new().name("baton-epoch".into()).spawn(move || {
-            // Stops once the host dropped its engine.
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                thread::sleep(tick);
-            }
-        })?;
-
-        Ok(Arc::new(Runtime { engine, linker, tick }))
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(config.epoch_tick_ms))?;
+        Ok(Arc::new(Runtime { engine, linker, ticker }))
     }
 
     /// The engine.
@@ -119,9 +111,10 @@ impl Runtime {
         &self.engine
     }
 
-    /// The interval between epoch ticks.
-    pub fn tick(&self) -> Duration {
-        self.tick
+    /// The epoch ticker, which every running call must hold a
+    /// [`EpochTicker::running`] guard of.
+    pub fn ticker(&self) -> &Arc<EpochTicker> {
+        &self.ticker
     }
 
     /// Compiles a component. Blocking and CPU-heavy: call it off the async runtime.
@@ -185,4 +178,108 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// Advances the engine's epoch every tick while guest code runs.
+///
+/// Each call into guest code holds a [`Running`] guard; while no guard is
+/// held the thread sleeps, so an idle host does not wake a thousand times a
+/// second. The first tick of a call comes a whole tick after the ticker
+/// wakes, never at once. The thread ends once the engine is dropped.
+pub struct EpochTicker {
+    tick: Duration,
+    running: AtomicUsize,
+    /// Ticks so far.
+    ticks: AtomicU64,
+    thread: OnceLock<Thread>,
+}
+
+/// Guest code is running: the epoch advances until this is dropped.
+pub struct Running<'a>(&'a EpochTicker);
+
+impl EpochTicker {
+    fn start(engine: &Engine, tick: Duration) -> anyhow::Result<Arc<EpochTicker>> {
+        let ticker = Arc::new(EpochTicker {
+            tick,
+            running: AtomicUsize::new(0),
+            ticks: AtomicU64::new(0),
+            thread: OnceLock::new(),
+        });
+        let engine = engine.weak();
+        let this = ticker.clone();
+        let thread = thread::Builder::new().name("baton-epoch".into()).spawn(move || {
+            loop {
+                if this.running.load(Ordering::Acquire) == 0 {
+                    // An `unpark` between the load and here makes this
+                    // return at once; the timeout notices a dropped engine.
+                    thread::park_timeout(Duration::from_secs(1));
+                    if engine.upgrade().is_none() {
+                        return;
+                    }
+                    continue;
+                }
+                thread::sleep(this.tick);
+                let Some(engine) = engine.upgrade() else { return };
+                engine.increment_epoch();
+                this.ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        let _ = ticker.thread.set(thread.thread().clone());
+        Ok(ticker)
+    }
+
+    /// The interval between ticks.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Ticks so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Marks guest code as running until the guard is dropped.
+    pub fn running(&self) -> Running<'_> {
+        if self.running.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(self)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ticker_ticks_only_while_guest_code_runs() {
+        let engine = Engine::new(Config::new().epoch_interruption(true)).expect("engine");
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(1)).expect("ticker");
+        thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticker.ticks(), 0, "no guest code ran");
+
+        let outer = ticker.running();
+        let inner = ticker.running();
+        drop(inner);
+        thread::sleep(Duration::from_millis(30));
+        assert!(ticker.ticks() > 0, "a guard is still held");
+
+        drop(outer);
+        // A tick already under way may still land; then it stops (a 1 ms
+        // ticker that kept going would never hold still for 30 ms).
+        let stopped = (0..50).any(|_| {
+            let before = ticker.ticks();
+            thread::sleep(Duration::from_millis(30));
+            ticker.ticks() == before
+        });
+        assert!(stopped, "asleep again once the last guard is gone");
+    }
 }

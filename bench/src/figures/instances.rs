@@ -41,7 +41,7 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
             Origin::Compiled,
             Duration::ZERO,
             Duration::from_secs(30),
-            runtime.tick(),
+            runtime.ticker().clone(),
         ));
         let limits = Arc::new(Limits::default());
         let mut times = Histogram::<u64>::new(3).expect("histogram");

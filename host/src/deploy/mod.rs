@@ -224,7 +224,7 @@ impl Deployer {
             origin,
             load_time,
             std::time::Duration::from_secs(self.config.swap.drain_deadline_secs),
-            self.runtime.tick(),
+            self.runtime.ticker().clone(),
         ));
         // `init` must succeed in a fresh instance before anyone is moved.
         let check = TenantShared::for_check(&entry.name);
