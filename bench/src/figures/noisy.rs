@@ -75,8 +75,8 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
             "Target missed: {factor_one:.2}×. The spinning call takes one of the 2 cores whole (it yields \
              to tokio at each tick but its thread keeps the core), so B's round trips, the socket workers \
              and the load generator share the other; B's worst round trips wait about a tick. The tick \
-             sets the figure (2 ms gave 4.0×, 1 ms about 2.2×), twice as many plugin workers or a \
-             `sched_yield` at each tick did not change it. Running calls that outlive a few ticks on \
+             sets the figure (in runs on this machine 2 ms gave 4.0×, 1 ms 2.2–2.4×); twice as many \
+             plugin workers or a `sched_yield` at each tick did not change it. Running calls that outlive a few ticks on \
              threads of lower OS priority (a tenant over its share then loses the CPU to everyone \
              else), or more cores than spinning tenants, would close it."
         )
