@@ -124,18 +124,21 @@ async fn deploy_status_and_rollback_against_a_running_host() {
     let admin = format!("http://{}", host.admin);
     let deploy_dir = host.deploy_dir();
     let deploy_dir = deploy_dir.to_str().expect("path");
+    let deploy = async |file: &str, name: &str| {
+        baton_async(&[
+            "deploy",
+            file,
+            "--name",
+            name,
+            "--deploy-dir",
+            deploy_dir,
+            "--admin",
+            &admin,
+        ])
+        .await
+    };
 
-    let output = baton_async(&[
-        "deploy",
-        COUNTER_V2,
-        "--name",
-        "counter",
-        "--deploy-dir",
-        deploy_dir,
-        "--admin",
-        &admin,
-    ])
-    .await;
+    let output = deploy(COUNTER_V2, "counter").await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
         text(&output.stdout).contains("counter: active"),
@@ -163,17 +166,7 @@ async fn deploy_status_and_rollback_against_a_running_host() {
 
     // A file the host refuses (its init fails) is reported as such.
     host.write_settings("counter", "[config]\nfail_init = \"broken on purpose\"\n");
-    let output = baton_async(&[
-        "deploy",
-        COUNTER_V2,
-        "--name",
-        "counter",
-        "--deploy-dir",
-        deploy_dir,
-        "--admin",
-        &admin,
-    ])
-    .await;
+    let output = deploy(COUNTER_V2, "counter").await;
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
     assert!(
         text(&output.stderr).contains("broken on purpose"),
@@ -181,17 +174,7 @@ async fn deploy_status_and_rollback_against_a_running_host() {
         text(&output.stderr)
     );
     // A file that is not a plugin never reaches the folder.
-    let output = baton_async(&[
-        "deploy",
-        baton_test_plugins::WRONG_WORLD,
-        "--name",
-        "other",
-        "--deploy-dir",
-        deploy_dir,
-        "--admin",
-        &admin,
-    ])
-    .await;
+    let output = deploy(baton_test_plugins::WRONG_WORLD, "other").await;
     assert_eq!(output.status.code(), Some(1));
     assert!(!Path::new(deploy_dir).join("other.wasm").exists());
 }

@@ -10,9 +10,9 @@ use crate::support::*;
 async fn a_plugin_cannot_reach_another_tenants_sessions() {
     let host = TestHost::start(&[("chaos", CHAOS)]).await;
     let mut victim = host.connect("victim", "chaos").await;
-    let victim_id = victim.ask("session").await.trim_start_matches("session:").to_owned();
+    let victim_id = victim.session_id().await;
     let mut attacker = host.connect("attacker", "chaos").await;
-    let own_id = attacker.ask("session").await.trim_start_matches("session:").to_owned();
+    let own_id = attacker.session_id().await;
 
     // The same plugin, same ids, another tenant: unknown.
     assert_eq!(

@@ -113,12 +113,7 @@ async fn unknown_plugins_and_invalid_tenants_get_404_json() {
 async fn a_client_close_reaches_on_disconnect() {
     let host = TestHost::start(&[("chaos", CHAOS)]).await;
     let mut client = host.connect("acme", "chaos").await;
-    let id: u64 = client
-        .ask("session")
-        .await
-        .trim_start_matches("session:")
-        .parse()
-        .expect("id");
+    let id = client.session_id().await;
     client.close().await;
     eventually("the plugin saw the disconnect", async || {
         let events = host.http("GET", "/t/acme/chaos/events", b"").await.json();

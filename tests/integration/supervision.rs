@@ -24,12 +24,7 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
     let mut other = host.connect("bystander", "chaos").await;
     let bystander = other.ask("whoami").await;
     let mut client = host.connect("acme", "chaos").await;
-    let id: u64 = client
-        .ask("session")
-        .await
-        .trim_start_matches("session:")
-        .parse()
-        .expect("id");
+    let id = client.session_id().await;
 
     for (fault, kind) in [
         ("panic", "panic"),

@@ -310,6 +310,15 @@ impl Client {
         self.recv_text().await
     }
 
+    /// This session's id, as the `chaos` plugin reports it.
+    pub async fn session_id(&mut self) -> u64 {
+        let reply = self.ask("session").await;
+        reply
+            .trim_start_matches("session:")
+            .parse()
+            .unwrap_or_else(|_| panic!("not a session id: {reply}"))
+    }
+
     /// Waits for the server's close frame.
     pub async fn expect_close(&mut self) -> CloseFrame {
         match self.recv().await.expect("a close frame") {
