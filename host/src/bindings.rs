@@ -10,8 +10,6 @@
 //! per interface in [`crate::imports`], except storage, which waits for the
 //! disk on the blocking pool.
 
-#![expect(missing_docs, reason = "generated bindings carry the WIT's docs, not Rust ones")]
-
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin-core",

@@ -1,6 +1,7 @@
 //! What clients are told when something goes wrong, in one place: the HTTP
-//! statuses of rejected requests and the WebSocket close codes of ended
-//! sessions.
+//! statuses of rejected requests (client and admin listeners alike, through
+//! [`Rejection`]) and the WebSocket close codes of ended sessions
+//! ([`close`]). No other module names a status or a close code number.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -27,6 +28,21 @@ pub mod close {
     /// The tenant's instance could not take frames for
     /// `sessions.mailbox_wait_secs` (overloaded, or backing off after crashes).
     pub const TRY_AGAIN_LATER: u16 = 1013;
+
+    /// Longest close reason RFC 6455 allows: a control frame carries 125
+    /// bytes, two of which are the code.
+    pub const MAX_REASON_BYTES: usize = 123;
+
+    /// Whether a plugin may close a session with `code`: a normal close or
+    /// one of the codes reserved for applications (3000–4999).
+    pub fn allowed_for_plugins(code: u16) -> bool {
+        code == NORMAL || (3000..=4999).contains(&code)
+    }
+
+    /// `reason` cut to fit a close frame.
+    pub fn bounded_reason(reason: &str) -> String {
+        crate::text::prefix(reason, MAX_REASON_BYTES).to_owned()
+    }
 }
 
 /// A request the host answers itself, without the plugin.
@@ -54,6 +70,19 @@ pub enum Rejection {
     /// shutting down: 503.
     #[error("{0}")]
     Unavailable(String),
+    /// Admin: no or a wrong bearer token: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Admin: a known path with another method: 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// Admin: the request conflicts with the plugin's state (nothing to roll
+    /// back to): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The host failed to do what it was asked: 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Rejection {
@@ -67,7 +96,16 @@ impl Rejection {
             Rejection::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Conflict(_) => StatusCode::CONFLICT,
+            Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The answer while a tenant backs off after a crash loop.
+    pub fn backing_off() -> Rejection {
+        Rejection::Unavailable("the tenant's plugin instance is restarting after crashes; try again later".into())
     }
 
     /// The response: the status with a JSON body `{"error": "..."}`.
@@ -76,9 +114,21 @@ impl Rejection {
     }
 }
 
-/// A JSON error response.
-pub fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+/// A JSON response with `status`.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => with_json_body(status, body),
+        Err(e) => Rejection::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// A JSON error response: `{"error": message}`.
+fn json_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({ "error": message }).to_string();
+    with_json_body(status, body.into_bytes())
+}
+
+fn with_json_body(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -97,7 +147,14 @@ mod tests {
         let response = Rejection::Refused("no room".into()).into_response();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
-        let body = response.into_body();
-        let _ = body;
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        let long = "é".repeat(100);
+        let reason = close::bounded_reason(&long);
+        assert!(reason.len() <= close::MAX_REASON_BYTES && reason.len() >= close::MAX_REASON_BYTES - 1);
+        assert!(close::allowed_for_plugins(close::NORMAL) && close::allowed_for_plugins(4000));
+        assert!(!close::allowed_for_plugins(close::GOING_AWAY));
     }
 }

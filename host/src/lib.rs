@@ -6,51 +6,80 @@
 //! a new `<name>.wasm` into the deploy folder swaps the new version in; every
 //! tenant moves over with its state; connected clients notice nothing.
 //!
-//! The map of the crate, from the outside in:
+//! The map of the crate, bottom up: each module imports only from modules
+//! listed before it (a test, `tests/integration/layering.rs`, keeps it so).
 //!
-//! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
 //! - [`config`]: the host's layered settings and a plugin's `<name>.toml`.
-//! - [`server`]: the client listener: routes WebSocket upgrades and HTTP
+//! - `error`: HTTP statuses and WebSocket close codes, in one place.
+//! - `names`, `text`, `clock`, `shutdown`, `listener`: what a valid name
+//!   is; bounding text; Unix-ms time; the shutdown signal; the accept loop
+//!   both listeners share.
+//! - `bindings`: the one `bindgen!` of the `wit/` world.
+//! - `storage`, `timers`: durable key-value storage per tenant (redb) and a
+//!   tenant's pending timers.
+//! - `session::link`, `topics`, `presence`: a session's outbound queue and
+//!   id, which the tenant holds; a tenant's subscriptions and presence.
+//! - `tenant::state`: the host-held state of one tenant (sessions, topics,
+//!   presence, timers), which survives every swap and crash.
+//! - `session`: one client WebSocket, owned by the host, over any
+//!   `Stream + Sink`, handing what it reads to any mailbox.
+//! - `instance::{state, trap, output}`: a store's data and limits, how calls
+//!   fail, plugin log lines.
+//! - `runtime`: the wasmtime engine, linker and epoch ticker.
+//! - `version`: one loaded build of a plugin, ready to instantiate.
+//! - `instance`: one wasmtime `Store` of one version for one tenant.
+//! - `imports`: the host functions plugins import, one file per WIT interface.
+//! - `registry`: plugins and their versions behind `ArcSwap`, and their
+//!   history.
+//! - `tenant`: one task per (tenant, plugin) owning its instance: mailbox,
+//!   migration on swaps, supervision, hibernation; and the directory of tasks.
+//! - `deploy`: the deploy pipeline (folder watch, compile cache, checks,
+//!   activation, rollback, withdrawal) and the reports of tenants.
+//! - `server`: the client listener: routes WebSocket upgrades and HTTP
 //!   requests under `/t/{tenant}/{plugin}` to tenants.
-//! - [`session`]: one client WebSocket, owned by the host, over any
-//!   `Stream + Sink`.
-//! - [`tenant`]: one task per (tenant, plugin) owning its instance: mailbox,
-//!   migration on swaps, supervision of crashes.
-//! - [`instance`]: one wasmtime `Store` of one version for one tenant, with
-//!   its CPU, memory and drain limits.
-//! - [`pubsub`], [`presence`], [`timers`]: a tenant's host-held topics,
-//!   presence and timers (they survive swaps and crashes).
-//! - [`storage`]: durable key-value storage per tenant and plugin (redb).
-//! - [`imports`]: the host functions plugins import, one file per WIT interface.
-//! - [`bindings`]: the one `bindgen!` of the `wit/` world.
-//! - [`registry`]: plugins and their versions behind `ArcSwap`.
-//! - [`deploy`]: the deploy pipeline (folder watch, compile cache, checks,
-//!   activation, rollback, withdrawal).
-//! - [`runtime`]: the wasmtime engine, linker and epoch ticker.
-//! - [`admin`]: the admin API, metrics and dashboard.
-//! - [`error`]: HTTP statuses and WebSocket close codes, in one place.
-//! - [`names`]: what a valid plugin or tenant name is.
+//! - [`admin`]: the admin API, metrics and dashboard; its views are typed
+//!   and shared with the CLI and the tests.
+//! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
 //!
-//! [`run`] ties them together; `main` only parses the command line.
+//! [`run`] ties them together; `main` only parses the command line. The
+//! public surface is what `main`, the integration tests and `bench/` use:
+//! [`run`], [`Listeners`], [`config`], [`admin`]'s views, [`cli::main`], and
+//! the hidden [`bench_api`].
 
 pub mod admin;
-pub mod bindings;
+mod bindings;
 pub mod cli;
+mod clock;
 pub mod config;
-pub mod deploy;
-pub mod error;
-pub mod imports;
-pub mod instance;
-pub mod names;
-pub mod presence;
-pub mod pubsub;
-pub mod registry;
-pub mod runtime;
-pub mod server;
-pub mod session;
-pub mod storage;
-pub mod tenant;
-pub mod timers;
+mod deploy;
+mod error;
+mod imports;
+mod instance;
+mod listener;
+mod names;
+mod presence;
+mod registry;
+mod runtime;
+mod server;
+mod session;
+mod shutdown;
+mod storage;
+mod tenant;
+mod text;
+mod timers;
+mod topics;
+mod version;
+
+/// What the benchmark harness drives directly, below the public API: starting
+/// instances of a version in-process. Not a stable interface.
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::clock::unix_ms;
+    pub use crate::instance::Instance;
+    pub use crate::runtime::Runtime;
+    pub use crate::tenant::TenantShared;
+    pub use crate::version::{Build, Origin, Version, VersionId};
+}
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -63,7 +92,7 @@ use crate::config::Config;
 use crate::deploy::Deployer;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
-use crate::tenant::TenantEnv;
+use crate::tenant::{Command, TenantEnv, Tenants};
 
 /// The two listeners of a host, bound by the caller (tests bind port 0).
 pub struct Listeners {
@@ -99,30 +128,17 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     std::fs::create_dir_all(&config.data_dir)?;
     let runtime = Runtime::new(&config.runtime)?;
     let registry = Arc::new(Registry::default());
+    let tenants = Arc::new(Tenants::default());
+    let storage_path = config.data_dir.join("storage.redb");
     let storage = Arc::new(
-        storage::Storage::open(&config.data_dir.join("storage.redb"))
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", config.data_dir.join("storage.redb").display()))?,
+        storage::Storage::open(&storage_path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", storage_path.display()))?,
     );
     let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
+    let plugin_runtime = plugin_runtime()?;
 
-    // Plugin code runs on its own workers, so that sockets are accepted, read
-    // and written on the caller's runtime whatever the plugins are doing.
-    let plugin_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .thread_name("baton-plugins")
-        .enable_all()
-        .build()?;
-
-    let (reports, mut report_rx) = mpsc::unbounded_channel();
-    let report_task = {
-        let deployer = deployer.clone();
-        tokio::spawn(async move {
-            while let Some(report) = report_rx.recv().await {
-                deployer.handle(report).await;
-            }
-        })
-    };
-
+    let (reports, report_rx) = mpsc::unbounded_channel();
+    let report_task = deployer.handle_reports(report_rx);
     deployer.deploy_all().await;
     let (stop, stopped) = watch::channel(false);
     let watcher = deploy::watch::spawn(
@@ -135,12 +151,14 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let clients = Arc::new(server::Clients {
         registry: registry.clone(),
         config: config.clone(),
+        tenants: tenants.clone(),
         tenant_env: Arc::new(TenantEnv {
             config: config.clone(),
             reports,
             storage: storage.clone(),
-            migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.max(1)),
+            migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.get()),
             plugins: plugin_runtime.handle().clone(),
+            tenants: tenants.clone(),
         }),
     });
     let client_addr = listeners.clients.local_addr()?;
@@ -148,6 +166,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
     let admin = Arc::new(admin::Admin {
         registry: registry.clone(),
+        tenants: tenants.clone(),
         deployer: deployer.clone(),
         token: config.admin_token.clone(),
         metrics,
@@ -160,19 +179,9 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     );
 
     shutdown.await;
-    let deadline = Duration::from_secs(config.shutdown.deadline_secs);
-    tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
     let _ = stop.send(true);
-    let graceful = async {
-        let _ = watcher.await;
-        close_sessions(&registry, config.shutdown.close_per_second).await;
-        let _ = client_task.await;
-        let _ = admin_task.await;
-        stop_tenants(&registry).await;
-    };
-    if tokio::time::timeout(deadline, graceful).await.is_err() {
-        tracing::warn!("shutdown deadline reached; exiting with work still open");
-    }
+    let open_tasks = [watcher, client_task, admin_task];
+    shut_down(&config, &tenants, open_tasks).await;
     report_task.abort();
     let _ = report_task.await;
     storage.close();
@@ -182,13 +191,44 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     Ok(())
 }
 
+/// The runtime plugin code runs on: its own workers, so that sockets are
+/// accepted, read and written on the caller's runtime whatever the plugins
+/// are doing.
+fn plugin_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name("baton-plugins")
+        .enable_all()
+        .build()
+}
+
+/// After the shutdown signal (already sent to `tasks`: the folder watcher and
+/// the two listeners): sessions are closed, paced; the listeners and the
+/// watcher end; every tenant keeps its state and ends. All within
+/// `shutdown.deadline_secs`.
+async fn shut_down(config: &Config, tenants: &Tenants, tasks: [tokio::task::JoinHandle<()>; 3]) {
+    let deadline = Duration::from_secs(config.shutdown.deadline_secs);
+    tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
+    let [watcher, clients, admin] = tasks;
+    let graceful = async {
+        let _ = watcher.await;
+        close_sessions(tenants, config.shutdown.close_per_second).await;
+        let _ = clients.await;
+        let _ = admin.await;
+        stop_tenants(tenants).await;
+    };
+    if tokio::time::timeout(deadline, graceful).await.is_err() {
+        tracing::warn!("shutdown deadline reached; exiting with work still open");
+    }
+}
+
 /// Ends every tenant task, dropping their instances (and with them the last
 /// references to the storage and the engine).
-async fn stop_tenants(registry: &Registry) {
+async fn stop_tenants(tenants: &Tenants) {
     let mut waiting = Vec::new();
-    for tenant in registry.all().iter().flat_map(|p| p.tenants()) {
+    for tenant in tenants.all() {
         let (done, finished) = tokio::sync::oneshot::channel();
-        if tenant.mailbox().send(tenant::Command::Shutdown { done }).await.is_ok() {
+        if tenant.mailbox().send(Command::Shutdown { done }).await.is_ok() {
             waiting.push(finished);
         }
     }
@@ -198,8 +238,8 @@ async fn stop_tenants(registry: &Registry) {
 /// Closes every session with 1001, `per_second` at most (in batches every
 /// 100 ms, as Phoenix's drainer does, so that clients do not reconnect in a
 /// storm), then waits until the tenants have seen them go.
-async fn close_sessions(registry: &Registry, per_second: usize) {
-    let tenants: Vec<_> = registry.all().iter().flat_map(|p| p.tenants()).collect();
+async fn close_sessions(tenants: &Tenants, per_second: usize) {
+    let tenants = tenants.all();
     let links: Vec<_> = tenants.iter().flat_map(|t| t.shared().links()).collect();
     let batch = (per_second / 10).max(1);
     let mut pace = tokio::time::interval(Duration::from_millis(100));
@@ -209,8 +249,8 @@ async fn close_sessions(registry: &Registry, per_second: usize) {
             link.stop(error::close::GOING_AWAY, "server shutting down");
         }
     }
-    while tenants.iter().any(|t| t.shared().session_count() > 0) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for tenant in &tenants {
+        tenant.shared().no_sessions().await;
     }
 }
 
@@ -225,11 +265,6 @@ fn raise_file_limit() {
         ),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -7,18 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::session::SessionId;
-
-/// One session present in a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    /// The session.
-    pub session: SessionId,
-    /// Who it is.
-    pub key: String,
-    /// Its metadata.
-    pub meta: String,
-}
+pub use crate::bindings::baton::plugin::presence::PresenceEntry as Entry;
+use crate::session::link::SessionId;
 
 /// A change of one topic's presence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

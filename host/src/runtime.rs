@@ -26,7 +26,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings::PluginCorePre;
 use crate::config::RuntimeConfig;
-use crate::instance::InstanceState;
+use crate::instance::state::InstanceState;
 
 /// Why a file is not a plugin this host can run.
 #[derive(Debug, thiserror::Error)]

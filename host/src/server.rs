@@ -27,19 +27,19 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-
-use crate::stopped;
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::bindings::{ConnectRequest, HttpRequest};
-use crate::config::Config;
+use crate::config::{Config, SessionConfig};
 use crate::error::Rejection;
+use crate::listener::accept_until;
 use crate::registry::Registry;
-use crate::session::{self, SessionLink, SessionSettings};
-use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle};
+use crate::session::link::{self, SessionLink};
+use crate::session::{self, SessionSettings};
+use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
 
 /// What the client listener needs.
 pub struct Clients {
@@ -47,6 +47,8 @@ pub struct Clients {
     pub registry: Arc<Registry>,
     /// The host's configuration.
     pub config: Arc<Config>,
+    /// The tenant tasks, created here on first use.
+    pub tenants: Arc<Tenants>,
     /// Handed to new tenant tasks.
     pub tenant_env: Arc<TenantEnv>,
 }
@@ -62,19 +64,7 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(clients.config.http.header_read_timeout_ms))
         .keep_alive(true);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut shutdown) => break,
-        };
+    accept_until(&listener, "clients", &mut shutdown, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let clients = clients.clone();
         let service = service_fn(move |request| {
@@ -90,7 +80,8 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
-    }
+    })
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
 
@@ -139,20 +130,17 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
     let entry = clients
         .registry
-        .get(plugin)
-        .filter(|e| e.current().is_some())
+        .deployed(plugin)
         .ok_or_else(|| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
     let allowed = &clients.config.tenants;
     if !crate::names::is_tenant(tenant) || (!allowed.is_empty() && !allowed.iter().any(|t| t == tenant)) {
         return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));
     }
-    let handle = entry.tenant(tenant, || {
+    let handle = clients.tenants.get_or_spawn(plugin, tenant, || {
         tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone())
     });
     match handle.shared().status() {
-        Status::BackingOff => Err(Rejection::Unavailable(
-            "the tenant's plugin instance is restarting after crashes; try again later".into(),
-        )),
+        Status::BackingOff => Err(Rejection::backing_off()),
         _ => Ok(handle),
     }
 }
@@ -176,27 +164,10 @@ async fn open_session(
     plugin: &str,
     path: String,
 ) -> Result<Response<Body>, Rejection> {
-    if request.method() != Method::GET {
-        return Err(Rejection::BadRequest("a WebSocket upgrade must be a GET".into()));
-    }
-    let key = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| Rejection::BadRequest("missing Sec-WebSocket-Key".into()))?
-        .clone();
-    if request
-        .headers()
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return Err(Rejection::BadRequest(
-            "unsupported Sec-WebSocket-Version (13 is)".into(),
-        ));
-    }
+    let accept = accept_key(&request)?;
     let handle = tenant(clients, tenant_name, plugin)?;
 
-    let id = session::next_id();
+    let id = link::next_id();
     let sessions = &clients.config.sessions;
     let (link, outbox) = SessionLink::new(id, sessions.outbound_queue);
     let connect = ConnectRequest {
@@ -206,41 +177,19 @@ async fn open_session(
         headers: headers_of(request.headers()),
         resumed: false,
     };
-    let (reply, answer) = oneshot::channel();
     handle
-        .mailbox()
-        .send(Command::Connect {
+        .ask(|reply| Command::Connect {
             link,
             request: connect,
             reply,
         })
-        .await
-        .map_err(|_| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
-    answer
-        .await
-        .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))??;
+        .await?;
 
     // Accepted: finish the handshake and run the session.
     let upgrade = hyper::upgrade::on(&mut request);
     let mailbox = handle.mailbox().clone();
-    let max_frame = clients
-        .registry
-        .get(plugin)
-        .and_then(|e| e.current())
-        .map_or(clients.config.limits.max_frame_bytes, |v| {
-            clients.config.limits_for(&v.limits, tenant_name).max_frame_bytes
-        });
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(sessions.read_buffer_bytes)
-        .write_buffer_size(4096)
-        .max_frame_size(Some(max_frame))
-        .max_message_size(Some(max_frame));
-    let settings = SessionSettings {
-        ping_interval: Duration::from_secs(sessions.ping_interval_secs),
-        idle_timeout: Duration::from_secs(sessions.idle_timeout_secs),
-        mailbox_wait: Duration::from_secs(sessions.mailbox_wait_secs),
-        close_timeout: Duration::from_secs(5),
-    };
+    let ws_config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant_name));
+    let settings = session_settings(sessions);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
@@ -260,12 +209,59 @@ async fn open_session(
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
-    let accept = derive_accept_key(key.as_bytes());
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::HeaderValue::from_str(&accept).map_err(|_| Rejection::BadRequest("bad key".into()))?,
-    );
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(response)
+}
+
+/// Checks the upgrade request and derives its `Sec-WebSocket-Accept`.
+fn accept_key(request: &Request<Incoming>) -> Result<header::HeaderValue, Rejection> {
+    if request.method() != Method::GET {
+        return Err(Rejection::BadRequest("a WebSocket upgrade must be a GET".into()));
+    }
+    let key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| Rejection::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    if request
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(Rejection::BadRequest(
+            "unsupported Sec-WebSocket-Version (13 is)".into(),
+        ));
+    }
+    header::HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| Rejection::BadRequest("bad key".into()))
+}
+
+/// The largest frame `tenant`'s sessions of `plugin` may send.
+fn max_frame_bytes(clients: &Clients, plugin: &str, tenant: &str) -> usize {
+    clients
+        .registry
+        .get(plugin)
+        .and_then(|e| e.current())
+        .map_or(clients.config.limits.max_frame_bytes, |v| {
+            clients.config.limits_for(&v.limits, tenant).max_frame_bytes
+        })
+}
+
+fn ws_config(sessions: &SessionConfig, max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(sessions.read_buffer_bytes)
+        .write_buffer_size(4096)
+        .max_frame_size(Some(max_frame))
+        .max_message_size(Some(max_frame))
+}
+
+fn session_settings(sessions: &SessionConfig) -> SessionSettings {
+    SessionSettings {
+        ping_interval: Duration::from_secs(sessions.ping_interval_secs),
+        idle_timeout: Duration::from_secs(sessions.idle_timeout_secs),
+        mailbox_wait: Duration::from_secs(sessions.mailbox_wait_secs),
+        close_timeout: Duration::from_secs(5),
+    }
 }
 
 async fn plain_http(
@@ -290,15 +286,7 @@ async fn plain_http(
         headers: headers_of(&parts.headers),
         body: body.to_vec(),
     };
-    let (reply, answer) = oneshot::channel();
-    handle
-        .mailbox()
-        .send(Command::Http { request, reply })
-        .await
-        .map_err(|_| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
-    let response = answer
-        .await
-        .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))??;
+    let response = handle.ask(|reply| Command::Http { request, reply }).await?;
 
     let status = StatusCode::from_u16(response.status)
         .map_err(|_| Rejection::PluginFailed(format!("plugin answered invalid status {}", response.status)))?;

@@ -10,7 +10,10 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_1008() {
-    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.sessions.outbound_queue = 8).await;
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
+        c.sessions.outbound_queue = std::num::NonZeroUsize::new(8).expect("non-zero")
+    })
+    .await;
     let mut reader = host.connect("acme", "chaos").await;
     let mut stalled = host.connect("acme", "chaos").await;
     // 60 KB answers pile up: the kernel buffers fill, then the outbound queue.

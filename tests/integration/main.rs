@@ -8,6 +8,7 @@ mod durability;
 mod fixtures;
 mod hot_swap;
 mod isolation;
+mod layering;
 mod limits;
 mod operations;
 mod sessions;

@@ -167,7 +167,7 @@ async fn frames_that_wait_too_long_on_a_backing_off_tenant_close_the_session_wit
         c.supervision.max_restarts = 0;
         c.supervision.backoff_ms = 60_000;
         c.supervision.max_backoff_ms = 60_000;
-        c.sessions.mailbox = 2;
+        c.sessions.mailbox = std::num::NonZeroUsize::new(2).expect("non-zero");
         c.sessions.mailbox_wait_secs = 1;
     })
     .await;

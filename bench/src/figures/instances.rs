@@ -7,11 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use baton::bench_api::{Build, Instance, Origin, Runtime, TenantShared, Version, VersionId};
 use baton::config::{Limits, PluginSettings, RuntimeConfig};
-use baton::instance::Instance;
-use baton::registry::{Origin, Version, VersionId};
-use baton::runtime::Runtime;
-use baton::tenant::TenantShared;
 use hdrhistogram::Histogram;
 
 use super::Scale;
@@ -31,18 +28,17 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     for (name, file) in [("echo", baton_test_plugins::ECHO), ("chat", baton_test_plugins::CHAT)] {
         let bytes = std::fs::read(file)?;
         let component = runtime.compile(&bytes)?;
-        let version = Arc::new(Version::new(
-            name.into(),
-            VersionId::of(&bytes),
-            1,
-            runtime.prepare(&component)?,
-            PluginSettings::default(),
-            Limits::default(),
-            Origin::Compiled,
-            Duration::ZERO,
-            Duration::from_secs(30),
-            runtime.ticker().clone(),
-        ));
+        let build = Build {
+            plugin: name.into(),
+            id: VersionId::of(&bytes),
+            generation: 1,
+            pre: runtime.prepare(&component)?,
+            settings: PluginSettings::default(),
+            limits: Limits::default(),
+            origin: Origin::Compiled,
+            load_time: Duration::ZERO,
+        };
+        let version = Arc::new(Version::new(build, Duration::from_secs(30), runtime.ticker().clone()));
         let limits = Arc::new(Limits::default());
         let mut times = Histogram::<u64>::new(3).expect("histogram");
         let mut live = Vec::with_capacity(count);

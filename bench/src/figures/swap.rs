@@ -48,7 +48,7 @@ async fn latency(report: &mut Report) -> Result<()> {
                 .as_u64()
                 .unwrap_or(0);
             let dropped = Instant::now();
-            let dropped_ms = baton::registry::unix_ms();
+            let dropped_ms = baton::bench_api::unix_ms();
             server.drop_file("counter", &bytes)?;
             let new = all_migrated(&server, "counter", generation).await?;
             let total = dropped.elapsed();

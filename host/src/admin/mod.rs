@@ -36,21 +36,25 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::stopped;
-
-use crate::deploy::{DeployError, Deployer, Outcome};
-use crate::error::json_error;
+use crate::deploy::{Deployer, Outcome};
+use crate::error::{Rejection, json_response};
+use crate::listener::accept_until;
 use crate::registry::Registry;
-pub use view::{PluginView, StatusView};
+use crate::tenant::Tenants;
+pub use view::{
+    Activation, ErrorReport, Event, EventKind, Origin, PluginView, RollbackView, Status, StatusView, TenantView,
+    Totals, VersionRecord, VersionView,
+};
 
 /// What the admin listener needs.
-pub struct Admin {
+pub(crate) struct Admin {
     /// The plugins.
     pub registry: Arc<Registry>,
+    /// Their tenants.
+    pub tenants: Arc<Tenants>,
     /// For rollbacks.
     pub deployer: Arc<Deployer>,
     /// The bearer token, if one is required.
@@ -62,20 +66,9 @@ pub struct Admin {
 }
 
 /// Serves the admin API until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!("admin accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stopped(&mut shutdown) => break,
-        };
+    accept_until(&listener, "admin", &mut shutdown, |stream, _| {
         let admin = admin.clone();
         let service = service_fn(move |request| {
             let admin = admin.clone();
@@ -85,7 +78,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         tokio::spawn(async move {
             let _ = connection.await;
         });
-    }
+    })
+    .await;
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -94,54 +88,72 @@ async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
     if let Some(token) = &admin.token
         && !authorized(&request, token)
     {
-        return full(json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        return full(Rejection::Unauthorized("missing or wrong bearer token".into()).into_response());
     }
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let response = match (request.method(), segments.as_slice()) {
-        (&Method::GET, []) => {
-            let mut response = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            response
-        }
-        (&Method::GET, ["api", "status"]) => json(StatusCode::OK, &StatusView::of(&admin.registry)),
+    let answer = match (request.method(), segments.as_slice()) {
+        (&Method::GET, []) => Ok(dashboard()),
+        (&Method::GET, ["api", "status"]) => Ok(json(&StatusView::of(&admin.registry, &admin.tenants))),
         (&Method::GET, ["api", "stream"]) => return stream(admin),
         (&Method::GET, ["api", "plugins"]) => {
-            let plugins: Vec<PluginView> = admin.registry.all().iter().map(|e| PluginView::of(e, false)).collect();
-            json(StatusCode::OK, &plugins)
+            let plugins: Vec<PluginView> = admin
+                .registry
+                .all()
+                .iter()
+                .map(|e| PluginView::of(e, &admin.tenants, false))
+                .collect();
+            Ok(json(&plugins))
         }
         (&Method::GET, ["api", "plugins", name]) => match admin.registry.get(name) {
-            Some(entry) => json(StatusCode::OK, &PluginView::of(&entry, true)),
-            None => json_error(StatusCode::NOT_FOUND, &format!("no plugin named {name:?}")),
+            Some(entry) => Ok(json(&PluginView::of(&entry, &admin.tenants, true))),
+            None => Err(Rejection::NotFound(format!("no plugin named {name:?}"))),
         },
-        (&Method::POST, ["api", "plugins", name, "rollback"]) => match admin.deployer.rollback(name).await {
-            Ok(Outcome::Activated { version, generation }) => json(
-                StatusCode::OK,
-                &serde_json::json!({ "plugin": name, "version": version, "generation": generation }),
-            ),
-            Ok(Outcome::Unchanged) => json(StatusCode::OK, &serde_json::json!({ "plugin": name })),
-            Err(DeployError::Rollback(message)) => json_error(StatusCode::CONFLICT, &message),
-            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        },
-        (&Method::GET, ["metrics"]) => match &admin.metrics {
-            Some(handle) => {
-                view::record_gauges(&admin.registry);
-                let mut response = Response::new(Full::new(Bytes::from(handle.render())));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                response
-            }
-            None => json_error(StatusCode::NOT_FOUND, "metrics are not enabled in this process"),
-        },
-        (_, ["api", ..] | ["metrics"] | []) => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-        _ => json_error(StatusCode::NOT_FOUND, &format!("no route for {path}")),
+        (&Method::POST, ["api", "plugins", name, "rollback"]) => rollback(admin, name).await,
+        (&Method::GET, ["metrics"]) => metrics(admin),
+        (_, ["api", ..] | ["metrics"] | []) => Err(Rejection::MethodNotAllowed("method not allowed".into())),
+        _ => Err(Rejection::NotFound(format!("no route for {path}"))),
     };
-    full(response)
+    full(answer.unwrap_or_else(Rejection::into_response))
+}
+
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+async fn rollback(admin: &Admin, name: &str) -> Result<Response<Full<Bytes>>, Rejection> {
+    let view = match admin.deployer.rollback(name).await? {
+        Outcome::Activated { version, generation } => RollbackView {
+            plugin: name.to_owned(),
+            version: Some(version),
+            generation: Some(generation),
+        },
+        Outcome::Unchanged => RollbackView {
+            plugin: name.to_owned(),
+            version: None,
+            generation: None,
+        },
+    };
+    Ok(json(&view))
+}
+
+fn metrics(admin: &Admin) -> Result<Response<Full<Bytes>>, Rejection> {
+    let handle = admin
+        .metrics
+        .as_ref()
+        .ok_or_else(|| Rejection::NotFound("metrics are not enabled in this process".into()))?;
+    view::record_gauges(&admin.registry, &admin.tenants);
+    let mut response = Response::new(Full::new(Bytes::from(handle.render())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
 }
 
 /// The dashboard page.
@@ -154,6 +166,7 @@ const STREAM_INTERVAL: Duration = Duration::from_millis(500);
 /// [`STREAM_INTERVAL`], until the client goes away or the host shuts down.
 fn stream(admin: &Admin) -> Response<Body> {
     let registry = admin.registry.clone();
+    let tenants = admin.tenants.clone();
     let shutdown = admin.shutdown.clone();
     let ticks = tokio_stream_interval(STREAM_INTERVAL);
     let events = ticks
@@ -162,7 +175,7 @@ fn stream(admin: &Admin) -> Response<Body> {
             async move { open }
         })
         .map(move |_| {
-            let snapshot = serde_json::to_string(&StatusView::of(&registry)).unwrap_or_default();
+            let snapshot = serde_json::to_string(&StatusView::of(&registry, &tenants)).unwrap_or_default();
             Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(format!("data: {snapshot}\n\n"))))
         });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(events)));
@@ -204,17 +217,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
-    match serde_json::to_vec_pretty(value) {
-        Ok(body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    json_response(StatusCode::OK, value)
 }

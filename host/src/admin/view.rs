@@ -1,104 +1,163 @@
-//! What the admin API shows: views of the registry, built on request. Also
-//! the gauges of `/metrics`, which are read from the same state at scrape
-//! time rather than kept up to date on every change.
+//! What the admin API shows: typed views of the registry and the tenants,
+//! built on request. The same types deserialize what the API sends, so the
+//! CLI and the integration tests read the API through them instead of
+//! walking untyped JSON. Also the gauges of `/metrics`, which are read from
+//! the same state at scrape time rather than kept up to date on every change.
 
 use std::sync::atomic::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::registry::{ErrorReport, Event, Origin, PluginEntry, Registry, Version, VersionRecord, unix_ms};
+use crate::clock::{unix_ms, unix_ms_of};
+pub use crate::registry::{Activation, ErrorReport, Event, EventKind, VersionRecord};
+use crate::registry::{PluginEntry, Registry};
+pub use crate::tenant::Status;
+use crate::tenant::Tenants;
+pub use crate::version::Origin;
+use crate::version::Version;
 
 /// How many events of all plugins the status shows.
 const RECENT_EVENTS: usize = 50;
 
-/// A plugin as the API shows it.
-#[derive(Serialize)]
+/// A plugin as the API shows it (`GET /api/plugins/{name}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PluginView {
-    name: String,
+    /// Its name.
+    pub name: String,
     /// `null` when the plugin was removed or never loaded.
-    current: Option<VersionView>,
+    pub current: Option<VersionView>,
     /// Current and draining versions, newest first.
-    live_versions: Vec<VersionView>,
-    tenants: Vec<TenantView>,
-    sessions: usize,
-    last_error: Option<ErrorReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    history: Option<Vec<VersionRecord>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    events: Option<Vec<Event>>,
+    pub live_versions: Vec<VersionView>,
+    /// Its tenants with a task, by name.
+    pub tenants: Vec<TenantView>,
+    /// Open sessions of all its tenants.
+    pub sessions: usize,
+    /// The last error, if any.
+    pub last_error: Option<ErrorReport>,
+    /// Every activation, oldest first (detail view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<VersionRecord>>,
+    /// Recent events, oldest first (detail view only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Event>>,
 }
 
-#[derive(Serialize)]
-struct VersionView {
-    hash: String,
-    short: String,
-    generation: u64,
-    loaded_at_ms: u64,
-    origin: Origin,
-    load_ms: f64,
-    current: bool,
-    tenants: usize,
-    in_flight: usize,
+/// A loaded version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionView {
+    /// SHA-256 of the file (hex).
+    pub hash: String,
+    /// Its first 12 hex digits.
+    pub short: String,
+    /// Its generation.
+    pub generation: u64,
+    /// When it was loaded (Unix ms).
+    pub loaded_at_ms: u64,
+    /// Compiled or from the cache.
+    pub origin: Origin,
+    /// How long compiling or loading took.
+    pub load_ms: f64,
+    /// Whether it is the current version.
+    pub current: bool,
+    /// Tenant instances running it.
+    pub tenants: usize,
+    /// Calls running on it.
+    pub in_flight: usize,
 }
 
-#[derive(Serialize)]
-struct TenantView {
-    tenant: String,
-    status: &'static str,
-    generation: u64,
-    instance: u64,
-    restarts: u64,
-    sessions: usize,
-    frames_in: u64,
-    frames_out: u64,
-    mailbox: usize,
+/// One tenant of a plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantView {
+    /// Its name.
+    pub tenant: String,
+    /// Its task's state.
+    pub status: Status,
+    /// Generation its instance runs (or last ran).
+    pub generation: u64,
+    /// Number of its instance (grows with every migration and restart).
+    pub instance: u64,
+    /// Restarts after crashes.
+    pub restarts: u64,
+    /// Open sessions.
+    pub sessions: usize,
+    /// Frames received from its sessions.
+    pub frames_in: u64,
+    /// Frames queued to its sessions.
+    pub frames_out: u64,
+    /// Commands waiting in its mailbox.
+    pub mailbox: usize,
 }
 
-/// The whole host: what `baton status` and the dashboard show.
-#[derive(Serialize)]
+/// The whole host: what `baton status` and the dashboard show
+/// (`GET /api/status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
-    at_ms: u64,
-    totals: Totals,
-    plugins: Vec<PluginView>,
+    /// When this was taken (Unix ms).
+    pub at_ms: u64,
+    /// Host totals.
+    pub totals: Totals,
+    /// Every plugin.
+    pub plugins: Vec<PluginView>,
     /// Recent events of every plugin, newest first.
-    events: Vec<Event>,
+    pub events: Vec<Event>,
 }
 
-#[derive(Serialize, Default)]
-struct Totals {
-    plugins: usize,
-    tenants: usize,
-    sessions: usize,
-    frames_in: u64,
-    frames_out: u64,
+/// Host totals.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Plugins with a current version.
+    pub plugins: usize,
+    /// Tenants with a task.
+    pub tenants: usize,
+    /// Open sessions.
+    pub sessions: usize,
+    /// Frames received.
+    pub frames_in: u64,
+    /// Frames queued to sessions.
+    pub frames_out: u64,
+}
+
+/// The answer to `POST /api/plugins/{name}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RollbackView {
+    /// The plugin.
+    pub plugin: String,
+    /// The version now current (short hash); absent when nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Its generation; absent when nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+impl VersionView {
+    fn of(v: &Version, current: Option<&Version>) -> VersionView {
+        VersionView {
+            hash: v.id.hex(),
+            short: v.id.short(),
+            generation: v.generation,
+            loaded_at_ms: unix_ms_of(v.loaded_at),
+            origin: v.origin,
+            load_ms: v.load_time.as_secs_f64() * 1000.0,
+            current: current.is_some_and(|c| c.generation == v.generation),
+            tenants: v.tenants.load(Ordering::Relaxed),
+            in_flight: v.in_flight.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl PluginView {
     /// The view of one plugin; `detail` adds history and events.
-    pub fn of(entry: &PluginEntry, detail: bool) -> PluginView {
+    pub(crate) fn of(entry: &PluginEntry, tenants: &Tenants, detail: bool) -> PluginView {
         let current = entry.current();
-        let view = |v: &Version| VersionView {
-            hash: v.id.hex(),
-            short: v.id.short(),
-            generation: v.generation,
-            loaded_at_ms: v
-                .loaded_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            origin: v.origin,
-            load_ms: v.load_time.as_secs_f64() * 1000.0,
-            current: current.as_ref().is_some_and(|c| c.generation == v.generation),
-            tenants: v.tenants.load(Ordering::Relaxed),
-            in_flight: v.in_flight.load(Ordering::Relaxed),
-        };
-        let mut tenants: Vec<TenantView> = entry
-            .tenants()
+        let mut tenants: Vec<TenantView> = tenants
+            .of_plugin(&entry.name)
             .iter()
             .map(|t| {
                 let s = t.shared();
                 TenantView {
-                    tenant: s.tenant.clone(),
-                    status: s.status().as_str(),
+                    tenant: s.name.clone(),
+                    status: s.status(),
                     generation: s.generation(),
                     instance: s.instance_number(),
                     restarts: s.restarts(),
@@ -112,8 +171,12 @@ impl PluginView {
         tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         PluginView {
             name: entry.name.clone(),
-            current: current.as_deref().map(view),
-            live_versions: entry.live_versions().iter().map(|v| view(v)).collect(),
+            current: current.as_deref().map(|v| VersionView::of(v, Some(v))),
+            live_versions: entry
+                .live_versions()
+                .iter()
+                .map(|v| VersionView::of(v, current.as_deref()))
+                .collect(),
             sessions: tenants.iter().map(|t| t.sessions).sum(),
             tenants,
             last_error: entry.last_error(),
@@ -125,9 +188,9 @@ impl PluginView {
 
 impl StatusView {
     /// The status of every plugin of `registry`.
-    pub fn of(registry: &Registry) -> StatusView {
+    pub(crate) fn of(registry: &Registry, tenants: &Tenants) -> StatusView {
         let entries = registry.all();
-        let plugins: Vec<PluginView> = entries.iter().map(|e| PluginView::of(e, false)).collect();
+        let plugins: Vec<PluginView> = entries.iter().map(|e| PluginView::of(e, tenants, false)).collect();
         let mut totals = Totals {
             plugins: plugins.iter().filter(|p| p.current.is_some()).count(),
             ..Totals::default()
@@ -150,14 +213,14 @@ impl StatusView {
     }
 }
 
-/// Sets the gauges of `/metrics` from the registry.
-pub fn record_gauges(registry: &Registry) {
+/// Sets the gauges of `/metrics` from the registry and the tenants.
+pub(crate) fn record_gauges(registry: &Registry, tenants: &Tenants) {
     for entry in registry.all() {
         let plugin = entry.name.clone();
         metrics::gauge!("baton_live_versions", "plugin" => plugin.clone()).set(entry.live_versions().len() as f64);
-        for tenant in entry.tenants() {
+        for tenant in tenants.of_plugin(&entry.name) {
             let s = tenant.shared();
-            let labels = [("plugin", plugin.clone()), ("tenant", s.tenant.clone())];
+            let labels = [("plugin", plugin.clone()), ("tenant", s.name.clone())];
             metrics::gauge!("baton_sessions", &labels).set(s.session_count() as f64);
             metrics::gauge!("baton_mailbox_depth", &labels).set(tenant.mailbox_depth() as f64);
         }

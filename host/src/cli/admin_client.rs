@@ -59,13 +59,13 @@ impl AdminClient {
         Ok((status, json))
     }
 
-    /// `GET`, failing on anything but 200.
-    pub async fn get(&self, path: &str) -> Result<serde_json::Value> {
+    /// `GET` of a view, failing on anything but 200.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
         let (status, body) = self.request("GET", path).await?;
         if status != 200 {
             bail!("{path}: {status}: {}", error_text(&body));
         }
-        Ok(body)
+        serde_json::from_value(body).with_context(|| format!("{path}: not the answer this baton expects"))
     }
 }
 

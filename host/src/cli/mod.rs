@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::{PluginView, RollbackView, StatusView, VersionView};
 use crate::config::Config;
-use crate::registry::VersionId;
+use crate::version::VersionId;
 use admin_client::{AdminClient, error_text};
 
 /// A hot-swappable WebAssembly plugin host for multi-tenant real-time services.
@@ -289,8 +290,8 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     let hash = VersionId::of(&bytes).hex();
 
     let client = admin.client()?;
-    let before = client.get(&format!("/api/plugins/{name}")).await.ok();
-    let started_ms = crate::registry::unix_ms();
+    let before: Option<PluginView> = client.get(&format!("/api/plugins/{name}")).await.ok();
+    let started_ms = crate::clock::unix_ms();
     std::fs::create_dir_all(deploy_dir)?;
     let target = deploy_dir.join(format!("{name}.wasm"));
     crate::deploy::artifacts::write_atomically(&target, &bytes)
@@ -299,98 +300,111 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     if wait == 0 {
         return Ok(());
     }
-    if before.as_ref().is_some_and(|p| p["current"]["hash"] == hash.as_str()) {
+    let before = before.and_then(|p| p.current);
+    if before.as_ref().is_some_and(|v| v.hash == hash) {
         println!("{name}: this file is already the current version");
         return Ok(());
     }
-    let before_generation = before
-        .as_ref()
-        .and_then(|p| p["current"]["generation"].as_u64())
-        .unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(wait);
-    loop {
-        match client.request("GET", &format!("/api/plugins/{name}")).await {
-            Err(e) => {
-                println!(
-                    "no host confirmed it ({e:#}); the next host to start on {} loads it",
-                    deploy_dir.display()
-                );
-                return Ok(());
-            }
-            Ok((200, plugin)) => {
-                let current = &plugin["current"];
-                if current["hash"] == hash.as_str() && current["generation"].as_u64() > Some(before_generation) {
+    let waited = Activation {
+        name: &name,
+        hash: &hash,
+        after_generation: before.map_or(0, |v| v.generation),
+        since_ms: started_ms,
+    };
+    waited.wait(&client, deploy_dir, Duration::from_secs(wait)).await
+}
+
+/// A deploy the CLI waits for: the file of `hash` current for `name` with a
+/// generation above `after_generation`, or an error reported since `since_ms`.
+struct Activation<'a> {
+    name: &'a str,
+    hash: &'a str,
+    after_generation: u64,
+    since_ms: u64,
+}
+
+impl Activation<'_> {
+    async fn wait(&self, client: &AdminClient, deploy_dir: &Path, wait: Duration) -> Result<()> {
+        let name = self.name;
+        let deadline = Instant::now() + wait;
+        loop {
+            match client.request("GET", &format!("/api/plugins/{name}")).await {
+                Err(e) => {
                     println!(
-                        "{name}: active, version {} generation {}",
-                        current["short"].as_str().unwrap_or("?"),
-                        current["generation"]
+                        "no host confirmed it ({e:#}); the next host to start on {} loads it",
+                        deploy_dir.display()
                     );
                     return Ok(());
                 }
-                let error = &plugin["last_error"];
-                if error["at_ms"].as_u64().is_some_and(|at| at >= started_ms) {
-                    bail!(
-                        "{name}: the host refused it: {}: {}",
-                        error["what"].as_str().unwrap_or(""),
-                        error["error"].as_str().unwrap_or("")
-                    );
+                Ok((200, body)) => {
+                    let plugin: PluginView = serde_json::from_value(body).context("admin API: unexpected answer")?;
+                    let activated = |c: &VersionView| c.hash == self.hash && c.generation > self.after_generation;
+                    if let Some(current) = plugin.current.filter(activated) {
+                        println!(
+                            "{name}: active, version {} generation {}",
+                            current.short, current.generation
+                        );
+                        return Ok(());
+                    }
+                    if let Some(error) = plugin.last_error.filter(|e| e.at_ms >= self.since_ms) {
+                        bail!("{name}: the host refused it: {}: {}", error.what, error.error);
+                    }
                 }
+                Ok((404, _)) => {}
+                Ok((status, body)) => bail!("admin API: {status}: {}", error_text(&body)),
             }
-            Ok((404, _)) => {}
-            Ok((status, body)) => bail!("admin API: {status}: {}", error_text(&body)),
+            if Instant::now() > deadline {
+                bail!("{name}: not active after {}s; see `baton status`", wait.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if Instant::now() > deadline {
-            bail!("{name}: not active after {wait}s; see `baton status`");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
-    let status = admin.client()?.get("/api/status").await?;
+    let client = admin.client()?;
     if json {
+        let status: serde_json::Value = client.get("/api/status").await?;
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    let totals = &status["totals"];
+    let status: StatusView = client.get("/api/status").await?;
+    let totals = &status.totals;
     println!(
         "{} plugins, {} tenants, {} sessions\n",
-        totals["plugins"], totals["tenants"], totals["sessions"]
+        totals.plugins, totals.tenants, totals.sessions
     );
     let mut rows = vec![
         ["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"]
             .map(String::from)
             .to_vec(),
     ];
-    for plugin in status["plugins"].as_array().into_iter().flatten() {
-        let current = &plugin["current"];
-        let error = &plugin["last_error"];
+    for plugin in &status.plugins {
+        let current = plugin.current.as_ref();
         rows.push(vec![
-            plugin["name"].as_str().unwrap_or("").to_owned(),
-            current["short"].as_str().unwrap_or("(removed)").to_owned(),
-            current["generation"].as_u64().map_or("-".into(), |g| g.to_string()),
-            plugin["live_versions"].as_array().map_or(0, Vec::len).to_string(),
-            plugin["tenants"].as_array().map_or(0, Vec::len).to_string(),
-            plugin["sessions"].to_string(),
-            if error.is_null() {
-                "-".into()
-            } else {
-                one_line(error["error"].as_str().unwrap_or(""), 60)
-            },
+            plugin.name.clone(),
+            current.map_or("(removed)".into(), |v| v.short.clone()),
+            current.map_or("-".into(), |v| v.generation.to_string()),
+            plugin.live_versions.len().to_string(),
+            plugin.tenants.len().to_string(),
+            plugin.sessions.to_string(),
+            plugin
+                .last_error
+                .as_ref()
+                .map_or("-".into(), |e| one_line(&e.error, 60)),
         ]);
     }
     print!("{}", table(&rows));
-    let events = status["events"].as_array().cloned().unwrap_or_default();
-    if !events.is_empty() {
+    if !status.events.is_empty() {
         println!("\nrecent events (newest first):");
-        for event in events.iter().take(10) {
+        for event in status.events.iter().take(10) {
             println!(
                 "  {}  {:<12} {:<16} {:<12} {}",
-                event["at_ms"].as_u64().map_or("?".into(), clock),
-                event["plugin"].as_str().unwrap_or(""),
-                event["kind"].as_str().unwrap_or(""),
-                event["version"].as_str().unwrap_or("-"),
-                one_line(event["detail"].as_str().unwrap_or(""), 70),
+                clock(event.at_ms),
+                event.plugin,
+                event.kind.as_str(),
+                event.version.as_deref().unwrap_or("-"),
+                one_line(&event.detail, 70),
             );
         }
     }
@@ -405,10 +419,11 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
     if status != 200 {
         bail!("cannot roll back {name}: {}", error_text(&body));
     }
+    let rolled: RollbackView = serde_json::from_value(body).context("admin API: unexpected answer")?;
     println!(
         "{name}: rolled back to version {} (generation {})",
-        body["version"].as_str().unwrap_or("?"),
-        body["generation"]
+        rolled.version.as_deref().unwrap_or("?"),
+        rolled.generation.map_or("?".into(), |g| g.to_string())
     );
     Ok(())
 }

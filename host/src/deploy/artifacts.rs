@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{VersionId, VersionRecord};
+use crate::registry::VersionRecord;
+use crate::version::VersionId;
 
 /// The data folder's artifact store.
 pub struct Artifacts {

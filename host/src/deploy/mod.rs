@@ -23,6 +23,7 @@
 //!   earlier version worked is marked failed and the earlier one made current.
 
 pub mod artifacts;
+mod folder;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -30,13 +31,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
 use crate::config::{Config, PluginSettings};
-use crate::instance::Instance;
-use crate::registry::{Activation, Origin, PluginEntry, Registry, Version, VersionId};
+use crate::error::Rejection;
+use crate::instance::{Instance, StartError};
+use crate::registry::{Activation, EventKind, PluginEntry, Registry};
 use crate::runtime::{LoadError, Runtime};
 use crate::tenant::{Report, TenantShared};
+use crate::version::{Build, Origin, Version, VersionId};
 use artifacts::{Artifacts, History};
 
 /// Why a deploy, rollback or check failed.
@@ -62,14 +66,23 @@ pub enum DeployError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// `init` failed in a fresh instance.
-    #[error("{0}")]
-    Init(String),
+    #[error(transparent)]
+    Init(#[from] StartError),
     /// No version to roll back to, or no such plugin.
     #[error("{0}")]
     Rollback(String),
     /// The data folder could not be written.
     #[error("cannot write to the data folder: {0}")]
     Data(std::io::Error),
+}
+
+impl From<DeployError> for Rejection {
+    fn from(error: DeployError) -> Rejection {
+        match error {
+            DeployError::Rollback(message) => Rejection::Conflict(message),
+            other => Rejection::Internal(other.to_string()),
+        }
+    }
 }
 
 /// What a deploy did.
@@ -107,7 +120,7 @@ impl Deployer {
     pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>, config: Arc<Config>) -> std::io::Result<Deployer> {
         let artifacts = Artifacts::open(&config.data_dir, runtime.compatibility_hash())?;
         Ok(Deployer {
-            compiling: Semaphore::new(config.runtime.compile_concurrency.max(1)),
+            compiling: Semaphore::new(config.runtime.compile_concurrency.get()),
             runtime,
             registry,
             config,
@@ -153,7 +166,12 @@ impl Deployer {
                 metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed")
                     .increment(1);
                 tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
-                entry.report_error("deploy_failed", None, wasm.display().to_string(), error.to_string());
+                entry.report_error(
+                    EventKind::DeployFailed,
+                    None,
+                    wasm.display().to_string(),
+                    error.to_string(),
+                );
             }
         }
         result
@@ -178,7 +196,7 @@ impl Deployer {
         let id = VersionId::of(&bytes);
         if let Some(current) = entry.current()
             && current.id == id
-            && entry.history().last().is_some_and(|r| r.settings == settings_text)
+            && entry.last_record().is_some_and(|r| r.settings == settings_text)
         {
             return Ok(Outcome::Unchanged);
         }
@@ -201,7 +219,7 @@ impl Deployer {
     ) -> Result<Candidate, DeployError> {
         let limits = self.config.limits.with(&settings.limits);
         limits
-            .check(&self.config.runtime)
+            .check(self.config.runtime.max_memory_mib)
             .map_err(|message| DeployError::Settings {
                 path: PathBuf::from(format!("{}.toml", entry.name)),
                 message,
@@ -214,24 +232,21 @@ impl Deployer {
                 .record(load_time.as_secs_f64());
         }
         let pre = self.runtime.prepare(&component)?;
-        let version = Arc::new(Version::new(
-            entry.name.clone(),
+        let build = Build {
+            plugin: entry.name.clone(),
             id,
-            entry.next_generation(),
+            generation: entry.next_generation(),
             pre,
             settings,
-            limits.clone(),
+            limits: limits.clone(),
             origin,
             load_time,
-            std::time::Duration::from_secs(self.config.swap.drain_deadline_secs),
-            self.runtime.ticker().clone(),
-        ));
+        };
+        let drain = std::time::Duration::from_secs(self.config.swap.drain_deadline_secs);
+        let version = Arc::new(Version::new(build, drain, self.runtime.ticker().clone()));
         // `init` must succeed in a fresh instance before anyone is moved.
         let check = TenantShared::for_check(&entry.name);
-        match Instance::start(version.clone(), check, Arc::new(limits), 0).await {
-            Ok(instance) => drop(instance),
-            Err(error) => return Err(DeployError::Init(error.to_string())),
-        }
+        drop(Instance::start(version.clone(), check, Arc::new(limits), 0).await?);
         Ok(Candidate { version, settings_text })
     }
 
@@ -356,8 +371,18 @@ impl Deployer {
         }
     }
 
+    /// Acts on what tenants report, in order, until every sender is gone.
+    pub fn handle_reports(self: &Arc<Self>, mut reports: mpsc::UnboundedReceiver<Report>) -> JoinHandle<()> {
+        let deployer = self.clone();
+        tokio::spawn(async move {
+            while let Some(report) = reports.recv().await {
+                deployer.handle(report).await;
+            }
+        })
+    }
+
     /// Acts on a tenant's report (withdrawal, automatic rollback).
-    pub async fn handle(&self, report: Report) {
+    async fn handle(&self, report: Report) {
         let (entry, generation, activation, why) = match report {
             Report::MigrationFailed {
                 plugin,
@@ -386,13 +411,7 @@ impl Deployer {
         let Some(current) = entry.current().filter(|v| v.generation == generation) else {
             return; // Already dealt with, or superseded.
         };
-        let current_activation = entry
-            .history()
-            .iter()
-            .rev()
-            .find(|r| r.generation == generation)
-            .map(|r| r.activation);
-        if activation == Activation::Withdrawal && current_activation != Some(Activation::Deploy) {
+        if activation == Activation::Withdrawal && entry.activation_of(generation) != Some(Activation::Deploy) {
             // Only forward rollouts are withdrawn; a rollback that a tenant
             // refuses leaves that tenant where it is.
             return;
@@ -401,11 +420,7 @@ impl Deployer {
         // sees why.
         entry.mark_failed(&current.id.hex(), &why);
         let what = format!("version {} (generation {generation})", current.id.short());
-        let kind = if activation == Activation::Withdrawal {
-            "withdrawal"
-        } else {
-            "auto_rollback"
-        };
+        let kind = EventKind::from(activation);
         entry.report_error(
             kind,
             Some(current.id.short()),
@@ -431,7 +446,7 @@ impl Deployer {
     /// are reported and skipped.
     pub async fn deploy_all(self: &Arc<Self>) {
         let dir = &self.config.deploy_dir;
-        let files = match watch::plugin_files(dir) {
+        let files = match folder::plugin_files(dir) {
             Ok(files) => files,
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), "cannot read the deploy folder: {e}");

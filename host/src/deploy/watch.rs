@@ -22,56 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Deployer;
-
-/// What a path in the deploy folder is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeployFile {
-    /// `<name>.wasm`.
-    Plugin(String),
-    /// `<name>.toml`.
-    Settings(String),
-}
-
-impl DeployFile {
-    /// The plugin it belongs to.
-    pub fn name(&self) -> &str {
-        match self {
-            DeployFile::Plugin(name) | DeployFile::Settings(name) => name,
-        }
-    }
-}
-
-/// Classifies a path of the deploy folder; `None` for anything to ignore.
-pub fn classify(path: &Path) -> Option<DeployFile> {
-    let file = path.file_name()?.to_str()?;
-    let (stem, ext) = file.rsplit_once('.')?;
-    if !crate::names::is_plugin(stem) {
-        if !file.starts_with('.') && matches!(ext, "wasm" | "toml") {
-            tracing::warn!(file, "ignored: a plugin name is [a-z0-9][a-z0-9_-]*, at most 63 bytes");
-        }
-        return None;
-    }
-    match ext {
-        "wasm" => Some(DeployFile::Plugin(stem.to_owned())),
-        "toml" => Some(DeployFile::Settings(stem.to_owned())),
-        _ => None,
-    }
-}
-
-/// The plugins in `dir`: `(name, path of <name>.wasm)`, sorted by name.
-pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if let Some(DeployFile::Plugin(name)) = classify(&path)
-            && path.is_file()
-        {
-            files.push((name, path));
-        }
-    }
-    files.sort();
-    Ok(files)
-}
+use super::folder::{classify, plugin_files};
 
 /// Watches `dir` in a task until `shutdown` turns true; the task then ends
 /// its pending examinations before it finishes. Returns once the watch is set
@@ -80,13 +31,13 @@ pub fn spawn(
     deployer: Arc<Deployer>,
     dir: PathBuf,
     settle: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> notify::Result<JoinHandle<()>> {
     std::fs::create_dir_all(&dir).map_err(notify::Error::io)?;
     // Events carry the watched path as given; an absolute one makes them
     // comparable whatever the working directory was.
     let dir = dir.canonicalize().map_err(notify::Error::io)?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
+    let (tx, rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
     let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
         let message = match result {
             // Reads (ours included) are not changes.
@@ -105,48 +56,60 @@ pub fn spawn(
         let _ = tx.send(message);
     })?;
     debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
-
     Ok(tokio::spawn(async move {
         // Keeps the OS watch alive as long as this task runs.
         let _debouncer = debouncer;
-        let mut pending: HashMap<String, JoinHandle<()>> = HashMap::new();
-        loop {
-            let message = tokio::select! {
-                message = rx.recv() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-                () = crate::stopped(&mut shutdown) => break,
-            };
-            let names: BTreeSet<String> = match message {
-                Some(paths) if paths.is_empty() => continue,
-                Some(paths) => paths
-                    .iter()
-                    .filter(|p| p.parent() == Some(dir.as_path()) || p.parent().is_none())
-                    .filter_map(|p| classify(p))
-                    .map(|f| f.name().to_owned())
-                    .collect(),
-                None => all_names(&deployer, &dir),
-            };
-            pending.retain(|_, task| !task.is_finished());
-            for name in names {
-                if let Some(previous) = pending.remove(&name) {
-                    previous.abort();
-                }
-                let deployer = deployer.clone();
-                let wasm = dir.join(format!("{name}.wasm"));
-                let task_name = name.clone();
-                pending.insert(
-                    name,
-                    tokio::spawn(async move { examine(&deployer, &task_name, &wasm, settle).await }),
-                );
-            }
-        }
-        for task in pending.into_values() {
-            task.abort();
-            let _ = task.await;
-        }
+        examine_changes(deployer, dir, settle, rx, shutdown).await;
     }))
+}
+
+/// Turns each batch of changed paths (`None`: events were lost) into
+/// examinations of the plugins they touch, until `shutdown`; then ends the
+/// examinations still pending.
+async fn examine_changes(
+    deployer: Arc<Deployer>,
+    dir: PathBuf,
+    settle: Duration,
+    mut changes: mpsc::UnboundedReceiver<Option<Vec<PathBuf>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut pending: HashMap<String, JoinHandle<()>> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            message = changes.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            () = crate::shutdown::stopped(&mut shutdown) => break,
+        };
+        let names: BTreeSet<String> = match message {
+            Some(paths) if paths.is_empty() => continue,
+            Some(paths) => paths
+                .iter()
+                .filter(|p| p.parent() == Some(dir.as_path()) || p.parent().is_none())
+                .filter_map(|p| classify(p))
+                .map(|f| f.name().to_owned())
+                .collect(),
+            None => all_names(&deployer, &dir),
+        };
+        pending.retain(|_, task| !task.is_finished());
+        for name in names {
+            if let Some(previous) = pending.remove(&name) {
+                previous.abort();
+            }
+            let deployer = deployer.clone();
+            let wasm = dir.join(format!("{name}.wasm"));
+            let task_name = name.clone();
+            pending.insert(
+                name,
+                tokio::spawn(async move { examine(&deployer, &task_name, &wasm, settle).await }),
+            );
+        }
+    }
+    for task in pending.into_values() {
+        task.abort();
+        let _ = task.await;
+    }
 }
 
 /// Every plugin that has a file or is deployed.
@@ -196,32 +159,4 @@ async fn wait_stable(path: &Path, settle: Duration) -> bool {
 fn stamp(path: &Path) -> Option<(u64, Option<SystemTime>)> {
     let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
     Some((meta.len(), meta.modified().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_plugin_files_count() {
-        assert_eq!(
-            classify(Path::new("d/echo.wasm")),
-            Some(DeployFile::Plugin("echo".into()))
-        );
-        assert_eq!(
-            classify(Path::new("d/echo.toml")),
-            Some(DeployFile::Settings("echo".into()))
-        );
-        for ignored in [
-            "d/.echo.wasm",
-            "d/echo.wasm.tmp",
-            "d/echo.wasm~",
-            "d/.echo.wasm.123.tmp",
-            "d/Echo.wasm",
-            "d/echo.cwasm",
-            "d/README",
-        ] {
-            assert_eq!(classify(Path::new(ignored)), None, "{ignored}");
-        }
-    }
 }

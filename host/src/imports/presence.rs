@@ -2,8 +2,8 @@
 //! diffs and delivered to `on-presence` by the tenant task after this call.
 
 use crate::bindings::baton::plugin::presence::{Error, Host, PresenceEntry};
-use crate::instance::InstanceState;
-use crate::pubsub::is_topic;
+use crate::instance::state::InstanceState;
+use crate::topics::is_topic;
 
 impl Host for InstanceState {
     fn track(&mut self, session: u64, topic: String, key: String, meta: String) -> Result<(), Error> {
@@ -30,16 +30,6 @@ impl Host for InstanceState {
     }
 
     fn list(&mut self, topic: String) -> Vec<PresenceEntry> {
-        self.tenant
-            .state()
-            .presence
-            .list(&topic)
-            .into_iter()
-            .map(|e| PresenceEntry {
-                session: e.session,
-                key: e.key,
-                meta: e.meta,
-            })
-            .collect()
+        self.tenant.state().presence.list(&topic)
     }
 }

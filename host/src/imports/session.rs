@@ -5,20 +5,13 @@
 
 use crate::bindings::Frame;
 use crate::bindings::baton::plugin::session::{Error, Host};
-use crate::instance::InstanceState;
-use crate::session::Outbound;
-
-/// Longest close reason RFC 6455 allows (a control frame carries 125 bytes,
-/// two of which are the code).
-const MAX_CLOSE_REASON: usize = 123;
+use crate::error::close;
+use crate::instance::state::InstanceState;
+use crate::session::link::{Outbound, frame_len};
 
 impl Host for InstanceState {
     fn send(&mut self, session: u64, frame: Frame) -> Result<(), Error> {
-        let len = match &frame {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) => b.len(),
-        };
-        if len > self.limits.max_frame_bytes {
+        if frame_len(&frame) > self.limits.max_frame_bytes {
             return Err(Error::TooLarge);
         }
         let link = self.tenant.session(session).ok_or(Error::UnknownSession)?;
@@ -29,8 +22,7 @@ impl Host for InstanceState {
     }
 
     fn close(&mut self, session: u64, code: u16, reason: String) -> Result<(), Error> {
-        let allowed = code == 1000 || (3000..=4999).contains(&code);
-        if !allowed || reason.len() > MAX_CLOSE_REASON {
+        if !close::allowed_for_plugins(code) || reason.len() > close::MAX_REASON_BYTES {
             return Err(Error::InvalidClose);
         }
         let link = self.tenant.session(session).ok_or(Error::UnknownSession)?;

@@ -3,7 +3,7 @@
 //! fiber is suspended, so no worker thread serving sessions ever blocks on it.
 
 use crate::bindings::baton::plugin::storage::{Error, Host};
-use crate::instance::InstanceState;
+use crate::instance::state::InstanceState;
 use crate::storage::{Storage, StorageError};
 
 impl From<StorageError> for Error {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::bindings::baton::plugin::timers::{Error, Host};
-use crate::instance::InstanceState;
+use crate::instance::state::InstanceState;
 use crate::timers::MAX_PAYLOAD;
 
 /// Longest delay: 30 days.

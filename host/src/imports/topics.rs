@@ -6,9 +6,9 @@
 
 use crate::bindings::Frame;
 use crate::bindings::baton::plugin::topics::{Error, Host};
-use crate::instance::InstanceState;
-use crate::pubsub::is_topic;
-use crate::session::Outbound;
+use crate::instance::state::InstanceState;
+use crate::session::link::{Outbound, frame_len};
+use crate::topics::is_topic;
 
 impl Host for InstanceState {
     fn subscribe(&mut self, session: u64, topic: String) -> Result<(), Error> {
@@ -36,11 +36,7 @@ impl Host for InstanceState {
     }
 
     fn publish(&mut self, topic: String, frame: Frame, except: Option<u64>) -> Result<u32, Error> {
-        let len = match &frame {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) => b.len(),
-        };
-        if len > self.limits.max_frame_bytes {
+        if frame_len(&frame) > self.limits.max_frame_bytes {
             return Err(Error::TooLarge);
         }
         if !is_topic(&topic) {

@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 use super::*;
+use crate::session::link::SessionLink;
 
 /// A fake socket: the test pushes what the client "sends" and reads what the
 /// session writes.
@@ -43,7 +44,7 @@ impl Sink<Message> for Duplex {
 struct Harness {
     client: mpsc::UnboundedSender<Result<Message, WsError>>,
     written: mpsc::UnboundedReceiver<Message>,
-    mailbox: mpsc::Receiver<Command>,
+    mailbox: mpsc::Receiver<Inbound>,
     link: SessionLink,
     task: tokio::task::JoinHandle<Ending>,
 }
@@ -61,6 +62,7 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
     let (client, incoming) = mpsc::unbounded_channel();
     let (outgoing, written) = mpsc::unbounded_channel();
     let (mailbox_tx, mailbox) = mpsc::channel(mailbox_len);
+    let queue_len = std::num::NonZeroUsize::new(queue_len).expect("a queue holds something");
     let (link, outbox) = SessionLink::new(7, queue_len);
     let ws = Duplex { incoming, outgoing };
     let task = tokio::spawn(run(ws, 7, mailbox_tx, outbox, settings));
@@ -73,9 +75,9 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
     }
 }
 
-async fn next_frame(mailbox: &mut mpsc::Receiver<Command>) -> Frame {
+async fn next_frame(mailbox: &mut mpsc::Receiver<Inbound>) -> Frame {
     match mailbox.recv().await {
-        Some(Command::Frame { session: 7, frame }) => frame,
+        Some(Inbound::Frame { session: 7, frame }) => frame,
         _ => panic!("expected a frame of session 7"),
     }
 }
@@ -116,7 +118,7 @@ async fn queued_frames_are_written_before_a_close() {
     assert_eq!(h.task.await.expect("task"), Ending::ServerClosed(4001));
     assert!(matches!(
         h.mailbox.recv().await,
-        Some(Command::Disconnect { session: 7 })
+        Some(Inbound::Disconnect { session: 7 })
     ));
 }
 
@@ -127,7 +129,7 @@ async fn a_client_close_ends_the_session_with_one_disconnect() {
     assert_eq!(h.task.await.expect("task"), Ending::ClientClosed(None));
     assert!(matches!(
         h.mailbox.recv().await,
-        Some(Command::Disconnect { session: 7 })
+        Some(Inbound::Disconnect { session: 7 })
     ));
     assert!(h.mailbox.recv().await.is_none(), "exactly one disconnect");
 }

@@ -11,12 +11,20 @@
 //! `BATON_LIMITS__MEMORY_MIB=128`. Their values are read as TOML values when
 //! they parse as one (numbers, booleans, arrays) and as strings otherwise.
 
+mod layers;
+mod limits;
+mod plugin;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use layers::{env_layer, merge};
+pub use limits::{Limits, LimitsOverride};
+pub use plugin::{Capabilities, PluginSettings};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -107,79 +115,11 @@ pub struct RuntimeConfig {
     /// a tenant waits up to about a tick behind another tenant's long call.
     pub epoch_tick_ms: u64,
     /// Plugins compiled at the same time at most. Default 2.
-    pub compile_concurrency: usize,
+    pub compile_concurrency: NonZeroUsize,
     /// Tenants migrating to a new version at the same time at most. Each holds
     /// two instances while it migrates, so `max_instances` must leave this
     /// much room above the live tenants. Default 64.
-    pub migration_concurrency: usize,
-}
-
-/// Limits applied to every instance (one plugin, one tenant).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    /// Linear memory per instance, in MiB. Default 64.
-    pub memory_mib: u64,
-    /// CPU time one call may use before it is interrupted, in ms. Default 2000.
-    pub call_timeout_ms: u64,
-    /// Elements per table. Default 10000.
-    pub table_elements: usize,
-    /// Core instances per component instance. Default 32.
-    pub instances: usize,
-    /// Tables per component instance. Default 32.
-    pub tables: usize,
-    /// Linear memories per component instance. Default 4.
-    pub memories: usize,
-    /// Largest frame a client may send or a plugin may queue, in bytes. Default 1 MiB.
-    pub max_frame_bytes: usize,
-    /// Longest log line a plugin may write, in bytes; longer ones are cut. Default 4096.
-    pub max_log_bytes: usize,
-    /// Open sessions per tenant and plugin. Default 10000.
-    pub max_sessions: usize,
-    /// Topics one session may be subscribed to. Default 100.
-    pub max_topics_per_session: usize,
-    /// Pending timers per tenant and plugin. Default 10000.
-    pub max_timers: usize,
-    /// Largest presence key plus metadata, in bytes. Default 4096.
-    pub max_presence_bytes: usize,
-    /// Largest stored value, in bytes. Default 1 MiB.
-    pub max_value_bytes: usize,
-    /// Stored keys and values per tenant and plugin, in MiB. Default 64.
-    pub max_storage_mib: u64,
-}
-
-/// A partial [`Limits`]: the keys present replace the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsOverride {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    memory_mib: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    call_timeout_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    table_elements: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    instances: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tables: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    memories: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_frame_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_log_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_sessions: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_topics_per_session: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_timers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_presence_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_value_bytes: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_storage_mib: Option<u64>,
+    pub migration_concurrency: NonZeroUsize,
 }
 
 /// Client session settings.
@@ -188,10 +128,10 @@ pub struct LimitsOverride {
 pub struct SessionConfig {
     /// Frames queued to one client at most; a client that lets its queue fill
     /// up is closed with 1008. Default 1024.
-    pub outbound_queue: usize,
+    pub outbound_queue: NonZeroUsize,
     /// Commands (frames, connects, requests) queued to one tenant instance at
     /// most; beyond it, sessions stop reading (backpressure). Default 1024.
-    pub mailbox: usize,
+    pub mailbox: NonZeroUsize,
     /// How long a session waits to hand a frame to its tenant's instance
     /// (overloaded or backing off after crashes) before it is closed with
     /// 1013, in seconds. Default 30.
@@ -315,29 +255,8 @@ impl Default for RuntimeConfig {
             max_memory_mib: 1024,
             max_wasm_stack_kib: 512,
             epoch_tick_ms: 1,
-            compile_concurrency: 2,
-            migration_concurrency: 64,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_mib: 64,
-            call_timeout_ms: 2000,
-            table_elements: 10_000,
-            instances: 32,
-            tables: 32,
-            memories: 4,
-            max_frame_bytes: 1 << 20,
-            max_log_bytes: 4096,
-            max_sessions: 10_000,
-            max_topics_per_session: 100,
-            max_timers: 10_000,
-            max_presence_bytes: 4096,
-            max_value_bytes: 1 << 20,
-            max_storage_mib: 64,
+            compile_concurrency: NonZeroUsize::new(2).expect("non-zero"),
+            migration_concurrency: NonZeroUsize::new(64).expect("non-zero"),
         }
     }
 }
@@ -345,8 +264,8 @@ impl Default for Limits {
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
-            outbound_queue: 1024,
-            mailbox: 1024,
+            outbound_queue: NonZeroUsize::new(1024).expect("non-zero"),
+            mailbox: NonZeroUsize::new(1024).expect("non-zero"),
             mailbox_wait_secs: 30,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
@@ -381,60 +300,6 @@ impl Default for SupervisionConfig {
             backoff_ms: 1000,
             max_backoff_ms: 10_000,
         }
-    }
-}
-
-impl Limits {
-    /// These limits with the keys of `o` replaced.
-    pub fn with(&self, o: &LimitsOverride) -> Limits {
-        Limits {
-            memory_mib: o.memory_mib.unwrap_or(self.memory_mib),
-            call_timeout_ms: o.call_timeout_ms.unwrap_or(self.call_timeout_ms),
-            table_elements: o.table_elements.unwrap_or(self.table_elements),
-            instances: o.instances.unwrap_or(self.instances),
-            tables: o.tables.unwrap_or(self.tables),
-            memories: o.memories.unwrap_or(self.memories),
-            max_frame_bytes: o.max_frame_bytes.unwrap_or(self.max_frame_bytes),
-            max_log_bytes: o.max_log_bytes.unwrap_or(self.max_log_bytes),
-            max_sessions: o.max_sessions.unwrap_or(self.max_sessions),
-            max_topics_per_session: o.max_topics_per_session.unwrap_or(self.max_topics_per_session),
-            max_timers: o.max_timers.unwrap_or(self.max_timers),
-            max_presence_bytes: o.max_presence_bytes.unwrap_or(self.max_presence_bytes),
-            max_value_bytes: o.max_value_bytes.unwrap_or(self.max_value_bytes),
-            max_storage_mib: o.max_storage_mib.unwrap_or(self.max_storage_mib),
-        }
-    }
-
-    /// Linear memory per instance, in bytes.
-    pub fn memory_bytes(&self) -> usize {
-        usize::try_from(self.memory_mib << 20).unwrap_or(usize::MAX)
-    }
-
-    /// Storage limits of one namespace.
-    pub fn storage(&self) -> crate::storage::StorageLimits {
-        crate::storage::StorageLimits {
-            max_value_bytes: self.max_value_bytes,
-            max_bytes: self.max_storage_mib << 20,
-        }
-    }
-
-    /// CPU time per call.
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms)
-    }
-
-    /// Checks the limits against the runtime's ceilings.
-    pub fn check(&self, runtime: &RuntimeConfig) -> Result<(), String> {
-        if self.memory_mib > runtime.max_memory_mib {
-            return Err(format!(
-                "limits.memory_mib = {} is above the host's runtime.max_memory_mib = {}",
-                self.memory_mib, runtime.max_memory_mib
-            ));
-        }
-        if self.call_timeout_ms == 0 || self.max_frame_bytes == 0 || self.max_sessions == 0 {
-            return Err("limits.call_timeout_ms, max_frame_bytes and max_sessions must be > 0".into());
-        }
-        Ok(())
     }
 }
 
@@ -489,11 +354,11 @@ impl Config {
             origin: "configuration".into(),
             message,
         };
-        self.limits.check(&self.runtime).map_err(invalid)?;
+        self.limits.check(self.runtime.max_memory_mib).map_err(invalid)?;
         for (tenant, o) in &self.tenant_limits {
             self.limits
                 .with(o)
-                .check(&self.runtime)
+                .check(self.runtime.max_memory_mib)
                 .map_err(|e| invalid(format!("tenant_limits.{tenant}: {e}")))?;
         }
         if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
@@ -524,85 +389,6 @@ impl Config {
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
-    }
-}
-
-/// The `BATON_*` variables as a TOML table.
-fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> toml::Table {
-    let mut table = toml::Table::new();
-    for (key, value) in env {
-        let Some(path) = key.strip_prefix("BATON_") else {
-            continue;
-        };
-        let parts: Vec<String> = path.split("__").map(|p| p.to_ascii_lowercase()).collect();
-        let value = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
-        insert_path(&mut table, &parts, value);
-    }
-    table
-}
-
-fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
-    match path {
-        [] => {}
-        [last] => {
-            table.insert(last.clone(), value);
-        }
-        [first, rest @ ..] => {
-            let entry = table
-                .entry(first.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
-    }
-}
-
-fn merge(into: &mut toml::Table, from: toml::Table) {
-    for (key, value) in from {
-        match (into.get_mut(&key), value) {
-            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-            (_, value) => {
-                into.insert(key, value);
-            }
-        }
-    }
-}
-
-/// A plugin's settings: `<deploy-dir>/<name>.toml` beside `<name>.wasm`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PluginSettings {
-    /// Limits for this plugin's instances, over the host's defaults.
-    pub limits: LimitsOverride,
-    /// Handed to the plugin's `init` as JSON.
-    pub config: toml::Table,
-    /// What the plugin may reach beyond the baton API. Default: nothing.
-    pub capabilities: Capabilities,
-}
-
-/// Capabilities granted to a plugin. Everything is denied unless listed here.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Capabilities {
-    /// Environment variables the plugin sees (these exact values; nothing is
-    /// inherited from the host's environment).
-    pub env: BTreeMap<String, String>,
-}
-
-impl PluginSettings {
-    /// Parses a plugin's settings file text.
-    pub fn parse(text: &str) -> Result<PluginSettings, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// The `[config]` table as JSON, for `init`.
-    pub fn config_json(&self) -> String {
-        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
     }
 }
 
@@ -686,14 +472,5 @@ mod tests {
         let err =
             Config::from_layers(vec![("f".into(), table("[limits]\nmemory_mib = 4096"))]).expect_err("above ceiling");
         assert!(err.to_string().contains("max_memory_mib"), "{err}");
-    }
-
-    #[test]
-    fn plugin_settings_parse_and_reject_unknown_keys() {
-        let s = PluginSettings::parse("[limits]\nmemory_mib = 8\n[config]\ngreeting = 'hi'\n").expect("valid");
-        assert_eq!(Limits::default().with(&s.limits).memory_mib, 8);
-        assert_eq!(s.config_json(), r#"{"greeting":"hi"}"#);
-        let err = PluginSettings::parse("[limit]\nmemory_mib = 8").expect_err("typo");
-        assert!(err.contains("limit"), "{err}");
     }
 }

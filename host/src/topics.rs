@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::session::SessionId;
+use crate::session::link::SessionId;
 
 /// Longest topic name, in bytes.
 pub const MAX_TOPIC_BYTES: usize = 256;

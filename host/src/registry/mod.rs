@@ -1,0 +1,287 @@
+//! The registry: every plugin the host knows, its current version, the
+//! versions still live, and their history. Versions and bookkeeping only:
+//! the tenant tasks of a plugin are listed by [`crate::tenant::Tenants`].
+//!
+//! Routing reads the registry on every new session and request, so reads never
+//! lock: the plugin map is one [`ArcSwap`] replaced copy-on-write when a plugin
+//! appears, and each plugin's current version is an [`ArcSwapOption`]. A swap
+//! is one atomic store of a fully initialized [`Version`]: a reader sees the
+//! old version or the new one, never anything in between. After the store,
+//! the plugin's `changed` notification wakes every tenant task of the plugin,
+//! which then migrates to the new version on its own (see [`crate::tenant`]).
+//!
+//! A replaced version is released (its compiled code and pool slots freed) as
+//! soon as its last tenant has migrated away; the registry keeps only a weak
+//! reference to list it while it drains, and a [`VersionRecord`] for history
+//! and rollback.
+
+mod book;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::Notify;
+
+use crate::clock::unix_ms;
+use crate::version::Version;
+use book::Book;
+pub use book::{Activation, ErrorReport, Event, EventKind, VersionRecord};
+
+/// One plugin: its current version and history.
+pub struct PluginEntry {
+    /// The plugin's name.
+    pub name: String,
+    current: ArcSwapOption<Version>,
+    changed: Notify,
+    generation: AtomicU64,
+    book: Mutex<Book>,
+}
+
+impl PluginEntry {
+    fn new(name: String) -> PluginEntry {
+        PluginEntry {
+            name,
+            current: ArcSwapOption::empty(),
+            changed: Notify::new(),
+            generation: AtomicU64::new(0),
+            book: Mutex::new(Book::default()),
+        }
+    }
+
+    /// The current version; `None` when the plugin was removed. Never locks.
+    pub fn current(&self) -> Option<Arc<Version>> {
+        self.current.load_full()
+    }
+
+    /// Resolves on the next change of the current version. Create it (and
+    /// `enable` it) before reading [`PluginEntry::current`] to miss nothing.
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// The generation the next activation will get.
+    pub fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Makes `version` current, retiring the one it replaces. `settings` is
+    /// the settings file text it was loaded with (kept for rollback).
+    pub fn activate(&self, version: Arc<Version>, activation: Activation, settings: String) {
+        let record = VersionRecord {
+            hash: version.id.hex(),
+            generation: version.generation,
+            activation,
+            activated_at_ms: unix_ms(),
+            failed: None,
+            rolled_back: false,
+            settings,
+        };
+        {
+            let mut book = self.book();
+            book.add_live(&version);
+            book.history.push(record);
+            book.push_event(self.event(
+                activation.into(),
+                Some(version.id.short()),
+                format!("generation {}", version.generation),
+            ));
+        }
+        metrics::counter!(
+            "baton_activations_total",
+            "plugin" => self.name.clone(),
+            "activation" => activation.as_str(),
+        )
+        .increment(1);
+        if let Some(old) = self.current.swap(Some(version)) {
+            old.retire();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Removes the plugin: no new sessions; tenants drain and close.
+    pub fn remove(&self) {
+        if let Some(old) = self.current.swap(None) {
+            old.retire();
+            self.record_event(EventKind::Removed, Some(old.id.short()), String::new());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Records an error (last error and event).
+    pub fn report_error(&self, kind: EventKind, version: Option<String>, what: String, error: String) {
+        let mut book = self.book();
+        book.push_event(self.event(kind, version, format!("{what}: {error}")));
+        book.last_error = Some(ErrorReport {
+            at_ms: unix_ms(),
+            what,
+            error,
+        });
+    }
+
+    /// Records an event that is not an error (e.g. a crash that was restarted).
+    pub fn record_event(&self, kind: EventKind, version: Option<String>, detail: String) {
+        let event = self.event(kind, version, detail);
+        self.book().push_event(event);
+    }
+
+    fn event(&self, kind: EventKind, version: Option<String>, detail: String) -> Event {
+        Event {
+            at_ms: unix_ms(),
+            plugin: self.name.clone(),
+            kind,
+            version,
+            detail,
+        }
+    }
+
+    /// Marks every history record of `hash` as failed, so rollbacks skip it.
+    pub fn mark_failed(&self, hash: &str, reason: &str) {
+        for record in self.book().history.iter_mut().filter(|r| r.hash == hash) {
+            record.failed = Some(reason.to_owned());
+        }
+    }
+
+    /// Marks every history record of `hash` as rolled back from.
+    pub fn mark_rolled_back(&self, hash: &str) {
+        for record in self.book().history.iter_mut().filter(|r| r.hash == hash) {
+            record.rolled_back = true;
+        }
+    }
+
+    /// The history, oldest first.
+    pub fn history(&self) -> Vec<VersionRecord> {
+        self.book().history.clone()
+    }
+
+    /// The newest history record, if any.
+    pub fn last_record(&self) -> Option<VersionRecord> {
+        self.book().history.last().cloned()
+    }
+
+    /// How the version of `generation` became current, if it is recorded.
+    pub fn activation_of(&self, generation: u64) -> Option<Activation> {
+        let book = self.book();
+        book.history
+            .iter()
+            .rev()
+            .find(|r| r.generation == generation)
+            .map(|r| r.activation)
+    }
+
+    /// The last generation handed out and the history, for persisting.
+    pub fn snapshot(&self) -> (u64, Vec<VersionRecord>) {
+        let book = self.book();
+        (self.generation.load(Ordering::Relaxed), book.history.clone())
+    }
+
+    /// Restores a persisted history (at start, before any activation).
+    pub fn restore(&self, generation: u64, history: Vec<VersionRecord>) {
+        self.generation.fetch_max(generation, Ordering::Relaxed);
+        self.book().history = history;
+    }
+
+    /// The record a rollback from the current version goes to: the newest
+    /// one of another file that neither failed nor was rolled back from.
+    /// With `include_rolled_back`, versions rolled back from count too (an
+    /// automatic rollback wants the last version that worked).
+    pub fn rollback_target(&self, include_rolled_back: bool) -> Option<VersionRecord> {
+        let current = self.current().map(|v| v.id.hex());
+        self.book()
+            .history
+            .iter()
+            .rev()
+            .find(|r| {
+                Some(&r.hash) != current.as_ref() && r.failed.is_none() && (include_rolled_back || !r.rolled_back)
+            })
+            .cloned()
+    }
+
+    /// Versions still alive (current and draining), newest first.
+    pub fn live_versions(&self) -> Vec<Arc<Version>> {
+        self.book().live()
+    }
+
+    /// The last error, if any.
+    pub fn last_error(&self) -> Option<ErrorReport> {
+        self.book().last_error.clone()
+    }
+
+    /// Recent events, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.book().events().cloned().collect()
+    }
+
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl std::fmt::Debug for PluginEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PluginEntry({})", self.name)
+    }
+}
+
+/// All plugins of the host, by name.
+#[derive(Default)]
+pub struct Registry {
+    plugins: ArcSwap<BTreeMap<String, Arc<PluginEntry>>>,
+}
+
+impl Registry {
+    /// A plugin by name. Never locks.
+    pub fn get(&self, name: &str) -> Option<Arc<PluginEntry>> {
+        self.plugins.load().get(name).cloned()
+    }
+
+    /// A plugin that has a current version, by name. Never locks.
+    pub fn deployed(&self, name: &str) -> Option<Arc<PluginEntry>> {
+        self.get(name).filter(|e| e.current().is_some())
+    }
+
+    /// A plugin by name, created (with no current version) when new.
+    pub fn entry(&self, name: &str) -> Arc<PluginEntry> {
+        if let Some(entry) = self.get(name) {
+            return entry;
+        }
+        let fresh = Arc::new(PluginEntry::new(name.to_owned()));
+        let mut result = fresh.clone();
+        self.plugins.rcu(|plugins| {
+            let mut plugins = BTreeMap::clone(plugins);
+            result = plugins.entry(name.to_owned()).or_insert_with(|| fresh.clone()).clone();
+            plugins
+        });
+        result
+    }
+
+    /// Every plugin, by name.
+    pub fn all(&self) -> Vec<Arc<PluginEntry>> {
+        self.plugins.load().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_created_once() {
+        let registry = Registry::default();
+        let a = registry.entry("echo");
+        let b = registry.entry("echo");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(registry.all().len(), 1);
+        assert!(registry.get("chat").is_none());
+        assert!(a.current().is_none());
+    }
+
+    #[test]
+    fn activations_are_named_as_their_events() {
+        assert_eq!(EventKind::from(Activation::Deploy).as_str(), "swap");
+        assert_eq!(EventKind::from(Activation::AutoRollback), EventKind::AutoRollback);
+        let json = serde_json::to_string(&EventKind::CrashLoop).expect("serializes");
+        assert_eq!(json, "\"crash_loop\"");
+    }
+}

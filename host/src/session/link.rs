@@ -1,0 +1,218 @@
+//! The link between a session's task and its tenant: the session's id, its
+//! bounded outbound queue, and the stop switch.
+//!
+//! The tenant (its task, and host functions of its running instance) holds a
+//! [`SessionLink`] per open session and pushes frames without ever waiting;
+//! the session task holds the [`Outbox`], the other end, and writes what it
+//! pops. The link knows nothing of tenants or plugins, so topics, presence and
+//! the tenant's state can name sessions without importing the socket task.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::bindings::Frame;
+use crate::error::close;
+
+/// Identifies a session within the host (and, for plugins, within their tenant).
+pub type SessionId = u64;
+
+/// Allocates session ids. Ids are only ever looked up within the tenant that
+/// owns the session, so they need not be secret; they are never reused.
+pub fn next_id() -> SessionId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Something to write to the client.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A data frame. Payloads are reference-counted: a broadcast encodes once.
+    Frame(Message),
+    /// Close the session after the frames queued before this.
+    Close(u16, String),
+}
+
+/// The payload length of a frame, as limits count it.
+pub fn frame_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Text(text) => text.len(),
+        Frame::Binary(bytes) => bytes.len(),
+    }
+}
+
+impl From<Frame> for Outbound {
+    fn from(frame: Frame) -> Outbound {
+        Outbound::Frame(match frame {
+            Frame::Text(text) => Message::Text(Utf8Bytes::from(text)),
+            Frame::Binary(bytes) => Message::Binary(Bytes::from(bytes)),
+        })
+    }
+}
+
+/// What the tenant holds to reach one session.
+#[derive(Debug, Clone)]
+pub struct SessionLink {
+    id: SessionId,
+    shared: Arc<Shared>,
+}
+
+/// The session task's end of a [`SessionLink`]: frames to write, and the stop
+/// switch. Dropping it (the session ended) makes further pushes fail.
+#[derive(Debug)]
+pub struct Outbox {
+    shared: Arc<Shared>,
+}
+
+/// The outbound queue and stop switch of one session, in one allocation.
+///
+/// A bounded `VecDeque` behind a mutex rather than a channel: an idle session
+/// (most of them) holds no buffer at all, where a channel preallocates a block
+/// of slots per session, and a queue emptied after a burst gives its memory
+/// back. Only the session's tenant pushes, only its task pops.
+#[derive(Debug)]
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    capacity: usize,
+    /// Something was pushed (or the queue was closed).
+    ready: Notify,
+    stop: Stop,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: std::collections::VecDeque<Outbound>,
+    /// The session task is gone.
+    closed: bool,
+}
+
+/// An immediate end of the session, ahead of anything queued.
+#[derive(Debug, Default)]
+pub(super) struct Stop {
+    pub(super) close: OnceLock<(u16, String)>,
+    pub(super) notify: Notify,
+}
+
+impl Stop {
+    /// Ends the session with this close code (the first call wins).
+    pub(super) fn stop(&self, code: u16, reason: &str) {
+        let _ = self.close.set((code, reason.to_owned()));
+        self.notify.notify_one();
+    }
+}
+
+/// Why a push was not queued.
+enum Refused {
+    Full(Outbound),
+    Closed,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, out: Outbound) -> Result<(), Refused> {
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(Refused::Closed);
+        }
+        if queue.items.len() >= self.capacity {
+            return Err(Refused::Full(out));
+        }
+        queue.items.push_back(out);
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl SessionLink {
+    /// A link and the session task's end of it (for [`run`]), queueing at
+    /// most `queue_len` frames.
+    pub fn new(id: SessionId, queue_len: NonZeroUsize) -> (SessionLink, Outbox) {
+        let shared = Arc::new(Shared {
+            queue: std::sync::Mutex::new(Queue::default()),
+            capacity: queue_len.get(),
+            ready: Notify::new(),
+            stop: Stop::default(),
+        });
+        let link = SessionLink {
+            id,
+            shared: shared.clone(),
+        };
+        (link, Outbox { shared })
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Queues a frame without waiting. A client whose queue is full is not
+    /// keeping up: it is closed with 1008 rather than slowing the plugin or
+    /// other sessions down. Returns whether the frame was queued.
+    pub fn push(&self, out: Outbound) -> bool {
+        match self.shared.push(out) {
+            Ok(()) => true,
+            Err(Refused::Full(_)) => {
+                metrics::counter!("baton_slow_consumer_closes_total").increment(1);
+                self.stop(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
+                false
+            }
+            Err(Refused::Closed) => false,
+        }
+    }
+
+    /// Closes the session after what is already queued.
+    pub fn close(&self, code: u16, reason: String) {
+        if let Err(Refused::Full(Outbound::Close(code, reason))) = self.shared.push(Outbound::Close(code, reason)) {
+            self.stop(code, &reason);
+        }
+    }
+
+    /// Ends the session now, ahead of anything queued.
+    pub fn stop(&self, code: u16, reason: &str) {
+        self.shared.stop.stop(code, reason);
+    }
+}
+
+impl Outbox {
+    /// The next thing to write, waiting for one.
+    pub(super) async fn recv(&self) -> Outbound {
+        loop {
+            let ready = self.shared.ready.notified();
+            if let Some(out) = self.try_recv() {
+                return out;
+            }
+            ready.await;
+        }
+    }
+
+    /// The next thing to write, if any is queued. An emptied queue that grew
+    /// in a burst gives its memory back.
+    pub(super) fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = self.shared.queue();
+        let out = queue.items.pop_front();
+        if out.is_none() && queue.items.capacity() > 16 {
+            queue.items = std::collections::VecDeque::new();
+        }
+        out
+    }
+
+    pub(super) fn stop(&self) -> &Stop {
+        &self.shared.stop
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        queue.closed = true;
+        queue.items.clear();
+    }
+}

@@ -1,0 +1,269 @@
+//! Sessions: one client WebSocket, owned by the host.
+//!
+//! A session is a single task ([`run`]) over the socket, plus a
+//! [`SessionLink`] that the tenant holds to reach it. The task
+//! - reads frames and hands each to the tenant's mailbox before reading the
+//!   next one, so frames reach the plugin once and in order, and a busy tenant
+//!   stops the reading (backpressure) instead of dropping anything;
+//! - writes what the plugin queued through the link (a bounded queue);
+//! - pings a quiet client and closes an idle one.
+//!
+//! The socket never depends on a plugin instance: swaps, crashes and restarts
+//! happen behind the tenant's mailbox and the session does not notice. A
+//! session ends only when the client closes, the plugin closes it, a limit is
+//! hit (close codes in [`crate::error::close`]), its plugin is removed, or the
+//! host shuts down. Whatever ends it, the tenant gets one `Disconnect`.
+//!
+//! The task is written over any `Stream + Sink` of WebSocket messages and
+//! hands what it reads to any mailbox of `T: From<Inbound>`: it knows nothing
+//! of tenants, and is unit-tested with channels as well as over real sockets.
+//!
+//! Files: `link.rs` (the id, the outbound queue and the stop switch, which the
+//! tenant holds), `tests.rs` (the task over channels).
+
+pub mod link;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::bindings::Frame;
+use crate::error::close;
+use link::{Outbound, Outbox, SessionId};
+
+/// Timing and limits of a session.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Ping a client that has been quiet this long.
+    pub ping_interval: Duration,
+    /// Close a client that has sent nothing for this long.
+    pub idle_timeout: Duration,
+    /// Close the session when the tenant has not taken a frame for this long.
+    pub mailbox_wait: Duration,
+    /// How long to wait for the client's answer to our close frame.
+    pub close_timeout: Duration,
+}
+
+/// How a session ended (for logs and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// The client sent a close frame (with its code, if any).
+    ClientClosed(Option<u16>),
+    /// The host closed it with this code.
+    ServerClosed(u16),
+    /// The connection failed or vanished without a close frame.
+    Dropped,
+}
+
+/// What a session hands to its tenant's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A frame the client sent.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// The session ended (sent exactly once, whatever ended it).
+    Disconnect {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// Why the session's loop ended.
+enum Exit {
+    /// The client sent a close frame (already answered by the codec).
+    ClientClosed(Option<u16>),
+    /// The host closes the session with this code and reason.
+    Close(u16, String),
+    /// The socket failed: nobody to send a close frame to.
+    Dropped,
+}
+
+/// What one message read from the client means for the session.
+enum Read {
+    /// A frame for the tenant.
+    Frame(Frame),
+    /// Nothing to do (ping, pong, a raw frame).
+    Nothing,
+    /// The session ends.
+    Exit(Exit),
+}
+
+/// Runs one session to its end, then tells the tenant it disconnected.
+pub async fn run<S, T>(
+    ws: S,
+    id: SessionId,
+    mailbox: mpsc::Sender<T>,
+    outbox: Outbox,
+    settings: SessionSettings,
+) -> Ending
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    T: From<Inbound>,
+{
+    let (mut sink, mut stream) = ws.split();
+    let stop = outbox.stop();
+    let mut ping = tokio::time::interval(settings.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping.reset();
+    let mut last_heard = Instant::now();
+    // A frame read from the client and not yet taken by the tenant, with the
+    // time by which it must be taken.
+    let mut waiting: Option<(Frame, Instant)> = None;
+
+    let exit = loop {
+        tokio::select! {
+            biased;
+            () = stop.notify.notified() => {
+                let (code, reason) = stop.close.get().cloned().unwrap_or((close::GOING_AWAY, String::new()));
+                break Exit::Close(code, reason);
+            }
+            out = outbox.recv() => match out {
+                Outbound::Frame(message) => {
+                    if !write(&mut sink, message, &outbox).await {
+                        break Exit::Dropped;
+                    }
+                }
+                Outbound::Close(code, reason) => break Exit::Close(code, reason),
+            },
+            permit = mailbox.reserve(), if waiting.is_some() => match permit {
+                Ok(permit) => {
+                    if let Some((frame, _)) = waiting.take() {
+                        permit.send(T::from(Inbound::Frame { session: id, frame }));
+                    }
+                }
+                Err(_) => break Exit::Close(close::GOING_AWAY, "plugin removed".into()),
+            },
+            () = sleep_until_deadline(&waiting) => {
+                break Exit::Close(close::TRY_AGAIN_LATER, "tenant overloaded, try again later".into());
+            }
+            message = stream.next(), if waiting.is_none() => {
+                last_heard = Instant::now();
+                match read(message) {
+                    Read::Frame(frame) => waiting = Some((frame, Instant::now() + settings.mailbox_wait)),
+                    Read::Nothing => {}
+                    Read::Exit(exit) => break exit,
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= settings.idle_timeout {
+                    break Exit::Close(close::GOING_AWAY, "idle timeout".into());
+                }
+                let ping = tokio::time::timeout(settings.close_timeout, sink.send(Message::Ping(Bytes::new())));
+                if !matches!(ping.await, Ok(Ok(()))) {
+                    break Exit::Dropped;
+                }
+            }
+        }
+    };
+
+    let ending = match exit {
+        Exit::Dropped => Ending::Dropped,
+        Exit::ClientClosed(code) => {
+            // tungstenite queued the reply; send it and finish.
+            let _ = tokio::time::timeout(settings.close_timeout, sink.close()).await;
+            Ending::ClientClosed(code)
+        }
+        Exit::Close(code, reason) => {
+            let handshake = close_handshake(&mut sink, &mut stream, code, &reason);
+            let _ = tokio::time::timeout(settings.close_timeout, handshake).await;
+            Ending::ServerClosed(code)
+        }
+    };
+    // The plugin must hear of every disconnect: wait for mailbox room.
+    let _ = mailbox.send(T::from(Inbound::Disconnect { session: id })).await;
+    ending
+}
+
+/// What a message (or the end of the stream) read from the client means.
+fn read(message: Option<Result<Message, WsError>>) -> Read {
+    match message {
+        Some(Ok(Message::Text(text))) => Read::Frame(Frame::Text(text.as_str().to_owned())),
+        Some(Ok(Message::Binary(bytes))) => Read::Frame(Frame::Binary(bytes.to_vec())),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Read::Nothing,
+        Some(Ok(Message::Close(frame))) => Read::Exit(Exit::ClientClosed(frame.map(|f| u16::from(f.code)))),
+        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+            Read::Exit(Exit::Close(close::TOO_BIG, "frame too large".into()))
+        }
+        Some(Err(WsError::Utf8(_))) => Read::Exit(Exit::Close(close::INVALID_DATA, "invalid UTF-8".into())),
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => Read::Exit(Exit::Dropped),
+        Some(Err(WsError::Protocol(e))) => {
+            Read::Exit(Exit::Close(close::PROTOCOL, close::bounded_reason(&e.to_string())))
+        }
+        Some(Err(_)) | None => Read::Exit(Exit::Dropped),
+    }
+}
+
+/// Sends our close frame and waits for the client's; frames after ours are
+/// not accepted.
+async fn close_handshake<K, R>(sink: &mut K, stream: &mut R, code: u16, reason: &str)
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(close::bounded_reason(reason)),
+    };
+    if sink.send(Message::Close(Some(frame))).await.is_ok() {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    }
+}
+
+/// Writes one message and whatever else is queued behind it, then flushes.
+/// Gives up (returning false) when the socket fails or the session is stopped
+/// while the client is not reading.
+async fn write<K>(sink: &mut K, first: Message, outbox: &Outbox) -> bool
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    let writing = async {
+        sink.feed(first).await?;
+        // Batch what is already queued into one flush, up to a bound.
+        for _ in 0..64 {
+            match outbox.try_recv() {
+                Some(Outbound::Frame(message)) => sink.feed(message).await?,
+                Some(Outbound::Close(code, reason)) => {
+                    // Keep the order: close after the frames before it.
+                    sink.flush().await?;
+                    outbox.stop().stop(code, &reason);
+                    return Ok(());
+                }
+                None => break,
+            }
+        }
+        sink.flush().await
+    };
+    tokio::select! {
+        result = writing => result.is_ok(),
+        () = outbox.stop().notify.notified() => {
+            // Re-arm the stop for the main loop.
+            outbox.stop().notify.notify_one();
+            true
+        }
+    }
+}
+
+async fn sleep_until_deadline(waiting: &Option<(Frame, Instant)>) {
+    match waiting {
+        Some((_, deadline)) => tokio::time::sleep_until(*deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

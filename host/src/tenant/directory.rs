@@ -1,0 +1,102 @@
+//! The directory of tenant tasks: which (plugin, tenant) has a running task,
+//! and its handle.
+//!
+//! A task is created on the tenant's first session or request
+//! ([`Tenants::get_or_spawn`]) and removes itself when it ends
+//! ([`Tenants::forget`]); a handle whose task has ended is replaced on the
+//! next use. The directory is read by routing (once per new session or
+//! request, never per frame), by the admin views and at shutdown, so one
+//! mutex is enough.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::tenant::mailbox::TenantHandle;
+
+/// Every live tenant task of the host, by plugin, then tenant.
+#[derive(Default)]
+pub struct Tenants {
+    by_plugin: Mutex<HashMap<String, HashMap<String, TenantHandle>>>,
+}
+
+impl Tenants {
+    /// The handle of `tenant` of `plugin`, created by `spawn` when it has no
+    /// live task.
+    pub fn get_or_spawn(&self, plugin: &str, tenant: &str, spawn: impl FnOnce() -> TenantHandle) -> TenantHandle {
+        let mut plugins = self.lock();
+        let tenants = plugins.entry(plugin.to_owned()).or_default();
+        match tenants.get(tenant) {
+            Some(handle) if !handle.is_closed() => handle.clone(),
+            _ => {
+                let handle = spawn();
+                tenants.insert(tenant.to_owned(), handle.clone());
+                handle
+            }
+        }
+    }
+
+    /// Forgets a tenant whose task ended (a newer live task is kept).
+    pub fn forget(&self, plugin: &str, tenant: &str) {
+        let mut plugins = self.lock();
+        if let Some(tenants) = plugins.get_mut(plugin)
+            && tenants.get(tenant).is_some_and(TenantHandle::is_closed)
+        {
+            tenants.remove(tenant);
+        }
+    }
+
+    /// The tenant tasks of `plugin`.
+    pub fn of_plugin(&self, plugin: &str) -> Vec<TenantHandle> {
+        self.lock()
+            .get(plugin)
+            .map(|tenants| tenants.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every tenant task.
+    pub fn all(&self) -> Vec<TenantHandle> {
+        self.lock()
+            .values()
+            .flat_map(|tenants| tenants.values().cloned())
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, TenantHandle>>> {
+        self.by_plugin.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::tenant::state::TenantShared;
+
+    fn handle(tenant: &str) -> (TenantHandle, mpsc::Receiver<crate::tenant::mailbox::Command>) {
+        let (tx, rx) = mpsc::channel(1);
+        let shared = Arc::new(TenantShared::new(tenant.into(), "echo".into(), None));
+        (TenantHandle::new(shared, tx), rx)
+    }
+
+    #[test]
+    fn a_task_is_spawned_once_and_replaced_when_it_ended() {
+        let tenants = Tenants::default();
+        let (first, rx) = handle("acme");
+        let got = tenants.get_or_spawn("echo", "acme", || first.clone());
+        assert!(!got.is_closed());
+        let again = tenants.get_or_spawn("echo", "acme", || panic!("must not spawn twice"));
+        assert_eq!(again.shared().name, "acme");
+        assert_eq!(tenants.of_plugin("echo").len(), 1);
+        assert!(tenants.of_plugin("chat").is_empty());
+
+        drop(rx); // the task ended
+        tenants.forget("echo", "acme");
+        assert!(tenants.all().is_empty());
+        let (second, _rx) = handle("acme");
+        tenants.get_or_spawn("echo", "acme", || second);
+        assert_eq!(tenants.all().len(), 1);
+    }
+}

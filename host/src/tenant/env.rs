@@ -1,0 +1,64 @@
+//! What every tenant task gets from the host ([`TenantEnv`]), and what it
+//! reports back to the deployer ([`Report`]).
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::{Config, Limits};
+use crate::registry::PluginEntry;
+use crate::storage::Storage;
+use crate::tenant::directory::Tenants;
+use crate::version::Version;
+
+/// What a tenant task reports to the deployer.
+#[derive(Debug)]
+pub enum Report {
+    /// The tenant could not move to a newly current version; it stays on its
+    /// old one.
+    MigrationFailed {
+        /// The plugin.
+        plugin: Arc<PluginEntry>,
+        /// The tenant.
+        tenant: String,
+        /// The generation it could not move to.
+        generation: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The tenant's instance of this generation keeps crashing.
+    CrashLoop {
+        /// The plugin.
+        plugin: Arc<PluginEntry>,
+        /// The tenant.
+        tenant: String,
+        /// The crash-looping generation.
+        generation: u64,
+    },
+}
+
+/// What every tenant task needs from the host.
+pub struct TenantEnv {
+    /// The host's configuration.
+    pub config: Arc<Config>,
+    /// Where reports go (the deployer).
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// Durable storage for plugins.
+    pub storage: Arc<Storage>,
+    /// Bounds how many tenants migrate at once (each holds two instances
+    /// meanwhile).
+    pub migrations: Semaphore,
+    /// The runtime tenant tasks (and so all plugin code) run on, apart from
+    /// the one that serves sockets.
+    pub plugins: tokio::runtime::Handle,
+    /// The directory of tenant tasks; a task removes itself when it ends.
+    pub tenants: Arc<Tenants>,
+}
+
+impl TenantEnv {
+    /// The limits of `tenant`'s instances of `version`: the version's, with
+    /// the tenant's overrides.
+    pub fn limits(&self, version: &Version, tenant: &str) -> Arc<Limits> {
+        Arc::new(self.config.limits_for(&version.limits, tenant))
+    }
+}

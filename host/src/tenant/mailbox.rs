@@ -1,0 +1,120 @@
+//! A tenant's mailbox: the [`Command`]s its task handles one at a time, and
+//! the [`TenantHandle`] the rest of the host holds to send them.
+//!
+//! The mailbox is bounded (`sessions.mailbox`): a session whose frame does
+//! not fit stops reading its socket (backpressure), and requests wait. What a
+//! session reads arrives as [`Inbound`] and becomes a command here, so the
+//! socket task never names the tenant's types.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
+use crate::error::Rejection;
+use crate::session::Inbound;
+use crate::session::link::{SessionId, SessionLink};
+use crate::tenant::state::TenantShared;
+
+/// A request to a tenant's task.
+pub enum Command {
+    /// A client opens a session: call `on-connect`, answer whether it may.
+    Connect {
+        /// The session's link (its outbound queue).
+        link: SessionLink,
+        /// The upgrade request.
+        request: ConnectRequest,
+        /// `Ok` if the plugin accepted the session.
+        reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+    /// A frame from a session.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// A session ended.
+    Disconnect {
+        /// The session.
+        session: SessionId,
+    },
+    /// A plain HTTP request.
+    Http {
+        /// The request.
+        request: HttpRequest,
+        /// The plugin's response.
+        reply: oneshot::Sender<Result<HttpResponse, Rejection>>,
+    },
+    /// The host is shutting down: end the task (after its sessions closed).
+    Shutdown {
+        /// Answered when the task has ended.
+        done: oneshot::Sender<()>,
+    },
+}
+
+impl From<Inbound> for Command {
+    fn from(inbound: Inbound) -> Command {
+        match inbound {
+            Inbound::Frame { session, frame } => Command::Frame { session, frame },
+            Inbound::Disconnect { session } => Command::Disconnect { session },
+        }
+    }
+}
+
+/// A tenant's mailbox and shared state.
+#[derive(Clone)]
+pub struct TenantHandle {
+    shared: Arc<TenantShared>,
+    mailbox: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for TenantHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TenantHandle({}/{})", self.shared.name, self.shared.plugin)
+    }
+}
+
+impl TenantHandle {
+    /// The handle of a task reading `mailbox`'s other end.
+    pub fn new(shared: Arc<TenantShared>, mailbox: mpsc::Sender<Command>) -> TenantHandle {
+        TenantHandle { shared, mailbox }
+    }
+
+    /// The tenant's shared state.
+    pub fn shared(&self) -> &Arc<TenantShared> {
+        &self.shared
+    }
+
+    /// The mailbox (sessions hand their frames to it).
+    pub fn mailbox(&self) -> &mpsc::Sender<Command> {
+        &self.mailbox
+    }
+
+    /// Whether the task has ended.
+    pub fn is_closed(&self) -> bool {
+        self.mailbox.is_closed()
+    }
+
+    /// Commands waiting in the mailbox.
+    pub fn mailbox_depth(&self) -> usize {
+        self.mailbox.max_capacity() - self.mailbox.capacity()
+    }
+
+    /// Sends the command `make` builds around a reply channel, waiting for
+    /// mailbox room, and waits for the answer. A task that has ended is a
+    /// removed plugin (404); one that drops the question is going away (503).
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, Rejection>>) -> Command,
+    ) -> Result<T, Rejection> {
+        let (reply, answer) = oneshot::channel();
+        self.mailbox
+            .send(make(reply))
+            .await
+            .map_err(|_| Rejection::NotFound(format!("no plugin named {:?}", self.shared.plugin)))?;
+        answer
+            .await
+            .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))?
+    }
+}

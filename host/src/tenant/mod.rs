@@ -1,0 +1,78 @@
+//! Tenants: one task per (tenant, plugin) that owns the tenant's instance.
+//!
+//! Tenant tasks run on a runtime of their own (see [`crate::run`]): plugin
+//! code never occupies a worker that accepts, reads or writes sockets, and a
+//! running call yields to the other tenants at every epoch tick.
+//!
+//! Everything that reaches a tenant's plugin goes through its bounded mailbox
+//! ([`mailbox::Command`]) and is handled by its one task, one command at a time: calls
+//! into an instance are serialized, different tenants run in parallel, and a
+//! session whose frame does not fit in the mailbox stops reading
+//! (backpressure). The task is created on the tenant's first session or
+//! request.
+//!
+//! Host-held state of the tenant ([`state::TenantShared`]: its sessions, topic
+//! subscriptions, presence and timers) lives outside any instance and is
+//! shared by every instance the tenant gets, so it survives swaps, crashes and
+//! restarts. Timers fire from this task, on whatever instance is current;
+//! presence changes are handed to the plugin's `on-presence` callback after
+//! the call that caused them.
+//!
+//! Between commands the task compares its instance's version with the
+//! plugin's current one. When they differ it **migrates** (OTP's
+//! `code_change`): `export-state` on the old instance, `init` then
+//! `import-state` on a new instance of the current version, then the old one
+//! is dropped. Commands arriving meanwhile wait in the mailbox, in order. A
+//! call in flight at swap time finishes first, on its old version. If the new
+//! version cannot take the state (refuses or traps), the tenant stays on its
+//! old version with its state, does not retry that generation, and reports it
+//! ([`env::Report::MigrationFailed`]).
+//!
+//! **Supervision**: a trap in any call loses that call (the frame is not
+//! retried), discards the instance, and starts a fresh one of the plugin's
+//! current version (`init` only: the crashed instance's memory is gone), to
+//! which every open session is re-announced (`on-connect` with `resumed`).
+//! Sessions stay open. More than `supervision.max_restarts` restarts within
+//! `supervision.window_secs` put the tenant in back-off (no instance; frames
+//! wait; new sessions and requests get 503) and report a crash loop
+//! ([`env::Report::CrashLoop`]), on which the deployer may roll the plugin back.
+//!
+//! **Hibernation**: an instance idle for `hibernation.idle_secs` exports its
+//! state and is dropped; the next command or timer starts an instance of the
+//! same version that imports it (then migrates as usual if the plugin moved
+//! on meanwhile). Sessions stay open. At shutdown the state of every tenant
+//! is exported to the data folder (`shutdown.persist_state`) and imported by
+//! its first instance after the next start.
+//!
+//! **Removal**: when the plugin is removed, the tenant keeps serving its open
+//! sessions for the drain deadline, then closes them with 1001 and ends once
+//! they are gone. A redeploy within the deadline migrates it as usual.
+//!
+//! The files, each a type with its own state, bottom up:
+//! - `state.rs`: [`TenantShared`], the host-held state, and the published
+//!   [`Status`];
+//! - `mailbox.rs`: [`Command`] and [`TenantHandle`] (what sessions and
+//!   requests send; a session's `Inbound` converts into a command);
+//! - `directory.rs`: [`Tenants`], which tasks exist, by plugin and tenant;
+//! - `env.rs`: [`TenantEnv`], what every task gets from the host, and the
+//!   [`Report`]s it sends the deployer;
+//! - `supervisor.rs`: restart intensity and back-off, a pure value;
+//! - `slot.rs`: the instance, or its hibernated state, and how one is brought
+//!   up, hibernated, migrated and kept across a restart;
+//! - `incidents.rs`: how failures are reported and counted as restarts;
+//! - `actor.rs`: the task: its loop and one handler per command.
+
+mod actor;
+mod directory;
+mod env;
+mod incidents;
+mod mailbox;
+mod slot;
+pub mod state;
+mod supervisor;
+
+pub use actor::spawn;
+pub use directory::Tenants;
+pub use env::{Report, TenantEnv};
+pub use mailbox::{Command, TenantHandle};
+pub use state::{Status, TenantShared};

@@ -1,0 +1,250 @@
+//! The host-held state of one tenant of one plugin ([`TenantShared`]): its
+//! sessions, topic subscriptions, presence and timers, plus the counters and
+//! status the admin API reads.
+//!
+//! It lives outside any instance and is shared by the tenant's task, the host
+//! functions of whichever instance is running (through the store's data) and
+//! the admin views, which is why swaps, crashes and hibernation cannot lose
+//! it. Nothing here is global: a host function can only reach the calling
+//! tenant's `TenantShared`, so another tenant's session ids do not exist for
+//! it.
+//!
+//! Status, generation and instance number are written by the tenant task
+//! alone, in one place ([`TenantShared::publish`]); everyone else only reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::bindings::ConnectRequest;
+use crate::presence::{Diff, Presence};
+use crate::session::link::{SessionId, SessionLink};
+use crate::storage::{Namespace, Storage};
+use crate::timers::Timers;
+use crate::topics::Topics;
+
+/// The lifecycle state of a tenant, as seen from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Status {
+    /// No instance yet (created on demand).
+    Idle = 0,
+    /// An instance is serving.
+    Running = 1,
+    /// Crash loop: no instance until the back-off ends.
+    BackingOff = 2,
+    /// The plugin was removed: draining, then closing its sessions.
+    Closing = 3,
+    /// Idle: the instance was dropped and its state kept.
+    Hibernated = 4,
+}
+
+impl Status {
+    fn from_u8(v: u8) -> Status {
+        match v {
+            1 => Status::Running,
+            2 => Status::BackingOff,
+            3 => Status::Closing,
+            4 => Status::Hibernated,
+            _ => Status::Idle,
+        }
+    }
+}
+
+/// One open session, as the tenant knows it.
+pub struct SessionEntry {
+    /// The session's outbound queue.
+    pub link: SessionLink,
+    /// Kept to re-announce the session to a fresh instance after a crash.
+    pub request: ConnectRequest,
+}
+
+/// The host-held state of a tenant, behind one lock: every part of it is
+/// touched by host functions of the tenant's one running call, by its task
+/// between calls, and (reading) by the admin API, so the lock is never
+/// contended for long.
+#[derive(Default)]
+pub struct TenantState {
+    /// Open sessions.
+    pub sessions: HashMap<SessionId, SessionEntry>,
+    /// Topic subscriptions.
+    pub topics: Topics,
+    /// Presence.
+    pub presence: Presence,
+    /// Pending timers.
+    pub timers: Timers,
+    /// Presence changes not yet handed to the plugin.
+    pub diffs: Vec<(String, Diff)>,
+}
+
+/// Host-held state of one tenant of one plugin, shared by its task, its
+/// instances (through host functions) and the admin API.
+pub struct TenantShared {
+    /// The tenant's name.
+    pub name: String,
+    /// The plugin's name.
+    pub plugin: String,
+    state: Mutex<TenantState>,
+    /// Notified when the last open session is removed.
+    sessions_gone: Notify,
+    /// Durable storage (none during a deploy check).
+    pub storage: Option<Arc<Storage>>,
+    /// This tenant's namespace in the storage.
+    pub namespace: Namespace,
+    status: AtomicU8,
+    generation: AtomicU64,
+    instance: AtomicU64,
+    restarts: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    /// Metric handles, resolved once: the per-frame path does no label lookup.
+    frames_in_metric: metrics::Counter,
+    frames_out_metric: metrics::Counter,
+}
+
+impl TenantShared {
+    /// The state of a new tenant of `plugin`.
+    pub fn new(name: String, plugin: String, storage: Option<Arc<Storage>>) -> TenantShared {
+        TenantShared {
+            namespace: Namespace::new(&name, &plugin),
+            name,
+            state: Mutex::new(TenantState::default()),
+            sessions_gone: Notify::new(),
+            storage,
+            status: AtomicU8::new(Status::Idle as u8),
+            generation: AtomicU64::new(0),
+            instance: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            frames_in_metric: metrics::counter!("baton_frames_in_total", "plugin" => plugin.clone()),
+            frames_out_metric: metrics::counter!("baton_frames_out_total", "plugin" => plugin.clone()),
+            plugin,
+        }
+    }
+
+    /// The stand-in tenant of a deploy check: no sessions, no storage, never
+    /// shared.
+    pub fn for_check(plugin: &str) -> Arc<TenantShared> {
+        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into(), None))
+    }
+
+    /// The link of one of this tenant's open sessions.
+    pub fn session(&self, id: SessionId) -> Option<SessionLink> {
+        self.state().sessions.get(&id).map(|e| e.link.clone())
+    }
+
+    /// The links of every open session.
+    pub fn links(&self) -> Vec<SessionLink> {
+        self.state().sessions.values().map(|e| e.link.clone()).collect()
+    }
+
+    /// Ends every open session now with `code` (they then disconnect).
+    pub fn stop_sessions(&self, code: u16, reason: &str) {
+        for entry in self.state().sessions.values() {
+            entry.link.stop(code, reason);
+        }
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.state().sessions.len()
+    }
+
+    /// The host-held state, locked.
+    pub fn state(&self) -> MutexGuard<'_, TenantState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets a closed session everywhere; its presence leaves are queued
+    /// for `on-presence`. `false` if it was not open.
+    pub fn remove_session(&self, id: SessionId) -> bool {
+        let mut state = self.state();
+        if state.sessions.remove(&id).is_none() {
+            return false;
+        }
+        state.topics.remove_session(id);
+        let diffs = state.presence.remove_session(id);
+        state.diffs.extend(diffs);
+        if state.sessions.is_empty() {
+            self.sessions_gone.notify_waiters();
+        }
+        true
+    }
+
+    /// Resolves once the tenant has no open session.
+    pub async fn no_sessions(&self) {
+        loop {
+            let gone = self.sessions_gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.session_count() == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    /// The tenant's state.
+    pub fn status(&self) -> Status {
+        Status::from_u8(self.status.load(Ordering::Relaxed))
+    }
+
+    /// Generation of the version its instance runs (0: none).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Number of its current instance: grows with every new instance
+    /// (migration or restart). 0 before the first.
+    pub fn instance_number(&self) -> u64 {
+        self.instance.load(Ordering::Relaxed)
+    }
+
+    /// Restarts after crashes so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Frames received from this tenant's sessions so far.
+    pub fn frames_in(&self) -> u64 {
+        self.frames_in.load(Ordering::Relaxed)
+    }
+
+    /// Frames queued to this tenant's sessions so far.
+    pub fn frames_out(&self) -> u64 {
+        self.frames_out.load(Ordering::Relaxed)
+    }
+
+    /// Counts a frame received from a session.
+    pub fn count_in(&self) {
+        self.frames_in.fetch_add(1, Ordering::Relaxed);
+        self.frames_in_metric.increment(1);
+    }
+
+    /// Counts frames queued to sessions.
+    pub fn count_out(&self, frames: u64) {
+        self.frames_out.fetch_add(frames, Ordering::Relaxed);
+        self.frames_out_metric.increment(frames);
+    }
+
+    /// Counts a restart after a crash.
+    pub fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Publishes the tenant's status and, when it has one, the generation and
+    /// number of its instance (kept otherwise, so a tenant between instances
+    /// still shows the last one). Only the tenant task calls this.
+    pub fn publish(&self, status: Status, instance: Option<(u64, u64)>) {
+        self.status.store(status as u8, Ordering::Relaxed);
+        if let Some((generation, number)) = instance {
+            self.generation.store(generation, Ordering::Relaxed);
+            self.instance.store(number, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! A version: one loaded build of a plugin, ready to instantiate.
+//!
+//! A [`Version`] is immutable once built (its compiled component, linked
+//! `InstancePre`, settings and limits) apart from its counters and the moment
+//! it is retired. It is reference-counted: the registry holds the current one,
+//! every instance holds its own, a hibernated tenant holds the one it will
+//! wake on. When the last holder drops it, its compiled code and pool slots
+//! are freed; nothing else has to release it.
+//!
+//! Retiring (when another version becomes current, or the plugin is removed)
+//! starts the drain clock: a call that started before the retirement and is
+//! still running `swap.drain_deadline_secs` later is interrupted at its next
+//! epoch tick ([`Version::drain_expired`]).
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bindings::PluginCorePre;
+use crate::config::{Limits, PluginSettings};
+use crate::instance::state::InstanceState;
+use crate::runtime::{EpochTicker, hex};
+
+/// The identity of a version: the SHA-256 of its file.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId([u8; 32]);
+
+impl VersionId {
+    /// The id of a file's bytes.
+    pub fn of(bytes: &[u8]) -> VersionId {
+        VersionId(Sha256::digest(bytes).into())
+    }
+
+    /// The full hash in hex.
+    pub fn hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// The first 12 hex digits, for logs.
+    pub fn short(&self) -> String {
+        hex(&self.0[..6])
+    }
+
+    /// Parses a full hex hash.
+    pub fn parse(hex: &str) -> Option<VersionId> {
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(VersionId(out))
+    }
+}
+
+impl std::fmt::Debug for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
+impl std::fmt::Display for VersionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.short())
+    }
+}
+
+/// Where a version's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Compiled from the file.
+    Compiled,
+    /// Loaded from the compiled-artifact cache.
+    Cache,
+}
+
+/// What a deploy checked and loaded: everything a [`Version`] is made of.
+pub struct Build {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The SHA-256 of the file.
+    pub id: VersionId,
+    /// Its place in the plugin's activations.
+    pub generation: u64,
+    /// Linked and type-checked against the world.
+    pub pre: PluginCorePre<InstanceState>,
+    /// The plugin's `<name>.toml` as read with this file.
+    pub settings: PluginSettings,
+    /// The host's default limits with the plugin's settings applied.
+    pub limits: Limits,
+    /// Compiled or from the cache.
+    pub origin: Origin,
+    /// How long compiling or loading took.
+    pub load_time: Duration,
+}
+
+/// One loaded build of a plugin, ready to instantiate.
+pub struct Version {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The SHA-256 of the file.
+    pub id: VersionId,
+    /// Grows with every activation of the plugin.
+    pub generation: u64,
+    /// Linked and type-checked against the world: instantiation is cheap.
+    pub pre: PluginCorePre<InstanceState>,
+    /// The plugin's `<name>.toml` as read with this file.
+    pub settings: PluginSettings,
+    /// The host's default limits with the plugin's settings applied.
+    pub limits: Limits,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Compiled or from the cache.
+    pub origin: Origin,
+    /// How long compiling or loading took.
+    pub load_time: Duration,
+    /// Calls running on this version right now (see [`InFlight`]).
+    pub in_flight: AtomicUsize,
+    /// Tenant instances running this version right now.
+    pub tenants: AtomicUsize,
+    /// When it stopped being current.
+    retired: OnceLock<Instant>,
+    drain: Duration,
+    ticker: Arc<EpochTicker>,
+    /// `baton_call_seconds` per export, resolved once (calls are the hot path).
+    call_metrics: Vec<(&'static str, metrics::Histogram)>,
+}
+
+/// The exports whose calls are timed.
+const CALLS: [&str; 9] = [
+    "init",
+    "on-connect",
+    "on-frame",
+    "on-disconnect",
+    "on-http",
+    "on-timer",
+    "on-presence",
+    "export-state",
+    "import-state",
+];
+
+impl Version {
+    /// A version ready to become current; calls on it that outlive
+    /// `drain` after its retirement are interrupted.
+    pub fn new(build: Build, drain: Duration, ticker: Arc<EpochTicker>) -> Version {
+        let Build {
+            plugin,
+            id,
+            generation,
+            pre,
+            settings,
+            limits,
+            origin,
+            load_time,
+        } = build;
+        let call_metrics = CALLS
+            .iter()
+            .map(|call| {
+                let histogram = metrics::histogram!(
+                    "baton_call_seconds",
+                    "plugin" => plugin.clone(),
+                    "version" => id.short(),
+                    "call" => *call,
+                );
+                (*call, histogram)
+            })
+            .collect();
+        Version {
+            plugin,
+            id,
+            generation,
+            pre,
+            settings,
+            limits,
+            loaded_at: SystemTime::now(),
+            origin,
+            load_time,
+            in_flight: AtomicUsize::new(0),
+            tenants: AtomicUsize::new(0),
+            retired: OnceLock::new(),
+            drain,
+            ticker,
+            call_metrics,
+        }
+    }
+
+    /// The latency histogram of calls to export `call`.
+    pub fn call_histogram(&self, call: &str) -> &metrics::Histogram {
+        self.call_metrics
+            .iter()
+            .find(|(name, _)| *name == call)
+            .map_or(&self.call_metrics[0].1, |(_, h)| h)
+    }
+
+    /// The host's epoch ticker: a call holds its [`EpochTicker::running`]
+    /// guard while guest code runs.
+    pub fn ticker(&self) -> &EpochTicker {
+        &self.ticker
+    }
+
+    /// Epoch ticks a call may run under `limits`.
+    pub fn call_ticks(&self, limits: &Limits) -> u64 {
+        let tick = self.ticker.tick().as_micros().max(1);
+        u64::try_from(limits.call_timeout().as_micros().div_ceil(tick)).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a call that started at `started` has outlived the drain
+    /// deadline: it started before this version was replaced and the deadline
+    /// has passed since.
+    pub fn drain_expired(&self, started: Option<Instant>) -> bool {
+        match (self.retired.get(), started) {
+            (Some(retired), Some(started)) => started <= *retired && retired.elapsed() >= self.drain,
+            _ => false,
+        }
+    }
+
+    /// Starts the drain clock (the first call wins).
+    pub fn retire(&self) {
+        let _ = self.retired.set(Instant::now());
+    }
+}
+
+/// Counts one call in [`Version::in_flight`] for as long as it lives, so the
+/// count is right however the call ends (returned, trapped, or dropped
+/// mid-await).
+pub struct InFlight<'a>(&'a Version);
+
+impl<'a> InFlight<'a> {
+    /// Counts a call on `version` until dropped.
+    pub fn enter(version: &'a Version) -> InFlight<'a> {
+        version.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(version)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_ids_round_trip_through_hex() {
+        let id = VersionId::of(b"plugin bytes");
+        assert_eq!(VersionId::parse(&id.hex()), Some(id));
+        assert_eq!(id.short().len(), 12);
+        assert!(id.hex().starts_with(&id.short()));
+        assert_eq!(VersionId::parse("zz"), None);
+    }
+}
