@@ -145,7 +145,7 @@ async fn deploy_status_and_rollback_against_a_running_host() {
         "{}",
         text(&output.stdout)
     );
-    assert_eq!(host.plugin("counter").await["current"]["generation"], 2);
+    assert_eq!(host.plugin("counter").await.current.map(|c| c.generation), Some(2));
 
     let output = baton_async(&["status", "--admin", &admin]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));

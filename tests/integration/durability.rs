@@ -1,6 +1,7 @@
 //! Durability: timers fire on the current version after swaps and crashes;
 //! tenant storage survives host restarts and is scoped to its tenant.
 
+use baton::admin::Status;
 use baton_test_plugins::{CHAOS, CHAT, LEGACY_ECHO, METERING};
 
 use crate::support::*;
@@ -108,21 +109,24 @@ async fn an_idle_tenant_hibernates_and_wakes_with_its_state() {
     let mut client = host.connect("acme", "chaos").await;
     let before = client.ask("whoami").await;
     assert_eq!(client.ask("count").await, "count:2");
-    let tenant_status = async || host.plugin("chaos").await["tenants"][0]["status"].clone();
-    eventually("the tenant hibernates", async || tenant_status().await == "hibernated").await;
+    let tenant_status = async || host.plugin("chaos").await.tenants.first().map(|t| t.status);
+    eventually("the tenant hibernates", async || {
+        tenant_status().await == Some(Status::Hibernated)
+    })
+    .await;
     assert_eq!(
-        host.plugin("chaos").await["live_versions"][0]["tenants"],
-        0,
+        host.plugin("chaos").await.live_versions.first().map(|v| v.tenants),
+        Some(0),
         "its instance is gone"
     );
     // The session stayed open; the next frame wakes a new instance with the state.
     assert_eq!(client.ask("count").await, "count:3");
     assert_ne!(client.ask("whoami").await, before);
-    assert_eq!(tenant_status().await, "running");
+    assert_eq!(tenant_status().await, Some(Status::Running));
 
     // A swap wakes hibernating tenants so that they move too.
     eventually("the tenant hibernates again", async || {
-        tenant_status().await == "hibernated"
+        tenant_status().await == Some(Status::Hibernated)
     })
     .await;
     let generation = host.wait_current("chaos").await;
@@ -130,8 +134,8 @@ async fn an_idle_tenant_hibernates_and_wakes_with_its_state() {
     host.wait_generation_above("chaos", generation).await;
     eventually("the hibernated tenant migrated", async || {
         let view = host.plugin("chaos").await;
-        view["live_versions"].as_array().is_some_and(|v| v.len() == 1)
-            && view["tenants"][0]["generation"] == view["current"]["generation"]
+        view.live_versions.len() == 1
+            && view.tenants.first().map(|t| t.generation) == view.current.as_ref().map(|c| c.generation)
     })
     .await;
     assert_eq!(client.ask("count").await, "count:5");

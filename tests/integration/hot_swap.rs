@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use baton::admin::{Activation, EventKind, Origin, PluginView};
 use baton_test_plugins::{COUNTER_V1, COUNTER_V2};
 use tokio::sync::Semaphore;
 
@@ -82,15 +83,11 @@ fn check(message: &tokio_tungstenite::tungstenite::Message, index: u64, first_n:
 }
 
 /// Waits until every tenant of `plugin` runs the current generation.
-async fn all_tenants_current(host: &TestHost, plugin: &str) -> serde_json::Value {
+async fn all_tenants_current(host: &TestHost, plugin: &str) -> PluginView {
     wait_for("every tenant runs the current version", async || {
         let view = host.plugin(plugin).await;
-        let current = view["current"]["generation"].as_u64()?;
-        let tenants = view["tenants"].as_array()?;
-        tenants
-            .iter()
-            .all(|t| t["generation"].as_u64() == Some(current))
-            .then_some(view)
+        let current = view.current.as_ref()?.generation;
+        view.tenants.iter().all(|t| t.generation == current).then_some(view)
     })
     .await
 }
@@ -117,8 +114,11 @@ async fn swaps_under_load_lose_no_session_and_no_frame() {
             _ => byte_different(&v1, swap),
         };
         host.drop_file("counter", &bytes);
-        generation = host.wait_generation_above("counter", generation).await["current"]["generation"]
-            .as_u64()
+        generation = host
+            .wait_generation_above("counter", generation)
+            .await
+            .current
+            .map(|c| c.generation)
             .expect("generation");
         all_tenants_current(&host, "counter").await;
     }
@@ -134,14 +134,12 @@ async fn swaps_under_load_lose_no_session_and_no_frame() {
     }
     assert_eq!(seen, BTreeSet::from([1, 2]), "frames were answered by both versions");
     let view = host.plugin("counter").await;
-    assert!(view["last_error"].is_null(), "no failure: {}", view["last_error"]);
+    assert!(view.last_error.is_none(), "no failure: {:?}", view.last_error);
     eprintln!("{total} frames answered across 20 swaps");
 
     // Every replaced version is released once its tenants moved away.
     eventually("only the current version is live", async || {
-        host.plugin("counter").await["live_versions"]
-            .as_array()
-            .is_some_and(|v| v.len() == 1)
+        host.plugin("counter").await.live_versions.len() == 1
     })
     .await;
 }
@@ -166,19 +164,20 @@ async fn bad_files_leave_the_current_version_serving() {
     let mut expect_failure = async |what: &str, expected: &str| {
         let view = wait_for(&format!("{what} is reported"), async || {
             let view = host.plugin("counter").await;
-            let deploy_failures = view["events"]
-                .as_array()?
+            let deploy_failures = view
+                .events
+                .as_ref()?
                 .iter()
-                .filter(|e| e["kind"] == "deploy_failed")
+                .filter(|e| e.kind == EventKind::DeployFailed)
                 .count();
             (deploy_failures > reported).then_some(view)
         })
         .await;
         reported += 1;
-        let error = view["last_error"]["error"].as_str().expect("error");
+        let error = view.last_error.as_ref().map(|e| e.error.as_str()).expect("error");
         assert!(error.contains(expected), "{what}: {error}");
         assert_eq!(
-            view["current"]["generation"].as_u64(),
+            view.current.as_ref().map(|c| c.generation),
             Some(generation),
             "{what} changed nothing"
         );
@@ -202,29 +201,21 @@ async fn bad_files_leave_the_current_version_serving() {
     host.drop_file("counter", &byte_different(&v2, 1));
     let view = wait_for("the refusing version is withdrawn", async || {
         let view = host.plugin("counter").await;
-        let withdrawn = view["history"]
-            .as_array()?
+        let withdrawn = view
+            .history
+            .as_ref()?
             .iter()
-            .any(|r| r["activation"] == "withdrawal");
+            .any(|r| r.activation == Activation::Withdrawal);
         withdrawn.then_some(view)
     })
     .await;
-    let error = view["last_error"]["error"].as_str().expect("error");
+    let error = view.last_error.as_ref().map(|e| e.error.as_str()).expect("error");
     assert!(error.contains("import-state refused"), "{error}");
-    let current = view["history"]
-        .as_array()
-        .expect("history")
-        .last()
-        .expect("record")
-        .clone();
-    assert_eq!(current["hash"], view["current"]["hash"]);
-    assert_eq!(current["activation"], "withdrawal");
-    let refused: Vec<_> = view["history"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .filter(|r| r["failed"].is_string())
-        .collect();
+    let history = view.history.as_ref().expect("history");
+    let current = history.last().expect("record");
+    assert_eq!(Some(&current.hash), view.current.as_ref().map(|c| &c.hash));
+    assert_eq!(current.activation, Activation::Withdrawal);
+    let refused: Vec<_> = history.iter().filter(|r| r.failed.is_some()).collect();
     assert_eq!(refused.len(), 1, "the refusing version is marked failed");
 
     stop.store(true, Ordering::Relaxed);
@@ -249,29 +240,30 @@ async fn a_call_in_flight_finishes_on_its_version_and_the_old_version_is_release
 
     client.send_text("sleep:5000").await;
     eventually("the slow call is in flight", async || {
-        host.plugin("chaos").await["live_versions"][0]["in_flight"] == 1
+        host.plugin("chaos")
+            .await
+            .live_versions
+            .first()
+            .is_some_and(|v| v.in_flight == 1)
     })
     .await;
     host.drop_file("chaos", &byte_different(&chaos, 7));
     let view = host.wait_generation_above("chaos", generation).await;
-    let old = view["live_versions"]
-        .as_array()
-        .expect("live")
+    let old = view
+        .live_versions
         .iter()
-        .find(|v| v["generation"].as_u64() == Some(generation))
-        .expect("the old version is still live while its call runs")
-        .clone();
-    assert_eq!(old["in_flight"], 1);
-    assert_eq!(old["current"], false);
+        .find(|v| v.generation == generation)
+        .expect("the old version is still live while its call runs");
+    assert_eq!(old.in_flight, 1);
+    assert!(!old.current);
 
     assert_eq!(client.recv_text().await, "slept:5000", "the call finished");
     let after = client.ask("whoami").await;
     assert_ne!(before, after, "later frames go to a new instance");
     assert_eq!(client.ask("count").await, "count:4", "state came along");
     eventually("the old version is released", async || {
-        let live = host.plugin("chaos").await["live_versions"].clone();
-        live.as_array()
-            .is_some_and(|v| v.len() == 1 && v[0]["generation"].as_u64() > Some(generation))
+        let live = host.plugin("chaos").await.live_versions;
+        live.len() == 1 && live[0].generation > generation
     })
     .await;
 }
@@ -288,21 +280,23 @@ async fn a_call_that_outlives_the_drain_deadline_is_interrupted() {
     let generation = host.wait_current("chaos").await;
     client.send_text("sleep:30000").await;
     eventually("the long call is in flight", async || {
-        host.plugin("chaos").await["live_versions"][0]["in_flight"] == 1
+        host.plugin("chaos")
+            .await
+            .live_versions
+            .first()
+            .is_some_and(|v| v.in_flight == 1)
     })
     .await;
     host.drop_file("chaos", &byte_different(&chaos, 8));
     host.wait_generation_above("chaos", generation).await;
     // The interrupted frame gets no answer; the next one is served by the new version.
     assert_eq!(client.ask("echo:after").await, "after");
-    let events = host.plugin("chaos").await["events"].clone();
+    let events = host.plugin("chaos").await.events.expect("events");
     assert!(
         events
-            .as_array()
-            .expect("events")
             .iter()
-            .any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains("drained"))),
-        "{events}"
+            .any(|e| e.kind == EventKind::Crash && e.detail.contains("drained")),
+        "{events:?}"
     );
 }
 
@@ -331,12 +325,13 @@ async fn rollback_returns_tenants_to_the_previous_version_with_their_state() {
     assert_eq!(response.status, 200, "{}", response.text());
     let view = all_tenants_current(&host, "counter").await;
     assert_eq!(
-        view["current"]["hash"], view["history"][0]["hash"],
+        view.current.as_ref().map(|c| &c.hash),
+        view.history.as_ref().and_then(|h| h.first()).map(|r| &r.hash),
         "version 1 is current again"
     );
     assert_eq!(
-        view["history"].as_array().expect("history").last().expect("last")["activation"],
-        "rollback"
+        view.history.as_ref().expect("history").last().expect("last").activation,
+        Activation::Rollback
     );
     let reply: serde_json::Value = serde_json::from_str(&client.ask("c").await).expect("json");
     assert_eq!(
@@ -350,18 +345,19 @@ async fn rollback_returns_tenants_to_the_previous_version_with_their_state() {
 async fn a_restart_with_an_unchanged_folder_does_not_recompile() {
     let host = TestHost::start(&[("counter", COUNTER_V1)]).await;
     let view = host.plugin("counter").await;
-    assert_eq!(view["current"]["origin"], "compiled");
-    let generation = view["current"]["generation"].as_u64().expect("generation");
+    assert_eq!(view.current.as_ref().map(|c| c.origin), Some(Origin::Compiled));
+    let generation = view.current.as_ref().map(|c| c.generation).expect("generation");
 
     let host = host.restart().await;
     host.wait_current("counter").await;
     let view = host.plugin("counter").await;
     assert_eq!(
-        view["current"]["origin"], "cache",
+        view.current.as_ref().map(|c| c.origin),
+        Some(Origin::Cache),
         "loaded from the compiled-artifact cache"
     );
     assert!(
-        view["current"]["generation"].as_u64() > Some(generation),
+        view.current.as_ref().map(|c| c.generation) > Some(generation),
         "generations keep growing across restarts"
     );
     let mut client = host.connect("acme", "counter").await;
@@ -384,7 +380,7 @@ async fn removing_the_file_stops_new_sessions_then_closes_open_ones_with_1001() 
     // ...then are closed with 1001.
     let frame = open.expect_close().await;
     assert_eq!(u16::from(frame.code), 1001);
-    assert!(host.plugin("counter").await["current"].is_null());
+    assert!(host.plugin("counter").await.current.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +390,7 @@ async fn redeploying_within_the_drain_deadline_keeps_the_sessions() {
     open.ask("one").await;
     std::fs::remove_file(host.deploy_dir().join("counter.wasm")).expect("remove");
     eventually("the plugin is removed", async || {
-        host.plugin("counter").await["current"].is_null()
+        host.plugin("counter").await.current.is_none()
     })
     .await;
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
@@ -427,13 +423,13 @@ async fn the_folder_watch_reads_complete_files_only() {
     }
     let view = host.wait_generation_above("counter", generation).await;
     assert_eq!(
-        view["current"]["generation"].as_u64(),
+        view.current.as_ref().map(|c| c.generation),
         Some(generation + 1),
         "one new version, the complete one"
     );
-    let events = view["events"].as_array().expect("events");
+    let events = view.events.as_ref().expect("events");
     assert!(
-        !events.iter().any(|e| e["kind"] == "deploy_failed"),
+        !events.iter().any(|e| e.kind == EventKind::DeployFailed),
         "no partial read: {events:?}"
     );
 }

@@ -47,11 +47,10 @@ async fn a_spinning_tenant_does_not_stop_another_tenants_echo() {
     // quiet one keeps getting answers.
     let restarts = async || {
         let view = host.plugin("chaos").await;
-        view["tenants"]
-            .as_array()
-            .and_then(|t| t.iter().find(|t| t["tenant"] == "noisy"))
-            .and_then(|t| t["restarts"].as_u64())
-            .unwrap_or(0)
+        view.tenants
+            .iter()
+            .find(|t| t.tenant == "noisy")
+            .map_or(0, |t| t.restarts)
     };
     let mut answered = 0;
     while restarts().await < 3 {

@@ -21,7 +21,7 @@ async fn a_client_that_never_reads_is_closed_with_1008() {
         stalled.send_text("big:60000").await;
     }
     eventually("the stalled session is closed", async || {
-        host.plugin("chaos").await["sessions"] == 1
+        host.plugin("chaos").await.sessions == 1
     })
     .await;
     let mut code = None;
@@ -81,23 +81,17 @@ async fn a_plugins_settings_set_its_own_memory_limit() {
     let mut client = host.connect("acme", "chaos").await;
     client.send_text("oom").await;
     assert_eq!(client.ask("echo:after").await, "after");
-    let events = host.plugin("chaos").await["events"].clone();
-    assert!(
-        events
-            .as_array()
-            .expect("events")
-            .iter()
-            .any(|e| e["detail"].as_str().is_some_and(|d| d.contains("memory_limit"))),
-        "{events}"
-    );
+    let events = host.plugin("chaos").await.events.expect("events");
+    assert!(events.iter().any(|e| e.detail.contains("memory_limit")), "{events:?}");
 
     // Limits above the host's ceilings are refused at deploy.
     host.write_settings("chaos", "[limits]\nmemory_mib = 100000\n");
     host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 5));
     eventually("the over-limit settings are reported", async || {
-        host.plugin("chaos").await["last_error"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("max_memory_mib"))
+        host.plugin("chaos")
+            .await
+            .last_error
+            .is_some_and(|e| e.error.contains("max_memory_mib"))
     })
     .await;
 }

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use baton::admin::PluginView;
 use baton_test_plugins::{COUNTER_V1, COUNTER_V2, ECHO};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -118,7 +119,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
     std::fs::rename(&tmp, deploy.join("echo.wasm")).expect("rename");
     eventually("the dropped file is deployed", async || {
         let response = request(admin, "GET", "/api/plugins/echo", b"", None).await;
-        response.is_ok_and(|r| r.json()["current"]["generation"] == 2)
+        response.is_ok_and(|r| r.status == 200 && r.view::<PluginView>().current.is_some_and(|c| c.generation == 2))
     })
     .await;
 

@@ -59,7 +59,7 @@ async fn many_sessions_across_tenants_each_get_their_own_frames() {
         task.await.expect("session task");
     }
     let plugin = host.plugin("echo").await;
-    assert_eq!(plugin["tenants"].as_array().expect("tenants").len(), 5);
+    assert_eq!(plugin.tenants.len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

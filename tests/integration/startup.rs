@@ -33,15 +33,21 @@ async fn invalid_files_are_reported_and_skipped() {
     ] {
         let plugin = wait_for(&format!("{name} is reported"), async || {
             let plugin = host.plugin(name).await;
-            plugin["last_error"].is_object().then_some(plugin)
+            plugin.last_error.is_some().then_some(plugin)
         })
         .await;
-        assert!(plugin["current"].is_null(), "{name} must not be current");
-        let error = plugin["last_error"]["error"].as_str().expect("error text");
+        assert!(plugin.current.is_none(), "{name} must not be current");
+        let error = plugin
+            .last_error
+            .as_ref()
+            .map(|e| e.error.as_str())
+            .expect("error text");
         assert!(error.contains(why), "{name}: {error}");
         assert!(
-            plugin["last_error"]["what"]
-                .as_str()
+            plugin
+                .last_error
+                .as_ref()
+                .map(|e| e.what.as_str())
                 .expect("file")
                 .ends_with(&format!("{name}.wasm"))
         );

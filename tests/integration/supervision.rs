@@ -2,15 +2,16 @@
 //! a fresh one to which open sessions are re-announced, and the sessions stay
 //! open; a version that keeps crashing is rolled back, or backs off.
 
+use baton::admin::{Activation, EventKind, PluginView, Status, TenantView};
 use baton_test_plugins::CHAOS;
 
 use crate::support::*;
 
-fn tenant<'a>(view: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    view["tenants"]
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["tenant"] == name))
-        .unwrap_or_else(|| panic!("no tenant {name} in {view}"))
+fn tenant<'a>(view: &'a PluginView, name: &str) -> &'a TenantView {
+    view.tenants
+        .iter()
+        .find(|t| t.tenant == name)
+        .unwrap_or_else(|| panic!("no tenant {name} in {view:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,10 +36,7 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
         let before = host.plugin("chaos").await;
         let (restarts, instance) = {
             let t = tenant(&before, "acme");
-            (
-                t["restarts"].as_u64().expect("restarts"),
-                t["instance"].as_u64().expect("instance"),
-            )
+            (t.restarts, t.instance)
         };
         let who = client.ask("whoami").await;
         client.send_text(fault).await;
@@ -48,20 +46,13 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
 
         let after = host.plugin("chaos").await;
         let t = tenant(&after, "acme");
-        assert_eq!(
-            t["restarts"].as_u64(),
-            Some(restarts + 1),
-            "{fault}: the restart is counted"
-        );
-        assert!(
-            t["instance"].as_u64() > Some(instance),
-            "{fault}: the instance number grows"
-        );
-        let events = after["events"].as_array().expect("events");
+        assert_eq!(t.restarts, restarts + 1, "{fault}: the restart is counted");
+        assert!(t.instance > instance, "{fault}: the instance number grows");
+        let events = after.events.as_ref().expect("events");
         assert!(
             events
                 .iter()
-                .any(|e| e["kind"] == "crash" && e["detail"].as_str().is_some_and(|d| d.contains(kind))),
+                .any(|e| e.kind == EventKind::Crash && e.detail.contains(kind)),
             "{fault} is reported as {kind}: {events:?}"
         );
         // The open session was re-announced to the fresh instance.
@@ -77,7 +68,7 @@ async fn every_fault_loses_one_call_and_the_session_stays_open() {
 
     // The other tenant never noticed.
     assert_eq!(other.ask("whoami").await, bystander);
-    assert_eq!(tenant(&host.plugin("chaos").await, "bystander")["restarts"], 0);
+    assert_eq!(tenant(&host.plugin("chaos").await, "bystander").restarts, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +78,7 @@ async fn a_crash_in_http_is_a_500_and_a_restart() {
     assert_eq!(response.status, 500);
     assert!(response.json()["error"].as_str().expect("error").contains("panic"));
     assert_eq!(host.http("GET", "/t/acme/chaos/", b"").await.text(), "chaos");
-    assert_eq!(tenant(&host.plugin("chaos").await, "acme")["restarts"], 1);
+    assert_eq!(tenant(&host.plugin("chaos").await, "acme").restarts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,12 +88,12 @@ async fn a_crash_looping_version_is_rolled_back_to_the_last_that_worked() {
         c.supervision.window_secs = 60;
     })
     .await;
-    let good = host.plugin("chaos").await["current"]["hash"].clone();
+    let good = host.plugin("chaos").await.current.map(|c| c.hash);
     let generation = host.wait_current("chaos").await;
     host.drop_file("chaos", &byte_different(&plugin_bytes(CHAOS), 1));
     let view = host.wait_generation_above("chaos", generation).await;
-    let bad = view["current"]["hash"].clone();
-    let bad_generation = view["current"]["generation"].as_u64().expect("generation");
+    let bad = view.current.as_ref().map(|c| c.hash.clone());
+    let bad_generation = view.current.as_ref().map(|c| c.generation).expect("generation");
 
     let mut client = host.connect("acme", "chaos").await;
     for _ in 0..3 {
@@ -110,18 +101,22 @@ async fn a_crash_looping_version_is_rolled_back_to_the_last_that_worked() {
     }
     let view = host.wait_generation_above("chaos", bad_generation).await;
     assert_eq!(
-        view["current"]["hash"], good,
+        view.current.as_ref().map(|c| c.hash.clone()),
+        good,
         "the version that worked is current again"
     );
-    let history = view["history"].as_array().expect("history");
-    assert_eq!(history.last().expect("last")["activation"], "auto_rollback");
+    let history = view.history.as_ref().expect("history");
+    assert_eq!(history.last().expect("last").activation, Activation::AutoRollback);
     assert!(
-        history.iter().any(|r| r["hash"] == bad && r["failed"].is_string()),
+        history
+            .iter()
+            .any(|r| Some(&r.hash) == bad.as_ref() && r.failed.is_some()),
         "{history:?}"
     );
     assert!(
-        view["last_error"]["error"]
-            .as_str()
+        view.last_error
+            .as_ref()
+            .map(|e| e.error.as_str())
             .expect("error")
             .contains("crash loop")
     );
@@ -142,12 +137,13 @@ async fn a_crash_loop_with_nothing_to_roll_back_to_backs_off() {
     client.send_text("panic").await;
     let view = wait_for("the tenant backs off", async || {
         let view = host.plugin("chaos").await;
-        (tenant(&view, "acme")["status"] == "backing_off").then_some(view)
+        (tenant(&view, "acme").status == Status::BackingOff).then_some(view)
     })
     .await;
     assert!(
-        view["last_error"]["error"]
-            .as_str()
+        view.last_error
+            .as_ref()
+            .map(|e| e.error.as_str())
             .expect("error")
             .contains("backing off")
     );
@@ -158,7 +154,7 @@ async fn a_crash_loop_with_nothing_to_roll_back_to_backs_off() {
     let mut other = host.connect("globex", "chaos").await;
     assert_eq!(other.ask("echo:fine").await, "fine");
     assert_eq!(client.ask("echo:waited").await, "waited");
-    assert_eq!(tenant(&host.plugin("chaos").await, "acme")["status"], "running");
+    assert_eq!(tenant(&host.plugin("chaos").await, "acme").status, Status::Running);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use baton::admin::PluginView;
 pub use baton::config::Config;
 
 /// How long any single expectation may take before the test fails.
@@ -175,6 +176,14 @@ impl TestHost {
         response.json()
     }
 
+    /// `GET` on the admin API, read as one of its typed views (e.g.
+    /// [`PluginView`]).
+    pub async fn admin_view<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let json = self.admin_json(path).await;
+        serde_json::from_value(json.clone())
+            .unwrap_or_else(|e| panic!("GET {path}: not a {} ({e}): {json}", std::any::type_name::<T>()))
+    }
+
     /// A request to the admin listener.
     pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Response {
         request(self.admin, method, path, b"", token)
@@ -183,8 +192,8 @@ impl TestHost {
     }
 
     /// The admin view of one plugin.
-    pub async fn plugin(&self, name: &str) -> serde_json::Value {
-        self.admin_json(&format!("/api/plugins/{name}")).await
+    pub async fn plugin(&self, name: &str) -> PluginView {
+        self.admin_view(&format!("/api/plugins/{name}")).await
     }
 
     /// Waits until `name` has a current version; returns its generation.
@@ -197,7 +206,7 @@ impl TestHost {
             let token = self.config.admin_token.as_deref();
             let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", token).await;
             match response {
-                Ok(r) if r.status == 200 => r.json()["current"]["generation"].as_u64(),
+                Ok(r) if r.status == 200 => r.view::<PluginView>().current.map(|c| c.generation),
                 _ => None,
             }
         })
@@ -205,12 +214,13 @@ impl TestHost {
     }
 
     /// Waits until the current generation of `name` is above `generation`.
-    pub async fn wait_generation_above(&self, name: &str, generation: u64) -> serde_json::Value {
+    pub async fn wait_generation_above(&self, name: &str, generation: u64) -> PluginView {
         wait_for(&format!("{name} gets a generation above {generation}"), async || {
             let plugin = self.plugin(name).await;
-            plugin["current"]["generation"]
-                .as_u64()
-                .is_some_and(|g| g > generation)
+            plugin
+                .current
+                .as_ref()
+                .is_some_and(|c| c.generation > generation)
                 .then_some(plugin)
         })
         .await
@@ -348,6 +358,12 @@ impl Response {
 
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The body read as a typed view of the admin API (e.g. [`PluginView`]).
+    pub fn view<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not a {} ({e}): {}", std::any::type_name::<T>(), self.text()))
     }
 }
 
