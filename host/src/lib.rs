@@ -129,11 +129,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let runtime = Runtime::new(&config.runtime)?;
     let registry = Arc::new(Registry::default());
     let tenants = Arc::new(Tenants::default());
-    let storage_path = config.data_dir.join("storage.redb");
-    let storage = Arc::new(
-        storage::Storage::open(&storage_path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", storage_path.display()))?,
-    );
+    let storage = open_storage(&config)?;
     let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
     let plugin_runtime = plugin_runtime()?;
 
@@ -148,21 +144,21 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         stopped.clone(),
     )?;
 
+    let tenant_env = TenantEnv {
+        config: config.clone(),
+        reports,
+        storage: storage.clone(),
+        migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.get()),
+        plugins: plugin_runtime.handle().clone(),
+        tenants: tenants.clone(),
+    };
     let clients = Arc::new(server::Clients {
         registry: registry.clone(),
         config: config.clone(),
         tenants: tenants.clone(),
-        tenant_env: Arc::new(TenantEnv {
-            config: config.clone(),
-            reports,
-            storage: storage.clone(),
-            migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.get()),
-            plugins: plugin_runtime.handle().clone(),
-            tenants: tenants.clone(),
-        }),
+        tenant_env: Arc::new(tenant_env),
     });
-    let client_addr = listeners.clients.local_addr()?;
-    let admin_addr = listeners.admin.local_addr()?;
+    log_serving(&listeners, &config)?;
     let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
     let admin = Arc::new(admin::Admin {
         registry: registry.clone(),
@@ -173,15 +169,10 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         shutdown: stopped.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
-    tracing::info!(
-        clients = %client_addr, admin = %admin_addr, deploy_dir = %config.deploy_dir.display(),
-        "baton is serving: connect to ws://{client_addr}/t/{{tenant}}/{{plugin}}"
-    );
 
     shutdown.await;
     let _ = stop.send(true);
-    let open_tasks = [watcher, client_task, admin_task];
-    shut_down(&config, &tenants, open_tasks).await;
+    shut_down(&config, &tenants, [watcher, client_task, admin_task]).await;
     report_task.abort();
     let _ = report_task.await;
     storage.close();
@@ -189,6 +180,23 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     plugin_runtime.shutdown_background();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The line that says the host serves, and where.
+fn log_serving(listeners: &Listeners, config: &Config) -> std::io::Result<()> {
+    let (clients, admin) = (listeners.clients.local_addr()?, listeners.admin.local_addr()?);
+    tracing::info!(
+        %clients, %admin, deploy_dir = %config.deploy_dir.display(),
+        "baton is serving: connect to ws://{clients}/t/{{tenant}}/{{plugin}}"
+    );
+    Ok(())
+}
+
+/// The storage of the data folder.
+fn open_storage(config: &Config) -> anyhow::Result<Arc<storage::Storage>> {
+    let path = config.data_dir.join("storage.redb");
+    let storage = storage::Storage::open(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    Ok(Arc::new(storage))
 }
 
 /// The runtime plugin code runs on: its own workers, so that sockets are

@@ -99,26 +99,13 @@ pub struct Build {
     pub load_time: Duration,
 }
 
-/// One loaded build of a plugin, ready to instantiate.
+/// One loaded build of a plugin, ready to instantiate: its [`Build`] (read
+/// through `Deref`: `version.generation`, `version.pre`, ...) and how it is
+/// being used.
 pub struct Version {
-    /// The plugin's name.
-    pub plugin: String,
-    /// The SHA-256 of the file.
-    pub id: VersionId,
-    /// Grows with every activation of the plugin.
-    pub generation: u64,
-    /// Linked and type-checked against the world: instantiation is cheap.
-    pub pre: PluginCorePre<InstanceState>,
-    /// The plugin's `<name>.toml` as read with this file.
-    pub settings: PluginSettings,
-    /// The host's default limits with the plugin's settings applied.
-    pub limits: Limits,
+    build: Build,
     /// When it was loaded.
     pub loaded_at: SystemTime,
-    /// Compiled or from the cache.
-    pub origin: Origin,
-    /// How long compiling or loading took.
-    pub load_time: Duration,
     /// Calls running on this version right now (see [`InFlight`]).
     pub in_flight: AtomicUsize,
     /// Tenant instances running this version right now.
@@ -129,6 +116,14 @@ pub struct Version {
     ticker: Arc<EpochTicker>,
     /// `baton_call_seconds` per export, resolved once (calls are the hot path).
     call_metrics: Vec<(&'static str, metrics::Histogram)>,
+}
+
+impl std::ops::Deref for Version {
+    type Target = Build;
+
+    fn deref(&self) -> &Build {
+        &self.build
+    }
 }
 
 /// The exports whose calls are timed.
@@ -148,38 +143,21 @@ impl Version {
     /// A version ready to become current; calls on it that outlive
     /// `drain` after its retirement are interrupted.
     pub fn new(build: Build, drain: Duration, ticker: Arc<EpochTicker>) -> Version {
-        let Build {
-            plugin,
-            id,
-            generation,
-            pre,
-            settings,
-            limits,
-            origin,
-            load_time,
-        } = build;
         let call_metrics = CALLS
             .iter()
             .map(|call| {
                 let histogram = metrics::histogram!(
                     "baton_call_seconds",
-                    "plugin" => plugin.clone(),
-                    "version" => id.short(),
+                    "plugin" => build.plugin.clone(),
+                    "version" => build.id.short(),
                     "call" => *call,
                 );
                 (*call, histogram)
             })
             .collect();
         Version {
-            plugin,
-            id,
-            generation,
-            pre,
-            settings,
-            limits,
+            build,
             loaded_at: SystemTime::now(),
-            origin,
-            load_time,
             in_flight: AtomicUsize::new(0),
             tenants: AtomicUsize::new(0),
             retired: OnceLock::new(),

@@ -93,11 +93,21 @@ struct Queue {
 /// An immediate end of the session, ahead of anything queued.
 #[derive(Debug, Default)]
 pub(super) struct Stop {
-    pub(super) close: OnceLock<(u16, String)>,
+    close: OnceLock<(u16, String)>,
     pub(super) notify: Notify,
 }
 
 impl Stop {
+    /// The code the session was stopped with (1001 if none was set).
+    pub(super) fn code(&self) -> u16 {
+        self.close.get().map_or(close::GOING_AWAY, |(code, _)| *code)
+    }
+
+    /// The reason the session was stopped with.
+    pub(super) fn reason(&self) -> String {
+        self.close.get().map(|(_, reason)| reason.clone()).unwrap_or_default()
+    }
+
     /// Ends the session with this close code (the first call wins).
     pub(super) fn stop(&self, code: u16, reason: &str) {
         let _ = self.close.set((code, reason.to_owned()));

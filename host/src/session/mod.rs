@@ -113,9 +113,7 @@ where
 {
     let (mut sink, mut stream) = ws.split();
     let stop = outbox.stop();
-    let mut ping = tokio::time::interval(settings.ping_interval);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    ping.reset();
+    let mut ping = ping_timer(settings.ping_interval);
     let mut last_heard = Instant::now();
     // A frame read from the client and not yet taken by the tenant, with the
     // time by which it must be taken.
@@ -124,10 +122,7 @@ where
     let exit = loop {
         tokio::select! {
             biased;
-            () = stop.notify.notified() => {
-                let (code, reason) = stop.close.get().cloned().unwrap_or((close::GOING_AWAY, String::new()));
-                break Exit::Close(code, reason);
-            }
+            () = stop.notify.notified() => break Exit::Close(stop.code(), stop.reason()),
             out = outbox.recv() => match out {
                 Outbound::Frame(message) => {
                     if !write(&mut sink, message, &outbox).await {
@@ -156,18 +151,49 @@ where
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() >= settings.idle_timeout {
-                    break Exit::Close(close::GOING_AWAY, "idle timeout".into());
-                }
-                let ping = tokio::time::timeout(settings.close_timeout, sink.send(Message::Ping(Bytes::new())));
-                if !matches!(ping.await, Ok(Ok(()))) {
-                    break Exit::Dropped;
+                if let Some(exit) = keepalive(&mut sink, last_heard, &settings).await {
+                    break exit;
                 }
             }
         }
     };
 
-    let ending = match exit {
+    let ending = end(exit, &mut sink, &mut stream, &settings).await;
+    // The plugin must hear of every disconnect: wait for mailbox room.
+    let _ = mailbox.send(T::from(Inbound::Disconnect { session: id })).await;
+    ending
+}
+
+/// Ticks every `period`, the first one `period` from now; a late tick is
+/// not made up for.
+fn ping_timer(period: Duration) -> tokio::time::Interval {
+    let mut ping = tokio::time::interval(period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ping.reset();
+    ping
+}
+
+/// At a ping tick: closes a session quiet for longer than the idle timeout,
+/// else pings it; `Some` when the session ends.
+async fn keepalive<K>(sink: &mut K, last_heard: Instant, settings: &SessionSettings) -> Option<Exit>
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    if last_heard.elapsed() >= settings.idle_timeout {
+        return Some(Exit::Close(close::GOING_AWAY, "idle timeout".into()));
+    }
+    let ping = tokio::time::timeout(settings.close_timeout, sink.send(Message::Ping(Bytes::new())));
+    (!matches!(ping.await, Ok(Ok(())))).then_some(Exit::Dropped)
+}
+
+/// Finishes the socket the way `exit` says: nothing for a dropped one, our
+/// answer to the client's close, or our close and the client's answer.
+async fn end<K, R>(exit: Exit, sink: &mut K, stream: &mut R, settings: &SessionSettings) -> Ending
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+    R: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    match exit {
         Exit::Dropped => Ending::Dropped,
         Exit::ClientClosed(code) => {
             // tungstenite queued the reply; send it and finish.
@@ -175,14 +201,11 @@ where
             Ending::ClientClosed(code)
         }
         Exit::Close(code, reason) => {
-            let handshake = close_handshake(&mut sink, &mut stream, code, &reason);
+            let handshake = close_handshake(sink, stream, code, &reason);
             let _ = tokio::time::timeout(settings.close_timeout, handshake).await;
             Ending::ServerClosed(code)
         }
-    };
-    // The plugin must hear of every disconnect: wait for mailbox room.
-    let _ = mailbox.send(T::from(Inbound::Disconnect { session: id })).await;
-    ending
+    }
 }
 
 /// What a message (or the end of the stream) read from the client means.

@@ -150,7 +150,7 @@ impl Actor {
                 }
                 let wanted = self.refused_generation != Some(current.generation);
                 let behind = |v: &Arc<Version>| wanted && v.generation != current.generation;
-                if self.slot.instance().is_some_and(|i| behind(i.version())) {
+                if self.slot.running_version().is_some_and(behind) {
                     return Step::Migrate(current);
                 }
                 if !self.incidents.supervisor.backing_off() && self.slot.hibernated_version().is_some_and(behind) {
@@ -373,7 +373,7 @@ impl Actor {
     }
 
     fn current_limits(&self) -> Arc<Limits> {
-        match self.slot.version().cloned().or_else(|| self.plugin.current()) {
+        match self.slot.running_version().cloned().or_else(|| self.plugin.current()) {
             Some(version) => self.env.limits(&version, &self.shared.name),
             None => Arc::new(self.env.config.limits.clone()),
         }

@@ -136,6 +136,14 @@ impl Slot {
         }
     }
 
+    /// The version of the live instance.
+    pub fn running_version(&self) -> Option<&Arc<Version>> {
+        match &self.held {
+            Held::Running(instance) => Some(instance.version()),
+            _ => None,
+        }
+    }
+
     /// The version the hibernated instance will wake on.
     pub fn hibernated_version(&self) -> Option<&Arc<Version>> {
         match &self.held {
