@@ -70,6 +70,13 @@ pub enum Rejection {
     /// shutting down: 503.
     #[error("{0}")]
     Unavailable(String),
+    /// A capacity of the host is exhausted (the instance pool): 503. Never a
+    /// fault of the plugin.
+    #[error("{0}")]
+    AtCapacity(String),
+    /// Too many new tenants at once (`admission`): 429.
+    #[error("{0}")]
+    RateLimited(String),
     /// Admin: no or a wrong bearer token: 401.
     #[error("{0}")]
     Unauthorized(String),
@@ -96,6 +103,8 @@ impl Rejection {
             Rejection::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Conflict(_) => StatusCode::CONFLICT,

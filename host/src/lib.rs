@@ -11,9 +11,9 @@
 //!
 //! - [`config`]: the host's layered settings and a plugin's `<name>.toml`.
 //! - `error`: HTTP statuses and WebSocket close codes, in one place.
-//! - `names`, `text`, `clock`, `shutdown`, `listener`: what a valid name
-//!   is; bounding text; Unix-ms time; the shutdown signal; the accept loop
-//!   both listeners share.
+//! - `names`, `text`, `clock`, `shutdown`, `listener`, `admission`: what a
+//!   valid name is; bounding text; Unix-ms time; the shutdown signal; the
+//!   accept loop both listeners share; the rate of new tenants.
 //! - `bindings`: the one `bindgen!` of the `wit/` world.
 //! - `storage`, `timers`: durable key-value storage per tenant (redb) and a
 //!   tenant's pending timers.
@@ -47,6 +47,7 @@
 //! the hidden [`bench_api`].
 
 pub mod admin;
+mod admission;
 mod bindings;
 pub mod cli;
 mod clock;
@@ -148,13 +149,15 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         config: config.clone(),
         reports,
         storage: storage.clone(),
-        migrations: tokio::sync::Semaphore::new(config.runtime.migration_concurrency.get()),
+        migrations: tokio::sync::Semaphore::new(config.runtime.migrations_at_once()),
+        seats: Arc::new(tokio::sync::Semaphore::new(config.runtime.tenant_instances())),
         plugins: plugin_runtime.handle().clone(),
         tenants: tenants.clone(),
     };
     let clients = Arc::new(server::Clients {
         registry: registry.clone(),
         config: config.clone(),
+        admission: admission::Admission::new(&config.admission),
         tenants: tenants.clone(),
         tenant_env: Arc::new(tenant_env),
     });

@@ -32,6 +32,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use crate::admission::Admission;
 use crate::bindings::{ConnectRequest, HttpRequest};
 use crate::config::{Config, SessionConfig};
 use crate::error::Rejection;
@@ -47,6 +48,8 @@ pub struct Clients {
     pub registry: Arc<Registry>,
     /// The host's configuration.
     pub config: Arc<Config>,
+    /// How fast new tenants are admitted.
+    pub admission: Admission,
     /// The tenant tasks, created here on first use.
     pub tenants: Arc<Tenants>,
     /// Handed to new tenant tasks.
@@ -137,8 +140,15 @@ fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle,
         return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));
     }
     let handle = clients.tenants.get_or_spawn(plugin, tenant, || {
-        tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone())
-    });
+        if !clients.admission.admit() {
+            metrics::counter!("baton_capacity_refusals_total", "plugin" => plugin.to_owned(), "limit" => "new_tenants")
+                .increment(1);
+            return Err(Rejection::RateLimited(
+                "too many new tenants at once (admission.new_tenants_per_second); try again later".into(),
+            ));
+        }
+        Ok(tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone()))
+    })?;
     match handle.shared().status() {
         Status::BackingOff => Err(Rejection::backing_off()),
         _ => Ok(handle),

@@ -16,22 +16,31 @@ async fn a_client_that_never_reads_is_closed_with_1008() {
     .await;
     let mut reader = host.connect("acme", "chaos").await;
     let mut stalled = host.connect("acme", "chaos").await;
+    let slow_closes = async || {
+        let metrics = host.admin("GET", "/metrics", None).await.text();
+        sample(&metrics, "baton_slow_consumer_closes_total").unwrap_or(0.0)
+    };
+    let before = slow_closes().await;
     // 60 KB answers pile up: the kernel buffers fill, then the outbound queue.
     for _ in 0..200 {
         stalled.send_text("big:60000").await;
     }
-    eventually("the stalled session is closed", async || {
+    // Wait for the host's decision, not for the session to be gone: the
+    // close frame waits behind the backlog, and a client that reads only
+    // after the host gave up the closing handshake would never see it.
+    eventually("the stalled client is stopped", async || slow_closes().await > before).await;
+    let code = loop {
+        match stalled.recv().await.expect("the backlog, then a close frame") {
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+            _ => continue,
+        }
+    };
+    assert_eq!(code, Some(1008));
+    drop(stalled);
+    eventually("the stalled session is gone", async || {
         host.plugin("chaos").await.sessions == 1
     })
     .await;
-    let mut code = None;
-    while let Ok(message) = stalled.recv().await {
-        if let tokio_tungstenite::tungstenite::Message::Close(Some(frame)) = message {
-            code = Some(u16::from(frame.code));
-            break;
-        }
-    }
-    assert_eq!(code, Some(1008));
     assert_eq!(reader.ask("echo:fine").await, "fine");
 }
 

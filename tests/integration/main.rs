@@ -2,6 +2,7 @@
 //! against a real host (in this process, on ephemeral loopback ports), real
 //! WebSocket and HTTP clients, and the real plugins of `plugins/`.
 
+mod capacity;
 mod channels;
 mod cli;
 mod durability;

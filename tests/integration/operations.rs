@@ -33,15 +33,6 @@ async fn the_admin_api_requires_its_token_when_one_is_set() {
     assert_eq!(host.http("GET", "/t/acme/echo", b"").await.status, 200);
 }
 
-/// The value of a Prometheus sample whose line starts with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_exposed_and_move_with_traffic() {
     let host = TestHost::start(&[("metrics-echo", ECHO)]).await;
@@ -52,9 +43,17 @@ async fn metrics_are_exposed_and_move_with_traffic() {
     for i in 0..10 {
         client.ask(&i.to_string()).await;
     }
-    let metrics = scrape().await;
+    // A reply can reach the client a moment before its frame is counted on
+    // the plugin's thread: wait for the counters rather than race them.
+    let frames_out = "baton_frames_out_total{plugin=\"metrics-echo\"}";
+    let metrics = wait_for("the frame counters move", async || {
+        let metrics = scrape().await;
+        sample(&metrics, frames_out)
+            .is_some_and(|v| v >= 10.0)
+            .then_some(metrics)
+    })
+    .await;
     assert_eq!(sample(&metrics, frames_in), Some(before + 10.0), "frames in moved");
-    assert!(sample(&metrics, "baton_frames_out_total{plugin=\"metrics-echo\"}").is_some_and(|v| v >= 10.0));
     assert_eq!(
         sample(&metrics, "baton_sessions{plugin=\"metrics-echo\",tenant=\"acme\"}"),
         Some(1.0)

@@ -389,6 +389,15 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8], to
     Ok(Response { status, headers, body })
 }
 
+/// The value of a Prometheus sample whose line starts with `prefix`.
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// A copy of a component that differs in bytes but not in behaviour: a custom
 /// section appended (a valid component still, with another hash).
 pub fn byte_different(bytes: &[u8], tag: u32) -> Vec<u8> {

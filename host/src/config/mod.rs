@@ -84,6 +84,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Dropping the instances of idle tenants.
     pub hibernation: HibernationConfig,
+    /// Admitting new tenants.
+    pub admission: AdmissionConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -104,7 +106,10 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Live instances the pool holds at most (tenant instances of every
-    /// plugin and version, plus deploy checks). Default 1000.
+    /// plugin and version, plus deploy checks). A reserve of it is kept free
+    /// of tenants for migrations and deploy checks (see
+    /// [`RuntimeConfig::reserved_instances`]); a new tenant beyond the rest
+    /// gets 503. Default 1000.
     pub max_instances: u32,
     /// Ceiling for any instance's linear memory, in MiB. Default 1024.
     pub max_memory_mib: u64,
@@ -117,9 +122,53 @@ pub struct RuntimeConfig {
     /// Plugins compiled at the same time at most. Default 2.
     pub compile_concurrency: NonZeroUsize,
     /// Tenants migrating to a new version at the same time at most. Each holds
-    /// two instances while it migrates, so `max_instances` must leave this
-    /// much room above the live tenants. Default 64.
+    /// a second instance while it migrates, taken from the reserve, which
+    /// bounds this too. Default 64.
     pub migration_concurrency: NonZeroUsize,
+}
+
+impl RuntimeConfig {
+    /// Instances kept free of tenants: the second instance of each migrating
+    /// tenant, and deploy checks. At most a quarter of the pool.
+    pub fn reserved_instances(&self) -> usize {
+        let wanted = self.migration_concurrency.get() + self.compile_concurrency.get();
+        wanted.min(self.max_instances as usize / 4)
+    }
+
+    /// Tenant instances the pool holds at most.
+    pub fn tenant_instances(&self) -> usize {
+        self.max_instances as usize - self.reserved_instances()
+    }
+
+    /// Tenants that migrate at the same time at most: what the reserve holds
+    /// beside deploy checks.
+    pub fn migrations_at_once(&self) -> usize {
+        let reserve = self.reserved_instances();
+        let checks = self.compile_concurrency.get().min(reserve / 2);
+        self.migration_concurrency.get().min(reserve - checks).max(1)
+    }
+}
+
+/// Admitting new tenants: a token bucket of tenant tasks created per second,
+/// on top of the `tenants` allow-list, so that requests for made-up tenant
+/// names cannot make the host create tasks without bound. A request for a
+/// new tenant beyond it gets 429.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// New tenants per second, sustained. Default 200.
+    pub new_tenants_per_second: u32,
+    /// New tenants at once, after a quiet period. Default 2000.
+    pub new_tenants_burst: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            new_tenants_per_second: 200,
+            new_tenants_burst: 2000,
+        }
+    }
 }
 
 /// Client session settings.
@@ -243,6 +292,7 @@ impl Default for Config {
             supervision: SupervisionConfig::default(),
             shutdown: ShutdownConfig::default(),
             hibernation: HibernationConfig::default(),
+            admission: AdmissionConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -367,9 +417,14 @@ impl Config {
                 self.admin_listen
             )));
         }
-        if self.runtime.epoch_tick_ms == 0 || self.runtime.max_instances == 0 {
+        if self.runtime.epoch_tick_ms == 0 || self.runtime.max_instances < 2 {
             return Err(invalid(
-                "runtime.epoch_tick_ms and runtime.max_instances must be > 0".into(),
+                "runtime.epoch_tick_ms must be > 0 and runtime.max_instances at least 2".into(),
+            ));
+        }
+        if self.admission.new_tenants_per_second == 0 || self.admission.new_tenants_burst == 0 {
+            return Err(invalid(
+                "admission.new_tenants_per_second and admission.new_tenants_burst must be > 0".into(),
             ));
         }
         if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
@@ -453,6 +508,21 @@ mod tests {
         let config = Config::from_layers(vec![("environment".into(), t)]).expect("valid");
         assert_eq!(config.deploy_dir, PathBuf::from("/srv/plugins"));
         assert_eq!(config.tenants, vec!["a".to_owned(), "b".to_owned()]);
+    }
+
+    #[test]
+    fn the_pool_keeps_a_reserve_for_migrations_and_checks() {
+        let runtime = RuntimeConfig::default();
+        assert_eq!(runtime.reserved_instances(), 66);
+        assert_eq!(runtime.tenant_instances(), 934);
+        assert_eq!(runtime.migrations_at_once(), 64);
+        let small = RuntimeConfig {
+            max_instances: 64,
+            ..RuntimeConfig::default()
+        };
+        assert_eq!(small.reserved_instances(), 16, "a quarter of the pool at most");
+        assert_eq!(small.tenant_instances(), 48);
+        assert_eq!(small.migrations_at_once(), 14);
     }
 
     #[test]

@@ -75,7 +75,13 @@ impl Instance {
         number: u64,
     ) -> Result<Instance, StartError> {
         let mut store = new_store(&version, tenant, limits);
-        let failed = |e: wasmtime::Error| StartError::Instantiate(bounded(format!("{e:#}")));
+        let failed = |e: wasmtime::Error| {
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                StartError::Capacity(bounded(format!("the instance pool is full: {e}")))
+            } else {
+                StartError::Instantiate(bounded(format!("{e:#}")))
+            }
+        };
         // Instantiation runs the modules' start functions: guest code.
         let running = version.ticker().running();
         let raw = version
@@ -103,6 +109,8 @@ impl Instance {
         match instance.call("init", async |p, s| p.call_init(s, &config).await).await {
             Ok(Ok(())) => Ok(instance),
             Ok(Err(reason)) => Err(StartError::Init(bounded(reason))),
+            // The first fiber stack may be taken only now, at `init`.
+            Err(trap) if trap.kind == TrapKind::PoolFull => Err(StartError::Capacity(trap.message)),
             Err(trap) => Err(StartError::Trap(trap)),
         }
     }
@@ -143,6 +151,8 @@ impl Instance {
         let state = self.store.data();
         let kind = if let Some(kind) = state.budget.interrupted {
             kind
+        } else if error.is::<wasmtime::PoolConcurrencyLimitError>() {
+            TrapKind::PoolFull
         } else if state.limiter.memory_denied {
             TrapKind::MemoryLimit
         } else {

@@ -29,6 +29,9 @@ pub enum TrapKind {
     Drained,
     /// The instance asked for more memory than its limit and aborted.
     MemoryLimit,
+    /// The pool had no slot (a fiber stack) for the call: the host's limit,
+    /// not a fault of the plugin.
+    PoolFull,
     /// Anything else (including host errors while calling).
     Other,
 }
@@ -43,6 +46,7 @@ impl TrapKind {
             TrapKind::Deadline => "deadline",
             TrapKind::Drained => "drained",
             TrapKind::MemoryLimit => "memory_limit",
+            TrapKind::PoolFull => "pool_full",
             TrapKind::Other => "other",
         }
     }
@@ -51,6 +55,10 @@ impl TrapKind {
 /// Why an instance could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
+    /// The instance pool has no room left (a limit of the host, not a fault
+    /// of the plugin).
+    #[error("{0}")]
+    Capacity(String),
     /// The host could not create the instance (pool exhausted, limits too
     /// small); wasmtime's error chain, bounded.
     #[error("cannot instantiate: {0}")]

@@ -61,9 +61,11 @@ impl PluginEntry {
         self.changed.notified()
     }
 
-    /// The generation the next activation will get.
+    /// The generation the next activation will get. It is taken only by
+    /// [`PluginEntry::activate`], so a candidate that fails its checks uses
+    /// none up (callers hold the plugin's deploy lock).
     pub fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+        self.generation.load(Ordering::Relaxed) + 1
     }
 
     /// Makes `version` current, retiring the one it replaces. `settings` is
@@ -94,6 +96,7 @@ impl PluginEntry {
             "activation" => activation.as_str(),
         )
         .increment(1);
+        self.generation.fetch_max(version.generation, Ordering::Relaxed);
         if let Some(old) = self.current.swap(Some(version)) {
             old.retire();
         }
@@ -275,6 +278,15 @@ mod tests {
         assert_eq!(registry.all().len(), 1);
         assert!(registry.get("chat").is_none());
         assert!(a.current().is_none());
+    }
+
+    #[test]
+    fn a_generation_is_used_up_only_by_an_activation() {
+        let entry = Registry::default().entry("echo");
+        assert_eq!(entry.next_generation(), 1);
+        assert_eq!(entry.next_generation(), 1, "asking takes nothing");
+        entry.restore(41, Vec::new());
+        assert_eq!(entry.next_generation(), 42);
     }
 
     #[test]

@@ -23,13 +23,20 @@ use crate::session::link::{SessionId, SessionLink};
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
-use crate::tenant::slot::{Refusal, Slot, Up};
+use crate::tenant::slot::{Failure, Refusal, Slot, Up};
 use crate::tenant::state::{SessionEntry, Status, TenantShared};
 use crate::version::Version;
 
 /// How long a removed plugin's tenant waits for its closed sessions to
 /// disconnect before it ends anyway.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// While a tenant waits for a pool seat, how often it asks an idle tenant
+/// to make room again.
+const SEAT_RETRY: Duration = Duration::from_millis(500);
+
+/// Tenants idle this long may be hibernated to make room in a full pool.
+const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
 
 /// Starts the task of `tenant` for `plugin`, on the plugin runtime.
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
@@ -51,6 +58,8 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         deferred: None,
         removed_at: None,
         closing: false,
+        waiting_for_seat: false,
+        refused_for_room: false,
         last_active: Instant::now(),
     };
     env.plugins.spawn(actor.run().instrument(span));
@@ -72,6 +81,11 @@ struct Actor {
     removed_at: Option<Instant>,
     /// Set while the sessions of a removed plugin are being closed.
     closing: bool,
+    /// Set when the deferred command waits for a pool seat.
+    waiting_for_seat: bool,
+    /// Set when the tenant was refused an instance for lack of room and has
+    /// nothing to keep: its task then ends instead of lingering.
+    refused_for_room: bool,
     /// When the last command or timer was handled.
     last_active: Instant,
 }
@@ -86,10 +100,32 @@ enum Step {
     Close,
     /// Crash loop: wait until then (or a swap).
     WaitBackoff(Instant),
+    /// The deferred command needs an instance and the pool is full.
+    WaitSeat,
     /// Run the command that waited for an instance.
     RunDeferred(Command),
     /// Wait for a command, a timer, a swap or idleness.
     Wait,
+}
+
+/// Whether an instance is there to call.
+enum Ready {
+    /// It is.
+    Yes,
+    /// Not now: backing off, or the plugin is gone. Work waits.
+    No,
+    /// No room in the pool (why).
+    Full(String),
+}
+
+/// What one attempt at bringing an instance up did.
+enum Attempt {
+    /// It ran (an instance came up, or the failure was reported).
+    Done,
+    /// There was nothing to start.
+    Nothing,
+    /// No room in the pool (why).
+    Full(String),
 }
 
 /// What waiting brought.
@@ -113,7 +149,9 @@ impl Actor {
             match self.next_step() {
                 Step::Migrate(target) => self.migrate(target).await,
                 Step::Wake => {
-                    self.bring_up_once().await;
+                    if let Attempt::Full(_) = self.bring_up_once().await {
+                        self.wait_for_seat(changed).await;
+                    }
                 }
                 Step::Close => {
                     self.close_all().await;
@@ -123,12 +161,16 @@ impl Actor {
                     () = tokio::time::sleep_until(until) => self.incidents.supervisor.end(),
                     () = &mut changed => {}
                 },
+                Step::WaitSeat => self.wait_for_seat(changed).await,
                 Step::RunDeferred(command) => self.handle(command).await,
                 Step::Wait => match self.wait(changed).await {
                     Waited::Handled => {}
                     Waited::Shutdown(done) => break Some(done),
                     Waited::Abandoned => break None,
                 },
+            }
+            if self.nothing_to_keep() {
+                break None;
             }
         };
         self.finish(shutdown).await;
@@ -169,10 +211,41 @@ impl Actor {
         if let Some(until) = self.incidents.supervisor.until() {
             return Step::WaitBackoff(until);
         }
+        if self.waiting_for_seat && self.deferred.is_some() {
+            return Step::WaitSeat;
+        }
         match self.deferred.take() {
             Some(command) => Step::RunDeferred(command),
             None => Step::Wait,
         }
+    }
+
+    /// Waits for a pool seat (or a swap), asking idle tenants to make room
+    /// now and then.
+    async fn wait_for_seat(&mut self, changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
+        let seats = self.env.seats.clone();
+        tokio::select! {
+            seat = seats.acquire_owned() => {
+                if let Ok(seat) = seat {
+                    self.slot.give_seat(seat);
+                }
+                self.waiting_for_seat = false;
+            }
+            () = changed => {}
+            () = tokio::time::sleep(SEAT_RETRY) => {
+                self.env.tenants.hibernate_least_recent(MAKE_ROOM_IDLE);
+            }
+        }
+    }
+
+    /// Whether the task can end because it holds nothing: it was refused an
+    /// instance for lack of room, and has no session, timer or waiting work.
+    fn nothing_to_keep(&self) -> bool {
+        self.refused_for_room
+            && self.slot.version().is_none()
+            && self.deferred.is_none()
+            && self.shared.session_count() == 0
+            && self.shared.state().timers.is_empty()
     }
 
     async fn wait(&mut self, changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> Waited {
@@ -185,6 +258,7 @@ impl Actor {
                 Some(Command::Shutdown { done }) => return Waited::Shutdown(done),
                 Some(command) => {
                     self.last_active = Instant::now();
+                    self.shared.touch();
                     self.handle(command).await;
                 }
                 None => return Waited::Abandoned,
@@ -193,6 +267,7 @@ impl Actor {
             () = sleep_until(removal_deadline) => {}
             () = sleep_until(next_timer) => {
                 self.last_active = Instant::now();
+                self.shared.touch();
                 self.fire_timers().await;
             }
             () = sleep_until(idle_deadline) => self.hibernate().await,
@@ -239,6 +314,7 @@ impl Actor {
             Command::Frame { session, frame } => self.on_frame(session, frame).await,
             Command::Disconnect { session } => self.on_disconnect(session).await,
             Command::Http { request, reply } => self.on_http(request, reply).await,
+            Command::Hibernate => self.hibernate().await,
             // Handled by the main loop; a deferred one means the same.
             Command::Shutdown { done } => {
                 let _ = done.send(());
@@ -260,9 +336,10 @@ impl Actor {
             let _ = reply.send(Err(Rejection::TooMany("too many sessions for this tenant".into())));
             return;
         }
-        if !self.ensure_instance().await {
-            self.deferred = Some(Command::Connect { link, request, reply });
-            return;
+        match self.ensure_instance().await {
+            Ready::Yes => {}
+            Ready::No => return self.deferred = Some(Command::Connect { link, request, reply }),
+            Ready::Full(why) => return self.refuse_for_room(reply, why),
         }
         let id = link.id();
         let entry = SessionEntry {
@@ -301,9 +378,13 @@ impl Actor {
         if !self.shared.state().sessions.contains_key(&session) {
             return;
         }
-        if !self.ensure_instance().await {
-            self.deferred = Some(Command::Frame { session, frame });
-            return;
+        match self.ensure_instance().await {
+            Ready::Yes => {}
+            Ready::No => return self.deferred = Some(Command::Frame { session, frame }),
+            Ready::Full(_) => {
+                self.waiting_for_seat = true;
+                return self.deferred = Some(Command::Frame { session, frame });
+            }
         }
         self.shared.count_in();
         if let Some(instance) = self.slot.instance()
@@ -315,10 +396,28 @@ impl Actor {
     }
 
     async fn on_disconnect(&mut self, session: SessionId) {
-        let had_instance = self.slot.version().is_some();
-        if self.shared.remove_session(session) && had_instance && self.ensure_instance().await {
-            self.call_disconnect(session).await;
-            self.deliver_presence().await;
+        if !self.shared.state().sessions.contains_key(&session) {
+            return;
+        }
+        if self.slot.version().is_none() {
+            // No instance ever heard of it since the last crash.
+            self.shared.remove_session(session);
+            return;
+        }
+        match self.ensure_instance().await {
+            Ready::Yes => {
+                self.shared.remove_session(session);
+                self.call_disconnect(session).await;
+                self.deliver_presence().await;
+            }
+            Ready::No => {
+                self.shared.remove_session(session);
+            }
+            // The plugin must hear it once: wait for room.
+            Ready::Full(_) => {
+                self.waiting_for_seat = true;
+                self.deferred = Some(Command::Disconnect { session });
+            }
         }
     }
 
@@ -327,9 +426,10 @@ impl Actor {
             let _ = reply.send(Err(Rejection::backing_off()));
             return;
         }
-        if !self.ensure_instance().await {
-            self.deferred = Some(Command::Http { request, reply });
-            return;
+        match self.ensure_instance().await {
+            Ready::Yes => {}
+            Ready::No => return self.deferred = Some(Command::Http { request, reply }),
+            Ready::Full(why) => return self.refuse_for_room(reply, why),
         }
         let Some(instance) = self.slot.instance() else {
             return;
@@ -351,9 +451,9 @@ impl Actor {
     async fn fire_timers(&mut self) {
         let due = self.shared.state().timers.take_due(Instant::now());
         for (id, payload) in due {
-            if !self.ensure_instance().await {
-                // Backing off or removed: the timer is lost with the instance
-                // that could not run it, as a crashed call is.
+            if !matches!(self.ensure_instance().await, Ready::Yes) {
+                // Backing off, removed or no room: the timer is lost with the
+                // instance that could not run it, as a crashed call is.
                 continue;
             }
             if let Some(instance) = self.slot.instance()
@@ -387,22 +487,34 @@ impl Actor {
         }
     }
 
-    /// Makes sure there is an instance, bringing one up if needed. `false` when none could be:
-    /// the tenant is then backing off or the plugin is gone.
-    async fn ensure_instance(&mut self) -> bool {
+    /// Makes sure there is an instance, bringing one up if needed, and says
+    /// why there is none otherwise.
+    async fn ensure_instance(&mut self) -> Ready {
         while !self.slot.is_running() {
-            if self.incidents.supervisor.backing_off() || !self.bring_up_once().await {
-                return false;
+            if self.incidents.supervisor.backing_off() {
+                return Ready::No;
+            }
+            match self.bring_up_once().await {
+                Attempt::Done => {}
+                Attempt::Nothing => return Ready::No,
+                Attempt::Full(why) => return Ready::Full(why),
             }
         }
-        true
+        Ready::Yes
+    }
+
+    /// A new session or request found the pool full: 503 at once, naming the
+    /// limit, and an idle tenant is asked to make room for the next try.
+    fn refuse_for_room<T>(&mut self, reply: oneshot::Sender<Result<T, Rejection>>, why: String) {
+        self.refused_for_room = true;
+        let _ = reply.send(Err(Rejection::AtCapacity(why)));
+        self.env.tenants.hibernate_least_recent(MAKE_ROOM_IDLE);
     }
 
     /// One attempt at bringing an instance up, reporting what went wrong.
-    /// `false` when there was nothing to start.
-    async fn bring_up_once(&mut self) -> bool {
+    async fn bring_up_once(&mut self) -> Attempt {
         let Some(result) = self.slot.bring_up(self.plugin.current()).await else {
-            return false;
+            return Attempt::Nothing;
         };
         match result {
             Ok(Up::Restored { refused: Some(reason) }) => {
@@ -411,9 +523,14 @@ impl Actor {
                 }
             }
             Ok(Up::AlreadyRunning | Up::Started | Up::Woke | Up::Restored { refused: None }) => {}
+            Err(Failure::Capacity { why }) => {
+                self.incidents.no_room(&why);
+                return Attempt::Full(why);
+            }
             Err(failure) => self.incidents.start_failed(failure),
         }
-        true
+        self.refused_for_room = false;
+        Attempt::Done
     }
 
     /// A call trapped: drop the instance and start a fresh one (or back off).
@@ -443,6 +560,11 @@ impl Actor {
             // The old instance is gone with its state; the restart lands on
             // the current version.
             Err(Refusal::Trapped(trap)) => self.crashed(trap).await,
+            // The pool has no room for the second instance: try again soon.
+            Err(Refusal::NoRoom(why)) => {
+                self.incidents.no_room(&why);
+                tokio::time::sleep(SEAT_RETRY).await;
+            }
             Err(Refusal::Stays(reason)) => {
                 self.refused_generation = Some(target.generation);
                 self.incidents.migration_failed(&target, reason);
@@ -490,7 +612,7 @@ impl Actor {
                 Command::Http { reply, .. } => {
                     let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
                 }
-                Command::Frame { .. } => {}
+                Command::Frame { .. } | Command::Hibernate => {}
             }
         }
     }

@@ -11,7 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::tenant::mailbox::TenantHandle;
+use crate::tenant::mailbox::{Command, TenantHandle};
+use crate::tenant::state::Status;
 
 /// Every live tenant task of the host, by plugin, then tenant.
 #[derive(Default)]
@@ -21,16 +22,21 @@ pub struct Tenants {
 
 impl Tenants {
     /// The handle of `tenant` of `plugin`, created by `spawn` when it has no
-    /// live task.
-    pub fn get_or_spawn(&self, plugin: &str, tenant: &str, spawn: impl FnOnce() -> TenantHandle) -> TenantHandle {
+    /// live task (which may refuse).
+    pub fn get_or_spawn<E>(
+        &self,
+        plugin: &str,
+        tenant: &str,
+        spawn: impl FnOnce() -> Result<TenantHandle, E>,
+    ) -> Result<TenantHandle, E> {
         let mut plugins = self.lock();
         let tenants = plugins.entry(plugin.to_owned()).or_default();
         match tenants.get(tenant) {
-            Some(handle) if !handle.is_closed() => handle.clone(),
+            Some(handle) if !handle.is_closed() => Ok(handle.clone()),
             _ => {
-                let handle = spawn();
+                let handle = spawn()?;
                 tenants.insert(tenant.to_owned(), handle.clone());
-                handle
+                Ok(handle)
             }
         }
     }
@@ -61,6 +67,18 @@ impl Tenants {
             .collect()
     }
 
+    /// Asks the least recently active tenant with a live instance, idle for
+    /// `idle` at least, to hibernate, so that its pool seat frees up. Returns
+    /// whether one was asked. Never waits: a full mailbox means a busy tenant.
+    pub fn hibernate_least_recent(&self, idle: std::time::Duration) -> bool {
+        let candidate = self
+            .all()
+            .into_iter()
+            .filter(|t| t.shared().status() == Status::Running && t.shared().idle_for() >= idle)
+            .max_by_key(|t| t.shared().idle_for());
+        candidate.is_some_and(|t| t.mailbox().try_send(Command::Hibernate).is_ok())
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, TenantHandle>>> {
         self.by_plugin.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -75,7 +93,7 @@ mod tests {
     use super::*;
     use crate::tenant::state::TenantShared;
 
-    fn handle(tenant: &str) -> (TenantHandle, mpsc::Receiver<crate::tenant::mailbox::Command>) {
+    fn handle(tenant: &str) -> (TenantHandle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(1);
         let shared = Arc::new(TenantShared::new(tenant.into(), "echo".into(), None));
         (TenantHandle::new(shared, tx), rx)
@@ -85,9 +103,16 @@ mod tests {
     fn a_task_is_spawned_once_and_replaced_when_it_ended() {
         let tenants = Tenants::default();
         let (first, rx) = handle("acme");
-        let got = tenants.get_or_spawn("echo", "acme", || first.clone());
+        let spawned = |h: &TenantHandle| Ok::<_, ()>(h.clone());
+        let got = tenants
+            .get_or_spawn("echo", "acme", || spawned(&first))
+            .expect("spawned");
         assert!(!got.is_closed());
-        let again = tenants.get_or_spawn("echo", "acme", || panic!("must not spawn twice"));
+        let again = tenants
+            .get_or_spawn("echo", "acme", || -> Result<TenantHandle, ()> {
+                panic!("must not spawn twice")
+            })
+            .expect("the same task");
         assert_eq!(again.shared().name, "acme");
         assert_eq!(tenants.of_plugin("echo").len(), 1);
         assert!(tenants.of_plugin("chat").is_empty());
@@ -96,7 +121,13 @@ mod tests {
         tenants.forget("echo", "acme");
         assert!(tenants.all().is_empty());
         let (second, _rx) = handle("acme");
-        tenants.get_or_spawn("echo", "acme", || second);
+        tenants
+            .get_or_spawn("echo", "acme", || spawned(&second))
+            .expect("spawned");
+        assert!(
+            tenants.get_or_spawn("echo", "globex", || Err(())).is_err(),
+            "a refused spawn"
+        );
         assert_eq!(tenants.all().len(), 1);
     }
 }

@@ -45,9 +45,12 @@ pub struct TenantEnv {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Durable storage for plugins.
     pub storage: Arc<Storage>,
-    /// Bounds how many tenants migrate at once (each holds two instances
-    /// meanwhile).
+    /// Bounds how many tenants migrate at once (each holds a second instance
+    /// from the pool's reserve meanwhile).
     pub migrations: Semaphore,
+    /// Seats for tenant instances: a tenant holds one while it has a live
+    /// instance, so tenants never take the pool's reserve.
+    pub seats: Arc<Semaphore>,
     /// The runtime tenant tasks (and so all plugin code) run on, apart from
     /// the one that serves sockets.
     pub plugins: tokio::runtime::Handle,

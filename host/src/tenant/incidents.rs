@@ -74,6 +74,30 @@ impl Incidents {
                 self.restarted(&version);
             }
             Failure::Trap { version, trap } => self.crashed(&version, &trap),
+            Failure::Capacity { why } => self.no_room(&why),
+        }
+    }
+
+    /// No room in the pool for this tenant's instance: capacity, not a fault
+    /// of the plugin, so it is counted and logged (once a second at most,
+    /// for the whole host) but never a restart.
+    pub fn no_room(&self, why: &str) {
+        metrics::counter!("baton_capacity_refusals_total", "plugin" => self.plugin.name.clone(), "limit" => "instances")
+            .increment(1);
+        static LAST_LOG_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::clock::unix_ms();
+        let last = LAST_LOG_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && LAST_LOG_MS
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!("{why}; new tenants get 503 (this line at most once a second)");
         }
     }
 

@@ -46,6 +46,9 @@ pub enum Command {
         /// The plugin's response.
         reply: oneshot::Sender<Result<HttpResponse, Rejection>>,
     },
+    /// The pool needs room: hibernate if idle (a plugin that cannot export
+    /// its state stays awake).
+    Hibernate,
     /// The host is shutting down: end the task (after its sessions closed).
     Shutdown {
         /// Answered when the task has ended.

@@ -9,6 +9,12 @@
 //!     └──── take (a trap) ───────┘  └──── wake (import-state) ────────┘
 //! ```
 //!
+//! A live instance holds a *seat* (`TenantEnv::seats`): the pool's room for
+//! tenant instances, which leaves its reserve to migrations and deploy
+//! checks. No seat, or a pool that refuses the instance anyway, is
+//! [`Failure::Capacity`]: the plugin did nothing wrong, so it is never a
+//! restart, and hibernated state is kept.
+//!
 //! The slot does the mechanics and says what happened ([`Up`], [`Failure`]);
 //! the tenant task keeps the policy: what to report, when a failure counts as
 //! a restart, re-announcing sessions to a fresh instance. Every instance the
@@ -17,6 +23,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::bindings::ConnectRequest;
@@ -59,8 +66,14 @@ pub enum Up {
     },
 }
 
-/// Why no instance came up. The slot is empty afterwards.
+/// Why no instance came up. The slot is empty afterwards (or still
+/// hibernated, after [`Failure::Capacity`]).
 pub enum Failure {
+    /// No room in the pool for another tenant instance.
+    Capacity {
+        /// What is full.
+        why: String,
+    },
     /// The instance could not start (or, `waking`, could not take its own
     /// hibernated state back: that state is lost, as after a crash).
     Start {
@@ -81,12 +94,28 @@ pub enum Failure {
     },
 }
 
+impl Failure {
+    /// The failure of a start of `version`: capacity, or the version's own.
+    fn of(version: &Arc<Version>, waking: bool, error: StartError) -> Failure {
+        match error {
+            StartError::Capacity(why) => Failure::Capacity { why },
+            error => Failure::Start {
+                version: version.clone(),
+                waking,
+                error: error.to_string(),
+            },
+        }
+    }
+}
+
 /// Why a migration did not happen. The old instance is still live, except
 /// after [`Refusal::Trapped`], where it is still in the slot for the caller to
 /// handle as a crash.
 pub enum Refusal {
     /// The old instance trapped exporting its state.
     Trapped(Trap),
+    /// The pool has no room for the new instance now (the old one is live).
+    NoRoom(String),
     /// Anything else: the tenant stays on its version, for this reason.
     Stays(String),
 }
@@ -96,6 +125,8 @@ pub struct Slot {
     held: Held,
     shared: Arc<TenantShared>,
     env: Arc<TenantEnv>,
+    /// The pool seat of the live instance (or of the one being brought up).
+    seat: Option<OwnedSemaphorePermit>,
     /// Instances started so far (numbers them).
     started: u64,
     /// Whether state kept at the last shutdown was looked for.
@@ -109,6 +140,7 @@ impl Slot {
             held: Held::Empty,
             shared,
             env,
+            seat: None,
             started: 0,
             persisted_checked: false,
         }
@@ -171,6 +203,7 @@ impl Slot {
 
     /// Takes the live instance out (it trapped: it must never be called again).
     pub fn take(&mut self) -> Option<Instance> {
+        self.seat = None;
         match std::mem::replace(&mut self.held, Held::Empty) {
             Held::Running(instance) => Some(*instance),
             other => {
@@ -183,6 +216,33 @@ impl Slot {
     /// Drops whatever the slot holds.
     pub fn clear(&mut self) {
         self.held = Held::Empty;
+        self.seat = None;
+    }
+
+    /// Hands the slot a seat its task waited for.
+    pub fn give_seat(&mut self, seat: OwnedSemaphorePermit) {
+        self.seat.get_or_insert(seat);
+    }
+
+    /// Takes a seat for an instance about to be brought up, if none is held.
+    fn take_seat(&mut self) -> Result<(), Failure> {
+        if self.seat.is_some() {
+            return Ok(());
+        }
+        let seat = self.env.seats.clone().try_acquire_owned().map_err(|_| {
+            let runtime = &self.env.config.runtime;
+            Failure::Capacity {
+                why: format!(
+                    "the instance pool is full: {} tenant instances live (runtime.max_instances = {}, {} kept \
+                     for migrations and deploy checks)",
+                    runtime.tenant_instances(),
+                    runtime.max_instances,
+                    runtime.reserved_instances()
+                ),
+            }
+        })?;
+        self.seat = Some(seat);
+        Ok(())
     }
 
     /// Starts (but does not install) the tenant's next instance of `version`.
@@ -202,28 +262,40 @@ impl Slot {
     /// `None` when there is nothing to start: no hibernated state and no
     /// current version (the plugin was removed).
     pub async fn bring_up(&mut self, current: Option<Arc<Version>>) -> Option<Result<Up, Failure>> {
-        match std::mem::replace(&mut self.held, Held::Empty) {
+        let result = match std::mem::replace(&mut self.held, Held::Empty) {
             Held::Running(instance) => {
                 self.held = Held::Running(instance);
-                Some(Ok(Up::AlreadyRunning))
+                return Some(Ok(Up::AlreadyRunning));
             }
-            Held::Hibernated { version, state } => Some(self.wake(version, &state).await),
+            Held::Hibernated { version, state } => match self.take_seat() {
+                Ok(()) => self.wake(version, state).await,
+                Err(full) => {
+                    self.held = Held::Hibernated { version, state };
+                    Err(full)
+                }
+            },
             Held::Empty => {
                 let version = current?;
-                Some(match self.take_persisted().await {
-                    Some((from, state)) => self.restore(version, &from, &state).await,
-                    None => self.start_fresh(version).await,
-                })
+                match self.take_seat() {
+                    Ok(()) => match self.take_persisted().await {
+                        Some((from, state)) => self.restore(version, &from, &state).await,
+                        None => self.start_fresh(version).await,
+                    },
+                    Err(full) => Err(full),
+                }
             }
+        };
+        if result.is_err() {
+            self.seat = None;
         }
+        Some(result)
     }
 
     async fn start_fresh(&mut self, version: Arc<Version>) -> Result<Up, Failure> {
-        let instance = self.start(version.clone()).await.map_err(|error| Failure::Start {
-            version: version.clone(),
-            waking: false,
-            error: error.to_string(),
-        })?;
+        let instance = self
+            .start(version.clone())
+            .await
+            .map_err(|error| Failure::of(&version, false, error))?;
         self.install(instance);
         if let Err(trap) = self.reannounce().await {
             self.clear();
@@ -289,14 +361,19 @@ impl Slot {
         Ok(())
     }
 
-    async fn wake(&mut self, version: Arc<Version>, state: &[u8]) -> Result<Up, Failure> {
+    async fn wake(&mut self, version: Arc<Version>, state: Vec<u8>) -> Result<Up, Failure> {
         let started = Instant::now();
         let result = match self.start(version.clone()).await {
-            Ok(mut instance) => match instance.import_state(&version.id.hex(), state).await {
+            Ok(mut instance) => match instance.import_state(&version.id.hex(), &state).await {
                 Ok(Ok(())) => Ok(instance),
                 Ok(Err(reason)) => Err(format!("import-state refused its own state: {reason}")),
                 Err(trap) => Err(format!("import-state trapped: {trap}")),
             },
+            Err(StartError::Capacity(why)) => {
+                // Not the plugin's doing: keep its state for the next try.
+                self.held = Held::Hibernated { version, state };
+                return Err(Failure::Capacity { why });
+            }
             Err(error) => Err(error.to_string()),
         };
         match result {
@@ -315,11 +392,10 @@ impl Slot {
     }
 
     async fn restore(&mut self, version: Arc<Version>, from: &str, state: &[u8]) -> Result<Up, Failure> {
-        let mut instance = self.start(version.clone()).await.map_err(|error| Failure::Start {
-            version: version.clone(),
-            waking: false,
-            error: error.to_string(),
-        })?;
+        let mut instance = self
+            .start(version.clone())
+            .await
+            .map_err(|error| Failure::of(&version, false, error))?;
         let refused = match instance.import_state(from, state).await {
             Ok(Ok(())) => None,
             Ok(Err(reason)) => Some(reason),
@@ -345,10 +421,10 @@ impl Slot {
             Err(trap) => return Err(Refusal::Trapped(trap)),
         };
         let _permit = permits.acquire().await;
-        let mut fresh = self
-            .start(target)
-            .await
-            .map_err(|error| Refusal::Stays(error.to_string()))?;
+        let mut fresh = self.start(target).await.map_err(|error| match error {
+            StartError::Capacity(why) => Refusal::NoRoom(why),
+            error => Refusal::Stays(error.to_string()),
+        })?;
         match fresh.import_state(&from.id.hex(), &state).await {
             Ok(Ok(())) => {
                 self.install(fresh);
@@ -374,6 +450,7 @@ impl Slot {
         tracing::debug!(bytes = state.len(), "hibernated");
         metrics::counter!("baton_hibernations_total", "plugin" => self.shared.plugin.clone()).increment(1);
         self.held = Held::Hibernated { version, state };
+        self.seat = None;
         Ok(Ok(()))
     }
 

@@ -101,6 +101,10 @@ pub struct TenantShared {
     restarts: AtomicU64,
     frames_in: AtomicU64,
     frames_out: AtomicU64,
+    /// When the task last handled a command or timer, in ms since the
+    /// process's first tenant: the least recently active go first when the
+    /// pool needs room.
+    last_active_ms: AtomicU64,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -121,6 +125,7 @@ impl TenantShared {
             restarts: AtomicU64::new(0),
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(process_ms()),
             frames_in_metric: metrics::counter!("baton_frames_in_total", "plugin" => plugin.clone()),
             frames_out_metric: metrics::counter!("baton_frames_out_total", "plugin" => plugin.clone()),
             plugin,
@@ -237,6 +242,17 @@ impl TenantShared {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Marks the tenant active now.
+    pub fn touch(&self) {
+        self.last_active_ms.store(process_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the tenant was last active.
+    pub fn idle_for(&self) -> std::time::Duration {
+        let idle = process_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
+        std::time::Duration::from_millis(idle)
+    }
+
     /// Publishes the tenant's status and, when it has one, the generation and
     /// number of its instance (kept otherwise, so a tenant between instances
     /// still shows the last one). Only the tenant task calls this.
@@ -247,4 +263,12 @@ impl TenantShared {
             self.instance.store(number, Ordering::Relaxed);
         }
     }
+}
+
+/// Milliseconds since the first call in this process (a monotonic clock that
+/// fits an atomic).
+fn process_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
