@@ -38,7 +38,7 @@ use crate::config::{Config, SessionConfig};
 use crate::error::Rejection;
 use crate::listener::accept_until;
 use crate::registry::Registry;
-use crate::session::link::{self, SessionLink};
+use crate::session::link::{self, QueueLimits, SessionLink};
 use crate::session::{self, SessionSettings};
 use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
 
@@ -179,7 +179,11 @@ async fn open_session(
 
     let id = link::next_id();
     let sessions = &clients.config.sessions;
-    let (link, outbox) = SessionLink::new(id, sessions.outbound_queue);
+    let limits = QueueLimits {
+        frames: sessions.outbound_queue,
+        bytes: sessions.outbound_queue_bytes,
+    };
+    let (link, outbox) = SessionLink::new(id, limits);
     let connect = ConnectRequest {
         tenant: tenant_name.to_owned(),
         path,
@@ -197,7 +201,7 @@ async fn open_session(
 
     // Accepted: finish the handshake and run the session.
     let upgrade = hyper::upgrade::on(&mut request);
-    let mailbox = handle.mailbox().clone();
+    let mailbox = handle.session_mailbox();
     let ws_config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant_name));
     let settings = session_settings(sessions);
     tokio::spawn(async move {
@@ -209,7 +213,7 @@ async fn open_session(
             }
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
-                let _ = mailbox.send(Command::Disconnect { session: id }).await;
+                let _ = mailbox.sender.send(Command::Disconnect { session: id }).await;
             }
         }
     });

@@ -45,6 +45,68 @@ async fn a_client_that_never_reads_is_closed_with_1008() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_queue_holds_too_many_bytes_is_closed_with_1008() {
+    // 1,024 frames would be allowed; 256 KiB is what counts here.
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.sessions.outbound_queue_bytes = 256 << 10).await;
+    let mut stalled = host.connect("acme", "chaos").await;
+    let slow_closes = async || {
+        let metrics = host.admin("GET", "/metrics", None).await.text();
+        sample(&metrics, "baton_slow_consumer_closes_total").unwrap_or(0.0)
+    };
+    let before = slow_closes().await;
+    for _ in 0..200 {
+        stalled.send_text("big:60000").await;
+    }
+    eventually("the stalled client is stopped", async || slow_closes().await > before).await;
+    let code = loop {
+        match stalled.recv().await.expect("the backlog, then a close frame") {
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+            _ => continue,
+        }
+    };
+    assert_eq!(code, Some(1008));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_inbound_backlog_is_bounded_in_bytes() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
+        c.sessions.mailbox_bytes = std::num::NonZeroU32::new(256 << 10).expect("non-zero");
+        c.sessions.mailbox_wait_secs = 1;
+        c.limits.call_timeout_ms = 10_000;
+    })
+    .await;
+    let mut sleeper = host.connect("acme", "chaos").await;
+    let mut senders = Vec::new();
+    for _ in 0..10 {
+        senders.push(host.connect("acme", "chaos").await);
+    }
+    // The tenant is busy for 3 s; meanwhile ten 60 KB frames arrive. Four fit
+    // the 256 KiB budget and wait; the others are not taken, and their
+    // sessions are told to try again later (1013) after 1 s.
+    sleeper.send_text("sleep:3000").await;
+    let big = format!("echo:{}", "x".repeat(60_000));
+    for sender in &mut senders {
+        sender.send_text(&big).await;
+    }
+    let (mut echoed, mut refused) = (0, 0);
+    for sender in &mut senders {
+        match sender.recv().await.expect("an answer") {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                assert_eq!(text.len(), 60_000);
+                echoed += 1;
+            }
+            tokio_tungstenite::tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1013);
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((echoed, refused), (4, 6), "four frames fit 256 KiB");
+    assert_eq!(sleeper.recv_text().await, "slept:3000");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_trickles_its_headers_is_dropped() {
     let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.http.header_read_timeout_ms = 300).await;
     let mut slow = tokio::net::TcpStream::connect(host.clients).await.expect("connect");

@@ -17,7 +17,7 @@ mod plugin;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -178,9 +178,16 @@ pub struct SessionConfig {
     /// Frames queued to one client at most; a client that lets its queue fill
     /// up is closed with 1008. Default 1024.
     pub outbound_queue: NonZeroUsize,
+    /// Payload bytes queued to one client at most (one frame always fits an
+    /// empty queue); beyond it, 1008 as for `outbound_queue`. Default 4 MiB.
+    pub outbound_queue_bytes: usize,
     /// Commands (frames, connects, requests) queued to one tenant instance at
     /// most; beyond it, sessions stop reading (backpressure). Default 1024.
     pub mailbox: NonZeroUsize,
+    /// Payload bytes of client frames one tenant holds at most, waiting in
+    /// its mailbox or being handled (a larger frame takes all of it); beyond
+    /// it, sessions stop reading. Default 16 MiB.
+    pub mailbox_bytes: NonZeroU32,
     /// How long a session waits to hand a frame to its tenant's instance
     /// (overloaded or backing off after crashes) before it is closed with
     /// 1013, in seconds. Default 30.
@@ -315,7 +322,9 @@ impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             outbound_queue: NonZeroUsize::new(1024).expect("non-zero"),
+            outbound_queue_bytes: 4 << 20,
             mailbox: NonZeroUsize::new(1024).expect("non-zero"),
+            mailbox_bytes: NonZeroU32::new(16 << 20).expect("non-zero"),
             mailbox_wait_secs: 30,
             ping_interval_secs: 30,
             idle_timeout_secs: 90,

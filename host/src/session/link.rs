@@ -37,6 +37,16 @@ pub enum Outbound {
     Close(u16, String),
 }
 
+impl Outbound {
+    /// The payload bytes it holds (a close holds none).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(message) => message.len(),
+            Outbound::Close(..) => 0,
+        }
+    }
+}
+
 /// The payload length of a frame, as limits count it.
 pub fn frame_len(frame: &Frame) -> usize {
     match frame {
@@ -68,6 +78,17 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
+/// How much one session's outbound queue holds at most: frames and their
+/// bytes. A frame that fits neither closes the session with 1008 (the client
+/// is not reading); an empty queue always takes one frame.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Frames queued at most.
+    pub frames: NonZeroUsize,
+    /// Payload bytes queued at most.
+    pub bytes: usize,
+}
+
 /// The outbound queue and stop switch of one session, in one allocation.
 ///
 /// A bounded `VecDeque` behind a mutex rather than a channel: an idle session
@@ -77,7 +98,7 @@ pub struct Outbox {
 #[derive(Debug)]
 struct Shared {
     queue: std::sync::Mutex<Queue>,
-    capacity: usize,
+    limits: QueueLimits,
     /// Something was pushed (or the queue was closed).
     ready: Notify,
     stop: Stop,
@@ -86,6 +107,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Queue {
     items: std::collections::VecDeque<Outbound>,
+    /// Payload bytes of the queued frames.
+    bytes: usize,
     /// The session task is gone.
     closed: bool,
 }
@@ -131,9 +154,13 @@ impl Shared {
         if queue.closed {
             return Err(Refused::Closed);
         }
-        if queue.items.len() >= self.capacity {
+        let len = out.payload_bytes();
+        let fits = queue.items.is_empty()
+            || (queue.items.len() < self.limits.frames.get() && queue.bytes + len <= self.limits.bytes);
+        if !fits {
             return Err(Refused::Full(out));
         }
+        queue.bytes += len;
         queue.items.push_back(out);
         drop(queue);
         self.ready.notify_one();
@@ -142,12 +169,12 @@ impl Shared {
 }
 
 impl SessionLink {
-    /// A link and the session task's end of it (for [`run`]), queueing at
-    /// most `queue_len` frames.
-    pub fn new(id: SessionId, queue_len: NonZeroUsize) -> (SessionLink, Outbox) {
+    /// A link and the session task's end of it (for the session task),
+    /// queueing within `limits`.
+    pub fn new(id: SessionId, limits: QueueLimits) -> (SessionLink, Outbox) {
         let shared = Arc::new(Shared {
             queue: std::sync::Mutex::new(Queue::default()),
-            capacity: queue_len.get(),
+            limits,
             ready: Notify::new(),
             stop: Stop::default(),
         });
@@ -208,6 +235,9 @@ impl Outbox {
     pub(super) fn try_recv(&self) -> Option<Outbound> {
         let mut queue = self.shared.queue();
         let out = queue.items.pop_front();
+        if let Some(out) = &out {
+            queue.bytes -= out.payload_bytes();
+        }
         if out.is_none() && queue.items.capacity() > 16 {
             queue.items = std::collections::VecDeque::new();
         }
@@ -224,5 +254,34 @@ impl Drop for Outbox {
         let mut queue = self.shared.queue();
         queue.closed = true;
         queue.items.clear();
+        queue.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(len: usize) -> Outbound {
+        Outbound::Frame(Message::text("x".repeat(len)))
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let limits = QueueLimits {
+            frames: NonZeroUsize::new(10).expect("non-zero"),
+            bytes: 100,
+        };
+        let (link, outbox) = SessionLink::new(1, limits);
+        assert!(link.push(text(60)));
+        assert!(!link.push(text(60)), "160 bytes do not fit 100");
+        assert_eq!(outbox.stop().code(), close::SLOW_CONSUMER);
+        assert!(outbox.try_recv().is_some());
+        assert!(outbox.try_recv().is_none(), "the refused frame was not queued");
+
+        let (link, outbox) = SessionLink::new(2, limits);
+        assert!(link.push(text(500)), "an empty queue takes any one frame");
+        assert!(outbox.try_recv().is_some());
+        assert!(link.push(text(40)) && link.push(text(40)), "the bytes were given back");
     }
 }

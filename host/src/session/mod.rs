@@ -23,11 +23,12 @@
 
 pub mod link;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -63,7 +64,7 @@ pub enum Ending {
 }
 
 /// What a session hands to its tenant's mailbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Inbound {
     /// A frame the client sent.
     Frame {
@@ -71,6 +72,9 @@ pub enum Inbound {
         session: SessionId,
         /// The frame.
         frame: Frame,
+        /// Its share of the tenant's inbound byte budget, held until the
+        /// frame is handled.
+        held: HeldBytes,
     },
     /// The session ended (sent exactly once, whatever ended it).
     Disconnect {
@@ -99,14 +103,25 @@ enum Read {
     Exit(Exit),
 }
 
+/// Where a session hands its frames: the tenant's bounded mailbox, and the
+/// tenant's byte budget for frames waiting there (or being handled), so that
+/// a tenant's inbound backlog is bounded in bytes as well as in frames.
+#[derive(Debug)]
+pub struct Mailbox<T> {
+    /// The tenant's mailbox.
+    pub sender: mpsc::Sender<T>,
+    /// Bytes of frames the tenant holds at most (`sessions.mailbox_bytes`).
+    pub budget: Arc<Semaphore>,
+    /// The budget's size: a larger frame takes all of it.
+    pub budget_bytes: u32,
+}
+
+/// A frame's share of its tenant's inbound byte budget; given back on drop.
+#[derive(Debug)]
+pub struct HeldBytes(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);
+
 /// Runs one session to its end, then tells the tenant it disconnected.
-pub async fn run<S, T>(
-    ws: S,
-    id: SessionId,
-    mailbox: mpsc::Sender<T>,
-    outbox: Outbox,
-    settings: SessionSettings,
-) -> Ending
+pub async fn run<S, T>(ws: S, id: SessionId, mailbox: Mailbox<T>, outbox: Outbox, settings: SessionSettings) -> Ending
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     T: From<Inbound>,
@@ -131,13 +146,13 @@ where
                 }
                 Outbound::Close(code, reason) => break Exit::Close(code, reason),
             },
-            permit = mailbox.reserve(), if waiting.is_some() => match permit {
-                Ok(permit) => {
+            room = reserve(&mailbox, &waiting), if waiting.is_some() => match room {
+                Some((slot, held)) => {
                     if let Some((frame, _)) = waiting.take() {
-                        permit.send(T::from(Inbound::Frame { session: id, frame }));
+                        slot.send(T::from(Inbound::Frame { session: id, frame, held }));
                     }
                 }
-                Err(_) => break Exit::Close(close::GOING_AWAY, "plugin removed".into()),
+                None => break Exit::Close(close::GOING_AWAY, "plugin removed".into()),
             },
             () = sleep_until_deadline(&waiting) => {
                 break Exit::Close(close::TRY_AGAIN_LATER, "tenant overloaded, try again later".into());
@@ -160,8 +175,22 @@ where
 
     let ending = end(exit, &mut sink, &mut stream, &settings).await;
     // The plugin must hear of every disconnect: wait for mailbox room.
-    let _ = mailbox.send(T::from(Inbound::Disconnect { session: id })).await;
+    let _ = mailbox.sender.send(T::from(Inbound::Disconnect { session: id })).await;
     ending
+}
+
+/// Room in the mailbox for the waiting frame: its bytes of the budget
+/// (capped at the whole budget, so any frame fits alone), then a slot.
+/// `None` when the tenant is gone.
+async fn reserve<'a, T>(
+    mailbox: &'a Mailbox<T>,
+    waiting: &Option<(Frame, Instant)>,
+) -> Option<(mpsc::Permit<'a, T>, HeldBytes)> {
+    let len = waiting.as_ref().map_or(0, |(frame, _)| link::frame_len(frame));
+    let want = u32::try_from(len).unwrap_or(u32::MAX).min(mailbox.budget_bytes);
+    let held = mailbox.budget.clone().acquire_many_owned(want).await.ok()?;
+    let slot = mailbox.sender.reserve().await.ok()?;
+    Some((slot, HeldBytes(held)))
 }
 
 /// Ticks every `period`, the first one `period` from now; a late tick is

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 use super::*;
-use crate::session::link::SessionLink;
+use crate::session::link::{QueueLimits, SessionLink};
 
 /// A fake socket: the test pushes what the client "sends" and reads what the
 /// session writes.
@@ -62,10 +62,18 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
     let (client, incoming) = mpsc::unbounded_channel();
     let (outgoing, written) = mpsc::unbounded_channel();
     let (mailbox_tx, mailbox) = mpsc::channel(mailbox_len);
-    let queue_len = std::num::NonZeroUsize::new(queue_len).expect("a queue holds something");
-    let (link, outbox) = SessionLink::new(7, queue_len);
+    let limits = QueueLimits {
+        frames: std::num::NonZeroUsize::new(queue_len).expect("a queue holds something"),
+        bytes: usize::MAX,
+    };
+    let (link, outbox) = SessionLink::new(7, limits);
     let ws = Duplex { incoming, outgoing };
-    let task = tokio::spawn(run(ws, 7, mailbox_tx, outbox, settings));
+    let to_tenant = Mailbox {
+        sender: mailbox_tx,
+        budget: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
+        budget_bytes: 1 << 20,
+    };
+    let task = tokio::spawn(run(ws, 7, to_tenant, outbox, settings));
     Harness {
         client,
         written,
@@ -77,7 +85,7 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
 
 async fn next_frame(mailbox: &mut mpsc::Receiver<Inbound>) -> Frame {
     match mailbox.recv().await {
-        Some(Inbound::Frame { session: 7, frame }) => frame,
+        Some(Inbound::Frame { session: 7, frame, .. }) => frame,
         _ => panic!("expected a frame of session 7"),
     }
 }

@@ -19,6 +19,7 @@ use crate::config::Limits;
 use crate::error::{Rejection, close};
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
+use crate::session::HeldBytes;
 use crate::session::link::{SessionId, SessionLink};
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
@@ -63,7 +64,7 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         last_active: Instant::now(),
     };
     env.plugins.spawn(actor.run().instrument(span));
-    TenantHandle::new(shared, mailbox)
+    TenantHandle::new(shared, mailbox, env.config.sessions.mailbox_bytes.get())
 }
 
 struct Actor {
@@ -311,7 +312,7 @@ impl Actor {
     async fn handle(&mut self, command: Command) {
         match command {
             Command::Connect { link, request, reply } => self.on_connect(link, request, reply).await,
-            Command::Frame { session, frame } => self.on_frame(session, frame).await,
+            Command::Frame { session, frame, held } => self.on_frame(session, frame, held).await,
             Command::Disconnect { session } => self.on_disconnect(session).await,
             Command::Http { request, reply } => self.on_http(request, reply).await,
             Command::Hibernate => self.hibernate().await,
@@ -374,16 +375,18 @@ impl Actor {
         self.deliver_presence().await;
     }
 
-    async fn on_frame(&mut self, session: SessionId, frame: Frame) {
+    /// A frame; its `held` bytes of the inbound budget are given back once it
+    /// is handled (a deferred frame keeps them).
+    async fn on_frame(&mut self, session: SessionId, frame: Frame, held: HeldBytes) {
         if !self.shared.state().sessions.contains_key(&session) {
             return;
         }
         match self.ensure_instance().await {
             Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Frame { session, frame }),
+            Ready::No => return self.deferred = Some(Command::Frame { session, frame, held }),
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
-                return self.deferred = Some(Command::Frame { session, frame });
+                return self.deferred = Some(Command::Frame { session, frame, held });
             }
         }
         self.shared.count_in();

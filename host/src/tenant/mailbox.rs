@@ -8,12 +8,12 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
 use crate::error::Rejection;
-use crate::session::Inbound;
 use crate::session::link::{SessionId, SessionLink};
+use crate::session::{HeldBytes, Inbound, Mailbox};
 use crate::tenant::state::TenantShared;
 
 /// A request to a tenant's task.
@@ -33,6 +33,8 @@ pub enum Command {
         session: SessionId,
         /// The frame.
         frame: Frame,
+        /// Its bytes of the tenant's inbound budget, until it is handled.
+        held: HeldBytes,
     },
     /// A session ended.
     Disconnect {
@@ -59,7 +61,7 @@ pub enum Command {
 impl From<Inbound> for Command {
     fn from(inbound: Inbound) -> Command {
         match inbound {
-            Inbound::Frame { session, frame } => Command::Frame { session, frame },
+            Inbound::Frame { session, frame, held } => Command::Frame { session, frame, held },
             Inbound::Disconnect { session } => Command::Disconnect { session },
         }
     }
@@ -70,6 +72,9 @@ impl From<Inbound> for Command {
 pub struct TenantHandle {
     shared: Arc<TenantShared>,
     mailbox: mpsc::Sender<Command>,
+    /// Bytes of client frames the tenant holds at most.
+    inbound: Arc<Semaphore>,
+    inbound_bytes: u32,
 }
 
 impl std::fmt::Debug for TenantHandle {
@@ -79,9 +84,24 @@ impl std::fmt::Debug for TenantHandle {
 }
 
 impl TenantHandle {
-    /// The handle of a task reading `mailbox`'s other end.
-    pub fn new(shared: Arc<TenantShared>, mailbox: mpsc::Sender<Command>) -> TenantHandle {
-        TenantHandle { shared, mailbox }
+    /// The handle of a task reading `mailbox`'s other end, which holds at
+    /// most `inbound_bytes` of client frames.
+    pub fn new(shared: Arc<TenantShared>, mailbox: mpsc::Sender<Command>, inbound_bytes: u32) -> TenantHandle {
+        TenantHandle {
+            shared,
+            mailbox,
+            inbound: Arc::new(Semaphore::new(inbound_bytes as usize)),
+            inbound_bytes,
+        }
+    }
+
+    /// Where a session of this tenant hands its frames.
+    pub fn session_mailbox(&self) -> Mailbox<Command> {
+        Mailbox {
+            sender: self.mailbox.clone(),
+            budget: self.inbound.clone(),
+            budget_bytes: self.inbound_bytes,
+        }
     }
 
     /// The tenant's shared state.
