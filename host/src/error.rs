@@ -80,6 +80,12 @@ pub enum Rejection {
     /// Admin: no or a wrong bearer token: 401.
     #[error("{0}")]
     Unauthorized(String),
+    /// Admin: a browser request from another site: 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Admin: the `Host` does not name this listener (DNS rebinding): 421.
+    #[error("{0}")]
+    Misdirected(String),
     /// Admin: a known path with another method: 405.
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -106,6 +112,8 @@ impl Rejection {
             Rejection::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
+            Rejection::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Conflict(_) => StatusCode::CONFLICT,
             Rejection::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -167,7 +167,11 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         registry: registry.clone(),
         tenants: tenants.clone(),
         deployer: deployer.clone(),
-        token: config.admin_token.clone(),
+        guard: admin::Guard {
+            token: config.admin_token.clone(),
+            hosts: config.admin_hosts.clone(),
+        },
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
         metrics,
         shutdown: stopped.clone(),
     });

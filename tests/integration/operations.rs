@@ -16,21 +16,69 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_requires_its_token_when_one_is_set() {
     let host = TestHost::start_with(&[("echo", ECHO)], |c| c.admin_token = Some("s3cret".into())).await;
-    for path in ["/api/plugins", "/api/status", "/metrics", "/"] {
+    for path in ["/api/plugins", "/api/status", "/metrics"] {
         let response = host.admin("GET", path, None).await;
         assert_eq!(response.status, 401, "{path}");
         assert!(response.json()["error"].is_string());
         assert_eq!(host.admin("GET", path, Some("wrong")).await.status, 401, "{path}");
         assert_eq!(host.admin("GET", path, Some("s3cret")).await.status, 200, "{path}");
     }
+    let with = async |path: &str, authorization: &str| {
+        let headers = [("authorization", authorization)];
+        request_with(host.admin, "GET", path, b"", &headers)
+            .await
+            .expect("request")
+            .status
+    };
+    assert_eq!(
+        with("/api/status", "bearer s3cret").await,
+        200,
+        "the scheme in any case"
+    );
+    assert_eq!(with("/api/status", "Basic s3cret").await, 401);
     assert_eq!(
         host.admin("GET", "/api/status?token=s3cret", None).await.status,
-        200,
-        "browsers pass ?token="
+        401,
+        "never from the query string"
     );
+    // The page holds no data; its script sends the token.
+    assert_eq!(host.admin("GET", "/", None).await.status, 200);
     assert_eq!(host.admin("POST", "/api/plugins/echo/rollback", None).await.status, 401);
     // The client listener never asks for it.
     assert_eq!(host.http("GET", "/t/acme/echo", b"").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_refuses_other_hosts_and_cross_site_changes() {
+    let host = TestHost::start(&[("echo", ECHO)]).await;
+    let port = host.admin.port();
+    let ask = async |method: &str, headers: &[(&str, &str)]| {
+        let path = if method == "GET" {
+            "/api/status"
+        } else {
+            "/api/plugins/echo/rollback"
+        };
+        request_with(host.admin, method, path, b"", headers)
+            .await
+            .expect("request")
+            .status
+    };
+    // DNS rebinding: a page of another site whose name now points here.
+    let evil = format!("evil.example:{port}");
+    assert_eq!(ask("GET", &[("host", &evil)]).await, 421);
+    let localhost = format!("localhost:{port}");
+    assert_eq!(ask("GET", &[("host", &localhost)]).await, 200);
+    // CSRF: a "simple" cross-site POST from a browser.
+    let cross_site = [
+        ("origin", "https://evil.example"),
+        ("content-type", "text/plain"),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    assert_eq!(ask("POST", &cross_site).await, 403);
+    assert_eq!(ask("POST", &[("origin", "https://evil.example")]).await, 403);
+    // The CLI sends no Origin: it gets the rollback's own answer (nothing to
+    // roll back to).
+    assert_eq!(ask("POST", &[]).await, 409);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,6 +280,8 @@ impl Browser {
     /// Opens `url` in a new tab and returns the tab's DevTools socket.
     async fn open(&self, url: &str) -> Tab {
         let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
+        // A fragment would end the DevTools URL: it goes encoded.
+        let url = url.replace('#', "%23");
         let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None)
             .await
             .expect("new tab");
@@ -320,4 +370,18 @@ async fn the_dashboard_shows_plugins_and_updates_live_after_a_swap() {
     );
     let timeline = tab.wait_text("#events", "generation 2").await;
     assert!(timeline.matches("swap").count() >= 2, "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_sends_its_token_from_the_url_fragment() {
+    let host = TestHost::start_with(&[("counter", COUNTER_V1)], |c| c.admin_token = Some("s3cret".into())).await;
+    let browser = Browser::launch();
+    let mut tab = browser.open(&format!("http://{}/#token=s3cret", host.admin)).await;
+    let row = tab.wait_text("tr[data-plugin=counter]", "gen 1").await;
+    assert!(row.contains("counter"), "{row}");
+    assert_eq!(
+        tab.eval("location.hash").await,
+        serde_json::json!(""),
+        "the token leaves the address bar"
+    );
 }

@@ -369,15 +369,29 @@ impl Response {
 
 /// One HTTP/1.1 request over a fresh connection.
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8], token: Option<&str>) -> Result<Response> {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = authorization.iter().map(|a| ("authorization", a.as_str())).collect();
+    request_with(addr, method, path, body, &headers).await
+}
+
+/// One HTTP/1.1 request with these headers (a `host` among them replaces
+/// the default one, the address).
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<Response> {
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string());
-    if let Some(token) = token {
-        builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let mut builder = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host")) {
+        builder = builder.header(http::header::HOST, addr.to_string());
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     let request = builder.body(Full::new(Bytes::copy_from_slice(body)))?;
     let response = tokio::time::timeout(DEADLINE, sender.send_request(request))

@@ -1,9 +1,13 @@
 //! The admin listener: the JSON API, Prometheus metrics and the dashboard.
 //!
 //! It listens on its own address (loopback by default) so that it is never
-//! exposed with the client listener. When `admin_token` is set, every request
-//! must carry `Authorization: Bearer <token>` (401 otherwise); the host refuses
-//! to bind a non-loopback admin address without one (see [`crate::config`]).
+//! exposed with the client listener. Every request first passes the checks of
+//! `guard.rs`: its `Host` names this listener (421 otherwise: DNS rebinding),
+//! a browser from another site may not change anything (403: CSRF), and when
+//! `admin_token` is set it carries `Authorization: Bearer <token>` (401). The
+//! host refuses to bind a non-loopback admin address without a token (see
+//! [`crate::config`]). Request headers must arrive within
+//! `http.header_read_timeout_ms`, as on the client listener.
 //!
 //! Routes:
 //! - `GET /api/plugins`, `GET /api/plugins/{name}`: plugins with their current
@@ -18,9 +22,12 @@
 //!   at scrape time);
 //! - `GET /`: the live dashboard ([`dashboard.html`](dashboard.html)).
 //!
-//! A browser cannot send a bearer header when opening the dashboard or its
-//! event stream, so `?token=` is accepted in place of the header.
+//! A browser cannot send a header when it opens a page, so the dashboard page
+//! is served without the token; it takes the token from the URL's fragment
+//! (`/#token=…`, never sent to the server), keeps it in the tab's session
+//! storage and sends it as a header when it reads `/api/stream`.
 
+mod guard;
 mod view;
 
 use std::convert::Infallible;
@@ -34,7 +41,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -44,6 +51,7 @@ use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
 use crate::registry::Registry;
 use crate::tenant::Tenants;
+pub(crate) use guard::Guard;
 pub use view::{
     Activation, ErrorReport, Event, EventKind, Origin, PluginView, RollbackView, Status, StatusView, TenantView,
     Totals, VersionRecord, VersionView,
@@ -57,8 +65,10 @@ pub(crate) struct Admin {
     pub tenants: Arc<Tenants>,
     /// For rollbacks.
     pub deployer: Arc<Deployer>,
-    /// The bearer token, if one is required.
-    pub token: Option<String>,
+    /// Host, cross-site and token checks.
+    pub guard: Guard,
+    /// Request headers must arrive within this.
+    pub header_read_timeout: Duration,
     /// Renders `/metrics`.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Turns true at shutdown (ends event streams).
@@ -67,12 +77,19 @@ pub(crate) struct Admin {
 
 /// Serves the admin API until `shutdown` turns true.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(admin.header_read_timeout);
     accept_until(&listener, "admin", &mut shutdown, |stream, _| {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
         let admin = admin.clone();
         let service = service_fn(move |request| {
             let admin = admin.clone();
-            async move { Ok::<_, Infallible>(route(&admin, request).await) }
+            async move { Ok::<_, Infallible>(route(&admin, local, request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
@@ -84,11 +101,9 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown
 
 type Body = BoxBody<Bytes, Infallible>;
 
-async fn route(admin: &Admin, request: Request<Incoming>) -> Response<Body> {
-    if let Some(token) = &admin.token
-        && !authorized(&request, token)
-    {
-        return full(Rejection::Unauthorized("missing or wrong bearer token".into()).into_response());
+async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    if let Err(rejection) = admin.guard.check(&request, local) {
+        return full(rejection.into_response());
     }
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -198,23 +213,6 @@ fn tokio_stream_interval(period: Duration) -> impl futures_util::Stream<Item = (
 
 fn full(response: Response<Full<Bytes>>) -> Response<Body> {
     response.map(|body| body.boxed())
-}
-
-/// Checks the bearer token, from the header or (for browsers) `?token=`.
-fn authorized(request: &Request<Incoming>, token: &str) -> bool {
-    let expected = format!("Bearer {token}");
-    if let Some(given) = request.headers().get(header::AUTHORIZATION) {
-        return constant_time_eq(given.as_bytes(), expected.as_bytes());
-    }
-    request
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")))
-        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {

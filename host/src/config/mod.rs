@@ -56,8 +56,13 @@ pub struct Config {
     /// Admin listener (API, metrics, dashboard). Default `127.0.0.1:8081`.
     pub admin_listen: SocketAddr,
     /// Bearer token required by the admin listener. Default: none, which is
-    /// allowed only while `admin_listen` is a loopback address.
+    /// allowed only while `admin_listen` is a loopback address. An empty or
+    /// blank token counts as none.
     pub admin_token: Option<String>,
+    /// Names the admin listener answers to besides `localhost`, `127.0.0.1`,
+    /// `[::1]` and its own address (e.g. the name a proxy forwards). Other
+    /// `Host`s get 421. Default: none.
+    pub admin_hosts: Vec<String>,
     /// Folder watched for `<name>.wasm` plugins. Default `./deploy`.
     pub deploy_dir: PathBuf,
     /// Folder for compiled artifacts, stored versions and tenant data. Default `./data`.
@@ -287,6 +292,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_token: None,
+            admin_hosts: Vec::new(),
             deploy_dir: PathBuf::from("deploy"),
             data_dir: PathBuf::from("data"),
             tenants: Vec::new(),
@@ -400,10 +406,13 @@ impl Config {
             })?;
             merge(&mut merged, layer);
         }
-        let config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
+        let mut config = Config::deserialize(toml::Value::Table(merged)).map_err(|e| ConfigError::Invalid {
             origin: "configuration".into(),
             message: e.to_string(),
         })?;
+        if config.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            config.admin_token = None;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -451,8 +460,13 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `--print-config`).
+    /// The admin token is redacted.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
+        let mut shown = self.clone();
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("(redacted)".into());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }
 
@@ -544,6 +558,25 @@ mod tests {
             table("admin_listen = '0.0.0.0:8081'\nadmin_token = 's3cret'"),
         )])
         .expect("token given");
+    }
+
+    #[test]
+    fn a_blank_token_is_no_token_and_a_token_is_never_printed() {
+        let err = Config::from_layers(vec![(
+            "environment".into(),
+            env_layer([
+                ("BATON_ADMIN_TOKEN".into(), " ".into()),
+                ("BATON_ADMIN_LISTEN".into(), "0.0.0.0:8081".into()),
+            ]),
+        )])
+        .expect_err("a blank token is none");
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        let config = Config::from_layers(vec![("flags".into(), table("admin_token = 's3cret'"))]).expect("valid");
+        let printed = config.to_toml();
+        assert!(
+            !printed.contains("s3cret") && printed.contains("(redacted)"),
+            "{printed}"
+        );
     }
 
     #[test]
