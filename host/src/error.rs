@@ -60,6 +60,9 @@ pub enum Rejection {
     /// Request body above `http.max_body_bytes`: 413.
     #[error("{0}")]
     TooLarge(String),
+    /// The request body did not arrive within `http.body_read_timeout_ms`: 408.
+    #[error("{0}")]
+    Timeout(String),
     /// A limit on sessions was hit: 429.
     #[error("{0}")]
     TooMany(String),
@@ -106,6 +109,7 @@ impl Rejection {
             Rejection::Refused(_) => StatusCode::FORBIDDEN,
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Rejection::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Rejection::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

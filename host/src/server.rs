@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::admission::Admission;
 use crate::bindings::{ConnectRequest, HttpRequest};
-use crate::config::{Config, SessionConfig};
+use crate::config::{Config, HttpConfig, SessionConfig};
 use crate::error::Rejection;
 use crate::listener::accept_until;
 use crate::registry::Registry;
@@ -155,6 +155,26 @@ fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle,
     }
 }
 
+/// The whole request body: refused at once when its declared length is over
+/// `http.max_body_bytes` (413), cut off when it grows beyond (413), and given
+/// up when it does not arrive within `http.body_read_timeout_ms` (408).
+async fn read_body(http: &HttpConfig, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Rejection> {
+    let max = http.max_body_bytes;
+    let too_large = || Rejection::TooLarge(format!("request body above {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_millis(http.body_read_timeout_ms);
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| Rejection::Timeout(format!("the request body did not arrive within {timeout:?}")))?;
+    Ok(collected.map_err(|_| too_large())?.to_bytes())
+}
+
 fn headers_of(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
@@ -236,6 +256,11 @@ fn accept_key(request: &Request<Incoming>) -> Result<header::HeaderValue, Reject
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| Rejection::BadRequest("missing Sec-WebSocket-Key".into()))?;
+    if !is_websocket_key(key.as_bytes()) {
+        return Err(Rejection::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455, 4.1)".into(),
+        ));
+    }
     if request
         .headers()
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -248,6 +273,13 @@ fn accept_key(request: &Request<Incoming>) -> Result<header::HeaderValue, Reject
     }
     header::HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .map_err(|_| Rejection::BadRequest("bad key".into()))
+}
+
+/// Whether `key` is 16 bytes in base64: 22 characters of the alphabet, then
+/// `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"=="
 }
 
 /// The largest frame `tenant`'s sessions of `plugin` may send.
@@ -287,12 +319,7 @@ async fn plain_http(
 ) -> Result<Response<Body>, Rejection> {
     let handle = tenant(clients, tenant_name, plugin)?;
     let (parts, body) = request.into_parts();
-    let max = clients.config.http.max_body_bytes;
-    let body = Limited::new(body, max)
-        .collect()
-        .await
-        .map_err(|_| Rejection::TooLarge(format!("request body above {max} bytes")))?
-        .to_bytes();
+    let body = read_body(&clients.config.http, &parts.headers, body).await?;
     let request = HttpRequest {
         method: parts.method.as_str().to_owned(),
         path,
@@ -328,6 +355,19 @@ mod tests {
         assert_eq!(split_route("/t/acme"), None);
         assert_eq!(split_route("/t//echo"), None);
         assert_eq!(split_route("/x/acme/echo"), None);
+    }
+
+    #[test]
+    fn websocket_keys_are_16_bytes_in_base64() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "RFC 6455's example");
+        for bad in [
+            &b"abc"[..],
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZ!==",
+            b"dGhlIHNhbXBsZSBub25jZQ=a",
+        ] {
+            assert!(!is_websocket_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

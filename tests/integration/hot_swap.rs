@@ -433,3 +433,70 @@ async fn the_folder_watch_reads_complete_files_only() {
         "no partial read: {events:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_pausing_longer_than_the_settle_time_is_not_reported_failed() {
+    let host = TestHost::start_with(&[("counter", COUNTER_V1)], |c| c.swap.settle_ms = 50).await;
+    let generation = host.wait_current("counter").await;
+    let v2 = plugin_bytes(COUNTER_V2);
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(host.deploy_dir().join("counter.wasm")).expect("create");
+        file.write_all(&v2[..v2.len() / 2]).expect("write");
+        file.flush().expect("flush");
+        // The copy stalls well past the settle time (the half file is
+        // examined and fails), then finishes before ten settle times.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        file.write_all(&v2[v2.len() / 2..]).expect("write");
+    }
+    let view = host.wait_generation_above("counter", generation).await;
+    assert_eq!(view.current.as_ref().map(|c| c.generation), Some(generation + 1));
+    let events = view.events.as_ref().expect("events");
+    assert!(
+        !events.iter().any(|e| e.kind == EventKind::DeployFailed),
+        "a file still being written is not a failed deploy: {events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symbolic_link_in_the_deploy_folder_is_refused() {
+    let host = TestHost::start(&[]).await;
+    let outside = tempfile::tempdir().expect("temp dir");
+    let target = outside.path().join("counter.wasm");
+    std::fs::copy(COUNTER_V1, &target).expect("copy");
+    std::os::unix::fs::symlink(&target, host.deploy_dir().join("linked.wasm")).expect("symlink");
+    let error = wait_for("the link is refused", async || {
+        let response = host.admin("GET", "/api/plugins/linked", None).await;
+        (response.status == 200)
+            .then(|| response.view::<PluginView>())
+            .and_then(|view| view.last_error)
+    })
+    .await;
+    assert!(error.error.contains("symbolic link"), "{error:?}");
+    assert!(
+        host.plugin("linked").await.current.is_none(),
+        "nothing outside the folder is read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_right_after_a_drain_serves_new_sessions_at_once() {
+    let host = TestHost::start_with(&[("counter", COUNTER_V1)], |c| c.swap.drain_deadline_secs = 1).await;
+    // A client that never answers the close keeps its tenant closing for a while.
+    let _silent = host.connect("acme", "counter").await;
+    std::fs::remove_file(host.deploy_dir().join("counter.wasm")).expect("remove");
+    eventually("the tenant is closing its sessions", async || {
+        let view = host.plugin("counter").await;
+        view.tenants
+            .first()
+            .is_some_and(|t| t.status == baton::admin::Status::Closing)
+    })
+    .await;
+    host.drop_file("counter", &plugin_bytes(COUNTER_V1));
+    host.wait_current("counter").await;
+    let mut client = host
+        .connect_path("/t/acme/counter")
+        .await
+        .unwrap_or_else(|(status, body)| panic!("a new session opens at once, not {status}: {body}"));
+    assert!(!client.ask("hello").await.is_empty());
+}

@@ -84,6 +84,13 @@ async fn a_tenants_inbound_backlog_is_bounded_in_bytes() {
     // the 256 KiB budget and wait; the others are not taken, and their
     // sessions are told to try again later (1013) after 1 s.
     sleeper.send_text("sleep:3000").await;
+    // Frames of different sessions have no order among them: send the big
+    // ones only once the tenant is inside the long call.
+    eventually("the tenant is busy", async || {
+        let view = host.plugin("chaos").await;
+        view.live_versions.first().is_some_and(|v| v.in_flight == 1)
+    })
+    .await;
     let big = format!("echo:{}", "x".repeat(60_000));
     for sender in &mut senders {
         sender.send_text(&big).await;
@@ -131,6 +138,55 @@ async fn a_client_that_trickles_its_headers_is_dropped() {
     let answer = String::from_utf8_lossy(&buf[..read]);
     assert!(read == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(host.http("GET", "/t/acme/chaos/", b"").await.status, 200);
+}
+
+/// Writes `request` on a fresh connection and returns the status line of the
+/// answer, which must come within [`DEADLINE`].
+async fn status_line(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut buf = vec![0u8; 1024];
+    let read = tokio::time::timeout(DEADLINE, stream.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buf[..read])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
+    let host = TestHost::start(&[("chaos", CHAOS)]).await;
+    let head = b"POST /t/acme/chaos/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2097152\r\n\r\n";
+    assert!(status_line(host.clients, head).await.contains("413"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_websocket_key_gets_400() {
+    let host = TestHost::start(&[("chaos", CHAOS)]).await;
+    let upgrade = |key: &str| {
+        format!(
+            "GET /t/acme/chaos HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        )
+    };
+    assert!(
+        status_line(host.clients, upgrade("abc").as_bytes())
+            .await
+            .contains("400")
+    );
+    let good = upgrade("dGhlIHNhbXBsZSBub25jZQ==");
+    assert!(status_line(host.clients, good.as_bytes()).await.contains("101"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_gets_408() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.http.body_read_timeout_ms = 300).await;
+    let request = b"POST /t/acme/chaos/ HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789";
+    assert!(status_line(host.clients, request).await.contains("408"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

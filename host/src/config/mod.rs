@@ -214,6 +214,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// A client must send its request headers within this time, in ms. Default 10000.
     pub header_read_timeout_ms: u64,
+    /// A client must send its whole request body within this time, in ms
+    /// (408 beyond). Default 10000.
+    pub body_read_timeout_ms: u64,
 }
 
 /// Hot swap settings.
@@ -344,6 +347,7 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: 1 << 20,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }

@@ -71,6 +71,13 @@ pub enum DeployError {
     /// No version to roll back to, or no such plugin.
     #[error("{0}")]
     Rollback(String),
+    /// A file of the deploy folder is a symbolic link: links are not
+    /// followed, so that nothing outside the folder is read.
+    #[error("{path} is a symbolic link; copy or move the file into the deploy folder instead")]
+    Link {
+        /// The link.
+        path: PathBuf,
+    },
     /// The data folder could not be written.
     #[error("cannot write to the data folder: {0}")]
     Data(std::io::Error),
@@ -149,6 +156,17 @@ impl Deployer {
     /// Deploys `<deploy-dir>/<name>.wasm` with its `<name>.toml`, if any.
     /// Failures are reported (log, `last_error`, metric) and returned.
     pub async fn deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
+        let result = self.try_deploy_file(name, wasm).await;
+        if let Err(error) = &result {
+            self.report_failure(name, wasm, error);
+        }
+        result
+    }
+
+    /// Like [`Deployer::deploy_file`], leaving a failure for the caller to
+    /// report (the folder watcher waits to see whether the file is still
+    /// being written).
+    pub async fn try_deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self.entry(name);
@@ -162,27 +180,31 @@ impl Deployer {
             Ok(Outcome::Unchanged) => {
                 tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
             }
-            Err(error) => {
-                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed")
-                    .increment(1);
-                tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
-                entry.report_error(
-                    EventKind::DeployFailed,
-                    None,
-                    wasm.display().to_string(),
-                    error.to_string(),
-                );
-            }
+            Err(_) => {}
         }
         result
     }
 
+    /// Reports a failed deploy of `wasm`: the current version keeps serving.
+    pub fn report_failure(&self, name: &str, wasm: &Path, error: &DeployError) {
+        metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed").increment(1);
+        tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
+        self.entry(name).report_error(
+            EventKind::DeployFailed,
+            None,
+            wasm.display().to_string(),
+            error.to_string(),
+        );
+    }
+
     async fn deploy_locked(&self, entry: &Arc<PluginEntry>, wasm: &Path) -> Result<Outcome, DeployError> {
+        let settings_path = wasm.with_extension("toml");
+        refuse_links(wasm).await?;
+        refuse_links(&settings_path).await?;
         let bytes = tokio::fs::read(wasm).await.map_err(|source| DeployError::Read {
             path: wasm.to_owned(),
             source,
         })?;
-        let settings_path = wasm.with_extension("toml");
         let settings_text = match tokio::fs::read_to_string(&settings_path).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -461,6 +483,14 @@ impl Deployer {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Refuses a symbolic link at `path` (an absent file is fine).
+async fn refuse_links(path: &Path) -> Result<(), DeployError> {
+    match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.file_type().is_symlink() => Err(DeployError::Link { path: path.to_owned() }),
+        _ => Ok(()),
     }
 }
 

@@ -3,10 +3,12 @@
 //! Any change that touches `<name>.wasm` or `<name>.toml` (written in place,
 //! copied, renamed in or out, deleted) makes the watcher examine plugin
 //! `<name>` again: if `<name>.wasm` exists, it waits until the file's size and
-//! modification time have not changed for `swap.settle_ms` (a slow copy is
-//! never read half-written), then hands it to the [`Deployer`], which ignores
-//! it if it is identical to the current version; if it is gone, the plugin is
-//! removed. A newer change to the same plugin supersedes an examination still
+//! modification time have not changed for `swap.settle_ms`, then hands it to
+//! the [`Deployer`], which ignores it if it is identical to the current
+//! version; if it is gone, the plugin is removed. A copy slower than that
+//! (pausing longer than `settle_ms`) can be read half-written: its failure is
+//! reported only once the file has not changed for ten `settle_ms`, and the
+//! next write examines it afresh. A newer change to the same plugin supersedes an examination still
 //! waiting. Hidden files, temporary files and names that are not plugin names
 //! are ignored. If the watcher loses events (an overflow), the whole folder is
 //! examined again.
@@ -23,6 +25,10 @@ use tokio::task::JoinHandle;
 
 use super::Deployer;
 use super::folder::{classify, plugin_files};
+
+/// A failed file is reported once it has not changed for this many `settle`
+/// periods.
+const REPORT_AFTER_SETTLES: u32 = 10;
 
 /// Watches `dir` in a task until `shutdown` turns true; the task then ends
 /// its pending examinations before it finishes. Returns once the watch is set
@@ -132,10 +138,16 @@ fn all_names(deployer: &Deployer, dir: &Path) -> BTreeSet<String> {
 
 /// Deploys `wasm` once it is stable, or removes the plugin if it is gone.
 async fn examine(deployer: &Deployer, name: &str, wasm: &Path, settle: Duration) {
-    if wait_stable(wasm, settle).await {
-        let _ = deployer.deploy_file(name, wasm).await;
-    } else {
-        deployer.remove(name).await;
+    if !wait_stable(wasm, settle).await {
+        return deployer.remove(name).await;
+    }
+    if let Err(error) = deployer.try_deploy_file(name, wasm).await {
+        // A slow copy pauses longer than `settle` and its half-written file
+        // fails: report only once the file has stopped changing for longer
+        // (a change meanwhile starts a new examination, which aborts this).
+        if wait_stable(wasm, settle * REPORT_AFTER_SETTLES).await {
+            deployer.report_failure(name, wasm, &error);
+        }
     }
 }
 

@@ -22,7 +22,10 @@ pub struct Tenants {
 
 impl Tenants {
     /// The handle of `tenant` of `plugin`, created by `spawn` when it has no
-    /// live task (which may refuse).
+    /// live task (which may refuse). A task still closing the sessions of a
+    /// removed plugin is replaced too: callers only ask for deployed plugins,
+    /// so the plugin is back, and the new task serves it while the old one
+    /// finishes its closes.
     pub fn get_or_spawn<E>(
         &self,
         plugin: &str,
@@ -32,7 +35,7 @@ impl Tenants {
         let mut plugins = self.lock();
         let tenants = plugins.entry(plugin.to_owned()).or_default();
         match tenants.get(tenant) {
-            Some(handle) if !handle.is_closed() => Ok(handle.clone()),
+            Some(handle) if !handle.is_closed() && handle.shared().status() != Status::Closing => Ok(handle.clone()),
             _ => {
                 let handle = spawn()?;
                 tenants.insert(tenant.to_owned(), handle.clone());
@@ -41,7 +44,7 @@ impl Tenants {
         }
     }
 
-    /// Forgets a tenant whose task ended (a newer live task is kept).
+    /// Forgets a tenant whose task ended (a newer task is kept).
     pub fn forget(&self, plugin: &str, tenant: &str) {
         let mut plugins = self.lock();
         if let Some(tenants) = plugins.get_mut(plugin)
