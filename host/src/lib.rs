@@ -118,8 +118,9 @@ impl Listeners {
 
 /// Runs a host until `shutdown` resolves, then shuts it down gracefully.
 ///
-/// At start every plugin in the deploy folder is loaded (invalid files are
-/// reported and skipped), then the folder is watched.
+/// The deploy folder is watched, and every plugin in it loaded in the
+/// background (invalid files are reported and skipped) while the listeners
+/// already serve.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // Before anything records a metric.
@@ -136,14 +137,20 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
 
     let (reports, report_rx) = mpsc::unbounded_channel();
     let report_task = deployer.handle_reports(report_rx);
-    deployer.deploy_all().await;
     let (stop, stopped) = watch::channel(false);
+    // The watch first, so that a file written while the folder is scanned is
+    // seen; the scan in the background, so that the host answers at once and
+    // each plugin serves as soon as it is ready (503 "loading" until then).
     let watcher = deploy::watch::spawn(
         deployer.clone(),
         config.deploy_dir.clone(),
         Duration::from_millis(config.swap.settle_ms),
         stopped.clone(),
     )?;
+    let initial_scan = tokio::spawn({
+        let deployer = deployer.clone();
+        async move { deployer.deploy_all().await }
+    });
 
     let tenant_env = TenantEnv {
         config: config.clone(),
@@ -178,6 +185,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
 
     shutdown.await;
+    initial_scan.abort();
     let _ = stop.send(true);
     shut_down(&config, &tenants, [watcher, client_task, admin_task]).await;
     report_task.abort();

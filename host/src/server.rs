@@ -131,10 +131,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// The tenant's task for `plugin`, created on first use.
 fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
-    let entry = clients
-        .registry
-        .deployed(plugin)
-        .ok_or_else(|| Rejection::NotFound(format!("no plugin named {plugin:?}")))?;
+    let entry = clients.registry.deployed(plugin).ok_or_else(|| {
+        match clients.registry.get(plugin).is_some_and(|e| e.is_loading()) {
+            true => Rejection::Unavailable(format!("plugin {plugin:?} is loading; try again shortly")),
+            false => Rejection::NotFound(format!("no plugin named {plugin:?}")),
+        }
+    })?;
     let allowed = &clients.config.tenants;
     if !crate::names::is_tenant(tenant) || (!allowed.is_empty() && !allowed.iter().any(|t| t == tenant)) {
         return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));

@@ -160,7 +160,13 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
             break (clients.to_owned(), admin.parse().expect("admin address"));
         }
     };
-    // A file dropped into the (relative) deploy folder is picked up.
+    // Plugins load in the background: the first version, then a file dropped
+    // into the (relative) deploy folder is picked up.
+    eventually("the first version is deployed", async || {
+        let response = request(admin, "GET", "/api/plugins/echo", b"", None).await;
+        response.is_ok_and(|r| r.status == 200 && r.view::<PluginView>().current.is_some_and(|c| c.generation == 1))
+    })
+    .await;
     let tmp = deploy.join(".echo.wasm.tmp");
     std::fs::write(&tmp, byte_different(&plugin_bytes(ECHO), 1)).expect("write");
     std::fs::rename(&tmp, deploy.join("echo.wasm")).expect("rename");

@@ -1,8 +1,10 @@
-//! Start-up: every plugin of the deploy folder is loaded; a file that is not
-//! a valid plugin is reported (which file, why) and skipped while the others
-//! serve.
+//! Start-up: every plugin of the deploy folder is loaded, in the background
+//! while the host already answers, and a file written meanwhile is not
+//! missed; a file that is not a valid plugin is reported (which file, why)
+//! and skipped while the others serve.
 
-use baton_test_plugins::{ECHO, WASI_HTTP_HELLO, WRONG_WORLD};
+use baton::admin::PluginView;
+use baton_test_plugins::{CHAT, COUNTER_V1, ECHO, METERING, WASI_HTTP_HELLO, WRONG_WORLD};
 
 use crate::support::*;
 
@@ -31,8 +33,10 @@ async fn invalid_files_are_reported_and_skipped() {
         ("command", "does not match the baton:plugin world"),
         ("proxy", "does not match the baton:plugin world"),
     ] {
+        // Plugins load in the background: one may not be known yet.
         let plugin = wait_for(&format!("{name} is reported"), async || {
-            let plugin = host.plugin(name).await;
+            let response = host.admin("GET", &format!("/api/plugins/{name}"), None).await;
+            let plugin = (response.status == 200).then(|| response.view::<PluginView>())?;
             plugin.last_error.is_some().then_some(plugin)
         })
         .await;
@@ -60,4 +64,38 @@ async fn invalid_files_are_reported_and_skipped() {
     }
     let mut client = host.connect("acme", "echo").await;
     assert_eq!(client.ask("hello").await, "hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_written_while_the_folder_is_scanned_is_deployed() {
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let deploy = dirs.path().join("deploy");
+    std::fs::create_dir_all(&deploy).expect("deploy dir");
+    // Several plugins to compile keep the first scan busy for a while.
+    let first = [
+        ("echo", ECHO),
+        ("chat", CHAT),
+        ("metering", METERING),
+        ("counter", COUNTER_V1),
+    ];
+    for (name, file) in first {
+        std::fs::copy(file, deploy.join(format!("{name}.wasm"))).expect("copy");
+    }
+    let data = dirs.path().join("data");
+    let host = TestHost::start_with(&[], |c| {
+        c.deploy_dir = deploy.clone();
+        c.data_dir = data.clone();
+    })
+    .await;
+    // Once a first plugin has compiled, the folder was listed and the scan
+    // goes on: a file written now must be seen.
+    eventually("a first plugin has compiled", async || {
+        std::fs::read_dir(data.join("cache")).is_ok_and(|mut entries| entries.next().is_some())
+    })
+    .await;
+    host.drop_file("late", &plugin_bytes(ECHO));
+    host.wait_current("late").await;
+    for (name, _) in first {
+        host.wait_current(name).await;
+    }
 }

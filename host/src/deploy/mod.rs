@@ -170,7 +170,9 @@ impl Deployer {
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self.entry(name);
+        entry.set_loading(true);
         let result = self.deploy_locked(&entry, wasm).await;
+        entry.set_loading(false);
         match &result {
             Ok(Outcome::Activated { version, generation }) => {
                 metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated")

@@ -18,7 +18,7 @@
 mod book;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -36,6 +36,8 @@ pub struct PluginEntry {
     current: ArcSwapOption<Version>,
     changed: Notify,
     generation: AtomicU64,
+    /// Set while a file of a plugin without a current version is checked.
+    loading: AtomicBool,
     book: Mutex<Book>,
 }
 
@@ -46,6 +48,7 @@ impl PluginEntry {
             current: ArcSwapOption::empty(),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
+            loading: AtomicBool::new(false),
             book: Mutex::new(Book::default()),
         }
     }
@@ -59,6 +62,16 @@ impl PluginEntry {
     /// `enable` it) before reading [`PluginEntry::current`] to miss nothing.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
+    }
+
+    /// Whether a first version is being loaded (the plugin has none yet).
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Relaxed) && self.current().is_none()
+    }
+
+    /// Marks that a version is being loaded, or no longer.
+    pub fn set_loading(&self, loading: bool) {
+        self.loading.store(loading, Ordering::Relaxed);
     }
 
     /// The generation the next activation will get. It is taken only by
