@@ -209,15 +209,16 @@ impl Storage {
         Ok(())
     }
 
-    /// Takes (reads and deletes) the state kept for a namespace.
-    pub fn take_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
-        let txn = self.db()?.begin_write()?;
-        let taken = txn.open_table(STATES)?.remove(ns.0.as_slice())?.map(|v| {
+    /// The state kept for a namespace (the last checkpoint, or what was
+    /// exported at the last shutdown). It stays until the next one replaces
+    /// it, so a crash right after a restart loses nothing.
+    pub fn kept_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let kept = txn.open_table(STATES)?.get(ns.0.as_slice())?.map(|v| {
             let (version, state) = v.value();
             (version.to_owned(), state.to_vec())
         });
-        txn.commit()?;
-        Ok(taken)
+        Ok(kept)
     }
 
     /// Bytes used by a namespace.
@@ -292,15 +293,16 @@ mod tests {
     }
 
     #[test]
-    fn kept_states_are_taken_once() {
+    fn kept_states_stay_until_replaced() {
         let (_dir, s) = storage();
         let ns = Namespace::new("t", "p");
+        assert_eq!(s.kept_state(&ns).expect("read"), None);
         s.save_state(&ns, "abc", b"state").expect("save");
-        assert_eq!(
-            s.take_state(&ns).expect("take"),
-            Some(("abc".to_owned(), b"state".to_vec()))
-        );
-        assert_eq!(s.take_state(&ns).expect("take"), None);
+        let kept = Some(("abc".to_owned(), b"state".to_vec()));
+        assert_eq!(s.kept_state(&ns).expect("read"), kept);
+        assert_eq!(s.kept_state(&ns).expect("read"), kept, "reading keeps it");
+        s.save_state(&ns, "def", b"newer").expect("save");
+        assert_eq!(s.kept_state(&ns).expect("read").map(|(v, _)| v), Some("def".to_owned()));
         assert_eq!(
             s.list(&ns, "", 10).expect("list"),
             Vec::<String>::new(),

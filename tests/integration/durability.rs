@@ -1,5 +1,6 @@
 //! Durability: timers fire on the current version after swaps and crashes;
-//! tenant storage survives host restarts and is scoped to its tenant.
+//! tenant storage survives host restarts and is scoped to its tenant; plugin
+//! state survives a `kill -9` of the host up to its last checkpoint.
 
 use baton::admin::Status;
 use baton_test_plugins::{CHAOS, CHAT, LEGACY_ECHO, METERING};
@@ -158,4 +159,48 @@ async fn plugin_state_survives_a_host_restart() {
     let mut client = host.connect("acme", "counter").await;
     let reply: serde_json::Value = serde_json::from_str(&client.ask("y").await).expect("json");
     assert_eq!(reply["total"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_state_survives_a_kill_up_to_its_last_checkpoint() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("deploy")).expect("deploy dir");
+    std::fs::copy(CHAOS, dir.path().join("deploy/chaos.wasm")).expect("copy");
+    std::fs::write(dir.path().join("baton.toml"), "[persist]\ncheckpoint_secs = 1\n").expect("config");
+    async fn ask(clients: &str, text: &str) -> String {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{clients}/t/acme/chaos"))
+            .await
+            .expect("connect");
+        ws.send(Message::text(text)).await.expect("send");
+        loop {
+            match ws.next().await.expect("an answer").expect("a message") {
+                Message::Text(reply) => return reply.as_str().to_owned(),
+                _ => continue,
+            }
+        }
+    }
+
+    let mut host = HostProcess::start(dir.path());
+    host.wait_version("chaos", |_| true).await;
+    for i in 0..5 {
+        ask(&host.clients, &format!("echo:{i}")).await;
+    }
+    let before = ask(&host.clients, "count").await;
+    assert_eq!(before, "count:6");
+    let admin = host.admin;
+    eventually("a checkpoint is kept", async || {
+        let metrics = request(admin, "GET", "/metrics", b"", None)
+            .await
+            .expect("metrics")
+            .text();
+        sample(&metrics, "baton_checkpoints_total{plugin=\"chaos\"}").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    host.kill();
+
+    let host = HostProcess::start(dir.path());
+    host.wait_version("chaos", |_| true).await;
+    assert_eq!(ask(&host.clients, "count").await, "count:7", "the state came back");
 }

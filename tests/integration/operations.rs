@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton::admin::PluginView;
 use baton_test_plugins::{COUNTER_V1, COUNTER_V2, ECHO};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -130,51 +129,15 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
     let config = dir.path().join("baton.toml");
     std::fs::write(&config, "[shutdown]\ndeadline_secs = 10\nclose_per_second = 100\n").expect("config");
     // Relative folders, as `baton serve` run from a project directory has them.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-json",
-        ])
-        .args(["--config", "baton.toml", "--deploy-dir", "deploy", "--data-dir", "data"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start baton");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut child = KillOnDrop(Some(child));
-    let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(json) = serde_json::from_str(&line) {
-                let _ = lines_tx.send(json);
-            }
-        }
-    });
-    let (clients, admin) = loop {
-        let line = lines.recv_timeout(DEADLINE).expect("the host logs where it listens");
-        if let (Some(clients), Some(admin)) = (line["fields"]["clients"].as_str(), line["fields"]["admin"].as_str()) {
-            break (clients.to_owned(), admin.parse().expect("admin address"));
-        }
-    };
+    let mut host = HostProcess::start(dir.path());
+    let clients = host.clients.clone();
     // Plugins load in the background: the first version, then a file dropped
     // into the (relative) deploy folder is picked up.
-    eventually("the first version is deployed", async || {
-        let response = request(admin, "GET", "/api/plugins/echo", b"", None).await;
-        response.is_ok_and(|r| r.status == 200 && r.view::<PluginView>().current.is_some_and(|c| c.generation == 1))
-    })
-    .await;
+    host.wait_version("echo", |g| g == 1).await;
     let tmp = deploy.join(".echo.wasm.tmp");
     std::fs::write(&tmp, byte_different(&plugin_bytes(ECHO), 1)).expect("write");
     std::fs::rename(&tmp, deploy.join("echo.wasm")).expect("rename");
-    eventually("the dropped file is deployed", async || {
-        let response = request(admin, "GET", "/api/plugins/echo", b"", None).await;
-        response.is_ok_and(|r| r.status == 200 && r.view::<PluginView>().current.is_some_and(|c| c.generation == 2))
-    })
-    .await;
+    host.wait_version("echo", |g| g == 2).await;
 
     let mut sessions = Vec::new();
     for i in 0..20 {
@@ -186,7 +149,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         sessions.push(ws);
     }
     let signalled = Instant::now();
-    let pid = child.0.as_ref().expect("running").id();
+    let pid = host.child.as_ref().expect("running").id();
     let kill = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -206,7 +169,7 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         .expect("closed in time");
         assert_eq!(close, Some(1001));
     }
-    let mut process = child.0.take().expect("running");
+    let mut process = host.child.take().expect("running");
     let status = tokio::task::spawn_blocking(move || process.wait())
         .await
         .expect("wait")
@@ -216,18 +179,6 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         signalled.elapsed() < Duration::from_secs(15),
         "exits within its deadline"
     );
-}
-
-/// Kills a child process the test did not get to stop (a failed assertion).
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A headless Chromium driven over the DevTools protocol.

@@ -403,6 +403,86 @@ pub async fn request_with(
     Ok(Response { status, headers, body })
 }
 
+/// A host run as a child process (`baton serve` in `dir`, with its relative
+/// `baton.toml`, `deploy` and `data`), for tests about processes: signals,
+/// `kill -9`. Killed when dropped.
+pub struct HostProcess {
+    pub clients: String,
+    pub admin: SocketAddr,
+    pub child: Option<std::process::Child>,
+}
+
+impl HostProcess {
+    /// Starts the binary and waits until it logs where it listens.
+    pub fn start(dir: &Path) -> HostProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-json",
+            ])
+            .args(["--config", "baton.toml", "--deploy-dir", "deploy", "--data-dir", "data"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start baton");
+        let stdout = child.stdout.take().expect("stdout");
+        let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(json) = serde_json::from_str(&line) {
+                    let _ = lines_tx.send(json);
+                }
+            }
+        });
+        let mut process = HostProcess {
+            clients: String::new(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            child: Some(child),
+        };
+        loop {
+            let line = lines.recv_timeout(DEADLINE).expect("the host logs where it listens");
+            let fields = &line["fields"];
+            if let (Some(clients), Some(admin)) = (fields["clients"].as_str(), fields["admin"].as_str()) {
+                process.clients = clients.to_owned();
+                process.admin = admin.parse().expect("admin address");
+                return process;
+            }
+        }
+    }
+
+    /// Waits until plugin `name` has a current version whose generation
+    /// `wanted` accepts; returns that generation.
+    pub async fn wait_version(&self, name: &str, wanted: impl Fn(u64) -> bool) -> u64 {
+        wait_for(&format!("{name} has the version wanted"), async || {
+            let response = request(self.admin, "GET", &format!("/api/plugins/{name}"), b"", None)
+                .await
+                .ok()?;
+            let current = (response.status == 200).then(|| response.view::<PluginView>().current)??;
+            wanted(current.generation).then_some(current.generation)
+        })
+        .await
+    }
+
+    /// Kills the process with SIGKILL: no shutdown runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The value of a Prometheus sample whose line starts with `prefix`.
 pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics

@@ -91,6 +91,8 @@ pub struct Config {
     pub hibernation: HibernationConfig,
     /// Admitting new tenants.
     pub admission: AdmissionConfig,
+    /// Keeping plugin state between shutdowns.
+    pub persist: PersistConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -246,6 +248,24 @@ pub struct SupervisionConfig {
     pub max_backoff_ms: u64,
 }
 
+/// Checkpoints: an active tenant's plugin state is exported to the storage
+/// at most this often after it handled something, and when it hibernates,
+/// so that a crash of the host (`kill -9`, power loss) loses at most that
+/// window; the next start imports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersistConfig {
+    /// Seconds between checkpoints of a tenant that changed; 0 turns them
+    /// off (state is then kept at graceful shutdowns only). Default 30.
+    pub checkpoint_secs: u64,
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig { checkpoint_secs: 30 }
+    }
+}
+
 /// Graceful shutdown settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -309,6 +329,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             hibernation: HibernationConfig::default(),
             admission: AdmissionConfig::default(),
+            persist: PersistConfig::default(),
             log_format: LogFormat::Text,
         }
     }

@@ -1,8 +1,9 @@
 //! The tenant task: one loop that takes the next step (migrate, wake, wait
-//! out a back-off, run a deferred command, or wait for a command, a timer, a
-//! swap or idleness) and small `on_*` handlers for each command. It keeps the
-//! policy (reporting, restart counting, re-announcing sessions); the slot
-//! does the mechanics of instances and the supervisor counts restarts.
+//! out a back-off or for a pool seat, run a deferred command, or wait for a
+//! command, a timer, a swap, a checkpoint or idleness); the handler of each
+//! command is in `commands.rs`. It keeps the policy (when to migrate, what a
+//! trap does, when to defer); the slot does the mechanics of instances and
+//! the incidents report failures and count restarts.
 //!
 //! Everything runs inside one `tenant` tracing span, so every line this task
 //! logs carries the tenant and the plugin.
@@ -14,18 +15,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
-use crate::config::Limits;
 use crate::error::{Rejection, close};
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
-use crate::session::HeldBytes;
-use crate::session::link::{SessionId, SessionLink};
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
 use crate::tenant::slot::{Failure, Refusal, Slot, Up};
-use crate::tenant::state::{SessionEntry, Status, TenantShared};
+use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
 
 /// How long a removed plugin's tenant waits for its closed sessions to
@@ -37,7 +34,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 const SEAT_RETRY: Duration = Duration::from_millis(500);
 
 /// Tenants idle this long may be hibernated to make room in a full pool.
-const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
+pub(super) const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
 
 /// Starts the task of `tenant` for `plugin`, on the plugin runtime.
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
@@ -62,33 +59,36 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         waiting_for_seat: false,
         refused_for_room: false,
         last_active: Instant::now(),
+        checkpoint_due: None,
     };
     env.plugins.spawn(actor.run().instrument(span));
     TenantHandle::new(shared, mailbox, env.config.sessions.mailbox_bytes.get())
 }
 
-struct Actor {
-    shared: Arc<TenantShared>,
-    plugin: Arc<PluginEntry>,
-    env: Arc<TenantEnv>,
-    mailbox: mpsc::Receiver<Command>,
-    slot: Slot,
-    incidents: Incidents,
+pub(super) struct Actor {
+    pub(super) shared: Arc<TenantShared>,
+    pub(super) plugin: Arc<PluginEntry>,
+    pub(super) env: Arc<TenantEnv>,
+    pub(super) mailbox: mpsc::Receiver<Command>,
+    pub(super) slot: Slot,
+    pub(super) incidents: Incidents,
     /// A generation this tenant failed to migrate to; not retried.
-    refused_generation: Option<u64>,
+    pub(super) refused_generation: Option<u64>,
     /// A command that found no instance to run on; handled first once one is up.
-    deferred: Option<Command>,
+    pub(super) deferred: Option<Command>,
     /// When the plugin was seen removed.
-    removed_at: Option<Instant>,
+    pub(super) removed_at: Option<Instant>,
     /// Set while the sessions of a removed plugin are being closed.
-    closing: bool,
+    pub(super) closing: bool,
     /// Set when the deferred command waits for a pool seat.
-    waiting_for_seat: bool,
+    pub(super) waiting_for_seat: bool,
     /// Set when the tenant was refused an instance for lack of room and has
     /// nothing to keep: its task then ends instead of lingering.
-    refused_for_room: bool,
+    pub(super) refused_for_room: bool,
     /// When the last command or timer was handled.
-    last_active: Instant,
+    pub(super) last_active: Instant,
+    /// When the state changed since the last checkpoint is kept.
+    pub(super) checkpoint_due: Option<Instant>,
 }
 
 /// What the task does next.
@@ -110,7 +110,7 @@ enum Step {
 }
 
 /// Whether an instance is there to call.
-enum Ready {
+pub(super) enum Ready {
     /// It is.
     Yes,
     /// Not now: backing off, or the plugin is gone. Work waits.
@@ -120,7 +120,7 @@ enum Ready {
 }
 
 /// What one attempt at bringing an instance up did.
-enum Attempt {
+pub(super) enum Attempt {
     /// It ran (an instance came up, or the failure was reported).
     Done,
     /// There was nothing to start.
@@ -163,7 +163,10 @@ impl Actor {
                     () = &mut changed => {}
                 },
                 Step::WaitSeat => self.wait_for_seat(changed).await,
-                Step::RunDeferred(command) => self.handle(command).await,
+                Step::RunDeferred(command) => {
+                    self.activity();
+                    self.handle(command).await;
+                }
                 Step::Wait => match self.wait(changed).await {
                     Waited::Handled => {}
                     Waited::Shutdown(done) => break Some(done),
@@ -254,12 +257,12 @@ impl Actor {
         let next_timer = self.shared.state().timers.next_deadline();
         let idle = self.env.config.hibernation.idle_secs;
         let idle_deadline = (idle > 0 && self.slot.is_running()).then(|| self.last_active + Duration::from_secs(idle));
+        let checkpoint = self.checkpoint_due.filter(|_| self.slot.is_running());
         tokio::select! {
             command = self.mailbox.recv() => match command {
                 Some(Command::Shutdown { done }) => return Waited::Shutdown(done),
                 Some(command) => {
-                    self.last_active = Instant::now();
-                    self.shared.touch();
+                    self.activity();
                     self.handle(command).await;
                 }
                 None => return Waited::Abandoned,
@@ -267,13 +270,32 @@ impl Actor {
             () = changed => {}
             () = sleep_until(removal_deadline) => {}
             () = sleep_until(next_timer) => {
-                self.last_active = Instant::now();
-                self.shared.touch();
+                self.activity();
                 self.fire_timers().await;
             }
             () = sleep_until(idle_deadline) => self.hibernate().await,
+            () = sleep_until(checkpoint) => self.checkpoint().await,
         }
         Waited::Handled
+    }
+
+    /// Something is about to be handled: the tenant is active, and its state
+    /// may change, so a checkpoint falls due (`persist.checkpoint_secs`).
+    fn activity(&mut self) {
+        self.last_active = Instant::now();
+        self.shared.touch();
+        let every = self.env.config.persist.checkpoint_secs;
+        if every > 0 && self.checkpoint_due.is_none() {
+            self.checkpoint_due = Some(self.last_active + Duration::from_secs(every));
+        }
+    }
+
+    /// Keeps the live instance's state in the storage.
+    async fn checkpoint(&mut self) {
+        self.checkpoint_due = None;
+        if let Err(trap) = self.slot.checkpoint().await {
+            self.crashed(trap).await;
+        }
     }
 
     /// Ends the task: keeps the state for the next start (at shutdown),
@@ -309,190 +331,16 @@ impl Actor {
         Duration::from_secs(self.env.config.swap.drain_deadline_secs)
     }
 
-    async fn handle(&mut self, command: Command) {
-        match command {
-            Command::Connect { link, request, reply } => self.on_connect(link, request, reply).await,
-            Command::Frame { session, frame, held } => self.on_frame(session, frame, held).await,
-            Command::Disconnect { session } => self.on_disconnect(session).await,
-            Command::Http { request, reply } => self.on_http(request, reply).await,
-            Command::Hibernate => self.hibernate().await,
-            // Handled by the main loop; a deferred one means the same.
-            Command::Shutdown { done } => {
-                let _ = done.send(());
-            }
-        }
-    }
-
-    async fn on_connect(
-        &mut self,
-        link: SessionLink,
-        request: ConnectRequest,
-        reply: oneshot::Sender<Result<(), Rejection>>,
-    ) {
-        if self.incidents.supervisor.backing_off() {
-            let _ = reply.send(Err(Rejection::backing_off()));
-            return;
-        }
-        if self.shared.session_count() >= self.current_limits().max_sessions {
-            let _ = reply.send(Err(Rejection::TooMany("too many sessions for this tenant".into())));
-            return;
-        }
-        match self.ensure_instance().await {
-            Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Connect { link, request, reply }),
-            Ready::Full(why) => return self.refuse_for_room(reply, why),
-        }
-        let id = link.id();
-        let entry = SessionEntry {
-            link,
-            request: request.clone(),
-        };
-        self.shared.state().sessions.insert(id, entry);
-        let Some(instance) = self.slot.instance() else {
-            return;
-        };
-        let answer = match instance.on_connect(id, &request).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Rejection::Refused(reason)),
-            Err(trap) => {
-                self.shared.remove_session(id);
-                let _ = reply.send(Err(crash_rejection(&trap)));
-                self.crashed(trap).await;
-                return;
-            }
-        };
-        let accepted = answer.is_ok();
-        if !accepted {
-            // Whatever it subscribed or tracked during the refusal goes too.
-            self.shared.remove_session(id);
-        }
-        if reply.send(answer).is_err() && accepted {
-            // The client went away before hearing the answer: its session
-            // never starts, so end it here.
-            self.shared.remove_session(id);
-            self.call_disconnect(id).await;
-        }
-        self.deliver_presence().await;
-    }
-
-    /// A frame; its `held` bytes of the inbound budget are given back once it
-    /// is handled (a deferred frame keeps them).
-    async fn on_frame(&mut self, session: SessionId, frame: Frame, held: HeldBytes) {
-        if !self.shared.state().sessions.contains_key(&session) {
-            return;
-        }
-        match self.ensure_instance().await {
-            Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Frame { session, frame, held }),
-            Ready::Full(_) => {
-                self.waiting_for_seat = true;
-                return self.deferred = Some(Command::Frame { session, frame, held });
-            }
-        }
-        self.shared.count_in();
-        if let Some(instance) = self.slot.instance()
-            && let Err(trap) = instance.on_frame(session, &frame).await
-        {
-            self.crashed(trap).await;
-        }
-        self.deliver_presence().await;
-    }
-
-    async fn on_disconnect(&mut self, session: SessionId) {
-        if !self.shared.state().sessions.contains_key(&session) {
-            return;
-        }
-        if self.slot.version().is_none() {
-            // No instance ever heard of it since the last crash.
-            self.shared.remove_session(session);
-            return;
-        }
-        match self.ensure_instance().await {
-            Ready::Yes => {
-                self.shared.remove_session(session);
-                self.call_disconnect(session).await;
-                self.deliver_presence().await;
-            }
-            Ready::No => {
-                self.shared.remove_session(session);
-            }
-            // The plugin must hear it once: wait for room.
-            Ready::Full(_) => {
-                self.waiting_for_seat = true;
-                self.deferred = Some(Command::Disconnect { session });
-            }
-        }
-    }
-
-    async fn on_http(&mut self, request: HttpRequest, reply: oneshot::Sender<Result<HttpResponse, Rejection>>) {
-        if self.incidents.supervisor.backing_off() {
-            let _ = reply.send(Err(Rejection::backing_off()));
-            return;
-        }
-        match self.ensure_instance().await {
-            Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Http { request, reply }),
-            Ready::Full(why) => return self.refuse_for_room(reply, why),
-        }
-        let Some(instance) = self.slot.instance() else {
-            return;
-        };
-        let answer = match instance.on_http(&request).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(message)) => Err(Rejection::PluginFailed(message)),
-            Err(trap) => {
-                let _ = reply.send(Err(crash_rejection(&trap)));
-                self.crashed(trap).await;
-                return;
-            }
-        };
-        let _ = reply.send(answer);
-        self.deliver_presence().await;
-    }
-
-    /// Fires the timers that are due, on the current instance.
-    async fn fire_timers(&mut self) {
-        let due = self.shared.state().timers.take_due(Instant::now());
-        for (id, payload) in due {
-            if !matches!(self.ensure_instance().await, Ready::Yes) {
-                // Backing off, removed or no room: the timer is lost with the
-                // instance that could not run it, as a crashed call is.
-                continue;
-            }
-            if let Some(instance) = self.slot.instance()
-                && let Err(trap) = instance.on_timer(id, &payload).await
-            {
-                self.crashed(trap).await;
-            }
-            self.deliver_presence().await;
-        }
-    }
-
     /// Delivers pending presence changes (a trap there is a crash).
-    async fn deliver_presence(&mut self) {
+    pub(super) async fn deliver_presence(&mut self) {
         if let Err(trap) = self.slot.deliver_presence().await {
-            self.crashed(trap).await;
-        }
-    }
-
-    fn current_limits(&self) -> Arc<Limits> {
-        match self.slot.running_version().cloned().or_else(|| self.plugin.current()) {
-            Some(version) => self.env.limits(&version, &self.shared.name),
-            None => Arc::new(self.env.config.limits.clone()),
-        }
-    }
-
-    async fn call_disconnect(&mut self, session: SessionId) {
-        if let Some(instance) = self.slot.instance()
-            && let Err(trap) = instance.on_disconnect(session).await
-        {
             self.crashed(trap).await;
         }
     }
 
     /// Makes sure there is an instance, bringing one up if needed, and says
     /// why there is none otherwise.
-    async fn ensure_instance(&mut self) -> Ready {
+    pub(super) async fn ensure_instance(&mut self) -> Ready {
         while !self.slot.is_running() {
             if self.incidents.supervisor.backing_off() {
                 return Ready::No;
@@ -504,14 +352,6 @@ impl Actor {
             }
         }
         Ready::Yes
-    }
-
-    /// A new session or request found the pool full: 503 at once, naming the
-    /// limit, and an idle tenant is asked to make room for the next try.
-    fn refuse_for_room<T>(&mut self, reply: oneshot::Sender<Result<T, Rejection>>, why: String) {
-        self.refused_for_room = true;
-        let _ = reply.send(Err(Rejection::AtCapacity(why)));
-        self.env.tenants.hibernate_least_recent(MAKE_ROOM_IDLE);
     }
 
     /// One attempt at bringing an instance up, reporting what went wrong.
@@ -537,7 +377,7 @@ impl Actor {
     }
 
     /// A call trapped: drop the instance and start a fresh one (or back off).
-    async fn crashed(&mut self, trap: Trap) {
+    pub(super) async fn crashed(&mut self, trap: Trap) {
         let Some(instance) = self.slot.take() else {
             return;
         };
@@ -576,7 +416,7 @@ impl Actor {
     }
 
     /// Exports the idle instance's state and drops it.
-    async fn hibernate(&mut self) {
+    pub(super) async fn hibernate(&mut self) {
         match self.slot.hibernate().await {
             Ok(Ok(())) => {}
             // A plugin that cannot export its state stays awake.
@@ -619,11 +459,6 @@ impl Actor {
             }
         }
     }
-}
-
-/// What a client is told when the call serving it crashed.
-fn crash_rejection(trap: &Trap) -> Rejection {
-    Rejection::PluginFailed(format!("plugin crashed: {}", trap.kind.as_str()))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -60,9 +60,11 @@
 //! - `slot.rs`: the instance, or its hibernated state, and how one is brought
 //!   up, hibernated, migrated and kept across a restart;
 //! - `incidents.rs`: how failures are reported and counted as restarts;
-//! - `actor.rs`: the task: its loop and one handler per command.
+//! - `actor.rs`: the task: its loop, what it does next, and its lifecycle;
+//! - `commands.rs`: the task's handler for each command.
 
 mod actor;
+mod commands;
 mod directory;
 mod env;
 mod incidents;

@@ -30,6 +30,7 @@ use crate::bindings::ConnectRequest;
 use crate::error::close;
 use crate::instance::{Instance, StartError, Trap};
 use crate::session::link::SessionId;
+use crate::storage::{Namespace, Storage};
 use crate::tenant::env::TenantEnv;
 use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
@@ -449,6 +450,9 @@ impl Slot {
         let version = instance.version().clone();
         tracing::debug!(bytes = state.len(), "hibernated");
         metrics::counter!("baton_hibernations_total", "plugin" => self.shared.plugin.clone()).increment(1);
+        // Kept in the storage too: a hibernated tenant's state survives a
+        // crash of the host.
+        self.keep(version.id.hex(), state.clone()).await;
         self.held = Held::Hibernated { version, state };
         self.seat = None;
         Ok(Ok(()))
@@ -471,30 +475,59 @@ impl Slot {
             Held::Hibernated { version, state } => Some((version.id.hex(), state)),
             Held::Empty => None,
         };
-        let Some((version, state)) = exported else {
-            return;
-        };
-        let storage = self.env.storage.clone();
-        let namespace = self.shared.namespace.clone();
-        let saved = tokio::task::spawn_blocking(move || storage.save_state(&namespace, &version, &state)).await;
-        if !matches!(saved, Ok(Ok(()))) {
-            tracing::warn!("cannot keep the state at shutdown: {saved:?}");
+        if let Some((version, state)) = exported {
+            self.keep(version, state).await;
         }
     }
 
-    /// The state kept at the last shutdown, if any (looked for once).
+    /// A checkpoint: the live instance's state, kept in the storage, so that
+    /// a crash of the host loses only what came after. A plugin that cannot
+    /// export its state keeps none; a trap is the caller's to handle.
+    pub async fn checkpoint(&mut self) -> Result<(), Trap> {
+        let Held::Running(instance) = &mut self.held else {
+            return Ok(());
+        };
+        let state = match instance.export_state().await? {
+            Ok(state) => state,
+            Err(reason) => {
+                tracing::debug!("no checkpoint: {reason}");
+                return Ok(());
+            }
+        };
+        let version = instance.version().id.hex();
+        self.keep(version, state).await;
+        metrics::counter!("baton_checkpoints_total", "plugin" => self.shared.plugin.clone()).increment(1);
+        Ok(())
+    }
+
+    /// Writes `state` (exported by `version`) to the storage, durably.
+    fn keep(&self, version: String, state: Vec<u8>) -> impl Future<Output = ()> + Send + 'static {
+        keep(self.env.storage.clone(), self.shared.namespace.clone(), version, state)
+    }
+
+    /// The state kept at the last checkpoint or shutdown, if any (looked for
+    /// once, before the tenant's first instance).
     async fn take_persisted(&mut self) -> Option<(String, Vec<u8>)> {
         if std::mem::replace(&mut self.persisted_checked, true) {
             return None;
         }
         let storage = self.env.storage.clone();
         let namespace = self.shared.namespace.clone();
-        match tokio::task::spawn_blocking(move || storage.take_state(&namespace)).await {
+        match tokio::task::spawn_blocking(move || storage.kept_state(&namespace)).await {
             Ok(Ok(kept)) => kept,
             other => {
                 tracing::warn!("cannot read the state kept at shutdown: {other:?}");
                 None
             }
         }
+    }
+}
+
+/// Writes `state` (exported by `version`) for `namespace`, durably, on the
+/// blocking pool.
+async fn keep(storage: Arc<Storage>, namespace: Namespace, version: String, state: Vec<u8>) {
+    let saved = tokio::task::spawn_blocking(move || storage.save_state(&namespace, &version, &state)).await;
+    if !matches!(saved, Ok(Ok(()))) {
+        tracing::warn!("cannot keep the tenant's state: {saved:?}");
     }
 }
