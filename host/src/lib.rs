@@ -125,7 +125,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let config = Arc::new(config);
     // Before anything records a metric.
     let metrics = metrics_handle();
-    raise_file_limit();
+    let max_sessions = raise_file_limit(&config);
     std::fs::create_dir_all(&config.deploy_dir)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let runtime = Runtime::new(&config.runtime)?;
@@ -165,6 +165,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         registry: registry.clone(),
         config: config.clone(),
         admission: admission::Admission::new(&config.admission),
+        sessions: server::SessionCount::new(max_sessions),
         tenants: tenants.clone(),
         tenant_env: Arc::new(tenant_env),
     });
@@ -278,16 +279,27 @@ async fn close_sessions(tenants: &Tenants, per_second: usize) {
 }
 
 /// Raises the soft limit on open files to the hard limit: each session is a
-/// socket, so this bounds the sessions one host can hold.
-fn raise_file_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::info!(
-            file_descriptors = limit,
-            "open-file limit raised to the hard limit: about {} sessions at most",
-            limit.saturating_sub(100)
-        ),
-        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
-    }
+/// socket, so this bounds the sessions one host can hold. Returns the
+/// sessions the host accepts at most: `sessions.max_sessions`, or the limit
+/// less `sessions.reserved_descriptors`.
+fn raise_file_limit(config: &Config) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let by_files = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(config.sessions.reserved_descriptors);
+    let sessions = config.sessions.max_sessions.unwrap_or(by_files).max(1);
+    tracing::info!(
+        file_descriptors = limit,
+        sessions,
+        "at most {sessions} sessions (open-file limit {limit})"
+    );
+    sessions
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -50,6 +50,8 @@ pub struct Clients {
     pub config: Arc<Config>,
     /// How fast new tenants are admitted.
     pub admission: Admission,
+    /// Open sessions of the host, against its maximum.
+    pub sessions: SessionCount,
     /// The tenant tasks, created here on first use.
     pub tenants: Arc<Tenants>,
     /// Handed to new tenant tasks.
@@ -86,6 +88,46 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// The host's open sessions, bounded below the open-file limit: a session
+/// beyond it gets 503, so that the admin API, deploys and storage keep the
+/// descriptors they need.
+pub struct SessionCount {
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+/// One open session's place in the count; given back on drop.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl SessionCount {
+    /// A count of `max` sessions at most.
+    pub fn new(max: usize) -> SessionCount {
+        SessionCount {
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    fn enter(&self) -> Result<Counted, Rejection> {
+        let open = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let counted = Counted(self.open.clone());
+        if open >= self.max {
+            metrics::counter!("baton_capacity_refusals_total", "plugin" => "", "limit" => "sessions").increment(1);
+            return Err(Rejection::AtCapacity(format!(
+                "the host holds its maximum of {} sessions (sessions.max_sessions, below the open-file limit)",
+                self.max
+            )));
+        }
+        Ok(counted)
+    }
 }
 
 type Body = Full<Bytes>;
@@ -197,6 +239,7 @@ async fn open_session(
     path: String,
 ) -> Result<Response<Body>, Rejection> {
     let accept = accept_key(&request)?;
+    let counted = clients.sessions.enter()?;
     let handle = tenant(clients, tenant_name, plugin)?;
 
     let id = link::next_id();
@@ -227,6 +270,7 @@ async fn open_session(
     let ws_config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant_name));
     let settings = session_settings(sessions);
     tokio::spawn(async move {
+        let _counted = counted;
         match upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;

@@ -199,6 +199,28 @@ async fn sessions_per_tenant_are_capped_with_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_sessions_are_capped_below_its_open_file_limit() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.sessions.max_sessions = Some(2)).await;
+    let first = host.connect("acme", "chaos").await;
+    let _second = host.connect("globex", "chaos").await;
+    let (status, body) = host
+        .connect_path("/t/initech/chaos")
+        .await
+        .err()
+        .expect("no third session");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("sessions.max_sessions"), "{body}");
+    // The admin API and plain HTTP keep working at the cap.
+    assert_eq!(host.admin("GET", "/api/status", None).await.status, 200);
+    assert_eq!(host.http("GET", "/t/acme/chaos/", b"").await.status, 200);
+    first.close().await;
+    wait_for("a place frees up", async || {
+        host.connect_path("/t/initech/chaos").await.ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugins_settings_set_its_own_memory_limit() {
     let host = TestHost::start(&[("chaos", CHAOS)]).await;
     let generation = host.wait_current("chaos").await;

@@ -206,6 +206,13 @@ pub struct SessionConfig {
     pub idle_timeout_secs: u64,
     /// Socket read buffer per session, in bytes. Default 4096.
     pub read_buffer_bytes: usize,
+    /// Sessions the host holds at most (503 beyond). Default: the open-file
+    /// limit less `reserved_descriptors`, so that at the limit the admin API,
+    /// deploys and storage still have descriptors.
+    pub max_sessions: Option<usize>,
+    /// Open files kept free of sessions when `max_sessions` is not set.
+    /// Default 500.
+    pub reserved_descriptors: usize,
 }
 
 /// Plain HTTP settings.
@@ -359,6 +366,8 @@ impl Default for SessionConfig {
             ping_interval_secs: 30,
             idle_timeout_secs: 90,
             read_buffer_bytes: 4096,
+            max_sessions: None,
+            reserved_descriptors: 500,
         }
     }
 }

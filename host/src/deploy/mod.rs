@@ -83,6 +83,20 @@ pub enum DeployError {
     Data(std::io::Error),
 }
 
+impl DeployError {
+    /// Whether the failure came from a resource of the host that may be back
+    /// shortly (no file descriptor left), not from the file: worth a retry.
+    pub fn is_transient(&self) -> bool {
+        let io = match self {
+            DeployError::Read { source, .. } => source,
+            DeployError::Data(source) => source,
+            _ => return false,
+        };
+        // EMFILE, ENFILE: the process's or the system's open-file limit.
+        matches!(io.raw_os_error(), Some(24 | 23))
+    }
+}
+
 impl From<DeployError> for Rejection {
     fn from(error: DeployError) -> Rejection {
         match error {
@@ -503,4 +517,24 @@ async fn blocking<T: Send + 'static, E: From<LoadError> + Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(E::from(LoadError::Compile(format!("compiler thread failed: {e}")))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lack_of_descriptors_is_worth_a_retry() {
+        let read = |code: i32| DeployError::Read {
+            path: PathBuf::from("x.wasm"),
+            source: std::io::Error::from_raw_os_error(code),
+        };
+        assert!(read(24).is_transient(), "EMFILE");
+        assert!(
+            DeployError::Data(std::io::Error::from_raw_os_error(23)).is_transient(),
+            "ENFILE"
+        );
+        assert!(!read(2).is_transient(), "ENOENT is the file's");
+        assert!(!DeployError::Rollback("none".into()).is_transient());
+    }
 }

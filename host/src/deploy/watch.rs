@@ -26,6 +26,11 @@ use tokio::task::JoinHandle;
 use super::Deployer;
 use super::folder::{classify, plugin_files};
 
+/// A deploy that failed on a resource of the host (no file descriptor left)
+/// is tried this many times, waiting a little longer each time.
+const TRANSIENT_ATTEMPTS: u32 = 5;
+const TRANSIENT_RETRY: Duration = Duration::from_secs(1);
+
 /// A failed file is reported once it has not changed for this many `settle`
 /// periods.
 const REPORT_AFTER_SETTLES: u32 = 10;
@@ -141,7 +146,18 @@ async fn examine(deployer: &Deployer, name: &str, wasm: &Path, settle: Duration)
     if !wait_stable(wasm, settle).await {
         return deployer.remove(name).await;
     }
-    if let Err(error) = deployer.try_deploy_file(name, wasm).await {
+    let mut attempts = 1;
+    let result = loop {
+        match deployer.try_deploy_file(name, wasm).await {
+            Err(error) if error.is_transient() && attempts < TRANSIENT_ATTEMPTS => {
+                tracing::warn!(plugin = name, "deploy failed for now, retrying: {error}");
+                tokio::time::sleep(TRANSIENT_RETRY * attempts).await;
+                attempts += 1;
+            }
+            result => break result,
+        }
+    };
+    if let Err(error) = result {
         // A slow copy pauses longer than `settle` and its half-written file
         // fails: report only once the file has stopped changing for longer
         // (a change meanwhile starts a new examination, which aborts this).
