@@ -171,18 +171,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     });
     log_serving(&listeners, &config)?;
     let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
-    let admin = Arc::new(admin::Admin {
-        registry: registry.clone(),
-        tenants: tenants.clone(),
-        deployer: deployer.clone(),
-        guard: admin::Guard {
-            token: config.admin_token.clone(),
-            hosts: config.admin_hosts.clone(),
-        },
-        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
-        metrics,
-        shutdown: stopped.clone(),
-    });
+    let admin = admin_of(&config, &registry, &tenants, &deployer, metrics, stopped.clone());
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
 
     shutdown.await;
@@ -196,6 +185,29 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     plugin_runtime.shutdown_background();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the admin listener needs.
+fn admin_of(
+    config: &Config,
+    registry: &Arc<Registry>,
+    tenants: &Arc<Tenants>,
+    deployer: &Arc<Deployer>,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: watch::Receiver<bool>,
+) -> Arc<admin::Admin> {
+    Arc::new(admin::Admin {
+        registry: registry.clone(),
+        tenants: tenants.clone(),
+        deployer: deployer.clone(),
+        guard: admin::Guard {
+            token: config.admin_token.clone(),
+            hosts: config.admin_hosts.clone(),
+        },
+        header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
+        metrics,
+        shutdown,
+    })
 }
 
 /// The line that says the host serves, and where.

@@ -8,6 +8,30 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
+/// Asks for 200 answers of 60 KB on `stalled` without reading them, and
+/// returns the close code the host then sends.
+async fn stall(host: &TestHost, stalled: &mut Client) -> Option<u16> {
+    let slow_closes = async || {
+        let metrics = host.admin("GET", "/metrics", None).await.text();
+        sample(&metrics, "baton_slow_consumer_closes_total").unwrap_or(0.0)
+    };
+    let before = slow_closes().await;
+    // The answers pile up: the kernel buffers fill, then the outbound queue.
+    for _ in 0..200 {
+        stalled.send_text("big:60000").await;
+    }
+    // Wait for the host's decision, not for the session to be gone: the
+    // close frame waits behind the backlog, and a client that reads only
+    // after the host gave up the closing handshake would never see it.
+    eventually("the stalled client is stopped", async || slow_closes().await > before).await;
+    loop {
+        match stalled.recv().await.expect("the backlog, then a close frame") {
+            tokio_tungstenite::tungstenite::Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+            _ => continue,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_1008() {
     let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
@@ -16,26 +40,7 @@ async fn a_client_that_never_reads_is_closed_with_1008() {
     .await;
     let mut reader = host.connect("acme", "chaos").await;
     let mut stalled = host.connect("acme", "chaos").await;
-    let slow_closes = async || {
-        let metrics = host.admin("GET", "/metrics", None).await.text();
-        sample(&metrics, "baton_slow_consumer_closes_total").unwrap_or(0.0)
-    };
-    let before = slow_closes().await;
-    // 60 KB answers pile up: the kernel buffers fill, then the outbound queue.
-    for _ in 0..200 {
-        stalled.send_text("big:60000").await;
-    }
-    // Wait for the host's decision, not for the session to be gone: the
-    // close frame waits behind the backlog, and a client that reads only
-    // after the host gave up the closing handshake would never see it.
-    eventually("the stalled client is stopped", async || slow_closes().await > before).await;
-    let code = loop {
-        match stalled.recv().await.expect("the backlog, then a close frame") {
-            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
-            _ => continue,
-        }
-    };
-    assert_eq!(code, Some(1008));
+    assert_eq!(stall(&host, &mut stalled).await, Some(1008));
     drop(stalled);
     eventually("the stalled session is gone", async || {
         host.plugin("chaos").await.sessions == 1
@@ -49,22 +54,7 @@ async fn a_client_whose_queue_holds_too_many_bytes_is_closed_with_1008() {
     // 1,024 frames would be allowed; 256 KiB is what counts here.
     let host = TestHost::start_with(&[("chaos", CHAOS)], |c| c.sessions.outbound_queue_bytes = 256 << 10).await;
     let mut stalled = host.connect("acme", "chaos").await;
-    let slow_closes = async || {
-        let metrics = host.admin("GET", "/metrics", None).await.text();
-        sample(&metrics, "baton_slow_consumer_closes_total").unwrap_or(0.0)
-    };
-    let before = slow_closes().await;
-    for _ in 0..200 {
-        stalled.send_text("big:60000").await;
-    }
-    eventually("the stalled client is stopped", async || slow_closes().await > before).await;
-    let code = loop {
-        match stalled.recv().await.expect("the backlog, then a close frame") {
-            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
-            _ => continue,
-        }
-    };
-    assert_eq!(code, Some(1008));
+    assert_eq!(stall(&host, &mut stalled).await, Some(1008));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

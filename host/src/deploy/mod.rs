@@ -24,6 +24,7 @@
 
 pub mod artifacts;
 mod folder;
+mod outcome;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -35,90 +36,13 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, PluginSettings};
-use crate::error::Rejection;
-use crate::instance::{Instance, StartError};
+use crate::instance::Instance;
 use crate::registry::{Activation, EventKind, PluginEntry, Registry};
 use crate::runtime::{LoadError, Runtime};
 use crate::tenant::{Report, TenantShared};
 use crate::version::{Build, Origin, Version, VersionId};
 use artifacts::{Artifacts, History};
-
-/// Why a deploy, rollback or check failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    /// The file or its settings could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The settings file is invalid.
-    #[error("invalid settings {path}: {message}")]
-    Settings {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// The file is not a plugin for this host.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// `init` failed in a fresh instance.
-    #[error(transparent)]
-    Init(#[from] StartError),
-    /// No version to roll back to, or no such plugin.
-    #[error("{0}")]
-    Rollback(String),
-    /// A file of the deploy folder is a symbolic link: links are not
-    /// followed, so that nothing outside the folder is read.
-    #[error("{path} is a symbolic link; copy or move the file into the deploy folder instead")]
-    Link {
-        /// The link.
-        path: PathBuf,
-    },
-    /// The data folder could not be written.
-    #[error("cannot write to the data folder: {0}")]
-    Data(std::io::Error),
-}
-
-impl DeployError {
-    /// Whether the failure came from a resource of the host that may be back
-    /// shortly (no file descriptor left), not from the file: worth a retry.
-    pub fn is_transient(&self) -> bool {
-        let io = match self {
-            DeployError::Read { source, .. } => source,
-            DeployError::Data(source) => source,
-            _ => return false,
-        };
-        // EMFILE, ENFILE: the process's or the system's open-file limit.
-        matches!(io.raw_os_error(), Some(24 | 23))
-    }
-}
-
-impl From<DeployError> for Rejection {
-    fn from(error: DeployError) -> Rejection {
-        match error {
-            DeployError::Rollback(message) => Rejection::Conflict(message),
-            other => Rejection::Internal(other.to_string()),
-        }
-    }
-}
-
-/// What a deploy did.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// The version is now current.
-    Activated {
-        /// Its short hash.
-        version: String,
-        /// Its generation.
-        generation: u64,
-    },
-    /// The file and settings are those of the current version: nothing to do.
-    Unchanged,
-}
+pub use outcome::{DeployError, Outcome};
 
 /// Loads, checks, activates, rolls back and removes plugin versions.
 pub struct Deployer {
@@ -517,24 +441,4 @@ async fn blocking<T: Send + 'static, E: From<LoadError> + Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(E::from(LoadError::Compile(format!("compiler thread failed: {e}")))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_lack_of_descriptors_is_worth_a_retry() {
-        let read = |code: i32| DeployError::Read {
-            path: PathBuf::from("x.wasm"),
-            source: std::io::Error::from_raw_os_error(code),
-        };
-        assert!(read(24).is_transient(), "EMFILE");
-        assert!(
-            DeployError::Data(std::io::Error::from_raw_os_error(23)).is_transient(),
-            "ENFILE"
-        );
-        assert!(!read(2).is_transient(), "ENOENT is the file's");
-        assert!(!DeployError::Rollback("none".into()).is_transient());
-    }
 }

@@ -315,7 +315,8 @@ impl Actor {
         }
     }
 
-    /// The one place the tenant's status is written.
+    /// The one place the tenant's status is written: at every step, and when
+    /// an instance came up for a command.
     fn publish(&self) {
         let status = if self.closing {
             Status::Closing
@@ -341,6 +342,9 @@ impl Actor {
     /// Makes sure there is an instance, bringing one up if needed, and says
     /// why there is none otherwise.
     pub(super) async fn ensure_instance(&mut self) -> Ready {
+        if self.slot.is_running() {
+            return Ready::Yes;
+        }
         while !self.slot.is_running() {
             if self.incidents.supervisor.backing_off() {
                 return Ready::No;
@@ -351,6 +355,9 @@ impl Actor {
                 Attempt::Full(why) => return Ready::Full(why),
             }
         }
+        // Before the call it was brought up for, so that no answer of the
+        // plugin reaches a client ahead of the status.
+        self.publish();
         Ready::Yes
     }
 
