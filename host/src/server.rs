@@ -116,11 +116,12 @@ impl SessionCount {
         }
     }
 
-    fn enter(&self) -> Result<Counted, Rejection> {
+    fn enter(&self, plugin: &str) -> Result<Counted, Rejection> {
         let open = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counted = Counted(self.open.clone());
         if open >= self.max {
-            metrics::counter!("baton_capacity_refusals_total", "plugin" => "", "limit" => "sessions").increment(1);
+            metrics::counter!("baton_capacity_refusals_total", "plugin" => plugin.to_owned(), "limit" => "sessions")
+                .increment(1);
             return Err(Rejection::AtCapacity(format!(
                 "the host holds its maximum of {} sessions (sessions.max_sessions, below the open-file limit)",
                 self.max
@@ -239,7 +240,7 @@ async fn open_session(
     path: String,
 ) -> Result<Response<Body>, Rejection> {
     let accept = accept_key(&request)?;
-    let counted = clients.sessions.enter()?;
+    let counted = clients.sessions.enter(plugin)?;
     let handle = tenant(clients, tenant_name, plugin)?;
 
     let id = link::next_id();
