@@ -160,6 +160,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         seats: Arc::new(tokio::sync::Semaphore::new(config.runtime.tenant_instances())),
         plugins: plugin_runtime.handle().clone(),
         tenants: tenants.clone(),
+        looked: Default::default(),
     };
     let clients = Arc::new(server::Clients {
         registry: registry.clone(),

@@ -77,7 +77,7 @@ impl std::ops::Deref for DbGuard<'_> {
 }
 
 /// One (tenant, plugin) namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace(Vec<u8>);
 
 impl Namespace {

@@ -60,6 +60,7 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         refused_for_room: false,
         last_active: Instant::now(),
         checkpoint_due: None,
+        room_retry_at: None,
     };
     env.plugins.spawn(actor.run().instrument(span));
     TenantHandle::new(shared, mailbox, env.config.sessions.mailbox_bytes.get())
@@ -89,6 +90,9 @@ pub(super) struct Actor {
     pub(super) last_active: Instant,
     /// When the state changed since the last checkpoint is kept.
     pub(super) checkpoint_due: Option<Instant>,
+    /// A wake or migration found the pool full: not tried again before this,
+    /// and commands are served meanwhile.
+    pub(super) room_retry_at: Option<Instant>,
 }
 
 /// What the task does next.
@@ -113,8 +117,10 @@ enum Step {
 pub(super) enum Ready {
     /// It is.
     Yes,
-    /// Not now: backing off, or the plugin is gone. Work waits.
+    /// Not now: backing off. Work waits.
     No,
+    /// The plugin is gone (and nothing is hibernated): nothing will run it.
+    Gone,
     /// No room in the pool (why).
     Full(String),
 }
@@ -151,7 +157,7 @@ impl Actor {
                 Step::Migrate(target) => self.migrate(target).await,
                 Step::Wake => {
                     if let Attempt::Full(_) = self.bring_up_once().await {
-                        self.wait_for_seat(changed).await;
+                        self.no_room_to_move();
                     }
                 }
                 Step::Close => {
@@ -194,7 +200,8 @@ impl Actor {
                     // rollback): try it right away.
                     self.incidents.supervisor.end();
                 }
-                let wanted = self.refused_generation != Some(current.generation);
+                let room = self.room_retry_at.is_none_or(|at| Instant::now() >= at);
+                let wanted = room && self.refused_generation != Some(current.generation);
                 let behind = |v: &Arc<Version>| wanted && v.generation != current.generation;
                 if self.slot.running_version().is_some_and(behind) {
                     return Step::Migrate(current);
@@ -275,8 +282,16 @@ impl Actor {
             }
             () = sleep_until(idle_deadline) => self.hibernate().await,
             () = sleep_until(checkpoint) => self.checkpoint().await,
+            () = sleep_until(self.room_retry_at) => self.room_retry_at = None,
         }
         Waited::Handled
+    }
+
+    /// A wake or migration found no room in the pool: try again a little
+    /// later, serving commands meanwhile, and ask an idle tenant to make room.
+    fn no_room_to_move(&mut self) {
+        self.room_retry_at = Some(Instant::now() + SEAT_RETRY);
+        self.env.tenants.hibernate_least_recent(MAKE_ROOM_IDLE);
     }
 
     /// Something is about to be handled: the tenant is active, and its state
@@ -285,7 +300,7 @@ impl Actor {
         self.last_active = Instant::now();
         self.shared.touch();
         let every = self.env.config.persist.checkpoint_secs;
-        if every > 0 && self.checkpoint_due.is_none() {
+        if every > 0 && self.env.config.shutdown.persist_state && self.checkpoint_due.is_none() {
             self.checkpoint_due = Some(self.last_active + Duration::from_secs(every));
         }
     }
@@ -307,8 +322,13 @@ impl Actor {
         self.slot.clear();
         self.closing = false;
         self.publish();
-        // Closed first, so the directory sees this handle as ended.
+        // Closed first, so the directory sees this handle as ended; what
+        // is still queued is answered, not dropped unanswered.
         self.mailbox.close();
+        let queued = std::iter::from_fn(|| self.mailbox.try_recv().ok());
+        for command in self.deferred.take().into_iter().chain(queued.collect::<Vec<_>>()) {
+            answer_ended(command);
+        }
         self.env.tenants.forget(&self.plugin.name, &self.shared.name);
         if let Some(done) = shutdown {
             let _ = done.send(());
@@ -351,7 +371,7 @@ impl Actor {
             }
             match self.bring_up_once().await {
                 Attempt::Done => {}
-                Attempt::Nothing => return Ready::No,
+                Attempt::Nothing => return Ready::Gone,
                 Attempt::Full(why) => return Ready::Full(why),
             }
         }
@@ -413,7 +433,7 @@ impl Actor {
             // The pool has no room for the second instance: try again soon.
             Err(Refusal::NoRoom(why)) => {
                 self.incidents.no_room(&why);
-                tokio::time::sleep(SEAT_RETRY).await;
+                self.no_room_to_move();
             }
             Err(Refusal::Stays(reason)) => {
                 self.refused_generation = Some(target.generation);
@@ -442,9 +462,14 @@ impl Actor {
         self.publish();
         self.shared.stop_sessions(close::GOING_AWAY, "plugin removed");
         let deadline = Instant::now() + CLOSE_WAIT;
+        let mut next = self.deferred.take();
         while self.shared.session_count() > 0 {
-            let Ok(Some(command)) = tokio::time::timeout_at(deadline, self.mailbox.recv()).await else {
-                break;
+            let command = match next.take() {
+                Some(command) => command,
+                None => match tokio::time::timeout_at(deadline, self.mailbox.recv()).await {
+                    Ok(Some(command)) => command,
+                    _ => break,
+                },
             };
             match command {
                 Command::Disconnect { session } => {
@@ -472,5 +497,23 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Answers a command the ended task will never run: a connect or request is
+/// told to try again (a new task will take it), a shutdown is acknowledged.
+fn answer_ended(command: Command) {
+    let ended = || Rejection::Unavailable("the tenant's task ended; try again".into());
+    match command {
+        Command::Connect { reply, .. } => {
+            let _ = reply.send(Err(ended()));
+        }
+        Command::Http { reply, .. } => {
+            let _ = reply.send(Err(ended()));
+        }
+        Command::Shutdown { done } => {
+            let _ = done.send(());
+        }
+        Command::Frame { .. } | Command::Disconnect { .. } | Command::Hibernate => {}
     }
 }

@@ -52,6 +52,10 @@ impl Actor {
         match self.ensure_instance().await {
             Ready::Yes => {}
             Ready::No => return self.deferred = Some(Command::Connect { link, request, reply }),
+            Ready::Gone => {
+                let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                return;
+            }
             Ready::Full(why) => return self.refuse_for_room(reply, why),
         }
         let id = link.id();
@@ -96,6 +100,8 @@ impl Actor {
         match self.ensure_instance().await {
             Ready::Yes => {}
             Ready::No => return self.deferred = Some(Command::Frame { session, frame, held }),
+            // Its sessions close once the drain deadline passes.
+            Ready::Gone => return,
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
                 return self.deferred = Some(Command::Frame { session, frame, held });
@@ -125,7 +131,7 @@ impl Actor {
                 self.call_disconnect(session).await;
                 self.deliver_presence().await;
             }
-            Ready::No => {
+            Ready::No | Ready::Gone => {
                 self.shared.remove_session(session);
             }
             // The plugin must hear it once: wait for room.
@@ -144,6 +150,10 @@ impl Actor {
         match self.ensure_instance().await {
             Ready::Yes => {}
             Ready::No => return self.deferred = Some(Command::Http { request, reply }),
+            Ready::Gone => {
+                let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                return;
+            }
             Ready::Full(why) => return self.refuse_for_room(reply, why),
         }
         let Some(instance) = self.slot.instance() else {

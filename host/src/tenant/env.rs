@@ -7,7 +7,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Config, Limits};
 use crate::registry::PluginEntry;
-use crate::storage::Storage;
+use crate::storage::{Namespace, Storage};
 use crate::tenant::directory::Tenants;
 use crate::version::Version;
 
@@ -56,9 +56,18 @@ pub struct TenantEnv {
     pub plugins: tokio::runtime::Handle,
     /// The directory of tenant tasks; a task removes itself when it ends.
     pub tenants: Arc<Tenants>,
+    /// Tenants whose kept state was looked for in this run of the host.
+    pub looked: std::sync::Mutex<std::collections::HashSet<Namespace>>,
 }
 
 impl TenantEnv {
+    /// Whether this is the first look, in this run of the host, for the kept
+    /// state of `namespace`.
+    pub fn first_look(&self, namespace: &Namespace) -> bool {
+        let mut looked = self.looked.lock().unwrap_or_else(|p| p.into_inner());
+        looked.insert(namespace.clone())
+    }
+
     /// The limits of `tenant`'s instances of `version`: the version's, with
     /// the tenant's overrides.
     pub fn limits(&self, version: &Version, tenant: &str) -> Arc<Limits> {

@@ -125,8 +125,9 @@ impl TenantHandle {
     }
 
     /// Sends the command `make` builds around a reply channel, waiting for
-    /// mailbox room, and waits for the answer. A task that has ended is a
-    /// removed plugin (404); one that drops the question is going away (503).
+    /// mailbox room, and waits for the answer. A task that has ended, or
+    /// that drops the question, is going away: 503, try again (a new task
+    /// takes the next try).
     pub async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, Rejection>>) -> Command,
@@ -135,7 +136,7 @@ impl TenantHandle {
         self.mailbox
             .send(make(reply))
             .await
-            .map_err(|_| Rejection::NotFound(format!("no plugin named {:?}", self.shared.plugin)))?;
+            .map_err(|_| Rejection::Unavailable("the tenant's task ended; try again".into()))?;
         answer
             .await
             .map_err(|_| Rejection::Unavailable("the tenant's task ended".into()))?

@@ -276,7 +276,10 @@ impl Slot {
                 }
             },
             Held::Empty => {
-                let version = current?;
+                let Some(version) = current else {
+                    self.seat = None;
+                    return None;
+                };
                 match self.take_seat() {
                     Ok(()) => match self.take_persisted().await {
                         Some((from, state)) => self.restore(version, &from, &state).await,
@@ -452,7 +455,9 @@ impl Slot {
         metrics::counter!("baton_hibernations_total", "plugin" => self.shared.plugin.clone()).increment(1);
         // Kept in the storage too: a hibernated tenant's state survives a
         // crash of the host.
-        self.keep(version.id.hex(), state.clone()).await;
+        if self.env.config.shutdown.persist_state {
+            self.keep(version.id.hex(), state.clone()).await;
+        }
         self.held = Held::Hibernated { version, state };
         self.seat = None;
         Ok(Ok(()))
@@ -505,10 +510,14 @@ impl Slot {
         keep(self.env.storage.clone(), self.shared.namespace.clone(), version, state)
     }
 
-    /// The state kept at the last checkpoint or shutdown, if any (looked for
-    /// once, before the tenant's first instance).
+    /// The state kept at the last checkpoint or shutdown, if any: looked for
+    /// once per host run, before the tenant's first instance (a later task of
+    /// the same tenant in the same run starts fresh, as after a crash).
     async fn take_persisted(&mut self) -> Option<(String, Vec<u8>)> {
-        if std::mem::replace(&mut self.persisted_checked, true) {
+        if std::mem::replace(&mut self.persisted_checked, true)
+            || !self.env.config.shutdown.persist_state
+            || !self.env.first_look(&self.shared.namespace)
+        {
             return None;
         }
         let storage = self.env.storage.clone();
