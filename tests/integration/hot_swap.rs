@@ -500,3 +500,23 @@ async fn a_redeploy_right_after_a_drain_serves_new_sessions_at_once() {
         .unwrap_or_else(|(status, body)| panic!("a new session opens at once, not {status}: {body}"));
     assert!(!client.ask("hello").await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_size_limit_is_refused_unread() {
+    let host = TestHost::start_with(&[("counter", COUNTER_V1)], |c| c.swap.max_file_mib = 1).await;
+    let generation = host.wait_current("counter").await;
+    // 2 MiB that would not even be wasm: refused for its size, never read.
+    host.drop_file("counter", &vec![b'x'; 2 << 20]);
+    let error = wait_for("the file is refused", async || host.plugin("counter").await.last_error).await;
+    assert!(error.error.contains("swap.max_file_mib"), "{error:?}");
+    assert!(
+        !error.error.contains("WebAssembly"),
+        "refused before compiling: {error:?}"
+    );
+    let view = host.plugin("counter").await;
+    assert_eq!(
+        view.current.as_ref().map(|c| c.generation),
+        Some(generation),
+        "the current version serves"
+    );
+}

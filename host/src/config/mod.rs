@@ -192,6 +192,9 @@ pub struct SwapConfig {
     /// A file in the deploy folder is read once its size and modification time
     /// have not changed for this long, in ms. Default 200.
     pub settle_ms: u64,
+    /// Largest plugin file accepted, in MiB; a larger one is refused before
+    /// it is read (Python and JavaScript components are 12–20 MB). Default 64.
+    pub max_file_mib: u64,
 }
 
 /// Supervision settings (OTP's restart intensity).
@@ -328,6 +331,7 @@ impl Default for SwapConfig {
         SwapConfig {
             drain_deadline_secs: 30,
             settle_ms: 200,
+            max_file_mib: 64,
         }
     }
 }

@@ -141,6 +141,15 @@ impl Deployer {
         let settings_path = wasm.with_extension("toml");
         refuse_links(wasm).await?;
         refuse_links(&settings_path).await?;
+        let max = self.config.swap.max_file_mib << 20;
+        let size = tokio::fs::metadata(wasm).await.map_or(0, |m| m.len());
+        if size > max {
+            return Err(DeployError::TooLarge {
+                path: wasm.to_owned(),
+                size,
+                max,
+            });
+        }
         let bytes = tokio::fs::read(wasm).await.map_err(|source| DeployError::Read {
             path: wasm.to_owned(),
             source,

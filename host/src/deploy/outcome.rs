@@ -42,6 +42,16 @@ pub enum DeployError {
         /// The link.
         path: PathBuf,
     },
+    /// The file is larger than `swap.max_file_mib`; it was not read.
+    #[error("{path} has {size} bytes, more than swap.max_file_mib allows ({max} bytes); it was not read")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The data folder could not be written.
     #[error("cannot write to the data folder: {0}")]
     Data(std::io::Error),
