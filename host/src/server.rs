@@ -39,7 +39,7 @@ use crate::error::Rejection;
 use crate::listener::accept_until;
 use crate::registry::Registry;
 use crate::session::link::{self, QueueLimits, SessionLink};
-use crate::session::{self, SessionSettings};
+use crate::session::{self, Inbound, SessionSettings};
 use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
 
 /// What the client listener needs.
@@ -280,7 +280,10 @@ async fn open_session(
             }
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
-                let _ = mailbox.sender.send(Command::Disconnect { session: id }).await;
+                let _ = mailbox
+                    .sender
+                    .send(Command::from(Inbound::Disconnect { session: id }))
+                    .await;
             }
         }
     });

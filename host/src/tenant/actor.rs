@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::error::{Rejection, close};
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
+use crate::session::Inbound;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
@@ -472,7 +473,7 @@ impl Actor {
                 },
             };
             match command {
-                Command::Disconnect { session } => {
+                Command::Session(Inbound::Disconnect { session }) => {
                     if self.shared.remove_session(session) {
                         self.call_disconnect(session).await;
                         self.deliver_presence().await;
@@ -487,7 +488,7 @@ impl Actor {
                 Command::Http { reply, .. } => {
                     let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
                 }
-                Command::Frame { .. } | Command::Hibernate => {}
+                Command::Session(Inbound::Frame { .. }) | Command::Hibernate => {}
             }
         }
     }
@@ -514,6 +515,6 @@ fn answer_ended(command: Command) {
         Command::Shutdown { done } => {
             let _ = done.send(());
         }
-        Command::Frame { .. } | Command::Disconnect { .. } | Command::Hibernate => {}
+        Command::Session(_) | Command::Hibernate => {}
     }
 }

@@ -14,8 +14,8 @@ use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
 use crate::config::Limits;
 use crate::error::Rejection;
 use crate::instance::Trap;
-use crate::session::HeldBytes;
 use crate::session::link::{SessionId, SessionLink};
+use crate::session::{HeldBytes, Inbound};
 use crate::tenant::actor::{Actor, MAKE_ROOM_IDLE, Ready};
 use crate::tenant::mailbox::Command;
 use crate::tenant::state::SessionEntry;
@@ -24,8 +24,8 @@ impl Actor {
     pub(super) async fn handle(&mut self, command: Command) {
         match command {
             Command::Connect { link, request, reply } => self.on_connect(link, request, reply).await,
-            Command::Frame { session, frame, held } => self.on_frame(session, frame, held).await,
-            Command::Disconnect { session } => self.on_disconnect(session).await,
+            Command::Session(Inbound::Frame { session, frame, held }) => self.on_frame(session, frame, held).await,
+            Command::Session(Inbound::Disconnect { session }) => self.on_disconnect(session).await,
             Command::Http { request, reply } => self.on_http(request, reply).await,
             Command::Hibernate => self.hibernate().await,
             // Handled by the main loop; a deferred one means the same.
@@ -99,12 +99,12 @@ impl Actor {
         }
         match self.ensure_instance().await {
             Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Frame { session, frame, held }),
+            Ready::No => return self.deferred = Some(Command::from(Inbound::Frame { session, frame, held })),
             // Its sessions close once the drain deadline passes.
             Ready::Gone => return,
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
-                return self.deferred = Some(Command::Frame { session, frame, held });
+                return self.deferred = Some(Command::from(Inbound::Frame { session, frame, held }));
             }
         }
         self.shared.count_in();
@@ -137,7 +137,7 @@ impl Actor {
             // The plugin must hear it once: wait for room.
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
-                self.deferred = Some(Command::Disconnect { session });
+                self.deferred = Some(Command::from(Inbound::Disconnect { session }));
             }
         }
     }

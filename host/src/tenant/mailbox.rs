@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
+use crate::bindings::{ConnectRequest, HttpRequest, HttpResponse};
 use crate::error::Rejection;
-use crate::session::link::{SessionId, SessionLink};
-use crate::session::{HeldBytes, Inbound, Mailbox};
+use crate::session::link::SessionLink;
+use crate::session::{Inbound, Mailbox};
 use crate::tenant::state::TenantShared;
 
 /// A request to a tenant's task.
@@ -27,20 +27,8 @@ pub enum Command {
         /// `Ok` if the plugin accepted the session.
         reply: oneshot::Sender<Result<(), Rejection>>,
     },
-    /// A frame from a session.
-    Frame {
-        /// The session.
-        session: SessionId,
-        /// The frame.
-        frame: Frame,
-        /// Its bytes of the tenant's inbound budget, until it is handled.
-        held: HeldBytes,
-    },
-    /// A session ended.
-    Disconnect {
-        /// The session.
-        session: SessionId,
-    },
+    /// What a session hands over: a frame, or its end.
+    Session(Inbound),
     /// A plain HTTP request.
     Http {
         /// The request.
@@ -60,10 +48,7 @@ pub enum Command {
 
 impl From<Inbound> for Command {
     fn from(inbound: Inbound) -> Command {
-        match inbound {
-            Inbound::Frame { session, frame, held } => Command::Frame { session, frame, held },
-            Inbound::Disconnect { session } => Command::Disconnect { session },
-        }
+        Command::Session(inbound)
     }
 }
 
