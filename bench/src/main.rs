@@ -58,7 +58,22 @@ enum Role {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // A host embedded here (role serve-baton) compiles plugins by starting
+    // this executable as `compile-worker`: baton's own command line runs it.
+    if std::env::args().nth(1).as_deref() == Some("compile-worker") {
+        return baton::cli::main();
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = tokio::runtime::Runtime::new()?;

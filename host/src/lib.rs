@@ -26,6 +26,8 @@
 //! - `instance::{state, trap, output}`: a store's data and limits, how calls
 //!   fail, plugin log lines.
 //! - `runtime`: the wasmtime engine, linker and epoch ticker.
+//! - `compiler`: compiling deployed files in a child process under a memory
+//!   and time budget (`baton compile-worker`).
 //! - `version`: one loaded build of a plugin, ready to instantiate.
 //! - `instance`: one wasmtime `Store` of one version for one tenant.
 //! - `imports`: the host functions plugins import, one file per WIT interface.
@@ -51,6 +53,7 @@ mod admission;
 mod bindings;
 pub mod cli;
 mod clock;
+mod compiler;
 pub mod config;
 mod deploy;
 mod error;

@@ -13,8 +13,10 @@
 //!   permissive);
 //! - WASI p2 linked with nothing granted (see [`crate::instance`]).
 //!
-//! Compiling is CPU-heavy and blocking: callers run [`Runtime::compile`] on a
-//! blocking thread, never on the async runtime.
+//! The host does not compile deployed files with this engine: a separate
+//! process does, under a budget ([`crate::compiler`]), with an engine of the
+//! same code settings ([`engine_config`]); the host loads what it wrote.
+//! [`Runtime::compile`] is for `baton check`, which runs on the user's behalf.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -41,6 +43,17 @@ pub enum LoadError {
     /// A cached compiled artifact could not be used.
     #[error("compiled artifact unusable: {0}")]
     Artifact(String),
+    /// Compiling the file went over its memory or time budget (see
+    /// [`crate::compiler`]).
+    #[error("refused: {0}")]
+    Budget(String),
+    /// The compiler process failed for a reason of its own (it crashed, or is
+    /// a different build).
+    #[error("the compiler failed: {0}")]
+    Compiler(String),
+    /// The compiler process could not be started.
+    #[error("cannot start the compiler process: {0}")]
+    Spawn(std::io::Error),
 }
 
 /// The engine, the linker and the epoch ticker of one host.
@@ -53,46 +66,8 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: &RuntimeConfig) -> anyhow::Result<Arc<Runtime>> {
-        let max_memory = usize::try_from(config.max_memory_mib << 20)?;
-        let wasm_stack = config.max_wasm_stack_kib << 10;
-        let instances = config.max_instances;
-
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(instances)
-            // A Rust plugin is one main module plus wit-component's two shims.
-            .total_core_instances(instances.saturating_mul(4))
-            .max_core_instances_per_component(32)
-            .total_memories(instances.saturating_mul(2))
-            .max_memories_per_component(4)
-            .max_memories_per_module(1)
-            .total_tables(instances.saturating_mul(4))
-            .max_tables_per_component(32)
-            .max_tables_per_module(4)
-            .table_elements(20_000)
-            .max_memory_size(max_memory)
-            // One async call per instance at a time, plus deploy checks.
-            .total_stacks(instances)
-            // A freed slot gives all its memory back (hibernation and swaps
-            // must really release memory), in batches (below).
-            .linear_memory_keep_resident(0)
-            .table_keep_resident(0)
-            // Return freed memory to the kernel in batches: each batch is one
-            // round of TLB shootdowns instead of one per instance (a swap
-            // frees one instance per tenant at once).
-            .decommit_batch_size(64);
-
-        let mut wasm = Config::new();
-        // Plugins' initial memories are small: copying them in is cheaper
-        // than mapping a copy-on-write image, whose mmap contends for the
-        // process's memory-map lock when many tenants start at once (a swap
-        // migrates every tenant; measured: 1,000 tenants ~25% faster).
-        wasm.memory_init_cow(false)
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(wasm_stack)
-            // The fiber stack holds the wasm stack plus host frames above it.
-            .async_stack_size(wasm_stack + (512 << 10))
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut wasm = engine_config(config);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(config)?));
         let engine = Engine::new(&wasm)?;
 
         let mut linker = Linker::new(&engine);
@@ -117,14 +92,10 @@ impl Runtime {
         &self.ticker
     }
 
-    /// Compiles a component. Blocking and CPU-heavy: call it off the async runtime.
+    /// Compiles a component in this process. Blocking and CPU-heavy, and
+    /// unbounded: only for files the user asked to check, never for deploys.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
         Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
-    }
-
-    /// Serializes a compiled component for the artifact cache.
-    pub fn serialize(&self, component: &Component) -> Result<Vec<u8>, LoadError> {
-        component.serialize().map_err(|e| LoadError::Artifact(format!("{e:#}")))
     }
 
     /// Loads a component compiled by this engine configuration earlier.
@@ -150,25 +121,89 @@ impl Runtime {
         PluginCorePre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
     }
 
-    /// A short hash of everything that makes compiled code of this engine
-    /// loadable: part of every artifact cache key.
+    /// A short hash of everything that makes this engine's compiled code
+    /// loadable (see [`compatibility_hash`]).
     pub fn compatibility_hash(&self) -> String {
-        use sha2::{Digest, Sha256};
-        use std::hash::{Hash, Hasher};
-
-        struct Sha(Sha256);
-        impl Hasher for Sha {
-            fn finish(&self) -> u64 {
-                0
-            }
-            fn write(&mut self, bytes: &[u8]) {
-                self.0.update(bytes);
-            }
-        }
-        let mut hasher = Sha(Sha256::new());
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
-        hex(&hasher.0.finalize()[..8])
+        compatibility_hash(&self.engine)
     }
+}
+
+/// The engine settings that decide what compiled code looks like, shared by
+/// the host's engine and the compiler process's (see [`crate::compiler`]):
+/// both must produce and accept the same artifacts. The instance allocator is
+/// not among them; the host adds the pooling allocator.
+pub fn engine_config(config: &RuntimeConfig) -> Config {
+    let wasm_stack = config.max_wasm_stack_kib << 10;
+    let mut wasm = Config::new();
+    // Plugins' initial memories are small: copying them in is cheaper
+    // than mapping a copy-on-write image, whose mmap contends for the
+    // process's memory-map lock when many tenants start at once (a swap
+    // migrates every tenant; measured: 1,000 tenants ~25% faster).
+    wasm.memory_init_cow(false)
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(wasm_stack)
+        // The fiber stack holds the wasm stack plus host frames above it.
+        .async_stack_size(wasm_stack + (512 << 10));
+    wasm
+}
+
+/// An engine that only compiles: the same code settings as the host's, with
+/// no instance pool (which would reserve address space a compiler's memory
+/// budget must not pay for).
+pub fn compile_engine(config: &RuntimeConfig) -> anyhow::Result<Engine> {
+    Ok(Engine::new(&engine_config(config))?)
+}
+
+/// The instance pool, sized by `runtime.max_instances`.
+fn pool_config(config: &RuntimeConfig) -> anyhow::Result<PoolingAllocationConfig> {
+    let max_memory = usize::try_from(config.max_memory_mib << 20)?;
+    let instances = config.max_instances;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        // A Rust plugin is one main module plus wit-component's two shims.
+        .total_core_instances(instances.saturating_mul(4))
+        .max_core_instances_per_component(32)
+        .total_memories(instances.saturating_mul(2))
+        .max_memories_per_component(4)
+        .max_memories_per_module(1)
+        .total_tables(instances.saturating_mul(4))
+        .max_tables_per_component(32)
+        .max_tables_per_module(4)
+        .table_elements(20_000)
+        .max_memory_size(max_memory)
+        // One async call per instance at a time, plus deploy checks.
+        .total_stacks(instances)
+        // A freed slot gives all its memory back (hibernation and swaps
+        // must really release memory), in batches (below).
+        .linear_memory_keep_resident(0)
+        .table_keep_resident(0)
+        // Return freed memory to the kernel in batches: each batch is one
+        // round of TLB shootdowns instead of one per instance (a swap
+        // frees one instance per tenant at once).
+        .decommit_batch_size(64);
+    Ok(pool)
+}
+
+/// A short hash of everything that makes compiled code of `engine` loadable:
+/// part of every artifact cache key, and what the compiler process checks it
+/// agrees on with the host.
+pub fn compatibility_hash(engine: &Engine) -> String {
+    use sha2::{Digest, Sha256};
+    use std::hash::{Hash, Hasher};
+
+    struct Sha(Sha256);
+    impl Hasher for Sha {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut hasher = Sha(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hex(&hasher.0.finalize()[..8])
 }
 
 /// Lower-case hex of some bytes.

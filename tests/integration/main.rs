@@ -5,6 +5,7 @@
 mod capacity;
 mod channels;
 mod cli;
+mod compiling;
 mod durability;
 mod fixtures;
 mod hot_swap;

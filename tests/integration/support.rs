@@ -44,6 +44,9 @@ pub fn test_config(root: &Path) -> Config {
     config.runtime.max_memory_mib = 256;
     config.swap.settle_ms = 50;
     config.limits.max_frame_bytes = 64 << 10;
+    // The host runs inside this test binary, which has no `compile-worker`
+    // command: compiles run in the real `baton` binary, as in production.
+    config.runtime.compiler = Some(PathBuf::from(env!("CARGO_BIN_EXE_baton")));
     config
 }
 

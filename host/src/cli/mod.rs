@@ -80,6 +80,20 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
+    /// Compile one component from stdin for a running host (the host starts
+    /// this itself; see ARCHITECTURE.md).
+    #[command(hide = true)]
+    CompileWorker {
+        /// The host's `[runtime]` settings, as JSON.
+        #[arg(long)]
+        runtime: String,
+        /// The host engine's compatibility hash.
+        #[arg(long)]
+        engine: String,
+        /// Where to write the compiled artifact.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +167,13 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => return serve(args),
+        Command::CompileWorker {
+            runtime,
+            engine,
+            output,
+        } => {
+            return crate::compiler::worker(&runtime, &engine, &output);
+        }
         Command::Check { file } => check(&file).map(|report| println!("{report}")),
         Command::New { name, dir, sdk } => new(&name, &dir, sdk),
         command => block_on(async move {

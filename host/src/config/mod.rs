@@ -419,6 +419,11 @@ impl Config {
                 "runtime.epoch_tick_ms must be > 0 and runtime.max_instances at least 2".into(),
             ));
         }
+        if self.runtime.compile_memory_mib < 128 || self.runtime.compile_timeout_secs == 0 {
+            return Err(invalid(
+                "runtime.compile_memory_mib must be at least 128 and runtime.compile_timeout_secs > 0".into(),
+            ));
+        }
         if self.admission.new_tenants_per_second == 0 || self.admission.new_tenants_burst == 0 {
             return Err(invalid(
                 "admission.new_tenants_per_second and admission.new_tenants_burst must be > 0".into(),

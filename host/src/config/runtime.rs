@@ -26,6 +26,18 @@ pub struct RuntimeConfig {
     pub epoch_tick_ms: u64,
     /// Plugins compiled at the same time at most. Default 2.
     pub compile_concurrency: NonZeroUsize,
+    /// Memory one compile may use (heap and private mappings), in MiB: a file
+    /// whose compile needs more is refused. Compiles run in a separate process (see
+    /// ARCHITECTURE.md), so this is never the host's memory. Default 2048.
+    pub compile_memory_mib: u64,
+    /// Time one compile may take, in seconds: a file that takes longer is
+    /// refused. Default 120 (a large Python component compiles in ~10 s).
+    pub compile_timeout_secs: u64,
+    /// The executable that runs compiles (`<it> compile-worker`). Default:
+    /// unset, the running host's own executable, which is what you want
+    /// unless you embed the host in another program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compiler: Option<std::path::PathBuf>,
     /// Tenants migrating to a new version at the same time at most. Each holds
     /// a second instance while it migrates, taken from the reserve, which
     /// bounds this too. Default 64.
@@ -62,6 +74,9 @@ impl Default for RuntimeConfig {
             max_wasm_stack_kib: 512,
             epoch_tick_ms: 1,
             compile_concurrency: NonZeroUsize::new(2).expect("non-zero"),
+            compile_memory_mib: 2048,
+            compile_timeout_secs: 120,
+            compiler: None,
             migration_concurrency: NonZeroUsize::new(64).expect("non-zero"),
         }
     }

@@ -57,9 +57,20 @@ impl Artifacts {
         self.cache.join(format!("{}-{}.cwasm", id.hex(), self.engine))
     }
 
-    /// Stores compiled code.
-    pub fn store_compiled(&self, id: &VersionId, bytes: &[u8]) -> std::io::Result<()> {
-        write_atomically(&self.compiled_path(id), bytes)
+    /// Where a compiler process writes the compiled code of `id` before it is
+    /// known to be good (then [`Artifacts::commit_compiled`]).
+    pub fn compiling_path(&self, id: &VersionId) -> PathBuf {
+        self.cache.join(format!(
+            ".{}-{}.{}.compiling",
+            id.hex(),
+            self.engine,
+            std::process::id()
+        ))
+    }
+
+    /// Moves compiled code from [`Artifacts::compiling_path`] into the cache.
+    pub fn commit_compiled(&self, id: &VersionId, compiling: &Path) -> std::io::Result<()> {
+        std::fs::rename(compiling, self.compiled_path(id))
     }
 
     /// Forgets unusable compiled code.

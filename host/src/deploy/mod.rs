@@ -3,8 +3,9 @@
 //! The [`Deployer`] is the only writer of the registry. A version becomes
 //! current only after every check passed, in this order: the file is read
 //! whole and hashed; its compiled code is loaded from the artifact cache or
-//! compiled (on a blocking thread, at most `runtime.compile_concurrency` at a
-//! time); it is linked against the world (imports provided, exports present
+//! compiled by a compiler process under a memory and time budget (see
+//! [`crate::compiler`]; at most `runtime.compile_concurrency` at a time); it
+//! is linked against the world (imports provided, exports present
 //! with the right types); and `init` succeeds in a fresh instance. Any failure
 //! leaves the current version serving and is reported: a log line naming the
 //! file and the reason, the plugin's `last_error`, and
@@ -35,6 +36,7 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::compiler::Compiler;
 use crate::config::{Config, PluginSettings};
 use crate::instance::Instance;
 use crate::registry::{Activation, EventKind, PluginEntry, Registry};
@@ -50,6 +52,7 @@ pub struct Deployer {
     registry: Arc<Registry>,
     config: Arc<Config>,
     artifacts: Artifacts,
+    compiler: Compiler,
     compiling: Semaphore,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -63,8 +66,10 @@ struct Candidate {
 impl Deployer {
     /// A deployer over the host's runtime and registry.
     pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>, config: Arc<Config>) -> std::io::Result<Deployer> {
-        let artifacts = Artifacts::open(&config.data_dir, runtime.compatibility_hash())?;
+        let engine = runtime.compatibility_hash();
+        let artifacts = Artifacts::open(&config.data_dir, engine.clone())?;
         Ok(Deployer {
+            compiler: Compiler::new(&config.runtime, engine),
             compiling: Semaphore::new(config.runtime.compile_concurrency.get()),
             runtime,
             registry,
@@ -252,17 +257,14 @@ impl Deployer {
                 source,
             })?,
         };
-        let runtime = self.runtime.clone();
-        let (component, bytes, serialized) = blocking(move || {
-            let component = runtime.compile(&bytes)?;
-            let serialized = runtime.serialize(&component)?;
-            Ok::<_, LoadError>((component, bytes, serialized))
-        })
-        .await?;
+        let compiling = self.artifacts.compiling_path(&id);
+        self.compiler.compile(&bytes, &compiling).await?;
         self.artifacts.store_original(&id, &bytes).map_err(DeployError::Data)?;
         self.artifacts
-            .store_compiled(&id, &serialized)
+            .commit_compiled(&id, &compiling)
             .map_err(DeployError::Data)?;
+        let runtime = self.runtime.clone();
+        let component = blocking(move || runtime.deserialize(&cached)).await?;
         Ok((component, Origin::Compiled))
     }
 

@@ -64,10 +64,12 @@ impl DeployError {
         let io = match self {
             DeployError::Read { source, .. } => source,
             DeployError::Data(source) => source,
+            DeployError::Load(LoadError::Spawn(source)) => source,
             _ => return false,
         };
-        // EMFILE, ENFILE: the process's or the system's open-file limit.
-        matches!(io.raw_os_error(), Some(24 | 23))
+        // EMFILE, ENFILE: the process's or the system's open-file limit;
+        // EAGAIN, ENOMEM: no process could be started just now.
+        matches!(io.raw_os_error(), Some(24 | 23 | 11 | 12))
     }
 }
 
