@@ -11,9 +11,10 @@
 //!
 //! - [`config`]: the host's layered settings and a plugin's `<name>.toml`.
 //! - `error`: HTTP statuses and WebSocket close codes, in one place.
-//! - `names`, `text`, `clock`, `shutdown`, `listener`, `admission`: what a
-//!   valid name is; bounding text; Unix-ms time; the shutdown signal; the
-//!   accept loop both listeners share; the rate of new tenants.
+//! - `names`, `text`, `clock`, `shutdown`, `listener`, `admission`, `trim`:
+//!   what a valid name is; bounding text; Unix-ms time; the shutdown signal;
+//!   the accept loop both listeners share; the rate of new tenants; giving
+//!   freed memory back to the system after a burst.
 //! - `bindings`: the one `bindgen!` of the `wit/` world.
 //! - `storage`, `timers`: durable key-value storage per tenant (redb) and a
 //!   tenant's pending timers.
@@ -72,6 +73,7 @@ mod tenant;
 mod text;
 mod timers;
 mod topics;
+mod trim;
 mod version;
 
 /// What the benchmark harness drives directly, below the public API: starting
@@ -176,7 +178,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     log_serving(&listeners, &config)?;
     let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
     let admin = admin_of(&config, &registry, &tenants, &deployer, metrics, stopped.clone());
-    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped));
+    let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped.clone()));
+    let trim_task = tokio::spawn(trim::run(stopped));
 
     shutdown.await;
     initial_scan.abort();
@@ -184,6 +187,7 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     shut_down(&config, &tenants, [watcher, client_task, admin_task]).await;
     report_task.abort();
     let _ = report_task.await;
+    let _ = trim_task.await;
     storage.close();
     // Every tenant task has ended; nothing is left to wait for.
     plugin_runtime.shutdown_background();

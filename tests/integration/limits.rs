@@ -234,3 +234,50 @@ async fn a_plugins_settings_set_its_own_memory_limit() {
     })
     .await;
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a figure");
+    kib << 10
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_a_burst_is_given_back_once_the_client_leaves() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(dir.path().join("deploy")).expect("deploy dir");
+    std::fs::copy(CHAOS, dir.path().join("deploy/chaos.wasm")).expect("copy");
+    // Queues large enough that the burst stays in the host until it leaves.
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        "[sessions]\noutbound_queue_bytes = 1073741824\n",
+    )
+    .expect("config");
+    let host = HostProcess::start(dir.path());
+    host.wait_version("chaos", |_| true).await;
+    let pid = host.child.as_ref().expect("running").id();
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/t/acme/chaos", host.clients))
+        .await
+        .expect("connect");
+    ws.send(Message::text("echo:warm")).await.expect("send");
+    ws.next().await.expect("an answer").expect("a message");
+    let before = resident(pid);
+    // 300 answers of 1 MB that the client never reads.
+    for _ in 0..300 {
+        ws.send(Message::text("big:1000000")).await.expect("send");
+    }
+    eventually("the burst is held", async || resident(pid) > before + (200 << 20)).await;
+    drop(ws);
+    eventually("the burst's memory is given back", async || {
+        resident(pid) < before + (64 << 20)
+    })
+    .await;
+}
