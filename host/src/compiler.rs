@@ -176,9 +176,10 @@ pub fn worker(runtime: &str, engine: &str, output: &Path) -> ExitCode {
     if let Err(e) = std::io::stdin().lock().read_to_end(&mut bytes) {
         return fail(MISMATCH, &format!("cannot read the file from the host: {e}"));
     }
-    let artifact = match compiler.precompile_component(&bytes) {
+    let artifact = match compile_artifact(&compiler, &bytes) {
         Ok(artifact) => artifact,
-        Err(e) => return fail(REFUSED, &format!("{e:#}")),
+        Err(LoadError::Compile(reason)) => return fail(REFUSED, &reason),
+        Err(e) => return fail(MISMATCH, &e.to_string()),
     };
     drop(bytes);
     let written = std::fs::File::create(output).and_then(|mut file| {
@@ -189,6 +190,14 @@ pub fn worker(runtime: &str, engine: &str, output: &Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(MISMATCH, &format!("cannot write {}: {e}", output.display())),
     }
+}
+
+/// Compiles a component with `engine` into an artifact the host's engine
+/// loads: what the worker does with the file.
+pub fn compile_artifact(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Vec<u8>, LoadError> {
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| LoadError::Compile(format!("{e:#}")))
 }
 
 /// The worker's own limits: memory, CPU time (a backstop for a host

@@ -87,6 +87,17 @@ pub mod bench_api {
     pub use crate::version::{Build, Origin, Version, VersionId};
 }
 
+/// What the fuzz targets of `fuzz/` drive directly: the readers of untrusted
+/// input (configuration text, deploy-folder names, plugin settings and
+/// files), exactly as the host uses them. Not a stable interface.
+#[doc(hidden)]
+pub mod fuzz_api {
+    pub use crate::compiler::compile_artifact;
+    pub use crate::deploy::folder::{DeployFile, classify};
+    pub use crate::runtime::{Runtime, compile_engine};
+    pub use wasmtime::Engine;
+}
+
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

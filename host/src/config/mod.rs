@@ -356,17 +356,32 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         flags: toml::Table,
     ) -> Result<Config, ConfigError> {
+        let file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Some((path.display().to_string(), text))
+            }
+            None => None,
+        };
+        Config::from_sources(file, env, flags)
+    }
+
+    /// Like [`Config::load`], with the file already read: `(origin, text)`.
+    pub fn from_sources(
+        file: Option<(String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
         let mut layers = Vec::new();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
+        if let Some((origin, text)) = file {
             let table = text.parse::<toml::Table>().map_err(|e| ConfigError::Invalid {
-                origin: path.display().to_string(),
+                origin: origin.clone(),
                 message: e.to_string(),
             })?;
-            layers.push((path.display().to_string(), table));
+            layers.push((origin, table));
         }
         layers.push(("environment".to_owned(), env_layer(env)));
         layers.push(("flags".to_owned(), flags));
@@ -433,6 +448,14 @@ impl Config {
             return Err(invalid(format!("tenants: {bad:?} is not a valid tenant name")));
         }
         Ok(())
+    }
+
+    /// The limits of a plugin's instances under `settings` (its
+    /// `<name>.toml`), or why they are not acceptable.
+    pub fn plugin_limits(&self, settings: &PluginSettings) -> Result<Limits, String> {
+        let limits = self.limits.with(&settings.limits);
+        limits.check(self.runtime.max_memory_mib)?;
+        Ok(limits)
     }
 
     /// The limits of one tenant's instance of a plugin whose settings are `plugin`.

@@ -24,7 +24,7 @@
 //!   earlier version worked is marked failed and the earlier one made current.
 
 pub mod artifacts;
-mod folder;
+pub mod folder;
 mod outcome;
 pub mod watch;
 
@@ -193,9 +193,9 @@ impl Deployer {
         settings: PluginSettings,
         settings_text: String,
     ) -> Result<Candidate, DeployError> {
-        let limits = self.config.limits.with(&settings.limits);
-        limits
-            .check(self.config.runtime.max_memory_mib)
+        let limits = self
+            .config
+            .plugin_limits(&settings)
             .map_err(|message| DeployError::Settings {
                 path: PathBuf::from(format!("{}.toml", entry.name)),
                 message,
