@@ -13,6 +13,7 @@
 //! is only ever loaded from here, never from the deploy folder.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,10 +59,13 @@ impl Artifacts {
     }
 
     /// Where a compiler process writes the compiled code of `id` before it is
-    /// known to be good (then [`Artifacts::commit_compiled`]).
+    /// known to be good (then [`Artifacts::commit_compiled`]). Each call gets
+    /// a path of its own: two plugins of the same bytes may compile at once.
     pub fn compiling_path(&self, id: &VersionId) -> PathBuf {
+        static COMPILES: AtomicU64 = AtomicU64::new(0);
+        let n = COMPILES.fetch_add(1, Ordering::Relaxed);
         self.cache.join(format!(
-            ".{}-{}.{}.compiling",
+            ".{}-{}.{}-{n}.compiling",
             id.hex(),
             self.engine,
             std::process::id()
