@@ -45,9 +45,9 @@
 //! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
 //!
 //! [`run`] ties them together; `main` only parses the command line. The
-//! public surface is what `main`, the integration tests and `bench/` use:
-//! [`run`], [`Listeners`], [`config`], [`admin`]'s views, [`cli::main`], and
-//! the hidden [`bench_api`].
+//! public surface is what `main`, the integration tests, `bench/` and `fuzz/`
+//! use: [`run`], [`Listeners`], [`config`], [`admin`]'s views, [`cli::main`],
+//! and the hidden [`bench_api`] and [`fuzz_api`].
 
 pub mod admin;
 mod admission;
