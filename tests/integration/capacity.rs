@@ -151,3 +151,33 @@ async fn a_refused_candidate_uses_up_no_generation() {
         "the refused candidate took no generation"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_kept_at_shutdown_waits_for_room_instead_of_being_dropped() {
+    let host = TestHost::start_with(&[("counter", baton_test_plugins::COUNTER_V2)], |c| {
+        c.runtime.max_instances = 8;
+    })
+    .await;
+    let mut client = host.connect("keep", "counter").await;
+    for _ in 0..3 {
+        client.ask("x").await;
+    }
+    drop(client);
+    let host = host.restart().await;
+    host.wait_current("counter").await;
+    // Other tenants take every seat before `keep` asks for one.
+    for i in 0..SEATS {
+        let response = host.http("GET", &format!("/t/filler-{i}/counter"), b"").await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    let refused = host.http("GET", "/t/keep/counter", b"").await;
+    assert_eq!(refused.status, 503, "the pool is full: {}", refused.text());
+    // The fillers go idle and are hibernated to make room; then `keep`
+    // starts, with the state it had.
+    let usage = wait_for("keep gets a seat", async || {
+        let response = host.http("GET", "/t/keep/counter", b"").await;
+        (response.status == 200).then(|| response.json())
+    })
+    .await;
+    assert_eq!(usage["total"], 3, "the state kept at shutdown was not dropped: {usage}");
+}

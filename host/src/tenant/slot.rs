@@ -132,6 +132,10 @@ pub struct Slot {
     started: u64,
     /// Whether state kept at the last shutdown was looked for.
     persisted_checked: bool,
+    /// State kept at the last shutdown that no instance has taken yet: its
+    /// first instance could not start (a full pool, a failed `init`), so
+    /// the next one gets it, instead of starting fresh and losing it.
+    unrestored: Option<(String, Vec<u8>)>,
 }
 
 impl Slot {
@@ -144,6 +148,7 @@ impl Slot {
             seat: None,
             started: 0,
             persisted_checked: false,
+            unrestored: None,
         }
     }
 
@@ -282,7 +287,14 @@ impl Slot {
                 };
                 match self.take_seat() {
                     Ok(()) => match self.take_persisted().await {
-                        Some((from, state)) => self.restore(version, &from, &state).await,
+                        Some((from, state)) => {
+                            let restored = self.restore(version, &from, &state).await;
+                            // Not the state's fault: keep it for the next try.
+                            if matches!(restored, Err(Failure::Capacity { .. } | Failure::Start { .. })) {
+                                self.unrestored = Some((from, state));
+                            }
+                            restored
+                        }
                         None => self.start_fresh(version).await,
                     },
                     Err(full) => Err(full),
@@ -512,8 +524,12 @@ impl Slot {
 
     /// The state kept at the last checkpoint or shutdown, if any: looked for
     /// once per host run, before the tenant's first instance (a later task of
-    /// the same tenant in the same run starts fresh, as after a crash).
+    /// the same tenant in the same run starts fresh, as after a crash), and
+    /// offered again while no instance could take it.
     async fn take_persisted(&mut self) -> Option<(String, Vec<u8>)> {
+        if let Some(kept) = self.unrestored.take() {
+            return Some(kept);
+        }
         if std::mem::replace(&mut self.persisted_checked, true)
             || !self.env.config.shutdown.persist_state
             || !self.env.first_look(&self.shared.namespace)
