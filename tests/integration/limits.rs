@@ -264,15 +264,31 @@ async fn memory_of_a_burst_is_given_back_once_the_client_leaves() {
     host.wait_version("chaos", |_| true).await;
     let pid = host.child.as_ref().expect("running").id();
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/t/acme/chaos", host.clients))
-        .await
-        .expect("connect");
-    ws.send(Message::text("echo:warm")).await.expect("send");
-    ws.next().await.expect("an answer").expect("a message");
+    async fn ask(
+        ws: &mut tokio_tungstenite::WebSocketStream<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>,
+        text: String,
+    ) -> String {
+        ws.send(Message::text(text)).await.expect("send");
+        match ws.next().await.expect("an answer").expect("a message") {
+            Message::Text(reply) => reply.as_str().to_owned(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+    let connect = async || {
+        let url = format!("ws://{}/t/acme/chaos", host.clients);
+        tokio_tungstenite::connect_async(url).await.expect("connect").0
+    };
+    // A client that never reads, and another that has the plugin send it
+    // 200 frames of 1 MB (its own session keeps reading, whatever the
+    // stalled one's socket does).
+    let mut ws = connect().await;
+    let id = ask(&mut ws, "session".into()).await;
+    let id = id.strip_prefix("session:").expect("a session id").to_owned();
+    let mut sender = connect().await;
     let before = resident(pid);
-    // 200 answers of 1 MB that the client never reads.
+    let big = "x".repeat(1_000_000);
     for _ in 0..200 {
-        ws.send(Message::text("big:1000000")).await.expect("send");
+        assert_eq!(ask(&mut sender, format!("send:{id}:{big}")).await, "sent");
     }
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let peak = loop {
@@ -289,6 +305,7 @@ async fn memory_of_a_burst_is_given_back_once_the_client_leaves() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     drop(ws);
+    drop(sender);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let now = resident(pid);
