@@ -2,7 +2,15 @@
 //! reports and the plugins' `clock` import carry. (Deadlines and durations
 //! use monotonic `Instant`s instead.)
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
+
+/// When this process started serving, in Unix ms: the first call fixes it
+/// (`run` makes it at start).
+pub fn started_ms() -> u64 {
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    *STARTED.get_or_init(unix_ms)
+}
 
 /// Now, in milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {

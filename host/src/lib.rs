@@ -141,6 +141,8 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let config = Arc::new(config);
     // Before anything records a metric.
     let metrics = metrics_handle();
+    // Counters restart with the process: this says when it did.
+    metrics::gauge!("baton_process_start_time_seconds").set(clock::started_ms() as f64 / 1000.0);
     let max_sessions = raise_file_limit(&config);
     std::fs::create_dir_all(&config.deploy_dir)?;
     std::fs::create_dir_all(&config.data_dir)?;

@@ -154,9 +154,20 @@ async fn deploy_status_and_rollback_against_a_running_host() {
         table.contains("PLUGIN") && table.contains("counter") && table.contains("swap"),
         "{table}"
     );
+    // Which baton answers: the host runs in this test process.
+    let which = format!("baton {} (pid {})", env!("CARGO_PKG_VERSION"), std::process::id());
+    assert!(table.contains(&which), "{table}");
     let output = baton_async(&["status", "--json", "--admin", &admin]).await;
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(json["plugins"][0]["name"], "counter");
+    assert_eq!(json["host"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(json["host"]["started_ms"].as_u64().is_some_and(|ms| ms > 0), "{json}");
+    let metrics = host.admin("GET", "/metrics", None).await.text();
+    let started = sample(&metrics, "baton_process_start_time_seconds").expect("the start time gauge");
+    assert_eq!(
+        (started * 1000.0).round() as u64,
+        json["host"]["started_ms"].as_u64().unwrap_or(0)
+    );
 
     let output = baton_async(&["rollback", "counter", "--admin", &admin]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));

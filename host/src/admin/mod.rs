@@ -53,8 +53,8 @@ use crate::registry::Registry;
 use crate::tenant::Tenants;
 pub(crate) use guard::Guard;
 pub use view::{
-    Activation, ErrorReport, Event, EventKind, Origin, PluginView, RollbackView, Status, StatusView, TenantView,
-    Totals, VersionRecord, VersionView,
+    Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
+    TenantView, Totals, VersionRecord, VersionView,
 };
 
 /// What the admin listener needs.

@@ -94,12 +94,36 @@ pub struct TenantView {
 pub struct StatusView {
     /// When this was taken (Unix ms).
     pub at_ms: u64,
+    /// The process that answered.
+    #[serde(default)]
+    pub host: HostView,
     /// Host totals.
     pub totals: Totals,
     /// Every plugin.
     pub plugins: Vec<PluginView>,
     /// Recent events of every plugin, newest first.
     pub events: Vec<Event>,
+}
+
+/// The host process: which baton, and since when.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostView {
+    /// The baton version (`baton --version`).
+    pub version: String,
+    /// The process id.
+    pub pid: u32,
+    /// When this process started serving (Unix ms).
+    pub started_ms: u64,
+}
+
+impl HostView {
+    fn of_this_process() -> HostView {
+        HostView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_ms: crate::clock::started_ms(),
+        }
+    }
 }
 
 /// Host totals.
@@ -206,6 +230,7 @@ impl StatusView {
         events.truncate(RECENT_EVENTS);
         StatusView {
             at_ms: unix_ms(),
+            host: HostView::of_this_process(),
             totals,
             plugins,
             events,

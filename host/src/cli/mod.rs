@@ -392,8 +392,8 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
     let status: StatusView = client.get("/api/status").await?;
     let totals = &status.totals;
     println!(
-        "{} plugins, {} tenants, {} sessions\n",
-        totals.plugins, totals.tenants, totals.sessions
+        "baton {} (pid {}): {} plugins, {} tenants, {} sessions\n",
+        status.host.version, status.host.pid, totals.plugins, totals.tenants, totals.sessions
     );
     let mut rows = vec![
         ["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"]
