@@ -25,6 +25,9 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A frame above `limits.max_frame_bytes`.
     pub const TOO_BIG: u16 = 1009;
+    /// The host restarts: a session that could not be handed to the new
+    /// process (its client did not take what was queued for it in time).
+    pub const SERVICE_RESTART: u16 = 1012;
     /// The tenant's instance could not take frames for
     /// `sessions.mailbox_wait_secs` (overloaded, or backing off after crashes).
     pub const TRY_AGAIN_LATER: u16 = 1013;

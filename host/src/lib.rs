@@ -42,6 +42,8 @@
 //!   requests under `/t/{tenant}/{plugin}` to tenants.
 //! - [`admin`]: the admin API, metrics and dashboard; its views are typed
 //!   and shared with the CLI and the tests.
+//! - `handover`: `baton upgrade`, handing every listener, session and tenant
+//!   to a new baton process over a Unix socket.
 //! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
 //!
 //! [`run`] ties them together; `main` only parses the command line. The
@@ -58,6 +60,7 @@ mod compiler;
 pub mod config;
 mod deploy;
 mod error;
+mod handover;
 mod imports;
 mod instance;
 mod listener;
@@ -99,38 +102,18 @@ pub mod fuzz_api {
 }
 
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::deploy::Deployer;
+pub use crate::listener::Listeners;
 use crate::registry::Registry;
 use crate::runtime::Runtime;
 use crate::tenant::{Command, TenantEnv, Tenants};
-
-/// The two listeners of a host, bound by the caller (tests bind port 0).
-pub struct Listeners {
-    /// Client sessions and plugin HTTP.
-    pub clients: TcpListener,
-    /// Admin API, metrics and dashboard.
-    pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds the addresses of `config`.
-    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
-        let clients = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
-        let admin = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin_listen)))?;
-        Ok(Listeners { clients, admin })
-    }
-}
 
 /// Runs a host until `shutdown` resolves, then shuts it down gracefully.
 ///
@@ -138,6 +121,21 @@ impl Listeners {
 /// background (invalid files are reported and skipped) while the listeners
 /// already serve.
 pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    host(listeners, config, shutdown, None, false).await
+}
+
+/// A host: fresh, or taking over from an older process (`takeover`, with
+/// the listeners and configuration that came from it). With
+/// `upgrade_on_signal`, SIGUSR2 asks it to upgrade. It runs until `shutdown`
+/// (then shuts down gracefully) or until it handed everything over to a new
+/// process (then it ends at once, closing nothing).
+async fn host(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    takeover: Option<handover::take::TakeOver>,
+    upgrade_on_signal: bool,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     // Before anything records a metric.
     let metrics = metrics_handle();
@@ -149,27 +147,19 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     let runtime = Runtime::new(&config.runtime)?;
     let registry = Arc::new(Registry::default());
     let tenants = Arc::new(Tenants::default());
-    let storage = open_storage(&config)?;
     let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
+    // Taking over: the old process's versions first, then (after its
+    // cut-over) its tenants and sessions; the storage is free only then.
+    let received = match &takeover {
+        Some(takeover) => Some(take_over(takeover, &deployer).await?),
+        None => None,
+    };
+    let storage = open_storage(&config, takeover.is_some()).await?;
     let plugin_runtime = plugin_runtime()?;
 
     let (reports, report_rx) = mpsc::unbounded_channel();
     let report_task = deployer.handle_reports(report_rx);
     let (stop, stopped) = watch::channel(false);
-    // The watch first, so that a file written while the folder is scanned is
-    // seen; the scan in the background, so that the host answers at once and
-    // each plugin serves as soon as it is ready (503 "loading" until then).
-    let watcher = deploy::watch::spawn(
-        deployer.clone(),
-        config.deploy_dir.clone(),
-        Duration::from_millis(config.swap.settle_ms),
-        stopped.clone(),
-    )?;
-    let initial_scan = tokio::spawn({
-        let deployer = deployer.clone();
-        async move { deployer.deploy_all().await }
-    });
-
     let tenant_env = TenantEnv {
         config: config.clone(),
         reports,
@@ -187,15 +177,95 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
         sessions: server::SessionCount::new(max_sessions),
         tenants: tenants.clone(),
         tenant_env: Arc::new(tenant_env),
+        handover: Arc::new(server::Handover::new()),
     });
+    if let (Some(takeover), Some(received)) = (&takeover, received) {
+        let installed = handover::take::install(received, &clients, &deployer).await;
+        let confirmed = match installed {
+            Ok((sessions, tenants)) => takeover.confirm(sessions, tenants).await,
+            Err(reason) => {
+                takeover.abort(&reason).await;
+                Err(reason)
+            }
+        };
+        confirmed.map_err(|reason| anyhow::anyhow!("taking over from the old process: {reason}"))?;
+        tracing::info!("took over from the old process");
+    }
+    // The watch first, so that a file written while the folder is scanned is
+    // seen; the scan in the background, so that the host answers at once and
+    // each plugin serves as soon as it is ready (503 "loading" until then).
+    // After a takeover, only files the old process never saw are deployed.
+    let watcher = deploy::watch::spawn(
+        deployer.clone(),
+        config.deploy_dir.clone(),
+        Duration::from_millis(config.swap.settle_ms),
+        stopped.clone(),
+    )?;
+    let initial_scan = tokio::spawn({
+        let deployer = deployer.clone();
+        let taken_over = takeover.is_some();
+        async move {
+            match taken_over {
+                true => deployer.deploy_unseen().await,
+                false => deployer.deploy_all().await,
+            }
+        }
+    });
+
     log_serving(&listeners, &config)?;
-    let client_task = tokio::spawn(server::serve(listeners.clients, clients, stopped.clone()));
-    let admin = admin_of(&config, &registry, &tenants, &deployer, metrics, stopped.clone());
+    let listener_fds = [
+        listeners.clients.as_fd().try_clone_to_owned()?,
+        listeners.admin.as_fd().try_clone_to_owned()?,
+    ];
+    let client_task = tokio::spawn(server::serve(listeners.clients, clients.clone(), stopped.clone()));
+    let (upgrades, upgrade_requests) = mpsc::channel(1);
+    let admin_accepting = watch::Sender::new(true);
+    let admin = admin_of(
+        &config,
+        &registry,
+        &tenants,
+        &deployer,
+        metrics,
+        stopped.clone(),
+        admin_accepting.subscribe(),
+        upgrades.clone(),
+    );
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped.clone()));
     let trim_task = tokio::spawn(trim::run(stopped));
+    let (handed_over, mut gone) = watch::channel(false);
+    let giver = Arc::new(handover::give::Giver {
+        config: config.clone(),
+        clients,
+        deployer: deployer.clone(),
+        registry: registry.clone(),
+        tenants: tenants.clone(),
+        storage: storage.clone(),
+        admin_accepting,
+        listeners: listener_fds,
+        handed_over,
+    });
+    let upgrade_task = tokio::spawn(handover::give::serve(giver, upgrade_requests));
+    let signal_task = upgrade_on_signal.then(|| tokio::spawn(upgrade_on_sigusr2(upgrades)));
+    handover::notify_systemd("READY=1");
 
-    shutdown.await;
+    let handed = tokio::select! {
+        () = shutdown => false,
+        _ = gone.wait_for(|gone| *gone) => true,
+    };
     initial_scan.abort();
+    signal_task.inspect(tokio::task::JoinHandle::abort);
+    if handed {
+        // Everything lives on in the new process: close nothing, keep nothing.
+        for task in [watcher, client_task, admin_task, trim_task, upgrade_task] {
+            task.abort();
+        }
+        report_task.abort();
+        plugin_runtime.shutdown_background();
+        tracing::info!("stopped after the handover");
+        return Ok(());
+    }
+    handover::notify_systemd("STOPPING=1");
+    upgrade_task.abort();
     let _ = stop.send(true);
     shut_down(&config, &tenants, [watcher, client_task, admin_task]).await;
     report_task.abort();
@@ -208,7 +278,77 @@ pub async fn run(listeners: Listeners, config: Config, shutdown: impl Future<Out
     Ok(())
 }
 
+/// In a process started by `baton upgrade`: takes over from the old process
+/// at the socket its environment names, and runs until `shutdown`.
+pub(crate) async fn serve_taken_over(
+    socket: &std::path::Path,
+    token: String,
+    shutdown: impl Future<Output = ()>,
+    init_logging: impl FnOnce(&Config),
+) -> anyhow::Result<()> {
+    let (takeover, listeners) = handover::take::connect(socket, token)
+        .await
+        .map_err(|reason| anyhow::anyhow!("taking over from the old process: {reason}"))?;
+    let config = takeover.config.clone();
+    init_logging(&config);
+    host(listeners, config, shutdown, Some(takeover), true).await
+}
+
+/// Runs a host started from the command line: SIGUSR2 asks it to upgrade.
+pub(crate) async fn serve_process(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    host(listeners, config, shutdown, None, true).await
+}
+
+/// The old process's versions loaded, then its tenants and sessions
+/// received (the old process has paused them and released the storage).
+async fn take_over(
+    takeover: &handover::take::TakeOver,
+    deployer: &Deployer,
+) -> anyhow::Result<handover::take::Received> {
+    let received = async {
+        takeover.load_plugins(deployer).await?;
+        takeover.receive().await
+    };
+    match received.await {
+        Ok(received) => Ok(received),
+        Err(reason) => {
+            takeover.abort(&reason).await;
+            anyhow::bail!("taking over from the old process: {reason}")
+        }
+    }
+}
+
+/// Asks for an upgrade (to the binary at this process's own path) on every
+/// SIGUSR2.
+async fn upgrade_on_sigusr2(upgrades: mpsc::Sender<admin::UpgradeRequest>) {
+    let Ok(mut signals) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) else {
+        tracing::warn!("cannot listen for SIGUSR2: upgrades only through the admin API");
+        return;
+    };
+    while signals.recv().await.is_some() {
+        tracing::info!("SIGUSR2: upgrading");
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if upgrades
+            .send(admin::UpgradeRequest { binary: None, reply })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // The outcome is logged where the upgrade runs.
+        let _ = answer.await;
+    }
+}
+
 /// What the admin listener needs.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one of each thing the admin API shows or acts on"
+)]
 fn admin_of(
     config: &Config,
     registry: &Arc<Registry>,
@@ -216,6 +356,8 @@ fn admin_of(
     deployer: &Arc<Deployer>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: watch::Receiver<bool>,
+    accepting: watch::Receiver<bool>,
+    upgrades: mpsc::Sender<admin::UpgradeRequest>,
 ) -> Arc<admin::Admin> {
     Arc::new(admin::Admin {
         registry: registry.clone(),
@@ -228,6 +370,8 @@ fn admin_of(
         header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
         metrics,
         shutdown,
+        accepting,
+        upgrades,
     })
 }
 
@@ -241,11 +385,21 @@ fn log_serving(listeners: &Listeners, config: &Config) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The storage of the data folder.
-fn open_storage(config: &Config) -> anyhow::Result<Arc<storage::Storage>> {
+/// The storage of the data folder. Taking over, the old process has just
+/// released it: a lock still held is waited for, briefly.
+async fn open_storage(config: &Config, taking_over: bool) -> anyhow::Result<Arc<storage::Storage>> {
     let path = config.data_dir.join("storage.redb");
-    let storage = storage::Storage::open(&path).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-    Ok(Arc::new(storage))
+    let mut tries = if taking_over { 100 } else { 1 };
+    loop {
+        match storage::Storage::open(&path) {
+            Ok(storage) => return Ok(Arc::new(storage)),
+            Err(e) if tries <= 1 => anyhow::bail!("cannot open {}: {e}", path.display()),
+            Err(_) => {
+                tries -= 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
 }
 
 /// The runtime plugin code runs on: its own workers, so that sockets are

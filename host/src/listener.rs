@@ -1,11 +1,13 @@
-//! The accept loop both listeners share (clients and admin).
+//! The two listening sockets of a host ([`Listeners`]) and the accept loop
+//! they share (clients and admin).
 //!
 //! It accepts until the shutdown signal turns, and hands each connection to
 //! the caller's `serve`, which spawns its own task: no connection waits behind
 //! another. An accept error (typically out of file descriptors at the
 //! process's limit) is logged and retried after a short pause instead of
 //! ending the listener: the host keeps serving what it has, and accepts again
-//! once descriptors are free.
+//! once descriptors are free. It can also pause, its socket open (for a
+//! handover to a new process).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,20 +15,32 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::shutdown::stopped;
 
 /// Pause after a failed accept.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Accepts connections on `listener` until `shutdown` turns true.
+/// Accepts connections on `listener` until `shutdown` turns true, while
+/// `accepting` is true (a host handing over to a new process stops
+/// accepting without closing the socket: the new process accepts from it).
 pub async fn accept_until(
     listener: &TcpListener,
     name: &'static str,
     shutdown: &mut watch::Receiver<bool>,
+    accepting: &mut watch::Receiver<bool>,
     mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
+        if !*accepting.borrow_and_update() {
+            tokio::select! {
+                changed = accepting.changed() => if changed.is_err() { return },
+                () = stopped(shutdown) => return,
+            }
+            continue;
+        }
         tokio::select! {
+            changed = accepting.changed() => if changed.is_err() { return },
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => serve(stream, peer),
                 Err(e) => {
@@ -36,5 +50,26 @@ pub async fn accept_until(
             },
             () = stopped(shutdown) => return,
         }
+    }
+}
+
+/// The two listeners of a host, bound by the caller (tests bind port 0).
+pub struct Listeners {
+    /// Client sessions and plugin HTTP.
+    pub clients: TcpListener,
+    /// Admin API, metrics and dashboard.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let clients = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.admin_listen)))?;
+        Ok(Listeners { clients, admin })
     }
 }

@@ -68,6 +68,27 @@ impl Presence {
         diff
     }
 
+    /// Every entry as (topic, entry), in the order they joined: what a
+    /// handover carries.
+    pub fn export(&self) -> Vec<(String, Entry)> {
+        let mut all: Vec<(u64, String, Entry)> = self
+            .by_topic
+            .iter()
+            .flat_map(|(topic, entries)| entries.iter().map(|(seq, e)| (*seq, topic.clone(), e.clone())))
+            .collect();
+        all.sort_by_key(|(seq, ..)| *seq);
+        all.into_iter().map(|(_, topic, entry)| (topic, entry)).collect()
+    }
+
+    /// The presence a handover carried (no diffs: nothing changed).
+    pub fn import(entries: Vec<(String, Entry)>) -> Presence {
+        let mut presence = Presence::default();
+        for (topic, entry) in entries {
+            presence.track(entry.session, &topic, entry.key, entry.meta);
+        }
+        presence
+    }
+
     /// Untracks a session everywhere; one diff per topic it was in.
     pub fn remove_session(&mut self, session: SessionId) -> Vec<(String, Diff)> {
         let topics = self.by_session.get(&session).cloned().unwrap_or_default();

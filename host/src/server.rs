@@ -13,9 +13,18 @@
 //! after crashes gets 503. Requests are read with a header timeout, so a client
 //! that trickles its headers is dropped. Each connection is its own task; no
 //! request waits behind another tenant's plugin call.
+//!
+//! For `baton upgrade` (see `crate::handover`) the listener can stop
+//! accepting without closing its socket (the new process accepts from the
+//! same one), hold new requests at a gate while the host hands over, and park
+//! its sessions: each session's socket is taken out of hyper right after the
+//! upgrade (a plain `TcpStream` under a [`Tap`]), so that it can be passed
+//! to another process with the bytes its codec has not acted on.
 
 use std::convert::Infallible;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +35,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -38,9 +47,14 @@ use crate::config::{Config, HttpConfig, SessionConfig};
 use crate::error::Rejection;
 use crate::listener::accept_until;
 use crate::registry::Registry;
-use crate::session::link::{self, QueueLimits, SessionLink};
-use crate::session::{self, Inbound, SessionSettings};
+use crate::session::link::{self, Outbox, QueueLimits, SessionId, SessionLink};
+use crate::session::tap::Tap;
+use crate::session::{self, Ended, Inbound, Mailbox, SessionSettings};
+use crate::tenant::record::Verdict;
 use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
+
+/// A session's socket as the host runs it.
+pub type Socket = WebSocketStream<Tap<TcpStream>>;
 
 /// What the client listener needs.
 pub struct Clients {
@@ -56,12 +70,109 @@ pub struct Clients {
     pub tenants: Arc<Tenants>,
     /// Handed to new tenant tasks.
     pub tenant_env: Arc<TenantEnv>,
+    /// What a handover to a new process needs of the listener.
+    pub handover: Arc<Handover>,
+}
+
+/// The client listener's side of a handover: whether it accepts, the gate
+/// new requests wait at, and where parked sessions go.
+#[derive(Default)]
+pub struct Handover {
+    /// False while the listener does not accept (the new process will).
+    pub accepting: watch::Sender<bool>,
+    /// Held for reading by every request being routed; a handover holds it
+    /// for writing, so that it starts with no request half done.
+    pub gate: Arc<tokio::sync::RwLock<()>>,
+    /// Set once another process took over: requests still arriving on old
+    /// connections are told to come again on a new one.
+    pub gone: AtomicBool,
+    /// Accepted connections that have not yet sent their first request.
+    pub fresh: Arc<AtomicUsize>,
+    parking: std::sync::Mutex<Option<mpsc::UnboundedSender<Parking>>>,
+}
+
+/// What a session's task tells the handover once asked to yield.
+pub enum Parking {
+    /// Parked at a frame boundary: its socket can move.
+    Parked(ParkedSession),
+    /// It ended instead (the client left, or did not take its frames).
+    Gone(SessionId),
+}
+
+/// A session parked for a handover.
+pub struct ParkedSession {
+    /// The session.
+    pub id: SessionId,
+    /// Its plugin.
+    pub plugin: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// A duplicate of its socket's descriptor, for the new process.
+    pub fd: std::io::Result<OwnedFd>,
+    /// What the client sent that has had no effect yet.
+    pub bytes: bytes::BytesMut,
+    /// How long the client has been quiet.
+    pub quiet: Duration,
+    /// Whether the new process took it.
+    pub verdict: oneshot::Sender<Verdict>,
+}
+
+impl Handover {
+    /// A handover for a listener that accepts.
+    pub fn new() -> Handover {
+        Handover {
+            accepting: watch::Sender::new(true),
+            ..Handover::default()
+        }
+    }
+
+    /// From now on sessions report to `to` when they park or end.
+    pub fn park_into(&self, to: Option<mpsc::UnboundedSender<Parking>>) {
+        *self.parking.lock().unwrap_or_else(|p| p.into_inner()) = to;
+    }
+
+    /// Tells the running handover, if any; whether one heard it.
+    fn report(&self, parking: Parking) -> bool {
+        match &*self.parking.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(to) => to.send(parking).is_ok(),
+            None => false,
+        }
+    }
+}
+
+/// An accepted connection until its first request is routed.
+struct Fresh {
+    count: Arc<AtomicUsize>,
+    routed: AtomicBool,
+}
+
+impl Fresh {
+    fn new(count: &Arc<AtomicUsize>) -> Fresh {
+        count.fetch_add(1, Ordering::Relaxed);
+        Fresh {
+            count: count.clone(),
+            routed: AtomicBool::new(false),
+        }
+    }
+
+    fn routed(&self) {
+        if !self.routed.swap(true, Ordering::Relaxed) {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        self.routed();
+    }
 }
 
 /// Accepts client connections until `shutdown` turns true, then stops
 /// accepting and lets in-flight HTTP requests finish (sessions are closed by
 /// the host's shutdown, not here).
 pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: watch::Receiver<bool>) {
+    let mut accepting = clients.handover.accepting.subscribe();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -69,11 +180,13 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(clients.config.http.header_read_timeout_ms))
         .keep_alive(true);
-    accept_until(&listener, "clients", &mut shutdown, |stream, peer| {
+    accept_until(&listener, "clients", &mut shutdown, &mut accepting, |stream, peer| {
         let _ = stream.set_nodelay(true);
         let clients = clients.clone();
+        let fresh = Arc::new(Fresh::new(&clients.handover.fresh));
         let service = service_fn(move |request| {
             let clients = clients.clone();
+            fresh.routed();
             async move { Ok::<_, Infallible>(route(&clients, request).await) }
         });
         let connection = builder
@@ -116,6 +229,12 @@ impl SessionCount {
         }
     }
 
+    /// Counts a session a handover brought (over the maximum if need be).
+    fn adopt(&self) -> Counted {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(self.open.clone())
+    }
+
     fn enter(&self, plugin: &str) -> Result<Counted, Rejection> {
         let open = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let counted = Counted(self.open.clone());
@@ -134,6 +253,14 @@ impl SessionCount {
 type Body = Full<Bytes>;
 
 async fn route(clients: &Clients, request: Request<Incoming>) -> Response<Body> {
+    let _pass = clients.handover.gate.read().await;
+    if clients.handover.gone.load(Ordering::Relaxed) {
+        let mut response = Rejection::Unavailable("baton was upgraded: connect again".into()).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        return response;
+    }
     let result = match split_route(request.uri().path()) {
         Some((tenant, plugin, rest)) => {
             let (tenant, plugin, rest) = (tenant.to_owned(), plugin.to_owned(), rest.to_owned());
@@ -269,14 +396,26 @@ async fn open_session(
     let upgrade = hyper::upgrade::on(&mut request);
     let mailbox = handle.session_mailbox();
     let ws_config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant_name));
-    let settings = session_settings(sessions);
+    let task = SessionTask {
+        id,
+        plugin: plugin.to_owned(),
+        tenant: tenant_name.to_owned(),
+        settings: session_settings(sessions),
+        handover: clients.handover.clone(),
+        counted,
+    };
+    let chunk = sessions.read_buffer_bytes;
     tokio::spawn(async move {
-        let _counted = counted;
-        match upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                let ending = session::run(ws, id, mailbox, outbox, settings).await;
-                tracing::debug!(session = id, ?ending, "session ended");
+        let socket = upgrade.await.map_err(|e| e.to_string()).and_then(|upgraded| {
+            hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
+                .map(|parts| (parts.io.into_inner(), parts.read_buf))
+                .map_err(|_| "not a TCP connection".to_owned())
+        });
+        match socket {
+            Ok((tcp, early)) => {
+                let tap = Tap::resume(tcp, &early[..], chunk);
+                let ws = WebSocketStream::from_raw_socket(tap, Role::Server, Some(ws_config)).await;
+                task.run(ws, mailbox, outbox).await;
             }
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
@@ -295,6 +434,85 @@ async fn open_session(
     headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(response)
+}
+
+/// One session's task: runs it until it ends; when a handover parks it,
+/// reports it and waits for the verdict (ending without a word when the new
+/// process took it, running on when the handover was called off).
+pub struct SessionTask {
+    /// The session.
+    pub id: SessionId,
+    /// Its plugin.
+    pub plugin: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its timing.
+    pub settings: SessionSettings,
+    /// Where it reports when parked.
+    pub handover: Arc<Handover>,
+    counted: Counted,
+}
+
+impl SessionTask {
+    /// The task of a session a handover brought.
+    pub fn adopted(clients: &Clients, id: SessionId, plugin: &str, tenant: &str, quiet: Duration) -> SessionTask {
+        let mut settings = session_settings(&clients.config.sessions);
+        settings.quiet = quiet;
+        SessionTask {
+            id,
+            plugin: plugin.to_owned(),
+            tenant: tenant.to_owned(),
+            settings,
+            handover: clients.handover.clone(),
+            counted: clients.sessions.adopt(),
+        }
+    }
+
+    /// Runs the session over `ws`.
+    pub async fn run(mut self, mut ws: Socket, mut mailbox: Mailbox<Command>, mut outbox: Outbox) {
+        let id = self.id;
+        loop {
+            match session::run(ws, id, mailbox, outbox, self.settings.clone()).await {
+                Ended::Closed(ending) => {
+                    tracing::debug!(session = id, ?ending, "session ended");
+                    let _ = self.handover.report(Parking::Gone(id));
+                    return;
+                }
+                Ended::Parked(parked) => {
+                    let (verdict, decided) = oneshot::channel();
+                    let tap = parked.ws.get_ref();
+                    let record = ParkedSession {
+                        id,
+                        plugin: self.plugin.clone(),
+                        tenant: self.tenant.clone(),
+                        fd: std::os::fd::AsFd::as_fd(tap.get_ref()).try_clone_to_owned(),
+                        bytes: tap.unconsumed(),
+                        quiet: parked.quiet,
+                        verdict,
+                    };
+                    let took_over =
+                        self.handover.report(Parking::Parked(record)) && decided.await == Ok(Verdict::TookOver);
+                    if took_over {
+                        // The new process has the socket: close ours without
+                        // a word (the connection lives on in its process).
+                        drop(self.counted);
+                        return;
+                    }
+                    self.settings.quiet = parked.quiet;
+                    (ws, mailbox, outbox) = (parked.ws, parked.mailbox, parked.outbox);
+                }
+            }
+        }
+    }
+}
+
+/// The WebSocket of a socket a handover brought, over the bytes its client
+/// had sent that no codec acted on yet.
+pub async fn adopted_socket(clients: &Clients, tcp: TcpStream, bytes: &[u8], plugin: &str, tenant: &str) -> Socket {
+    let sessions = &clients.config.sessions;
+    let tap = Tap::resume(tcp, bytes, sessions.read_buffer_bytes);
+    let config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant));
+    WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await
 }
 
 /// Checks the upgrade request and derives its `Sec-WebSocket-Accept`.
@@ -357,6 +575,7 @@ fn session_settings(sessions: &SessionConfig) -> SessionSettings {
         idle_timeout: Duration::from_secs(sessions.idle_timeout_secs),
         mailbox_wait: Duration::from_secs(sessions.mailbox_wait_secs),
         close_timeout: Duration::from_secs(5),
+        quiet: Duration::ZERO,
     }
 }
 

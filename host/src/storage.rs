@@ -115,6 +115,15 @@ impl Storage {
         })
     }
 
+    /// Opens the database at `path` again after [`Storage::close`] (a
+    /// handover to a new process was called off).
+    pub fn reopen(&self, path: &Path) -> Result<(), StorageError> {
+        let fresh = Storage::open(path)?;
+        let db = fresh.db.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = db;
+        Ok(())
+    }
+
     /// Closes the database; later calls fail with `Unavailable`.
     pub fn close(&self) {
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;

@@ -13,6 +13,9 @@ use tokio::time::Instant;
 /// Identifies a timer (unique within its tenant).
 pub type TimerId = u64;
 
+/// A pending timer as a handover carries it: id, name, time left, payload.
+pub type Carried = (TimerId, Option<String>, std::time::Duration, Vec<u8>);
+
 /// Largest payload.
 pub const MAX_PAYLOAD: usize = 64 << 10;
 
@@ -80,6 +83,41 @@ impl Timers {
         self.due.keys().next().map(|(at, _)| *at)
     }
 
+    /// Every pending timer, earliest first, as (id, name, time left from
+    /// `now`, payload), and the last id handed out: what a handover carries.
+    pub fn export(&self, now: Instant) -> (TimerId, Vec<Carried>) {
+        let pending = self
+            .due
+            .iter()
+            .map(|((at, id), timer)| {
+                (
+                    *id,
+                    timer.name.clone(),
+                    at.saturating_duration_since(now),
+                    timer.payload.clone(),
+                )
+            })
+            .collect();
+        (self.next, pending)
+    }
+
+    /// The timers a handover carried, due `left` after `now` each; ids go
+    /// on after `next`.
+    pub fn import(next: TimerId, pending: Vec<Carried>, now: Instant) -> Timers {
+        let mut timers = Timers::default();
+        for (id, name, left, payload) in pending {
+            let at = now + left;
+            if let Some(name) = &name {
+                timers.named.insert(name.clone(), id);
+            }
+            timers.due.insert((at, id), Timer { name, payload });
+            timers.at.insert(id, at);
+            timers.next = timers.next.max(id);
+        }
+        timers.next = timers.next.max(next);
+        timers
+    }
+
     /// Removes and returns the timers due at `now`, earliest first.
     pub fn take_due(&mut self, now: Instant) -> Vec<(TimerId, Vec<u8>)> {
         let mut fired = Vec::new();
@@ -120,6 +158,27 @@ mod tests {
         assert_eq!(fired, vec![(second, b"new".to_vec()), (late, b"late".to_vec())]);
         assert_eq!(t.pending("flush"), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn timers_carried_over_keep_ids_names_and_order() {
+        let now = Instant::now();
+        let mut t = Timers::default();
+        let a = t.set(Some("a".into()), now + Duration::from_secs(3), b"a".to_vec());
+        let b = t.set(None, now + Duration::from_secs(1), b"b".to_vec());
+        let (next, pending) = t.export(now);
+        let later = now + Duration::from_secs(10);
+        let mut moved = Timers::import(next, pending, later);
+        assert_eq!(moved.pending("a"), Some(a));
+        assert_eq!(moved.next_deadline(), Some(later + Duration::from_secs(1)));
+        assert!(moved.set(None, later, vec![]) > b, "ids go on");
+        let fired: Vec<_> = moved
+            .take_due(later + Duration::from_secs(5))
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(fired.len(), 3);
+        assert_eq!(&fired[1..], &[b, a]);
     }
 
     #[test]

@@ -54,6 +54,25 @@ impl Topics {
         }
     }
 
+    /// Every subscription, by topic: what a handover carries.
+    pub fn export(&self) -> Vec<(String, Vec<SessionId>)> {
+        self.by_topic
+            .iter()
+            .map(|(topic, sessions)| (topic.clone(), sessions.iter().copied().collect()))
+            .collect()
+    }
+
+    /// The subscriptions a handover carried.
+    pub fn import(subscriptions: Vec<(String, Vec<SessionId>)>) -> Topics {
+        let mut topics = Topics::default();
+        for (topic, sessions) in subscriptions {
+            for session in sessions {
+                topics.subscribe(session, &topic, usize::MAX);
+            }
+        }
+        topics
+    }
+
     /// Removes a session from every topic.
     pub fn remove_session(&mut self, session: SessionId) {
         for topic in self.by_session.remove(&session).unwrap_or_default() {

@@ -17,3 +17,4 @@ mod sessions;
 mod startup;
 mod supervision;
 mod support;
+mod upgrade;

@@ -413,6 +413,8 @@ pub struct HostProcess {
     pub clients: String,
     pub admin: SocketAddr,
     pub child: Option<std::process::Child>,
+    /// The process serving now: after `baton upgrade`, no longer the child.
+    pub pid: u32,
 }
 
 impl HostProcess {
@@ -445,6 +447,7 @@ impl HostProcess {
         let mut process = HostProcess {
             clients: String::new(),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pid: child.id(),
             child: Some(child),
         };
         loop {
@@ -471,11 +474,17 @@ impl HostProcess {
         .await
     }
 
-    /// Kills the process with SIGKILL: no shutdown runs.
+    /// Kills the process with SIGKILL: no shutdown runs. A process that
+    /// took over from the child (`baton upgrade`) is killed too.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if child.id() != self.pid {
+                kill_pid(self.pid, "KILL");
+            }
             let _ = child.kill();
             let _ = child.wait();
+        } else {
+            kill_pid(self.pid, "KILL");
         }
     }
 }
@@ -484,6 +493,25 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Sends `signal` (`KILL`, `USR2`, ...) to process `pid`, if it still
+/// exists; whether it did.
+pub fn kill_pid(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// The value of a Prometheus sample whose line starts with `prefix`.

@@ -18,6 +18,10 @@
 //! - `GET /api/stream`: the same as server-sent events, twice a second (the
 //!   dashboard's feed);
 //! - `POST /api/plugins/{name}/rollback`: makes the previous version current;
+//! - `POST /api/upgrade` (body `{"binary": "/path"}`, optional): hands every
+//!   listener, session and tenant to a new baton process (see
+//!   `crate::handover`); answers once the new process serves, with an
+//!   [`UpgradeView`], or 500 with the reason the old process serves on;
 //! - `GET /metrics`: Prometheus text format (gauges are read from the registry
 //!   at scrape time);
 //! - `GET /`: the live dashboard ([`dashboard.html`](dashboard.html)).
@@ -54,8 +58,16 @@ use crate::tenant::Tenants;
 pub(crate) use guard::Guard;
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
-    TenantView, Totals, VersionRecord, VersionView,
+    TenantView, Totals, UpgradeView, VersionRecord, VersionView,
 };
+
+/// A request to upgrade baton, for whoever runs handovers.
+pub(crate) struct UpgradeRequest {
+    /// The binary to start (its own path when `None`).
+    pub binary: Option<std::path::PathBuf>,
+    /// How it went: the new process serves, or why the old one serves on.
+    pub reply: tokio::sync::oneshot::Sender<Result<UpgradeView, String>>,
+}
 
 /// What the admin listener needs.
 pub(crate) struct Admin {
@@ -73,6 +85,10 @@ pub(crate) struct Admin {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Turns true at shutdown (ends event streams).
     pub shutdown: watch::Receiver<bool>,
+    /// False while a handover has the new process accept instead.
+    pub accepting: watch::Receiver<bool>,
+    /// Where `POST /api/upgrade` goes.
+    pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -82,7 +98,8 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(admin.header_read_timeout);
-    accept_until(&listener, "admin", &mut shutdown, |stream, _| {
+    let mut accepting = admin.accepting.clone();
+    accept_until(&listener, "admin", &mut shutdown, &mut accepting, |stream, _| {
         let Ok(local) = stream.local_addr() else {
             return;
         };
@@ -125,6 +142,7 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
             None => Err(Rejection::NotFound(format!("no plugin named {name:?}"))),
         },
         (&Method::POST, ["api", "plugins", name, "rollback"]) => rollback(admin, name).await,
+        (&Method::POST, ["api", "upgrade"]) => upgrade(admin, request).await,
         (&Method::GET, ["metrics"]) => metrics(admin),
         (_, ["api", ..] | ["metrics"] | []) => Err(Rejection::MethodNotAllowed("method not allowed".into())),
         _ => Err(Rejection::NotFound(format!("no route for {path}"))),
@@ -155,6 +173,38 @@ async fn rollback(admin: &Admin, name: &str) -> Result<Response<Full<Bytes>>, Re
         },
     };
     Ok(json(&view))
+}
+
+async fn upgrade(admin: &Admin, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Rejection> {
+    #[derive(serde::Deserialize, Default)]
+    struct Body {
+        binary: Option<std::path::PathBuf>,
+    }
+    let bytes = http_body_util::Limited::new(request.into_body(), 64 << 10)
+        .collect()
+        .await
+        .map_err(|_| Rejection::TooLarge("request body above 64 KiB".into()))?
+        .to_bytes();
+    let body: Body = match bytes.is_empty() {
+        true => Body::default(),
+        false => serde_json::from_slice(&bytes)
+            .map_err(|e| Rejection::BadRequest(format!("expected {{\"binary\": \"/path\"}}: {e}")))?,
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = UpgradeRequest {
+        binary: body.binary,
+        reply,
+    };
+    admin
+        .upgrades
+        .send(request)
+        .await
+        .map_err(|_| Rejection::Unavailable("the host is shutting down".into()))?;
+    match answer.await {
+        Ok(Ok(view)) => Ok(json(&view)),
+        Ok(Err(reason)) => Err(Rejection::Internal(reason)),
+        Err(_) => Err(Rejection::Unavailable("the host is shutting down".into())),
+    }
 }
 
 fn metrics(admin: &Admin) -> Result<Response<Full<Bytes>>, Rejection> {

@@ -116,8 +116,27 @@ pub struct HostView {
     pub started_ms: u64,
 }
 
+/// What `POST /api/upgrade` answers once the new process took over.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradeView {
+    /// The process that handed over (and now exits).
+    pub from: HostView,
+    /// The process that serves now.
+    pub to: HostView,
+    /// Sessions handed over.
+    pub sessions: usize,
+    /// Tenants handed over.
+    pub tenants: usize,
+    /// From the first step to the new process's confirmation.
+    pub took_ms: u64,
+    /// How long no request was served: from the stop of accepting to the
+    /// new process's confirmation.
+    pub cutover_ms: u64,
+}
+
 impl HostView {
-    fn of_this_process() -> HostView {
+    /// This process.
+    pub fn of_this_process() -> HostView {
         HostView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),

@@ -38,6 +38,16 @@ impl AdminClient {
 
     /// Sends a request; `Ok((status, body))` for any answer.
     pub async fn request(&self, method: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+        self.send(method, path, None).await
+    }
+
+    /// Sends a request with a JSON body; `Ok((status, body))` for any answer.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.authority))
             .await
             .map_err(|_| Unreachable::Connect(self.authority.clone(), std::io::ErrorKind::TimedOut.into()))?
@@ -51,7 +61,14 @@ impl AdminClient {
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let response = sender.send_request(request.body(Full::new(Bytes::new()))?).await?;
+        let bytes = match body {
+            Some(body) => {
+                request = request.header(http::header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(body)?)
+            }
+            None => Bytes::new(),
+        };
+        let response = sender.send_request(request.body(Full::new(bytes))?).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         let json = serde_json::from_slice(&body)

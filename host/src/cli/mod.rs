@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::admin::{PluginView, RollbackView, StatusView, VersionView};
+use crate::admin::{PluginView, RollbackView, StatusView, UpgradeView, VersionView};
 use crate::config::Config;
 use crate::version::VersionId;
 use admin_client::{AdminClient, error_text};
@@ -65,6 +65,18 @@ enum Command {
     Rollback {
         /// The plugin.
         name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Upgrade baton itself: hand every listener, session and tenant of the
+    /// running host to a new baton process, without dropping a connection.
+    /// Exits 0 once the new process serves; 1, with the reason, when the
+    /// running host serves on instead.
+    Upgrade {
+        /// The new binary (default: the running host's own path, i.e. the
+        /// file just installed there).
+        #[arg(long)]
+        binary: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -187,6 +199,7 @@ pub fn main() -> ExitCode {
                 } => deploy(&file, name, &deploy_dir, wait, &admin).await,
                 Command::Status { json, admin } => status(json, &admin).await,
                 Command::Rollback { name, admin } => rollback(&name, &admin).await,
+                Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
                 _ => unreachable!("handled above"),
             }
         }),
@@ -210,6 +223,17 @@ fn block_on(future: impl Future<Output = Result<()>>) -> Result<()> {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    // Started by `baton upgrade`: everything comes from the old process.
+    if let Some(socket) = std::env::var_os(crate::handover::SOCKET_VAR) {
+        let token = std::env::var(crate::handover::TOKEN_VAR).unwrap_or_default();
+        return run_host(async move {
+            let socket = std::path::PathBuf::from(socket);
+            crate::serve_taken_over(&socket, token, shutdown_signal(), |config| {
+                init_logging(config.log_format)
+            })
+            .await
+        });
+    }
     let config = match Config::load(args.config.as_deref(), std::env::vars(), args.layer()) {
         Ok(config) => config,
         Err(e) => return fail(e),
@@ -219,15 +243,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    // Read now: an upgrade replaces the file at this path.
+    let _ = crate::handover::own_binary();
+    run_host(async move {
+        let listeners = crate::Listeners::bind(&config).await?;
+        crate::serve_process(listeners, config, shutdown_signal()).await
+    })
+}
+
+/// Runs a host on a runtime of its own; the exit code says how it ended.
+fn run_host(host: impl Future<Output = Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(e),
     };
-    let result = runtime.block_on(async {
-        let listeners = crate::Listeners::bind(&config).await?;
-        crate::run(listeners, config, shutdown_signal()).await
-    });
-    match result {
+    match runtime.block_on(host) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("{e:#}")),
     }
@@ -445,6 +475,31 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
         "{name}: rolled back to version {} (generation {})",
         rolled.version.as_deref().unwrap_or("?"),
         rolled.generation.map_or("?".into(), |g| g.to_string())
+    );
+    Ok(())
+}
+
+async fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> Result<()> {
+    let binary = match binary {
+        Some(path) => Some(std::path::absolute(&path).with_context(|| format!("{}", path.display()))?),
+        None => None,
+    };
+    let body = serde_json::json!({ "binary": binary });
+    let (status, body) = admin.client()?.send("POST", "/api/upgrade", Some(&body)).await?;
+    if status != 200 {
+        bail!("upgrade failed, the running host serves on: {}", error_text(&body));
+    }
+    let done: UpgradeView = serde_json::from_value(body).context("admin API: unexpected answer")?;
+    println!(
+        "upgraded: baton {} (pid {}) handed {} sessions of {} tenants to baton {} (pid {}) in {} ms ({} ms without accepting)",
+        done.from.version,
+        done.from.pid,
+        done.sessions,
+        done.tenants,
+        done.to.version,
+        done.to.pid,
+        done.took_ms,
+        done.cutover_ms
     );
     Ok(())
 }

@@ -89,6 +89,8 @@ pub struct Config {
     pub supervision: SupervisionConfig,
     /// Graceful shutdown (SIGTERM, SIGINT).
     pub shutdown: ShutdownConfig,
+    /// Handing over to a new baton process (`baton upgrade`).
+    pub upgrade: UpgradeConfig,
     /// Dropping the instances of idle tenants.
     pub hibernation: HibernationConfig,
     /// Admitting new tenants.
@@ -246,6 +248,23 @@ pub struct ShutdownConfig {
     pub persist_state: bool,
 }
 
+/// `baton upgrade`: handing every listener, session and tenant to a new
+/// process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// Each step of a handover (the new process connecting, loading every
+    /// plugin, the cut-over, its confirmation) must finish within this, in
+    /// seconds, or the old process calls it off and serves on. Default 120.
+    pub timeout_secs: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig { timeout_secs: 120 }
+    }
+}
+
 /// Hibernation: an instance idle this long exports its state and is dropped
 /// (its memory returns to the pool); the next event for the tenant starts a
 /// new one that imports the state. Open sessions stay open meanwhile.
@@ -291,6 +310,7 @@ impl Default for Config {
             swap: SwapConfig::default(),
             supervision: SupervisionConfig::default(),
             shutdown: ShutdownConfig::default(),
+            upgrade: UpgradeConfig::default(),
             hibernation: HibernationConfig::default(),
             admission: AdmissionConfig::default(),
             persist: PersistConfig::default(),

@@ -55,6 +55,9 @@ pub struct Deployer {
     compiler: Compiler,
     compiling: Semaphore,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held for writing while baton hands over to a new process: deploys,
+    /// rollbacks and removals wait meanwhile (see [`Deployer::freeze`]).
+    frozen: Arc<tokio::sync::RwLock<()>>,
 }
 
 /// A checked version, not yet current.
@@ -76,6 +79,7 @@ impl Deployer {
             config,
             artifacts,
             locks: Mutex::new(HashMap::new()),
+            frozen: Arc::default(),
         })
     }
 
@@ -110,6 +114,7 @@ impl Deployer {
     /// report (the folder watcher waits to see whether the file is still
     /// being written).
     pub async fn try_deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
+        let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self.entry(name);
@@ -180,7 +185,10 @@ impl Deployer {
             path: settings_path.clone(),
             message,
         })?;
-        let candidate = self.prepare(entry, id, Some(bytes), settings, settings_text).await?;
+        let generation = entry.next_generation();
+        let candidate = self
+            .prepare(entry, id, Some(bytes), settings, settings_text, generation)
+            .await?;
         Ok(self.activate(entry, candidate, Activation::Deploy))
     }
 
@@ -192,6 +200,7 @@ impl Deployer {
         bytes: Option<Vec<u8>>,
         settings: PluginSettings,
         settings_text: String,
+        generation: u64,
     ) -> Result<Candidate, DeployError> {
         let limits = self
             .config
@@ -211,7 +220,7 @@ impl Deployer {
         let build = Build {
             plugin: entry.name.clone(),
             id,
-            generation: entry.next_generation(),
+            generation,
             pre,
             settings,
             limits: limits.clone(),
@@ -291,6 +300,7 @@ impl Deployer {
 
     /// Makes the previous version of `name` current again.
     pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+        let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self
@@ -323,7 +333,10 @@ impl Deployer {
             path: PathBuf::from(format!("{}.toml", entry.name)),
             message,
         })?;
-        let candidate = self.prepare(entry, id, None, settings, target.settings.clone()).await?;
+        let generation = entry.next_generation();
+        let candidate = self
+            .prepare(entry, id, None, settings, target.settings.clone(), generation)
+            .await?;
         let outcome = self.activate(entry, candidate, activation);
         tracing::warn!(plugin = %entry.name, ?activation, ?outcome, "rolled back");
         Ok(outcome)
@@ -331,6 +344,7 @@ impl Deployer {
 
     /// Removes `name`: no new sessions; its tenants drain, then close.
     pub async fn remove(&self, name: &str) {
+        let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         if let Some(entry) = self.registry.get(name)
@@ -379,6 +393,7 @@ impl Deployer {
                 format!("crash loop in tenant {tenant}"),
             ),
         };
+        let _thawed = self.frozen.read().await;
         let lock = self.lock(&entry.name);
         let _guard = lock.lock().await;
         let Some(current) = entry.current().filter(|v| v.generation == generation) else {
@@ -415,9 +430,67 @@ impl Deployer {
         self.persist(&entry);
     }
 
+    /// Stops every deploy, rollback and removal until the guard is dropped
+    /// (they wait, they do not fail): what a handover to a new process
+    /// holds, so that the versions it hands over stay the current ones.
+    pub async fn freeze(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.frozen.clone().write_owned().await
+    }
+
+    /// In a process taking over from another: loads version `hash` of
+    /// `name` (from the compiled-artifact cache, or compiled from the kept
+    /// original) with the generation it had there and the settings its
+    /// history records. As `current`, it becomes the plugin's current
+    /// version; otherwise it is listed as live (a tenant is on it).
+    pub async fn adopt(
+        &self,
+        name: &str,
+        hash: &str,
+        generation: u64,
+        current: bool,
+    ) -> Result<Arc<Version>, DeployError> {
+        let entry = self.entry(name);
+        let id = VersionId::parse(hash).ok_or_else(|| DeployError::Rollback(format!("bad version hash {hash:?}")))?;
+        let settings_text = entry
+            .history()
+            .into_iter()
+            .rev()
+            .find(|r| r.hash == hash)
+            .map(|r| r.settings)
+            .unwrap_or_default();
+        let settings = PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
+            path: PathBuf::from(format!("{name}.toml")),
+            message,
+        })?;
+        let candidate = self
+            .prepare(&entry, id, None, settings, settings_text, generation)
+            .await?;
+        match current {
+            true => entry.adopt(Some(candidate.version.clone()), Vec::new(), None),
+            false => entry.add_live(&candidate.version),
+        }
+        Ok(candidate.version)
+    }
+
+    /// The registry entry of `name` (restoring its persisted history).
+    pub fn plugin(&self, name: &str) -> Arc<PluginEntry> {
+        self.entry(name)
+    }
+
     /// Deploys every `*.wasm` of the deploy folder (at start). Invalid files
     /// are reported and skipped.
     pub async fn deploy_all(self: &Arc<Self>) {
+        self.deploy_folder(false).await;
+    }
+
+    /// Deploys the files of the deploy folder that no version in their
+    /// plugin's history came from: after a handover, what was dropped while
+    /// the old process no longer watched (the others it had dealt with).
+    pub async fn deploy_unseen(self: &Arc<Self>) {
+        self.deploy_folder(true).await;
+    }
+
+    async fn deploy_folder(self: &Arc<Self>, unseen_only: bool) {
         let dir = &self.config.deploy_dir;
         let files = match folder::plugin_files(dir) {
             Ok(files) => files,
@@ -428,12 +501,26 @@ impl Deployer {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for (name, path) in files {
+            if unseen_only && self.seen(&name, &path).await {
+                continue;
+            }
             let deployer = self.clone();
             tasks.spawn(async move {
                 let _ = deployer.deploy_file(&name, &path).await;
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Deployer {
+    /// Whether a version of `name` in its history came from the file at `path`.
+    async fn seen(&self, name: &str, path: &Path) -> bool {
+        let Ok(bytes) = tokio::fs::read(path).await else {
+            return false;
+        };
+        let hash = VersionId::of(&bytes).hex();
+        self.entry(name).history().iter().any(|r| r.hash == hash)
     }
 }
 

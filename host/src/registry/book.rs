@@ -66,6 +66,8 @@ pub enum EventKind {
     RestoreFailed,
     /// The plugin was removed.
     Removed,
+    /// baton itself was upgraded: a new process took the plugin over.
+    Upgrade,
 }
 
 impl EventKind {
@@ -82,6 +84,7 @@ impl EventKind {
             EventKind::CrashLoop => "crash_loop",
             EventKind::RestoreFailed => "restore_failed",
             EventKind::Removed => "removed",
+            EventKind::Upgrade => "upgrade",
         }
     }
 }

@@ -116,6 +116,34 @@ impl PluginEntry {
         self.changed.notify_waiters();
     }
 
+    /// In a process that took over from another (`baton upgrade`): makes
+    /// `version`, the one the old process had current, current here, with
+    /// its generation and no new history record. `events` and `last_error`
+    /// are the old process's, so the timeline goes on.
+    pub fn adopt(&self, version: Option<Arc<Version>>, events: Vec<Event>, last_error: Option<ErrorReport>) {
+        {
+            let mut book = self.book();
+            for event in events {
+                book.push_event(event);
+            }
+            book.last_error = last_error;
+            if let Some(version) = &version {
+                book.add_live(version);
+            }
+        }
+        if let Some(version) = version {
+            self.generation.fetch_max(version.generation, Ordering::Relaxed);
+            self.current.store(Some(version));
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Lists a version loaded for a tenant that a handover carried on it
+    /// (not the current one).
+    pub fn add_live(&self, version: &Arc<Version>) {
+        self.book().add_live(version);
+    }
+
     /// Removes the plugin: no new sessions; tenants drain and close.
     pub fn remove(&self) {
         if let Some(old) = self.current.swap(None) {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::bindings::Frame;
@@ -24,9 +24,16 @@ pub type SessionId = u64;
 /// Allocates session ids. Ids are only ever looked up within the tenant that
 /// owns the session, so they need not be secret; they are never reused.
 pub fn next_id() -> SessionId {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Ids go on from `next` at least (in a process that took over another's
+/// sessions, whose ids stay theirs).
+pub fn continue_from(next: SessionId) {
+    NEXT.fetch_max(next, Ordering::Relaxed);
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
 
 /// Something to write to the client.
 #[derive(Debug, Clone)]
@@ -113,14 +120,40 @@ struct Queue {
     closed: bool,
 }
 
-/// An immediate end of the session, ahead of anything queued.
+/// An immediate end of the session, ahead of anything queued; or what a host
+/// handing its sessions to another process asks of it.
 #[derive(Debug, Default)]
 pub(super) struct Stop {
     close: OnceLock<(u16, String)>,
+    handover: std::sync::Mutex<Handover>,
     pub(super) notify: Notify,
 }
 
+/// What a host handing its sessions to a new process (`baton upgrade`) asks
+/// of one session.
+#[derive(Debug, Clone, Default)]
+pub enum Handover {
+    /// Serve as usual (also: the handover was called off).
+    #[default]
+    Off,
+    /// Stop reading the client; report the session's id here once the frame
+    /// already read has been handed to the tenant.
+    Quiesce(mpsc::UnboundedSender<SessionId>),
+    /// Write what is queued, then give the socket up.
+    Yield,
+}
+
 impl Stop {
+    /// Whether the session was stopped.
+    pub(super) fn is_stopped(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// What a handover asks of the session now.
+    pub(super) fn handover(&self) -> Handover {
+        self.handover.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The code the session was stopped with (1001 if none was set).
     pub(super) fn code(&self) -> u16 {
         self.close.get().map_or(close::GOING_AWAY, |(code, _)| *code)
@@ -215,6 +248,13 @@ impl SessionLink {
     /// Ends the session now, ahead of anything queued.
     pub fn stop(&self, code: u16, reason: &str) {
         self.shared.stop.stop(code, reason);
+    }
+
+    /// Asks the session's task for a step of a handover (it may not run
+    /// yet: it looks when it starts).
+    pub fn hand_over(&self, step: Handover) {
+        *self.shared.stop.handover.lock().unwrap_or_else(|p| p.into_inner()) = step;
+        self.shared.stop.notify.notify_one();
     }
 }
 

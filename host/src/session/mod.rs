@@ -18,10 +18,19 @@
 //! hands what it reads to any mailbox of `T: From<Inbound>`: it knows nothing
 //! of tenants, and is unit-tested with channels as well as over real sockets.
 //!
+//! For `baton upgrade` a session can also be *parked* ([`Ended::Parked`]):
+//! asked through its link, it stops reading at a frame boundary once the
+//! frame it already read is with the tenant (`Quiesce`), then writes what is
+//! queued and returns its socket, untouched, instead of ending (`Yield`). The
+//! caller hands it to the new process, or runs it again if the handover is
+//! called off; the tenant hears no disconnect either way.
+//!
 //! Files: `link.rs` (the id, the outbound queue and the stop switch, which the
-//! tenant holds), `tests.rs` (the task over channels).
+//! tenant holds), `tap.rs` (the socket reader that keeps what the codec has
+//! not acted on, so a socket can move), `tests.rs` (the task over channels).
 
 pub mod link;
+pub mod tap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +46,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::bindings::Frame;
 use crate::error::close;
-use link::{Outbound, Outbox, SessionId};
+use link::{Handover, Outbound, Outbox, SessionId};
 
 /// Timing and limits of a session.
 #[derive(Debug, Clone)]
@@ -50,6 +59,9 @@ pub struct SessionSettings {
     pub mailbox_wait: Duration,
     /// How long to wait for the client's answer to our close frame.
     pub close_timeout: Duration,
+    /// How long the client had been quiet when this task started (a session
+    /// a handover brought keeps its keep-alive clock).
+    pub quiet: Duration,
 }
 
 /// How a session ended (for logs and metrics).
@@ -61,6 +73,38 @@ pub enum Ending {
     ServerClosed(u16),
     /// The connection failed or vanished without a close frame.
     Dropped,
+}
+
+/// How [`run`] returned.
+pub enum Ended<S, T> {
+    /// The session is over; the tenant was told.
+    Closed(Ending),
+    /// A handover parked it: nothing was closed and the tenant was not told.
+    Parked(Parked<S, T>),
+}
+
+#[cfg(test)]
+impl<S, T> Ended<S, T> {
+    /// How the session ended, unless it was parked.
+    pub fn closed(self) -> Option<Ending> {
+        match self {
+            Ended::Closed(ending) => Some(ending),
+            Ended::Parked(_) => None,
+        }
+    }
+}
+
+/// A session parked by a handover, at a frame boundary with nothing left to
+/// write: what [`run`] needs to go on, and how long the client was quiet.
+pub struct Parked<S, T> {
+    /// The socket, whole again.
+    pub ws: S,
+    /// Where its frames go.
+    pub mailbox: Mailbox<T>,
+    /// Its outbound queue (empty).
+    pub outbox: Outbox,
+    /// Since when the client has sent nothing.
+    pub quiet: Duration,
 }
 
 /// What a session hands to its tenant's mailbox.
@@ -91,6 +135,8 @@ enum Exit {
     Close(u16, String),
     /// The socket failed: nobody to send a close frame to.
     Dropped,
+    /// A handover asks for the socket.
+    Yield,
 }
 
 /// What one message read from the client means for the session.
@@ -116,12 +162,29 @@ pub struct Mailbox<T> {
     pub budget_bytes: u32,
 }
 
+impl<T> Clone for Mailbox<T> {
+    fn clone(&self) -> Mailbox<T> {
+        Mailbox {
+            sender: self.sender.clone(),
+            budget: self.budget.clone(),
+            budget_bytes: self.budget_bytes,
+        }
+    }
+}
+
 /// A frame's share of its tenant's inbound byte budget; given back on drop.
 #[derive(Debug)]
 pub struct HeldBytes(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);
 
-/// Runs one session to its end, then tells the tenant it disconnected.
-pub async fn run<S, T>(ws: S, id: SessionId, mailbox: Mailbox<T>, outbox: Outbox, settings: SessionSettings) -> Ending
+/// Runs one session to its end, then tells the tenant it disconnected; or
+/// until a handover parks it (see the module doc).
+pub async fn run<S, T>(
+    ws: S,
+    id: SessionId,
+    mailbox: Mailbox<T>,
+    outbox: Outbox,
+    settings: SessionSettings,
+) -> Ended<S, T>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     T: From<Inbound>,
@@ -129,15 +192,39 @@ where
     let (mut sink, mut stream) = ws.split();
     let stop = outbox.stop();
     let mut ping = ping_timer(settings.ping_interval);
-    let mut last_heard = Instant::now();
+    let mut last_heard = Instant::now().checked_sub(settings.quiet).unwrap_or_else(Instant::now);
     // A frame read from the client and not yet taken by the tenant, with the
     // time by which it must be taken.
     let mut waiting: Option<(Frame, Instant)> = None;
+    // Set while a handover holds the reading; where to say so once quiet.
+    let mut reading = true;
+    let mut quiesced: Option<mpsc::UnboundedSender<SessionId>> = None;
+    // A parked session runs again: look at the handover step at once.
+    stop.notify.notify_one();
 
     let exit = loop {
+        if waiting.is_none()
+            && let Some(report) = quiesced.take()
+        {
+            let _ = report.send(id);
+        }
         tokio::select! {
             biased;
-            () = stop.notify.notified() => break Exit::Close(stop.code(), stop.reason()),
+            () = stop.notify.notified() => {
+                if stop.is_stopped() {
+                    break Exit::Close(stop.code(), stop.reason());
+                }
+                match stop.handover() {
+                    Handover::Off => reading = true,
+                    Handover::Quiesce(report) => {
+                        reading = false;
+                        quiesced = Some(report);
+                    }
+                    Handover::Yield if waiting.is_none() => break Exit::Yield,
+                    // Not at a boundary: the step is looked at again then.
+                    Handover::Yield => reading = false,
+                }
+            }
             out = outbox.recv() => match out {
                 Outbound::Frame(message) => {
                     if !write(&mut sink, message, &outbox).await {
@@ -151,13 +238,16 @@ where
                     if let Some((frame, _)) = waiting.take() {
                         slot.send(T::from(Inbound::Frame { session: id, frame, held }));
                     }
+                    if !reading {
+                        stop.notify.notify_one();
+                    }
                 }
                 None => break Exit::Close(close::GOING_AWAY, "plugin removed".into()),
             },
             () = sleep_until_deadline(&waiting) => {
                 break Exit::Close(close::TRY_AGAIN_LATER, "tenant overloaded, try again later".into());
             }
-            message = stream.next(), if waiting.is_none() => {
+            message = stream.next(), if waiting.is_none() && reading => {
                 last_heard = Instant::now();
                 match read(message) {
                     Read::Frame(frame) => waiting = Some((frame, Instant::now() + settings.mailbox_wait)),
@@ -173,10 +263,55 @@ where
         }
     };
 
+    let exit = match exit {
+        Exit::Yield => match write_queued(&mut sink, &outbox, settings.close_timeout).await {
+            Ok(()) => match stream.reunite(sink) {
+                Ok(ws) => {
+                    return Ended::Parked(Parked {
+                        ws,
+                        mailbox,
+                        outbox,
+                        quiet: last_heard.elapsed(),
+                    });
+                }
+                Err(_) => unreachable!("the two halves of one socket"),
+            },
+            Err(exit) => exit,
+        },
+        exit => exit,
+    };
     let ending = end(exit, &mut sink, &mut stream, &settings).await;
     // The plugin must hear of every disconnect: wait for mailbox room.
     let _ = mailbox.sender.send(T::from(Inbound::Disconnect { session: id })).await;
-    ending
+    Ended::Closed(ending)
+}
+
+/// Before a session is parked: writes everything queued, within `deadline`.
+/// A queued close, a failed socket or a client that does not take the bytes
+/// in time end the session instead (1012 for the last: the host restarts).
+async fn write_queued<K>(sink: &mut K, outbox: &Outbox, deadline: Duration) -> Result<(), Exit>
+where
+    K: Sink<Message, Error = WsError> + Unpin,
+{
+    let writing = async {
+        while let Some(out) = outbox.try_recv() {
+            match out {
+                Outbound::Frame(message) => sink.feed(message).await.map_err(|_| Exit::Dropped)?,
+                Outbound::Close(code, reason) => {
+                    sink.flush().await.map_err(|_| Exit::Dropped)?;
+                    return Err(Exit::Close(code, reason));
+                }
+            }
+        }
+        sink.flush().await.map_err(|_| Exit::Dropped)
+    };
+    match tokio::time::timeout(deadline, writing).await {
+        Ok(result) => result,
+        Err(_) => Err(Exit::Close(
+            close::SERVICE_RESTART,
+            "server restarting: the client did not read its frames in time".into(),
+        )),
+    }
 }
 
 /// Room in the mailbox for the waiting frame: its bytes of the budget
@@ -223,7 +358,7 @@ where
     R: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     match exit {
-        Exit::Dropped => Ending::Dropped,
+        Exit::Dropped | Exit::Yield => Ending::Dropped,
         Exit::ClientClosed(code) => {
             // tungstenite queued the reply; send it and finish.
             let _ = tokio::time::timeout(settings.close_timeout, sink.close()).await;

@@ -55,6 +55,7 @@ fn settings() -> SessionSettings {
         idle_timeout: Duration::from_secs(90),
         mailbox_wait: Duration::from_secs(30),
         close_timeout: Duration::from_secs(5),
+        quiet: Duration::ZERO,
     }
 }
 
@@ -73,7 +74,12 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
         budget: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
         budget_bytes: 1 << 20,
     };
-    let task = tokio::spawn(run(ws, 7, to_tenant, outbox, settings));
+    let task = tokio::spawn(async move {
+        run(ws, 7, to_tenant, outbox, settings)
+            .await
+            .closed()
+            .expect("not parked")
+    });
     Harness {
         client,
         written,

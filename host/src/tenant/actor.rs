@@ -22,6 +22,7 @@ use crate::session::Inbound;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
+use crate::tenant::record::{TenantRecord, Verdict};
 use crate::tenant::slot::{Failure, Refusal, Slot, Up};
 use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
@@ -39,6 +40,37 @@ pub(super) const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
 
 /// Starts the task of `tenant` for `plugin`, on the plugin runtime.
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
+    start(plugin, tenant, env, |_| {})
+}
+
+/// Starts the task of a tenant a handover carried, in the new process:
+/// `version` is the one its live state was exported by (loaded here), and
+/// `link` gives each of its sessions its link.
+pub fn adopt(
+    plugin: Arc<PluginEntry>,
+    record: TenantRecord,
+    version: Option<Arc<Version>>,
+    link: impl FnMut(crate::session::link::SessionId) -> crate::session::link::SessionLink,
+    env: Arc<TenantEnv>,
+) -> TenantHandle {
+    let tenant = record.tenant.clone();
+    let held = record.host_state(link);
+    env.first_look(&crate::storage::Namespace::new(&record.tenant, &record.plugin));
+    start(plugin, &tenant, env, move |actor| {
+        actor
+            .shared
+            .adopt(held, record.restarts, record.frames_in, record.frames_out);
+        actor.refused_generation = record.refused_generation;
+        actor.slot.adopt(record.state, version, record.instances);
+    })
+}
+
+fn start(
+    plugin: Arc<PluginEntry>,
+    tenant: &str,
+    env: Arc<TenantEnv>,
+    prepare: impl FnOnce(&mut Actor),
+) -> TenantHandle {
     let (mailbox, rx) = mpsc::channel(env.config.sessions.mailbox.get());
     let shared = Arc::new(TenantShared::new(
         tenant.to_owned(),
@@ -46,7 +78,7 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         Some(env.storage.clone()),
     ));
     let span = tracing::info_span!("tenant", tenant, plugin = %plugin.name);
-    let actor = Actor {
+    let mut actor = Actor {
         slot: Slot::new(shared.clone(), env.clone()),
         incidents: Incidents::new(plugin.clone(), shared.clone(), env.clone()),
         shared: shared.clone(),
@@ -63,6 +95,7 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
         checkpoint_due: None,
         room_retry_at: None,
     };
+    prepare(&mut actor);
     env.plugins.spawn(actor.run().instrument(span));
     TenantHandle::new(shared, mailbox, env.config.sessions.mailbox_bytes.get())
 }
@@ -142,6 +175,8 @@ enum Waited {
     Handled,
     /// The host is shutting down.
     Shutdown(oneshot::Sender<()>),
+    /// A handover asks for the tenant.
+    HandOver(oneshot::Sender<TenantRecord>, oneshot::Receiver<Verdict>),
     /// Every handle is gone.
     Abandoned,
 }
@@ -177,6 +212,11 @@ impl Actor {
                 Step::Wait => match self.wait(changed).await {
                     Waited::Handled => {}
                     Waited::Shutdown(done) => break Some(done),
+                    Waited::HandOver(reply, verdict) => {
+                        if self.hand_over(reply, verdict).await == Verdict::TookOver {
+                            break None;
+                        }
+                    }
                     Waited::Abandoned => break None,
                 },
             }
@@ -269,6 +309,7 @@ impl Actor {
         tokio::select! {
             command = self.mailbox.recv() => match command {
                 Some(Command::Shutdown { done }) => return Waited::Shutdown(done),
+                Some(Command::Handover { reply, verdict }) => return Waited::HandOver(reply, verdict),
                 Some(command) => {
                     self.activity();
                     self.handle(command).await;
@@ -312,6 +353,32 @@ impl Actor {
         if let Err(trap) = self.slot.checkpoint().await {
             self.crashed(trap).await;
         }
+    }
+
+    /// A handover: answers with the tenant's record, then waits for the
+    /// verdict and runs nothing meanwhile. A trap while exporting is dealt
+    /// with as a crash if the tenant serves on (the new process starts it
+    /// fresh otherwise).
+    async fn hand_over(
+        &mut self,
+        reply: oneshot::Sender<TenantRecord>,
+        verdict: oneshot::Receiver<Verdict>,
+    ) -> Verdict {
+        let (state, trap) = match self.slot.hand_over().await {
+            Ok(state) => (state, None),
+            Err(trap) => (crate::tenant::record::StateRecord::Nothing { looked: true }, Some(trap)),
+        };
+        let record = TenantRecord::of(&self.shared, state, self.slot.started(), self.refused_generation);
+        let verdict = match reply.send(record) {
+            Ok(()) => verdict.await.unwrap_or(Verdict::CalledOff),
+            Err(_) => Verdict::CalledOff,
+        };
+        if verdict == Verdict::CalledOff
+            && let Some(trap) = trap
+        {
+            self.crashed(trap).await;
+        }
+        verdict
     }
 
     /// Ends the task: keeps the state for the next start (at shutdown),
@@ -488,7 +555,8 @@ impl Actor {
                 Command::Http { reply, .. } => {
                     let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
                 }
-                Command::Session(Inbound::Frame { .. }) | Command::Hibernate => {}
+                // Dropped: the handover is called off (the tenant is closing).
+                Command::Session(Inbound::Frame { .. }) | Command::Hibernate | Command::Handover { .. } => {}
             }
         }
     }
@@ -515,6 +583,6 @@ fn answer_ended(command: Command) {
         Command::Shutdown { done } => {
             let _ = done.send(());
         }
-        Command::Session(_) | Command::Hibernate => {}
+        Command::Session(_) | Command::Hibernate | Command::Handover { .. } => {}
     }
 }

@@ -32,6 +32,9 @@ impl Actor {
             Command::Shutdown { done } => {
                 let _ = done.send(());
             }
+            // Only ever taken from the mailbox by the main loop, never
+            // deferred; dropping it would call the handover off.
+            Command::Handover { .. } => {}
         }
     }
 

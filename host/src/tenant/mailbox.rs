@@ -14,6 +14,7 @@ use crate::bindings::{ConnectRequest, HttpRequest, HttpResponse};
 use crate::error::Rejection;
 use crate::session::link::SessionLink;
 use crate::session::{Inbound, Mailbox};
+use crate::tenant::record::{TenantRecord, Verdict};
 use crate::tenant::state::TenantShared;
 
 /// A request to a tenant's task.
@@ -39,6 +40,16 @@ pub enum Command {
     /// The pool needs room: hibernate if idle (a plugin that cannot export
     /// its state stays awake).
     Hibernate,
+    /// `baton upgrade`: once everything before this is handled, answer with
+    /// the tenant's record and wait for the verdict, running nothing: end
+    /// when the new process took over, serve on when it was called off (or
+    /// the verdict never comes).
+    Handover {
+        /// The tenant, for the new process.
+        reply: oneshot::Sender<TenantRecord>,
+        /// Whether the new process took over.
+        verdict: oneshot::Receiver<Verdict>,
+    },
     /// The host is shutting down: end the task (after its sessions closed).
     Shutdown {
         /// Answered when the task has ended.

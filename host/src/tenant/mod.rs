@@ -69,11 +69,12 @@ mod directory;
 mod env;
 mod incidents;
 mod mailbox;
+pub mod record;
 mod slot;
 pub mod state;
 mod supervisor;
 
-pub use actor::spawn;
+pub use actor::{adopt, spawn};
 pub use directory::Tenants;
 pub use env::{Report, TenantEnv};
 pub use mailbox::{Command, TenantHandle};

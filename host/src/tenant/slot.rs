@@ -32,6 +32,7 @@ use crate::instance::{Instance, StartError, Trap};
 use crate::session::link::SessionId;
 use crate::storage::{Namespace, Storage};
 use crate::tenant::env::TenantEnv;
+use crate::tenant::record::StateRecord;
 use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
 
@@ -473,6 +474,59 @@ impl Slot {
         self.held = Held::Hibernated { version, state };
         self.seat = None;
         Ok(Ok(()))
+    }
+
+    /// For a handover: the plugin state, exported without stopping the live
+    /// instance (it serves on if the handover is called off). A plugin that
+    /// cannot export its state starts fresh in the new process, as after a
+    /// crash.
+    pub async fn hand_over(&mut self) -> Result<StateRecord, Trap> {
+        Ok(match &mut self.held {
+            Held::Running(instance) => match instance.export_state().await? {
+                Ok(state) => StateRecord::Live {
+                    version: instance.version().id.hex(),
+                    generation: instance.version().generation,
+                    state,
+                },
+                Err(reason) => {
+                    tracing::warn!("state not handed over, the new process starts the tenant fresh: {reason}");
+                    StateRecord::Nothing { looked: true }
+                }
+            },
+            Held::Hibernated { version, state } => StateRecord::Live {
+                version: version.id.hex(),
+                generation: version.generation,
+                state: state.clone(),
+            },
+            Held::Empty => match &self.unrestored {
+                Some((from, state)) => StateRecord::Kept {
+                    from: from.clone(),
+                    state: state.clone(),
+                },
+                None => StateRecord::Nothing {
+                    looked: self.persisted_checked,
+                },
+            },
+        })
+    }
+
+    /// Instances started so far.
+    pub fn started(&self) -> u64 {
+        self.started
+    }
+
+    /// In the new process: what a handover carried. Live state waits as if
+    /// hibernated on `version` (the same version, loaded afresh), and wakes
+    /// on the tenant's next event.
+    pub fn adopt(&mut self, state: StateRecord, version: Option<Arc<Version>>, started: u64) {
+        self.started = started;
+        self.persisted_checked = true;
+        match (state, version) {
+            (StateRecord::Live { state, .. }, Some(version)) => self.held = Held::Hibernated { version, state },
+            (StateRecord::Live { .. }, None) => {}
+            (StateRecord::Kept { from, state }, _) => self.unrestored = Some((from, state)),
+            (StateRecord::Nothing { looked }, _) => self.persisted_checked = looked,
+        }
     }
 
     /// At shutdown: keeps the tenant's state in the storage for the next start.

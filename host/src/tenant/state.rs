@@ -165,6 +165,15 @@ impl TenantShared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes over what a handover carried (in the new process, before the
+    /// task starts): the host-held state and the counters.
+    pub fn adopt(&self, state: TenantState, restarts: u64, frames_in: u64, frames_out: u64) {
+        *self.state() = state;
+        self.restarts.store(restarts, Ordering::Relaxed);
+        self.frames_in.store(frames_in, Ordering::Relaxed);
+        self.frames_out.store(frames_out, Ordering::Relaxed);
+    }
+
     /// Forgets a closed session everywhere; its presence leaves are queued
     /// for `on-presence`. `false` if it was not open.
     pub fn remove_session(&self, id: SessionId) -> bool {
