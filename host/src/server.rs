@@ -22,7 +22,7 @@
 //! to another process with the bytes its codec has not acted on.
 
 use std::convert::Infallible;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -50,7 +50,6 @@ use crate::registry::Registry;
 use crate::session::link::{self, Outbox, QueueLimits, SessionId, SessionLink};
 use crate::session::tap::Tap;
 use crate::session::{self, Ended, Inbound, Mailbox, SessionSettings};
-use crate::tenant::record::Verdict;
 use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
 
 /// A session's socket as the host runs it.
@@ -99,7 +98,9 @@ pub enum Parking {
     Gone(SessionId),
 }
 
-/// A session parked for a handover.
+/// A session parked for a handover: its socket is the handover's until it
+/// gives it back ([`ParkedSession::resume`]) or lets it go with the new
+/// process ([`ParkedSession::took_over`]).
 pub struct ParkedSession {
     /// The session.
     pub id: SessionId,
@@ -107,14 +108,33 @@ pub struct ParkedSession {
     pub plugin: String,
     /// Its tenant.
     pub tenant: String,
-    /// A duplicate of its socket's descriptor, for the new process.
-    pub fd: std::io::Result<OwnedFd>,
-    /// What the client sent that has had no effect yet.
-    pub bytes: bytes::BytesMut,
     /// How long the client has been quiet.
     pub quiet: Duration,
-    /// Whether the new process took it.
-    pub verdict: oneshot::Sender<Verdict>,
+    socket: Socket,
+    back: oneshot::Sender<Option<Socket>>,
+}
+
+impl ParkedSession {
+    /// The socket's descriptor, to pass to the new process.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.socket.get_ref().get_ref().as_fd()
+    }
+
+    /// What the client sent that has had no effect yet.
+    pub fn unread(&self) -> bytes::BytesMut {
+        self.socket.get_ref().unconsumed()
+    }
+
+    /// The new process has the session: this process's copy of the socket
+    /// closes without a word (the connection lives on over the other).
+    pub fn took_over(self) {
+        let _ = self.back.send(None);
+    }
+
+    /// The handover was called off: the session runs on here.
+    pub fn resume(self) {
+        let _ = self.back.send(Some(self.socket));
+    }
 }
 
 impl Handover {
@@ -131,11 +151,11 @@ impl Handover {
         *self.parking.lock().unwrap_or_else(|p| p.into_inner()) = to;
     }
 
-    /// Tells the running handover, if any; whether one heard it.
-    fn report(&self, parking: Parking) -> bool {
+    /// Tells the running handover, if any; what nobody heard comes back.
+    fn report(&self, parking: Parking) -> Result<(), Box<Parking>> {
         match &*self.parking.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(to) => to.send(parking).is_ok(),
-            None => false,
+            Some(to) => to.send(parking).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(parking)),
         }
     }
 }
@@ -402,7 +422,7 @@ async fn open_session(
         tenant: tenant_name.to_owned(),
         settings: session_settings(sessions),
         handover: clients.handover.clone(),
-        counted,
+        _counted: counted,
     };
     let chunk = sessions.read_buffer_bytes;
     tokio::spawn(async move {
@@ -450,7 +470,8 @@ pub struct SessionTask {
     pub settings: SessionSettings,
     /// Where it reports when parked.
     pub handover: Arc<Handover>,
-    counted: Counted,
+    /// Its place in the host's count, until the task ends.
+    _counted: Counted,
 }
 
 impl SessionTask {
@@ -464,7 +485,7 @@ impl SessionTask {
             tenant: tenant.to_owned(),
             settings,
             handover: clients.handover.clone(),
-            counted: clients.sessions.adopt(),
+            _counted: clients.sessions.adopt(),
         }
     }
 
@@ -479,27 +500,29 @@ impl SessionTask {
                     return;
                 }
                 Ended::Parked(parked) => {
-                    let (verdict, decided) = oneshot::channel();
-                    let tap = parked.ws.get_ref();
+                    let (back, returned) = oneshot::channel();
                     let record = ParkedSession {
                         id,
                         plugin: self.plugin.clone(),
                         tenant: self.tenant.clone(),
-                        fd: std::os::fd::AsFd::as_fd(tap.get_ref()).try_clone_to_owned(),
-                        bytes: tap.unconsumed(),
                         quiet: parked.quiet,
-                        verdict,
+                        socket: parked.ws,
+                        back,
                     };
-                    let took_over =
-                        self.handover.report(Parking::Parked(record)) && decided.await == Ok(Verdict::TookOver);
-                    if took_over {
-                        // The new process has the socket: close ours without
-                        // a word (the connection lives on in its process).
-                        drop(self.counted);
+                    let socket = match self.handover.report(Parking::Parked(record)) {
+                        Ok(()) => returned.await.ok().flatten(),
+                        // No handover runs (any more): run on.
+                        Err(unheard) => match *unheard {
+                            Parking::Parked(record) => Some(record.socket),
+                            Parking::Gone(_) => None,
+                        },
+                    };
+                    // None: the new process has it.
+                    let Some(socket) = socket else {
                         return;
-                    }
+                    };
                     self.settings.quiet = parked.quiet;
-                    (ws, mailbox, outbox) = (parked.ws, parked.mailbox, parked.outbox);
+                    (ws, mailbox, outbox) = (socket, parked.mailbox, parked.outbox);
                 }
             }
         }

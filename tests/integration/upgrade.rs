@@ -418,3 +418,55 @@ async fn a_failed_upgrade_leaves_the_old_host_serving() {
         assert!(session.ask("x").await.contains("\"n\":5"));
     }
 }
+
+/// A client frame (masked, as clients must) with `opcode`, written as raw
+/// bytes so that a test can cut it anywhere.
+fn raw_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 3, 5];
+    let mut out = vec![
+        opcode | if fin { 0x80 } else { 0 },
+        0x80 | u8::try_from(payload.len()).expect("short"),
+    ];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A message whose first fragment and half of its last frame reached the
+/// old process arrives whole, once, from the new one: the bytes its codec
+/// held move with the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_half_received_before_an_upgrade_arrives_whole() {
+    use tokio::io::AsyncWriteExt;
+    let dir = folder(&[("echo", ECHO)], "");
+    let mut host = HostProcess::start(dir.path());
+    host.wait_version("echo", |_| true).await;
+    let url = format!("ws://{}/t/acme/echo", host.clients);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let last = raw_frame(0x0, true, b" two processes");
+    let (half, rest) = last.split_at(9);
+    let before = [raw_frame(0x1, false, b"one message,"), half.to_vec()].concat();
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        panic!("plain TCP");
+    };
+    tcp.write_all(&before).await.expect("the first part");
+    tcp.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    upgrade(&mut host, None).await;
+    let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        panic!("plain TCP");
+    };
+    tcp.write_all(rest).await.expect("the rest");
+    let echoed = tokio::time::timeout(DEADLINE, ws.next()).await.expect("an answer");
+    assert!(
+        matches!(&echoed, Some(Ok(Message::Text(t))) if t.as_str() == "one message, two processes"),
+        "{echoed:?}"
+    );
+    ws.send(Message::text("and then")).await.expect("send");
+    let next = tokio::time::timeout(DEADLINE, ws.next()).await.expect("an answer");
+    assert!(
+        matches!(&next, Some(Ok(Message::Text(t))) if t.as_str() == "and then"),
+        "{next:?}"
+    );
+}

@@ -3,7 +3,7 @@
 //! module doc of `handover` for the order of things).
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -360,7 +360,7 @@ impl<'a> Cutover<'a> {
                 id: s.id,
                 plugin: s.plugin.clone(),
                 tenant: s.tenant.clone(),
-                unread: s.bytes.to_vec(),
+                unread: s.unread().to_vec(),
                 quiet_ms: millis(s.quiet),
             })
             .collect();
@@ -368,13 +368,7 @@ impl<'a> Cutover<'a> {
         peer.send(&Message::Tenants { tenants }, &[]).await?;
         for (sessions, parked) in records.chunks(BATCH).zip(self.parked.chunks(BATCH)) {
             debug_assert!(parked.len() <= MAX_FDS);
-            let mut fds = Vec::with_capacity(parked.len());
-            for session in parked {
-                match &session.fd {
-                    Ok(fd) => fds.push(fd.as_fd()),
-                    Err(e) => return Err(format!("cannot pass session {}'s socket: {e}", session.id)),
-                }
-            }
+            let fds: Vec<BorrowedFd<'_>> = parked.iter().map(ParkedSession::fd).collect();
             let message = Message::Sessions {
                 sessions: sessions.to_vec(),
             };
@@ -410,7 +404,7 @@ impl<'a> Cutover<'a> {
             let _ = verdict.send(Verdict::TookOver);
         }
         for session in self.parked.drain(..) {
-            let _ = session.verdict.send(Verdict::TookOver);
+            session.took_over();
         }
         let handover = &self.giver.clients.handover;
         handover.gone.store(true, Ordering::Relaxed);
@@ -435,7 +429,7 @@ impl<'a> Cutover<'a> {
             let _ = verdict.send(Verdict::CalledOff);
         }
         for session in self.parked.drain(..) {
-            let _ = session.verdict.send(Verdict::CalledOff);
+            session.resume();
         }
         let handover = &self.giver.clients.handover;
         handover.park_into(None);
