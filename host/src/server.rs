@@ -93,7 +93,7 @@ pub struct Handover {
 /// What a session's task tells the handover once asked to yield.
 pub enum Parking {
     /// Parked at a frame boundary: its socket can move.
-    Parked(ParkedSession),
+    Parked(Box<ParkedSession>),
     /// It ended instead (the client left, or did not take its frames).
     Gone(SessionId),
 }
@@ -509,7 +509,7 @@ impl SessionTask {
                         socket: parked.ws,
                         back,
                     };
-                    let socket = match self.handover.report(Parking::Parked(record)) {
+                    let socket = match self.handover.report(Parking::Parked(Box::new(record))) {
                         Ok(()) => returned.await.ok().flatten(),
                         // No handover runs (any more): run on.
                         Err(unheard) => match *unheard {

@@ -336,7 +336,7 @@ impl<'a> Cutover<'a> {
                 report = parking.recv() => match report {
                     Some(Parking::Parked(session)) => {
                         waiting.remove(&session.id);
-                        self.parked.push(session);
+                        self.parked.push(*session);
                     }
                     Some(Parking::Gone(id)) => {
                         waiting.remove(&id);
