@@ -34,6 +34,8 @@ pub struct Stats {
     pub p50: u64,
     /// 99th percentile, µs.
     pub p99: u64,
+    /// The slowest, µs.
+    pub max: u64,
     /// Failed clients or requests.
     pub errors: usize,
 }
@@ -44,6 +46,7 @@ impl Stats {
             rate: count as f64 / seconds,
             p50: histogram.value_at_quantile(0.5),
             p99: histogram.value_at_quantile(0.99),
+            max: histogram.max(),
             errors,
         }
     }
@@ -219,6 +222,20 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Bytes)> {
     let request = http::Request::get(path)
         .header(http::header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.into_body().collect().await?.to_bytes()))
+}
+
+/// One `POST` of a JSON body over a fresh connection: (status, body).
+pub async fn http_post(addr: SocketAddr, path: &str, body: &serde_json::Value) -> Result<(u16, Bytes)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     Ok((status, response.into_body().collect().await?.to_bytes()))

@@ -30,7 +30,7 @@ struct Cli {
     /// Shorter runs with smaller counts (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only these figures (echo, memory, swap, noisy, fanout, instances, http, hibernation).
+    /// Only these figures (echo, memory, swap, noisy, fanout, instances, http, hibernation, upgrade).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report to this file (e.g. BENCHMARKS.md).
@@ -61,7 +61,8 @@ enum Role {
 fn main() -> std::process::ExitCode {
     // A host embedded here (role serve-baton) compiles plugins by starting
     // this executable as `compile-worker`: baton's own command line runs it.
-    if std::env::args().nth(1).as_deref() == Some("compile-worker") {
+    // Upgraded (`baton upgrade`), it starts this executable as `serve`.
+    if matches!(std::env::args().nth(1).as_deref(), Some("compile-worker" | "serve")) {
         return baton::cli::main();
     }
     match run() {
@@ -116,6 +117,9 @@ async fn suite(quick: bool, only: &[String], write: Option<PathBuf>) -> Result<(
     }
     if wanted("hibernation") {
         figures::hibernation::run(&mut report, scale).await?;
+    }
+    if wanted("upgrade") {
+        figures::upgrade::run(&mut report, scale).await?;
     }
     let text = report.render();
     println!("{text}");

@@ -9,6 +9,7 @@ pub mod instances;
 pub mod memory;
 pub mod noisy;
 pub mod swap;
+pub mod upgrade;
 
 /// How long and how big: a quick run or the full one.
 #[derive(Debug, Clone, Copy)]
