@@ -443,6 +443,7 @@ async fn open_session(
                     .sender
                     .send(Command::from(Inbound::Disconnect { session: id }))
                     .await;
+                let _ = task.handover.report(Parking::Gone(id));
             }
         }
     });

@@ -470,3 +470,30 @@ async fn a_message_half_received_before_an_upgrade_arrives_whole() {
         "{next:?}"
     );
 }
+
+/// A client that stops reading while its socket is full cannot be paused at
+/// a frame boundary: it is closed (1012) after a while, and the upgrade goes
+/// on for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_does_not_hold_an_upgrade_up() {
+    let dir = folder(&[("chaos", CHAOS)], "");
+    let mut host = HostProcess::start(dir.path());
+    host.wait_version("chaos", |_| true).await;
+    let url = format!("ws://{}/t/acme/chaos", host.clients);
+    let mut reader = crate::support::Client {
+        ws: tokio_tungstenite::connect_async(&url).await.expect("connect").0,
+    };
+    let (mut stuck, _) = tokio_tungstenite::connect_async(&url).await.expect("connect");
+    // Several MiB for a client that reads none of it: the host's writes block.
+    for _ in 0..16 {
+        stuck.send(Message::text("big:1000000")).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let done = upgrade(&mut host, None).await;
+    assert_eq!(
+        done.sessions, 1,
+        "the reading session was handed over, the stuck one closed"
+    );
+    assert_eq!(reader.ask("echo:still here").await, "still here");
+}

@@ -27,6 +27,9 @@ use crate::tenant::{Command, Tenants};
 /// Sessions per message (below the kernel's 253 descriptors).
 const BATCH: usize = 200;
 
+/// How long a session may take to pause before it is closed instead.
+const LAGGARDS_AFTER: Duration = Duration::from_secs(5);
+
 /// What the old process hands over, and the switches it turns.
 pub struct Giver {
     /// The host's configuration.
@@ -272,6 +275,10 @@ impl<'a> Cutover<'a> {
             }
         }
         drop(quiet);
+        // A session stuck writing to a client that does not read cannot
+        // pause: after a while it is closed (1012), as at a restart.
+        let laggards_at = tokio::time::Instant::now() + LAGGARDS_AFTER;
+        let mut laggards_closed = false;
         while !waiting.is_empty() {
             waiting.retain(|id| !self.gone.contains(id));
             if waiting.is_empty() {
@@ -286,6 +293,10 @@ impl<'a> Cutover<'a> {
                 report = parking.recv() => if let Some(Parking::Gone(id)) = report {
                     self.gone.insert(id);
                 },
+                () = tokio::time::sleep_until(laggards_at), if !laggards_closed => {
+                    laggards_closed = true;
+                    self.close_laggards(&waiting);
+                }
                 () = tokio::time::sleep_until(deadline) => {
                     return Err(format!("{} sessions did not pause in time", waiting.len()));
                 }
@@ -395,6 +406,19 @@ impl<'a> Cutover<'a> {
         debug_assert_eq!(tenants, tenant_count);
         peer.send(&Message::Bye, &[]).await?;
         Ok((sessions, tenants, started_ms))
+    }
+
+    /// Closes the sessions in `ids` with 1012 (they then report gone).
+    fn close_laggards(&self, ids: &HashSet<SessionId>) {
+        tracing::warn!(
+            sessions = ids.len(),
+            "sessions whose clients do not read could not pause; closing them with 1012"
+        );
+        for tenant in self.giver.tenants.all() {
+            for link in tenant.shared().links().iter().filter(|l| ids.contains(&l.id())) {
+                link.stop(crate::error::close::SERVICE_RESTART, "server restarting");
+            }
+        }
     }
 
     /// The new process serves: tenants end without a word, sessions drop

@@ -412,8 +412,8 @@ where
 }
 
 /// Writes one message and whatever else is queued behind it, then flushes.
-/// Gives up (returning false) when the socket fails or the session is stopped
-/// while the client is not reading.
+/// Gives up when the socket fails (returning false) or the session is
+/// stopped while the client is not reading.
 async fn write<K>(sink: &mut K, first: Message, outbox: &Outbox) -> bool
 where
     K: Sink<Message, Error = WsError> + Unpin,
@@ -435,14 +435,27 @@ where
         }
         sink.flush().await
     };
-    tokio::select! {
-        result = writing => result.is_ok(),
-        () = outbox.stop().notify.notified() => {
-            // Re-arm the stop for the main loop.
-            outbox.stop().notify.notify_one();
-            true
+    // Only a stop gives the write up (a frame half fed would be lost); a
+    // handover step waits for the main loop, once the write is done.
+    let mut stepped = false;
+    let stopped = async {
+        loop {
+            outbox.stop().notify.notified().await;
+            if outbox.stop().is_stopped() {
+                return;
+            }
+            stepped = true;
         }
+    };
+    let written = tokio::select! {
+        result = writing => result.is_ok(),
+        () = stopped => true,
+    };
+    if stepped || outbox.stop().is_stopped() {
+        // Re-arm for the main loop.
+        outbox.stop().notify.notify_one();
     }
+    written
 }
 
 async fn sleep_until_deadline(waiting: &Option<(Frame, Instant)>) {
