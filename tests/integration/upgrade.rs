@@ -357,9 +357,10 @@ async fn connecting_during_an_upgrade_never_fails() {
     assert!(answered > 10, "{answered} connections");
 }
 
-/// A new binary that is not baton, one that exits at once, and one that
-/// dies in the middle of the handover: each time `baton upgrade` exits 1
-/// with the reason, and the old process serves every session on.
+/// A new binary that is not baton, one that exits at once, one that reads no
+/// handover format the old one writes, and one that dies in the middle of
+/// the handover: each time `baton upgrade` exits 1 with the reason, and the
+/// old process serves every session on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_upgrade_leaves_the_old_host_serving() {
     let dir = folder(&[("counter", COUNTER_V1)], "[upgrade]\ntimeout_secs = 3\n");
@@ -371,6 +372,13 @@ async fn a_failed_upgrade_leaves_the_old_host_serving() {
     };
     let not_baton = script("not-baton", "echo hello; exec sleep 30");
     let exits = script("exits", "exit 3");
+    let unknown_format = script(
+        "unknown-format",
+        &format!(
+            "BATON_HANDOVER_FAULT=unknown-format exec {} \"$@\"",
+            env!("CARGO_BIN_EXE_baton")
+        ),
+    );
     let crashes = script(
         "crashes",
         &format!(
@@ -395,6 +403,7 @@ async fn a_failed_upgrade_leaves_the_old_host_serving() {
     let cases = [
         (not_baton, "did not connect within 3 s"),
         (exits, "exited (exit status: 3) before it connected"),
+        (unknown_format, "no common handover format: this baton writes [1]"),
         (crashes, "the other process closed the handover channel"),
     ];
     for (round, (binary, reason)) in cases.iter().enumerate() {
@@ -415,7 +424,7 @@ async fn a_failed_upgrade_leaves_the_old_host_serving() {
     // And a good upgrade still works afterwards.
     upgrade(&mut host, None).await;
     for session in &mut sessions {
-        assert!(session.ask("x").await.contains("\"n\":5"));
+        assert!(session.ask("x").await.contains("\"n\":6"));
     }
 }
 

@@ -54,7 +54,8 @@ pub const SOCKET_VAR: &str = "BATON_HANDOVER_SOCKET";
 pub const TOKEN_VAR: &str = "BATON_HANDOVER_TOKEN";
 
 /// A test hook: the new process aborts at this step (`after-hello`,
-/// `after-sessions`), as a crash there would.
+/// `after-sessions`), as a crash there would, or (`unknown-format`) claims
+/// to read only a handover format nobody writes.
 pub const FAULT_VAR: &str = "BATON_HANDOVER_FAULT";
 
 /// The handover socket of a data folder.
@@ -79,9 +80,14 @@ pub fn own_binary() -> PathBuf {
     .clone()
 }
 
+/// Whether the fault hook names `fault` (tests only).
+pub fn fault(fault: &str) -> bool {
+    std::env::var(FAULT_VAR).is_ok_and(|v| v == fault)
+}
+
 /// Aborts the process if the fault hook names `step` (tests only).
 pub fn fault_point(step: &str) {
-    if std::env::var(FAULT_VAR).is_ok_and(|v| v == step) {
+    if fault(step) {
         eprintln!("baton: {FAULT_VAR}={step}: aborting as a crash would");
         std::process::abort();
     }

@@ -48,8 +48,12 @@ pub async fn connect(socket: &Path, token: String) -> Result<(TakeOver, Listener
         channel,
         step: Duration::from_secs(crate::config::UpgradeConfig::default().timeout_secs),
     };
+    let formats = match super::fault("unknown-format") {
+        true => vec![u32::MAX],
+        false => FORMATS.to_vec(),
+    };
     let hello = Message::Hello {
-        formats: FORMATS.to_vec(),
+        formats,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
         token,

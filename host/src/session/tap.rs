@@ -96,26 +96,36 @@ impl<S> Tap<S> {
         (self.io, bytes)
     }
 
-    /// Hands out up to `room` bytes of the current frame from `pending`,
-    /// logging what the codec may not act on yet.
-    fn hand_out(&mut self, buf: &mut ReadBuf<'_>) {
+    /// Takes up to `room` of the bytes at the start of `bytes` that belong
+    /// to the current frame (parsing the next frame's header at a boundary)
+    /// and logs what the codec may not act on yet; returns how many. 0 when
+    /// the next frame's header is not all there.
+    fn take(&mut self, bytes: &[u8], room: usize) -> usize {
+        if self.left == 0 {
+            let Some(header) = header(bytes) else {
+                return 0;
+            };
+            self.left = header.len;
+            self.control = header.control;
+            self.fin = header.fin;
+            self.frame_start = self.replay.len();
+        }
         let n = usize::try_from(self.left)
             .unwrap_or(usize::MAX)
-            .min(self.pending.len())
-            .min(buf.remaining());
-        let ends = n as u64 == self.left;
-        let chunk = self.pending.split_to(n);
-        buf.put_slice(&chunk);
+            .min(bytes.len())
+            .min(room);
         self.left -= n as u64;
+        let ends = self.left == 0;
         if ends && self.control {
             // Answered or returned by the codec in this same read.
             self.replay.truncate(self.frame_start);
         } else if ends && self.fin {
             // Its message goes to the session in this same read.
-            self.replay.clear();
+            self.replay = BytesMut::new();
         } else {
-            self.replay.extend_from_slice(&chunk);
+            self.replay.extend_from_slice(&bytes[..n]);
         }
+        n
     }
 }
 
@@ -160,34 +170,43 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            if this.left == 0 {
-                match header(&this.pending) {
-                    Some(h) => {
-                        this.left = h.len;
-                        this.control = h.control;
-                        this.fin = h.fin;
-                        this.frame_start = this.replay.len();
-                    }
-                    None => {
-                        if ready!(this.fill(cx))? == 0 {
-                            // The end of the stream: hand out a partial
-                            // header as it is (the codec reports it), then
-                            // the end.
-                            this.left = this.pending.len() as u64;
-                            if this.left == 0 {
-                                return Poll::Ready(Ok(()));
-                            }
-                        }
-                        continue;
-                    }
-                }
-            }
-            if this.pending.is_empty() && ready!(this.fill(cx))? == 0 {
+        if this.pending.is_empty() {
+            // Straight into the codec's buffer (an idle session holds no
+            // buffer here); what lies past the current frame waits.
+            let unfilled = buf.initialize_unfilled();
+            let mut direct = ReadBuf::new(unfilled);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut direct))?;
+            let read = direct.filled().len();
+            if read == 0 {
                 return Poll::Ready(Ok(()));
             }
-            this.hand_out(buf);
-            return Poll::Ready(Ok(()));
+            let taken = this.take(&unfilled[..read], read);
+            this.pending.extend_from_slice(&unfilled[taken..read]);
+            buf.advance(taken);
+            if taken > 0 {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        loop {
+            let pending = std::mem::take(&mut this.pending);
+            let taken = this.take(&pending, buf.remaining());
+            this.pending = pending;
+            if taken > 0 {
+                buf.put_slice(&this.pending.split_to(taken));
+                if this.pending.is_empty() {
+                    // Give the memory of a burst back.
+                    this.pending = BytesMut::new();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // A header not all there yet.
+            if ready!(this.fill(cx))? == 0 {
+                // The end of the stream: hand out the cut header as it is
+                // (the codec reports it), then the end.
+                let rest = this.pending.split();
+                buf.put_slice(&rest[..rest.len().min(buf.remaining())]);
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -274,6 +293,30 @@ mod tests {
         assert_eq!(&buf[..n], &a[..], "one frame, although both were there");
         let n = tokio::io::AsyncReadExt::read(&mut tap, &mut buf).await.expect("read");
         assert_eq!(&buf[..n], &b[..]);
+    }
+
+    /// A frame larger than a read, and a header cut in two, arrive whole.
+    #[tokio::test]
+    async fn frames_across_reads_arrive_whole() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let big = frame(TEXT, true, &vec![b'y'; 10_000]);
+        let small = frame(TEXT, true, b"after");
+        let mut ws =
+            WebSocketStream::from_raw_socket(Tap::resume(server, BytesMut::new(), 4096), Role::Server, None).await;
+        let writing = async {
+            for piece in [&big[..1], &big[1..3000], &big[3000..], &small[..1], &small[1..]] {
+                client.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let reading = async {
+            let first = ws.next().await.expect("a message").expect("valid");
+            let second = ws.next().await.expect("a message").expect("valid");
+            (first, second)
+        };
+        let ((first, second), ()) = tokio::join!(reading, writing);
+        assert_eq!(first.len(), 10_000);
+        assert_eq!(second, Message::text("after"));
     }
 
     /// A message half received in one codec continues, whole and once, in
