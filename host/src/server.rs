@@ -434,6 +434,8 @@ async fn open_session(
         match socket {
             Ok((tcp, early)) => {
                 let tap = Tap::resume(tcp, &early[..], chunk);
+                // It holds on to hyper's whole read buffer otherwise.
+                drop(early);
                 let ws = WebSocketStream::from_raw_socket(tap, Role::Server, Some(ws_config)).await;
                 task.run(ws, mailbox, outbox).await;
             }

@@ -19,8 +19,10 @@
 //! process, which then rebuilds the unfinished message from scratch, limits
 //! and UTF-8 checks included. The Tap does not validate: tungstenite does.
 //!
-//! Writes pass straight through. In the common case (a whole frame in one
-//! read) the Tap copies nothing beyond what the codec would have read anyway.
+//! Reads go straight into the codec's buffer; bytes read past the end of a
+//! frame wait in the Tap (released once handed out), so an idle session
+//! holds no buffer here, and a whole frame in one read is copied nowhere.
+//! Writes pass straight through.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +30,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes of replay log a session keeps between messages at most.
+const KEPT: usize = 16 << 10;
 
 /// The socket under a session's codec; see the module doc.
 #[derive(Debug)]
@@ -120,8 +125,13 @@ impl<S> Tap<S> {
             // Answered or returned by the codec in this same read.
             self.replay.truncate(self.frame_start);
         } else if ends && self.fin {
-            // Its message goes to the session in this same read.
-            self.replay = BytesMut::new();
+            // Its message goes to the session in this same read. A buffer
+            // that a big message grew is given back; a small one is kept for
+            // the next frame that spans reads.
+            match self.replay.capacity() > KEPT {
+                true => self.replay = BytesMut::new(),
+                false => self.replay.clear(),
+            }
         } else {
             self.replay.extend_from_slice(&bytes[..n]);
         }
