@@ -49,11 +49,13 @@ use crate::listener::accept_until;
 use crate::registry::Registry;
 use crate::session::link::{self, Outbox, QueueLimits, SessionId, SessionLink};
 use crate::session::tap::Tap;
-use crate::session::{self, Ended, Inbound, Mailbox, SessionSettings};
+use crate::session::{self, Ended, Inbound, Mailbox, Parked, SessionSettings};
 use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
 
-/// A session's socket as the host runs it.
-pub type Socket = WebSocketStream<Tap<TcpStream>>;
+/// A session's socket as the host runs it. Boxed: it moves between the
+/// session's loop and a handover, and every place a future holds it would
+/// otherwise hold its 400 bytes.
+pub type Socket = Box<WebSocketStream<Tap<TcpStream>>>;
 
 /// What the client listener needs.
 pub struct Clients {
@@ -437,7 +439,7 @@ async fn open_session(
                 // It holds on to hyper's whole read buffer otherwise.
                 drop(early);
                 let ws = WebSocketStream::from_raw_socket(tap, Role::Server, Some(ws_config)).await;
-                task.run(ws, mailbox, outbox).await;
+                task.run(Box::new(ws), mailbox, outbox).await;
             }
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
@@ -493,41 +495,65 @@ impl SessionTask {
     }
 
     /// Runs the session over `ws`.
-    pub async fn run(mut self, mut ws: Socket, mut mailbox: Mailbox<Command>, mut outbox: Outbox) {
+    ///
+    /// Written so that no socket is held across an await of this function
+    /// (only the inner session's future is): a session's task is its memory,
+    /// and the compiler keeps every value live across an await in it.
+    pub async fn run(mut self, ws: Socket, mailbox: Mailbox<Command>, outbox: Outbox) {
         let id = self.id;
-        loop {
-            match session::run(ws, id, mailbox, outbox, self.settings.clone()).await {
+        let mut next = Some((ws, mailbox, outbox));
+        while let Some((ws, mailbox, outbox)) = next.take() {
+            // Boxed: the loop around it would otherwise double its size.
+            let ended = Box::pin(session::run(ws, id, mailbox, outbox, self.settings.clone())).await;
+            let parked = match ended {
                 Ended::Closed(ending) => {
                     tracing::debug!(session = id, ?ending, "session ended");
                     let _ = self.handover.report(Parking::Gone(id));
                     return;
                 }
-                Ended::Parked(parked) => {
-                    let (back, returned) = oneshot::channel();
-                    let record = ParkedSession {
-                        id,
-                        plugin: self.plugin.clone(),
-                        tenant: self.tenant.clone(),
-                        quiet: parked.quiet,
-                        socket: parked.ws,
-                        back,
-                    };
-                    let socket = match self.handover.report(Parking::Parked(Box::new(record))) {
-                        Ok(()) => returned.await.ok().flatten(),
-                        // No handover runs (any more): run on.
-                        Err(unheard) => match *unheard {
-                            Parking::Parked(record) => Some(record.socket),
-                            Parking::Gone(_) => None,
-                        },
-                    };
-                    // None: the new process has it.
-                    let Some(socket) = socket else {
-                        return;
-                    };
-                    self.settings.quiet = parked.quiet;
-                    (ws, mailbox, outbox) = (socket, parked.mailbox, parked.outbox);
+                Ended::Parked(parked) => parked,
+            };
+            let Parked {
+                ws,
+                mailbox,
+                outbox,
+                quiet,
+            } = parked;
+            let returned = match self.park(ws, quiet) {
+                Ok(returned) => returned,
+                // No handover runs (any more): run on.
+                Err(ws) => {
+                    next = Some((ws, mailbox, outbox));
+                    continue;
                 }
+            };
+            // None: the new process has it.
+            if let Ok(Some(ws)) = returned.await {
+                self.settings.quiet = quiet;
+                next = Some((ws, mailbox, outbox));
             }
+        }
+    }
+
+    /// Hands the parked socket to the running handover; it comes back
+    /// through the receiver (`None`: the new process has it), or at once
+    /// when no handover runs.
+    fn park(&self, ws: Socket, quiet: Duration) -> Result<oneshot::Receiver<Option<Socket>>, Socket> {
+        let (back, returned) = oneshot::channel();
+        let record = ParkedSession {
+            id: self.id,
+            plugin: self.plugin.clone(),
+            tenant: self.tenant.clone(),
+            quiet,
+            socket: ws,
+            back,
+        };
+        match self.handover.report(Parking::Parked(Box::new(record))) {
+            Ok(()) => Ok(returned),
+            Err(unheard) => match *unheard {
+                Parking::Parked(record) => Err(record.socket),
+                Parking::Gone(_) => unreachable!("a parked session was reported"),
+            },
         }
     }
 }
@@ -538,7 +564,7 @@ pub async fn adopted_socket(clients: &Clients, tcp: TcpStream, bytes: &[u8], plu
     let sessions = &clients.config.sessions;
     let tap = Tap::resume(tcp, bytes, sessions.read_buffer_bytes);
     let config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant));
-    WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await
+    Box::new(WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await)
 }
 
 /// Checks the upgrade request and derives its `Sec-WebSocket-Accept`.
