@@ -26,6 +26,16 @@ fn folder(plugins: &[(&str, &str)], config: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A host process over [`folder`], once every plugin is current.
+async fn started(plugins: &[(&str, &str)], config: &str) -> (tempfile::TempDir, HostProcess) {
+    let dir = folder(plugins, config);
+    let host = HostProcess::start(dir.path());
+    for (name, _) in plugins {
+        host.wait_version(name, |_| true).await;
+    }
+    (dir, host)
+}
+
 async fn status(host: &HostProcess) -> StatusView {
     request(host.admin, "GET", "/api/status", b"", None)
         .await
@@ -251,11 +261,7 @@ async fn streaming_sessions_live_through_five_upgrades() {
 /// to the version before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_timers_storage_and_rollback_carry_over() {
-    let dir = folder(&[("chat", CHAT), ("chaos", CHAOS), ("counter", COUNTER_V1)], "");
-    let mut host = HostProcess::start(dir.path());
-    for name in ["chat", "chaos", "counter"] {
-        host.wait_version(name, |_| true).await;
-    }
+    let (dir, mut host) = started(&[("chat", CHAT), ("chaos", CHAOS), ("counter", COUNTER_V1)], "").await;
     std::fs::copy(COUNTER_V2, dir.path().join("deploy/counter.wasm")).expect("deploy v2");
     let v2 = host.wait_version("counter", |g| g > 1).await;
 
@@ -325,9 +331,7 @@ async fn channels_timers_storage_and_rollback_carry_over() {
 /// upgraded twice never sees a refused connect or an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_during_an_upgrade_never_fails() {
-    let dir = folder(&[("echo", ECHO)], "");
-    let mut host = HostProcess::start(dir.path());
-    host.wait_version("echo", |_| true).await;
+    let (_dir, mut host) = started(&[("echo", ECHO)], "").await;
     let stop = Arc::new(AtomicBool::new(false));
     let looping = {
         let (clients, stop) = (host.clients.clone(), stop.clone());
@@ -447,9 +451,7 @@ fn raw_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_half_received_before_an_upgrade_arrives_whole() {
     use tokio::io::AsyncWriteExt;
-    let dir = folder(&[("echo", ECHO)], "");
-    let mut host = HostProcess::start(dir.path());
-    host.wait_version("echo", |_| true).await;
+    let (_dir, mut host) = started(&[("echo", ECHO)], "").await;
     let url = format!("ws://{}/t/acme/echo", host.clients);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
     let last = raw_frame(0x0, true, b" two processes");
@@ -485,9 +487,7 @@ async fn a_message_half_received_before_an_upgrade_arrives_whole() {
 /// on for everyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_does_not_hold_an_upgrade_up() {
-    let dir = folder(&[("chaos", CHAOS)], "");
-    let mut host = HostProcess::start(dir.path());
-    host.wait_version("chaos", |_| true).await;
+    let (_dir, mut host) = started(&[("chaos", CHAOS)], "").await;
     let url = format!("ws://{}/t/acme/chaos", host.clients);
     let mut reader = crate::support::Client {
         ws: tokio_tungstenite::connect_async(&url).await.expect("connect").0,
