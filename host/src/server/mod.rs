@@ -20,9 +20,17 @@
 //! its sessions: each session's socket is taken out of hyper right after the
 //! upgrade (a plain `TcpStream` under a [`Tap`]), so that it can be passed
 //! to another process with the bytes its codec has not acted on.
+//!
+//! Files: `clients.rs` (what the listener and its session tasks share: the
+//! host's parts, the session count, a socket's settings), `task.rs` (one
+//! session's task: run, park, run again), `handover.rs` (the listener's side
+//! of a handover: accepting, the gate, parked sessions).
+
+mod clients;
+mod handover;
+mod task;
 
 use std::convert::Infallible;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -36,131 +44,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::admission::Admission;
 use crate::bindings::{ConnectRequest, HttpRequest};
-use crate::config::{Config, HttpConfig, SessionConfig};
+use crate::config::HttpConfig;
 use crate::error::Rejection;
 use crate::listener::accept_until;
-use crate::registry::Registry;
-use crate::session::link::{self, Outbox, QueueLimits, SessionId, SessionLink};
+use crate::session::Inbound;
+use crate::session::link::{self, QueueLimits, SessionLink};
 use crate::session::tap::Tap;
-use crate::session::{self, Ended, Inbound, Mailbox, Parked, SessionSettings};
-use crate::tenant::{self, Command, Status, TenantEnv, TenantHandle, Tenants};
-
-/// A session's socket as the host runs it. Boxed: it moves between the
-/// session's loop and a handover, and every place a future holds it would
-/// otherwise hold its 400 bytes.
-pub type Socket = Box<WebSocketStream<Tap<TcpStream>>>;
-
-/// What the client listener needs.
-pub struct Clients {
-    /// The plugins.
-    pub registry: Arc<Registry>,
-    /// The host's configuration.
-    pub config: Arc<Config>,
-    /// How fast new tenants are admitted.
-    pub admission: Admission,
-    /// Open sessions of the host, against its maximum.
-    pub sessions: SessionCount,
-    /// The tenant tasks, created here on first use.
-    pub tenants: Arc<Tenants>,
-    /// Handed to new tenant tasks.
-    pub tenant_env: Arc<TenantEnv>,
-    /// What a handover to a new process needs of the listener.
-    pub handover: Arc<Handover>,
-}
-
-/// The client listener's side of a handover: whether it accepts, the gate
-/// new requests wait at, and where parked sessions go.
-#[derive(Default)]
-pub struct Handover {
-    /// False while the listener does not accept (the new process will).
-    pub accepting: watch::Sender<bool>,
-    /// Held for reading by every request being routed; a handover holds it
-    /// for writing, so that it starts with no request half done.
-    pub gate: Arc<tokio::sync::RwLock<()>>,
-    /// Set once another process took over: requests still arriving on old
-    /// connections are told to come again on a new one.
-    pub gone: AtomicBool,
-    /// Accepted connections that have not yet sent their first request.
-    pub fresh: Arc<AtomicUsize>,
-    parking: std::sync::Mutex<Option<mpsc::UnboundedSender<Parking>>>,
-}
-
-/// What a session's task tells the handover once asked to yield.
-pub enum Parking {
-    /// Parked at a frame boundary: its socket can move.
-    Parked(Box<ParkedSession>),
-    /// It ended instead (the client left, or did not take its frames).
-    Gone(SessionId),
-}
-
-/// A session parked for a handover: its socket is the handover's until it
-/// gives it back ([`ParkedSession::resume`]) or lets it go with the new
-/// process ([`ParkedSession::took_over`]).
-pub struct ParkedSession {
-    /// The session.
-    pub id: SessionId,
-    /// Its plugin.
-    pub plugin: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// How long the client has been quiet.
-    pub quiet: Duration,
-    socket: Socket,
-    back: oneshot::Sender<Option<Socket>>,
-}
-
-impl ParkedSession {
-    /// The socket's descriptor, to pass to the new process.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.socket.get_ref().get_ref().as_fd()
-    }
-
-    /// What the client sent that has had no effect yet.
-    pub fn unread(&self) -> bytes::BytesMut {
-        self.socket.get_ref().unconsumed()
-    }
-
-    /// The new process has the session: this process's copy of the socket
-    /// closes without a word (the connection lives on over the other).
-    pub fn took_over(self) {
-        let _ = self.back.send(None);
-    }
-
-    /// The handover was called off: the session runs on here.
-    pub fn resume(self) {
-        let _ = self.back.send(Some(self.socket));
-    }
-}
-
-impl Handover {
-    /// A handover for a listener that accepts.
-    pub fn new() -> Handover {
-        Handover {
-            accepting: watch::Sender::new(true),
-            ..Handover::default()
-        }
-    }
-
-    /// From now on sessions report to `to` when they park or end.
-    pub fn park_into(&self, to: Option<mpsc::UnboundedSender<Parking>>) {
-        *self.parking.lock().unwrap_or_else(|p| p.into_inner()) = to;
-    }
-
-    /// Tells the running handover, if any; what nobody heard comes back.
-    fn report(&self, parking: Parking) -> Result<(), Box<Parking>> {
-        match &*self.parking.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(to) => to.send(parking).map_err(|e| Box::new(e.0)),
-            None => Err(Box::new(parking)),
-        }
-    }
-}
+use crate::tenant::{self, Command, Status, TenantHandle};
+pub use clients::{Clients, SessionCount};
+use clients::{max_frame_bytes, session_settings, ws_config};
+pub use handover::{Handover, ParkedSession, Parking};
+pub use task::{SessionTask, adopted_socket};
 
 /// An accepted connection until its first request is routed.
 struct Fresh {
@@ -223,53 +123,6 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
     })
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-}
-
-/// The host's open sessions, bounded below the open-file limit: a session
-/// beyond it gets 503, so that the admin API, deploys and storage keep the
-/// descriptors they need.
-pub struct SessionCount {
-    open: Arc<std::sync::atomic::AtomicUsize>,
-    max: usize,
-}
-
-/// One open session's place in the count; given back on drop.
-struct Counted(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl SessionCount {
-    /// A count of `max` sessions at most.
-    pub fn new(max: usize) -> SessionCount {
-        SessionCount {
-            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            max,
-        }
-    }
-
-    /// Counts a session a handover brought (over the maximum if need be).
-    fn adopt(&self) -> Counted {
-        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Counted(self.open.clone())
-    }
-
-    fn enter(&self, plugin: &str) -> Result<Counted, Rejection> {
-        let open = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let counted = Counted(self.open.clone());
-        if open >= self.max {
-            metrics::counter!("baton_capacity_refusals_total", "plugin" => plugin.to_owned(), "limit" => "sessions")
-                .increment(1);
-            return Err(Rejection::AtCapacity(format!(
-                "the host holds its maximum of {} sessions (sessions.max_sessions, below the open-file limit)",
-                self.max
-            )));
-        }
-        Ok(counted)
-    }
 }
 
 type Body = Full<Bytes>;
@@ -461,112 +314,6 @@ async fn open_session(
     Ok(response)
 }
 
-/// One session's task: runs it until it ends; when a handover parks it,
-/// reports it and waits for the verdict (ending without a word when the new
-/// process took it, running on when the handover was called off).
-pub struct SessionTask {
-    /// The session.
-    pub id: SessionId,
-    /// Its plugin.
-    pub plugin: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// Its timing.
-    pub settings: SessionSettings,
-    /// Where it reports when parked.
-    pub handover: Arc<Handover>,
-    /// Its place in the host's count, until the task ends.
-    _counted: Counted,
-}
-
-impl SessionTask {
-    /// The task of a session a handover brought.
-    pub fn adopted(clients: &Clients, id: SessionId, plugin: &str, tenant: &str, quiet: Duration) -> SessionTask {
-        let mut settings = session_settings(&clients.config.sessions);
-        settings.quiet = quiet;
-        SessionTask {
-            id,
-            plugin: plugin.to_owned(),
-            tenant: tenant.to_owned(),
-            settings,
-            handover: clients.handover.clone(),
-            _counted: clients.sessions.adopt(),
-        }
-    }
-
-    /// Runs the session over `ws`.
-    ///
-    /// Written so that no socket is held across an await of this function
-    /// (only the inner session's future is): a session's task is its memory,
-    /// and the compiler keeps every value live across an await in it.
-    pub async fn run(mut self, ws: Socket, mailbox: Mailbox<Command>, outbox: Outbox) {
-        let id = self.id;
-        let mut next = Some((ws, mailbox, outbox));
-        while let Some((ws, mailbox, outbox)) = next.take() {
-            // Boxed: the loop around it would otherwise double its size.
-            let ended = Box::pin(session::run(ws, id, mailbox, outbox, self.settings.clone())).await;
-            let parked = match ended {
-                Ended::Closed(ending) => {
-                    tracing::debug!(session = id, ?ending, "session ended");
-                    let _ = self.handover.report(Parking::Gone(id));
-                    return;
-                }
-                Ended::Parked(parked) => parked,
-            };
-            let Parked {
-                ws,
-                mailbox,
-                outbox,
-                quiet,
-            } = parked;
-            let returned = match self.park(ws, quiet) {
-                Ok(returned) => returned,
-                // No handover runs (any more): run on.
-                Err(ws) => {
-                    next = Some((ws, mailbox, outbox));
-                    continue;
-                }
-            };
-            // None: the new process has it.
-            if let Ok(Some(ws)) = returned.await {
-                self.settings.quiet = quiet;
-                next = Some((ws, mailbox, outbox));
-            }
-        }
-    }
-
-    /// Hands the parked socket to the running handover; it comes back
-    /// through the receiver (`None`: the new process has it), or at once
-    /// when no handover runs.
-    fn park(&self, ws: Socket, quiet: Duration) -> Result<oneshot::Receiver<Option<Socket>>, Socket> {
-        let (back, returned) = oneshot::channel();
-        let record = ParkedSession {
-            id: self.id,
-            plugin: self.plugin.clone(),
-            tenant: self.tenant.clone(),
-            quiet,
-            socket: ws,
-            back,
-        };
-        match self.handover.report(Parking::Parked(Box::new(record))) {
-            Ok(()) => Ok(returned),
-            Err(unheard) => match *unheard {
-                Parking::Parked(record) => Err(record.socket),
-                Parking::Gone(_) => unreachable!("a parked session was reported"),
-            },
-        }
-    }
-}
-
-/// The WebSocket of a socket a handover brought, over the bytes its client
-/// had sent that no codec acted on yet.
-pub async fn adopted_socket(clients: &Clients, tcp: TcpStream, bytes: &[u8], plugin: &str, tenant: &str) -> Socket {
-    let sessions = &clients.config.sessions;
-    let tap = Tap::resume(tcp, bytes, sessions.read_buffer_bytes);
-    let config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant));
-    Box::new(WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await)
-}
-
 /// Checks the upgrade request and derives its `Sec-WebSocket-Accept`.
 fn accept_key(request: &Request<Incoming>) -> Result<header::HeaderValue, Rejection> {
     if request.method() != Method::GET {
@@ -600,35 +347,6 @@ fn accept_key(request: &Request<Incoming>) -> Result<header::HeaderValue, Reject
 fn is_websocket_key(key: &[u8]) -> bool {
     let base64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
     key.len() == 24 && key[..22].iter().all(base64) && &key[22..] == b"=="
-}
-
-/// The largest frame `tenant`'s sessions of `plugin` may send.
-fn max_frame_bytes(clients: &Clients, plugin: &str, tenant: &str) -> usize {
-    clients
-        .registry
-        .get(plugin)
-        .and_then(|e| e.current())
-        .map_or(clients.config.limits.max_frame_bytes, |v| {
-            clients.config.limits_for(&v.limits, tenant).max_frame_bytes
-        })
-}
-
-fn ws_config(sessions: &SessionConfig, max_frame: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(sessions.read_buffer_bytes)
-        .write_buffer_size(4096)
-        .max_frame_size(Some(max_frame))
-        .max_message_size(Some(max_frame))
-}
-
-fn session_settings(sessions: &SessionConfig) -> SessionSettings {
-    SessionSettings {
-        ping_interval: Duration::from_secs(sessions.ping_interval_secs),
-        idle_timeout: Duration::from_secs(sessions.idle_timeout_secs),
-        mailbox_wait: Duration::from_secs(sessions.mailbox_wait_secs),
-        close_timeout: Duration::from_secs(5),
-        quiet: Duration::ZERO,
-    }
 }
 
 async fn plain_http(
