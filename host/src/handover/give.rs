@@ -27,6 +27,9 @@ use crate::tenant::{Command, Tenants};
 /// Sessions per message (below the kernel's 253 descriptors).
 const BATCH: usize = 200;
 
+/// How often the sessions still to pause are checked against those open.
+const RECHECK: Duration = Duration::from_millis(20);
+
 /// How long a session may take to pause before it is closed instead.
 const LAGGARDS_AFTER: Duration = Duration::from_secs(5);
 
@@ -274,7 +277,7 @@ impl<'a> Cutover<'a> {
                 link.hand_over(Handover::Quiesce(quiet.clone()));
             }
         }
-        drop(quiet);
+        // `quiet` stays open: sessions may all go before they answer.
         // A session stuck writing to a client that does not read cannot
         // pause: after a while it is closed (1012), as at a restart.
         let laggards_at = tokio::time::Instant::now() + LAGGARDS_AFTER;
@@ -293,6 +296,12 @@ impl<'a> Cutover<'a> {
                 report = parking.recv() => if let Some(Parking::Gone(id)) = report {
                     self.gone.insert(id);
                 },
+                // A session that ended before the parking was set up told
+                // nobody here: it is gone once its tenant has seen it go.
+                () = tokio::time::sleep(RECHECK) => {
+                    let open = self.open_sessions();
+                    waiting.retain(|id| open.contains(id));
+                }
                 () = tokio::time::sleep_until(laggards_at), if !laggards_closed => {
                     laggards_closed = true;
                     self.close_laggards(&waiting);
@@ -406,6 +415,16 @@ impl<'a> Cutover<'a> {
         debug_assert_eq!(tenants, tenant_count);
         peer.send(&Message::Bye, &[]).await?;
         Ok((sessions, tenants, started_ms))
+    }
+
+    /// The ids of every session a tenant holds open.
+    fn open_sessions(&self) -> HashSet<SessionId> {
+        let tenants = self.giver.tenants.all();
+        tenants
+            .iter()
+            .flat_map(|t| t.shared().links())
+            .map(|l| l.id())
+            .collect()
     }
 
     /// Closes the sessions in `ids` with 1012 (they then report gone).

@@ -107,9 +107,14 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
         let clients = clients.clone();
         let fresh = Arc::new(Fresh::new(&clients.handover.fresh));
         let service = service_fn(move |request| {
-            let clients = clients.clone();
-            fresh.routed();
-            async move { Ok::<_, Infallible>(route(&clients, request).await) }
+            let (clients, fresh) = (clients.clone(), fresh.clone());
+            async move {
+                // Through the gate before the connection stops counting as
+                // fresh, so that a handover waits for this request.
+                let _pass = clients.handover.gate.read().await;
+                fresh.routed();
+                Ok::<_, Infallible>(route(&clients, request).await)
+            }
         });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -127,8 +132,8 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
 
 type Body = Full<Bytes>;
 
+/// Routes one request (its caller holds the handover gate for reading).
 async fn route(clients: &Clients, request: Request<Incoming>) -> Response<Body> {
-    let _pass = clients.handover.gate.read().await;
     if clients.handover.gone.load(Ordering::Relaxed) {
         let mut response = Rejection::Unavailable("baton was upgraded: connect again".into()).into_response();
         response

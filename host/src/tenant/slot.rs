@@ -483,26 +483,15 @@ impl Slot {
     pub async fn hand_over(&mut self) -> Result<StateRecord, Trap> {
         Ok(match &mut self.held {
             Held::Running(instance) => match instance.export_state().await? {
-                Ok(state) => StateRecord::Live {
-                    version: instance.version().id.hex(),
-                    generation: instance.version().generation,
-                    state,
-                },
+                Ok(state) => live(instance.version(), state),
                 Err(reason) => {
                     tracing::warn!("state not handed over, the new process starts the tenant fresh: {reason}");
                     StateRecord::Nothing { looked: true }
                 }
             },
-            Held::Hibernated { version, state } => StateRecord::Live {
-                version: version.id.hex(),
-                generation: version.generation,
-                state: state.clone(),
-            },
-            Held::Empty => match &self.unrestored {
-                Some((from, state)) => StateRecord::Kept {
-                    from: from.clone(),
-                    state: state.clone(),
-                },
+            Held::Hibernated { version, state } => live(version, state.clone()),
+            Held::Empty => match self.unrestored.clone() {
+                Some((from, state)) => StateRecord::Kept { from, state },
                 None => StateRecord::Nothing {
                     looked: self.persisted_checked,
                 },
@@ -599,6 +588,16 @@ impl Slot {
                 None
             }
         }
+    }
+}
+
+/// What a handover carries of state exported by `version`.
+fn live(version: &Version, state: Vec<u8>) -> StateRecord {
+    let (version, generation) = (version.id.hex(), version.generation);
+    StateRecord::Live {
+        version,
+        generation,
+        state,
     }
 }
 
