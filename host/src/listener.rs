@@ -12,6 +12,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -24,15 +26,22 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// Accepts connections on `listener` until `shutdown` turns true, while
 /// `accepting` is true (a host handing over to a new process stops
 /// accepting without closing the socket: the new process accepts from it).
+/// `paused`, if given, says when the loop has seen `accepting` turn false:
+/// from then on every connection it accepted has been given to `serve`.
 pub async fn accept_until(
     listener: &TcpListener,
     name: &'static str,
     shutdown: &mut watch::Receiver<bool>,
     accepting: &mut watch::Receiver<bool>,
+    paused: Option<&AtomicBool>,
     mut serve: impl FnMut(TcpStream, SocketAddr),
 ) {
     loop {
-        if !*accepting.borrow_and_update() {
+        let accepts = *accepting.borrow_and_update();
+        if let Some(paused) = paused {
+            paused.store(!accepts, Ordering::SeqCst);
+        }
+        if !accepts {
             tokio::select! {
                 changed = accepting.changed() => if changed.is_err() { return },
                 () = stopped(shutdown) => return,

@@ -339,9 +339,14 @@ async fn connecting_during_an_upgrade_never_fails() {
             let mut answered = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let url = format!("ws://{clients}/t/loop/echo");
-                let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                    .await
-                    .map_err(|e| format!("connect {answered}: {e}"))?;
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(response) => format!(
+                        "connect {answered}: {} {:?}",
+                        response.status(),
+                        response.body().as_deref().map(String::from_utf8_lossy)
+                    ),
+                    e => format!("connect {answered}: {e}"),
+                })?;
                 ws.send(Message::text("ping")).await.map_err(|e| format!("send: {e}"))?;
                 match tokio::time::timeout(DEADLINE, ws.next()).await {
                     Ok(Some(Ok(Message::Text(_)))) => answered += 1,

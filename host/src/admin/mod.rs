@@ -99,7 +99,7 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown
         .timer(TokioTimer::new())
         .header_read_timeout(admin.header_read_timeout);
     let mut accepting = admin.accepting.clone();
-    accept_until(&listener, "admin", &mut shutdown, &mut accepting, |stream, _| {
+    accept_until(&listener, "admin", &mut shutdown, &mut accepting, None, |stream, _| {
         let Ok(local) = stream.local_addr() else {
             return;
         };

@@ -257,6 +257,11 @@ impl<'a> Cutover<'a> {
         self.giver.admin_accepting.send_replace(false);
         let header_timeout = Duration::from_millis(self.giver.config.http.header_read_timeout_ms);
         let fresh_until = tokio::time::Instant::now() + header_timeout;
+        // A connection the listener accepted just as it was told to stop is
+        // counted only once the listener has looked again.
+        while !handover.paused.load(Ordering::SeqCst) && tokio::time::Instant::now() < fresh_until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         while handover.fresh.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < fresh_until {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

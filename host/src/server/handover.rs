@@ -25,6 +25,9 @@ pub type Socket = Box<WebSocketStream<Tap<TcpStream>>>;
 pub struct Handover {
     /// False while the listener does not accept (the new process will).
     pub accepting: watch::Sender<bool>,
+    /// Set once the listener has seen `accepting` turn false: every
+    /// connection it accepted before is counted in `fresh` by then.
+    pub paused: AtomicBool,
     /// Held for reading by every request being routed; a handover holds it
     /// for writing, so that it starts with no request half done.
     pub gate: Arc<tokio::sync::RwLock<()>>,

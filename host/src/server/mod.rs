@@ -102,30 +102,38 @@ pub async fn serve(listener: TcpListener, clients: Arc<Clients>, mut shutdown: w
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(clients.config.http.header_read_timeout_ms))
         .keep_alive(true);
-    accept_until(&listener, "clients", &mut shutdown, &mut accepting, |stream, peer| {
-        let _ = stream.set_nodelay(true);
-        let clients = clients.clone();
-        let fresh = Arc::new(Fresh::new(&clients.handover.fresh));
-        let service = service_fn(move |request| {
-            let (clients, fresh) = (clients.clone(), fresh.clone());
-            async move {
-                // Through the gate before the connection stops counting as
-                // fresh, so that a handover waits for this request.
-                let _pass = clients.handover.gate.read().await;
-                fresh.routed();
-                Ok::<_, Infallible>(route(&clients, request).await)
-            }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    })
+    let paused = &clients.handover.paused;
+    accept_until(
+        &listener,
+        "clients",
+        &mut shutdown,
+        &mut accepting,
+        Some(paused),
+        |stream, peer| {
+            let _ = stream.set_nodelay(true);
+            let clients = clients.clone();
+            let fresh = Arc::new(Fresh::new(&clients.handover.fresh));
+            let service = service_fn(move |request| {
+                let (clients, fresh) = (clients.clone(), fresh.clone());
+                async move {
+                    // Through the gate before the connection stops counting as
+                    // fresh, so that a handover waits for this request.
+                    let _pass = clients.handover.gate.read().await;
+                    fresh.routed();
+                    Ok::<_, Infallible>(route(&clients, request).await)
+                }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+            });
+        },
+    )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
 }
