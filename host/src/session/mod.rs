@@ -27,9 +27,11 @@
 //!
 //! Files: `link.rs` (the id, the outbound queue and the stop switch, which the
 //! tenant holds), `tap.rs` (the socket reader that keeps what the codec has
-//! not acted on, so a socket can move), `tests.rs` (the task over channels).
+//! not acted on, so a socket can move), `ready.rs` (the client's stream is
+//! polled only once it woke), `tests.rs` (the task over channels).
 
 pub mod link;
+mod ready;
 pub mod tap;
 
 use std::sync::Arc;
@@ -190,6 +192,7 @@ where
     T: From<Inbound>,
 {
     let (mut sink, mut stream) = ws.split();
+    let reader = ready::Reader::new();
     let stop = outbox.stop();
     let mut ping = ping_timer(settings.ping_interval);
     let mut last_heard = Instant::now().checked_sub(settings.quiet).unwrap_or_else(Instant::now);
@@ -247,10 +250,14 @@ where
             () = sleep_until_deadline(&waiting) => {
                 break Exit::Close(close::TRY_AGAIN_LATER, "tenant overloaded, try again later".into());
             }
-            message = stream.next(), if waiting.is_none() && reading => {
+            message = reader.next(&mut stream), if waiting.is_none() && reading => {
                 last_heard = Instant::now();
                 match read(message) {
-                    Read::Frame(frame) => waiting = Some((frame, Instant::now() + settings.mailbox_wait)),
+                    // Room at once (the usual case): no second turn of the loop.
+                    Read::Frame(frame) => match try_reserve(&mailbox, &frame) {
+                        Some((slot, held)) => slot.send(T::from(Inbound::Frame { session: id, frame, held })),
+                        None => waiting = Some((frame, last_heard + settings.mailbox_wait)),
+                    },
                     Read::Nothing => {}
                     Read::Exit(exit) => break exit,
                 }
@@ -325,6 +332,17 @@ async fn reserve<'a, T>(
     let want = u32::try_from(len).unwrap_or(u32::MAX).min(mailbox.budget_bytes);
     let held = mailbox.budget.clone().acquire_many_owned(want).await.ok()?;
     let slot = mailbox.sender.reserve().await.ok()?;
+    Some((slot, HeldBytes(held)))
+}
+
+/// Room in the mailbox for `frame` if there is some now, as [`reserve`]
+/// would give it. Both are fair: a waiter queued before takes what is freed.
+fn try_reserve<'a, T>(mailbox: &'a Mailbox<T>, frame: &Frame) -> Option<(mpsc::Permit<'a, T>, HeldBytes)> {
+    let want = u32::try_from(link::frame_len(frame))
+        .unwrap_or(u32::MAX)
+        .min(mailbox.budget_bytes);
+    let held = mailbox.budget.clone().try_acquire_many_owned(want).ok()?;
+    let slot = mailbox.sender.try_reserve().ok()?;
     Some((slot, HeldBytes(held)))
 }
 
@@ -448,6 +466,8 @@ where
         }
     };
     let written = tokio::select! {
+        // Most writes finish at their first poll.
+        biased;
         result = writing => result.is_ok(),
         () = stopped => true,
     };
