@@ -27,6 +27,8 @@
 //! - `instance::{state, trap, output}`: a store's data and limits, how calls
 //!   fail, plugin log lines.
 //! - `runtime`: the wasmtime engine, linker and epoch ticker.
+//! - `lanes`: where tenant tasks run: the socket workers, and `SCHED_IDLE`
+//!   threads while a call runs long.
 //! - `compiler`: compiling deployed files in a child process under a memory
 //!   and time budget (`baton compile-worker`).
 //! - `version`: one loaded build of a plugin, ready to instantiate.
@@ -63,6 +65,7 @@ mod error;
 mod handover;
 mod imports;
 mod instance;
+mod lanes;
 mod listener;
 mod names;
 mod presence;
@@ -155,7 +158,7 @@ async fn host(
         None => None,
     };
     let storage = open_storage(&config, takeover.is_some()).await?;
-    let plugin_runtime = plugin_runtime()?;
+    let slow_lane = lanes::slow_runtime()?;
 
     let (reports, report_rx) = mpsc::unbounded_channel();
     let report_task = deployer.handle_reports(report_rx);
@@ -166,7 +169,7 @@ async fn host(
         storage: storage.clone(),
         migrations: tokio::sync::Semaphore::new(config.runtime.migrations_at_once()),
         seats: Arc::new(tokio::sync::Semaphore::new(config.runtime.tenant_instances())),
-        plugins: plugin_runtime.handle().clone(),
+        lanes: lanes::Lanes::new(tokio::runtime::Handle::current(), slow_lane.handle().clone()),
         tenants: tenants.clone(),
         looked: Default::default(),
     };
@@ -260,7 +263,7 @@ async fn host(
             task.abort();
         }
         report_task.abort();
-        plugin_runtime.shutdown_background();
+        slow_lane.shutdown_background();
         tracing::info!("stopped after the handover");
         return Ok(());
     }
@@ -273,7 +276,7 @@ async fn host(
     let _ = trim_task.await;
     storage.close();
     // Every tenant task has ended; nothing is left to wait for.
-    plugin_runtime.shutdown_background();
+    slow_lane.shutdown_background();
     tracing::info!("stopped");
     Ok(())
 }
@@ -400,17 +403,6 @@ async fn open_storage(config: &Config, taking_over: bool) -> anyhow::Result<Arc<
             }
         }
     }
-}
-
-/// The runtime plugin code runs on: its own workers, so that sockets are
-/// accepted, read and written on the caller's runtime whatever the plugins
-/// are doing.
-fn plugin_runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .thread_name("baton-plugins")
-        .enable_all()
-        .build()
 }
 
 /// After the shutdown signal (already sent to `tasks`: the folder watcher and

@@ -18,7 +18,7 @@
 //! same code settings ([`engine_config`]); the host loads what it wrote.
 //! [`Runtime::compile`] is for `baton check`, which runs on the user's behalf.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
@@ -217,17 +217,23 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Advances the engine's epoch every tick while guest code runs.
 ///
-/// Each call into guest code holds a [`Running`] guard; while no guard is
-/// held the thread sleeps, so an idle host does not wake a thousand times a
-/// second. The first tick of a call comes a whole tick after the ticker
-/// wakes, never at once. The thread ends once the engine is dropped.
+/// Each call into guest code holds a [`Running`] guard. Once no guard has
+/// been held for [`IDLE_TICKS`] ticks the thread sleeps, so an idle host does
+/// not wake a thousand times a second; a busy one does not wake the ticker
+/// once per call (a futex wake, and often a context switch, per frame). The
+/// first tick of a call comes at most a whole tick after it starts. The thread ends once the engine is dropped.
 pub struct EpochTicker {
     tick: Duration,
     running: AtomicUsize,
+    /// Set while the thread sleeps: only then does a new call wake it.
+    asleep: AtomicBool,
     /// Ticks so far.
     ticks: AtomicU64,
     thread: OnceLock<Thread>,
 }
+
+/// Ticks without guest code before the ticker sleeps.
+const IDLE_TICKS: u32 = 100;
 
 /// Guest code is running: the epoch advances until this is dropped.
 pub struct Running<'a>(&'a EpochTicker);
@@ -237,21 +243,33 @@ impl EpochTicker {
         let ticker = Arc::new(EpochTicker {
             tick,
             running: AtomicUsize::new(0),
+            asleep: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
             thread: OnceLock::new(),
         });
         let engine = engine.weak();
         let this = ticker.clone();
         let thread = thread::Builder::new().name("baton-epoch".into()).spawn(move || {
+            let mut idle = IDLE_TICKS;
             loop {
-                if this.running.load(Ordering::Acquire) == 0 {
-                    // An `unpark` between the load and here makes this
-                    // return at once; the timeout notices a dropped engine.
-                    thread::park_timeout(Duration::from_secs(1));
+                if this.running.load(Ordering::SeqCst) > 0 {
+                    idle = 0;
+                } else if idle >= IDLE_TICKS {
+                    this.asleep.store(true, Ordering::SeqCst);
+                    // A call that started before `asleep` was set is seen
+                    // here; one after it unparks (an `unpark` before the
+                    // `park` makes it return at once). The timeout notices
+                    // a dropped engine.
+                    if this.running.load(Ordering::SeqCst) == 0 {
+                        thread::park_timeout(Duration::from_secs(1));
+                    }
+                    this.asleep.store(false, Ordering::SeqCst);
                     if engine.upgrade().is_none() {
                         return;
                     }
                     continue;
+                } else {
+                    idle += 1;
                 }
                 thread::sleep(this.tick);
                 let Some(engine) = engine.upgrade() else { return };
@@ -275,7 +293,8 @@ impl EpochTicker {
 
     /// Marks guest code as running until the guard is dropped.
     pub fn running(&self) -> Running<'_> {
-        if self.running.fetch_add(1, Ordering::AcqRel) == 0
+        self.running.fetch_add(1, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst)
             && let Some(thread) = self.thread.get()
         {
             thread.unpark();
@@ -286,7 +305,7 @@ impl EpochTicker {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -308,8 +327,8 @@ mod tests {
         assert!(ticker.ticks() > 0, "a guard is still held");
 
         drop(outer);
-        // A tick already under way may still land; then it stops (a 1 ms
-        // ticker that kept going would never hold still for 30 ms).
+        // It goes on for `IDLE_TICKS`, then stops (a 1 ms ticker that kept
+        // going would never hold still for 30 ms).
         let stopped = (0..50).any(|_| {
             let before = ticker.ticks();
             thread::sleep(Duration::from_millis(30));

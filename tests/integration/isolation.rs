@@ -59,6 +59,40 @@ async fn a_spinning_tenant_does_not_stop_another_tenants_echo() {
     }
     assert!(answered >= 10, "only {answered} answers while the noisy tenant spun");
     assert_eq!(noisy.ask("echo:done").await, "done");
+    // The spinning calls ran off the socket workers, on the slow lane's
+    // workers at the lowest priority (SCHED_IDLE, policy 5).
+    let slow = slow_lane_threads();
+    let busy: Vec<_> = slow.iter().filter(|&&(_, ms)| ms >= 50).collect();
+    assert!(!busy.is_empty(), "the slow lane did not run the spinning: {slow:?}");
+    assert!(
+        busy.iter().all(|&&(policy, _)| policy == 5),
+        "slow-lane policies: {slow:?}"
+    );
+    let cpu_ms: u64 = busy.iter().map(|&&(_, ms)| ms).sum();
+    assert!(cpu_ms >= 300, "the slow lane ran {cpu_ms} ms of the spinning");
+}
+
+/// (scheduling policy, CPU ms) of this process's `baton-slow` threads.
+fn slow_lane_threads() -> Vec<(i64, u64)> {
+    let ticks_per_ms = 1000 / 100; // USER_HZ is 100 on Linux.
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task").flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        if !comm.ends_with("(baton-slow") {
+            continue;
+        }
+        // Fields from the 3rd on: utime is the 14th, stime the 15th, the
+        // scheduling policy the 41st (proc(5)).
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields[i - 3].parse::<i64>().expect("a number");
+        threads.push((number(41), ((number(14) + number(15)) * ticks_per_ms) as u64));
+    }
+    threads
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,10 @@
 //! An [`Instance`] is owned by exactly one tenant task ([`crate::tenant`]),
 //! which makes every call, one at a time. What bounds a call:
 //! - **CPU time**: the store's epoch deadline fires at every engine tick; the
-//!   callback yields to the scheduler (so one tenant's long call never holds a
-//!   worker thread) and counts the tick against the call's budget
-//!   (`limits.call_timeout_ms`). An exhausted budget interrupts the call.
+//!   callback yields to the scheduler and counts the tick against the call's
+//!   budget (`limits.call_timeout_ms`); at the second tick it marks the
+//!   tenant's lane, so the task moves off the socket workers until the call
+//!   ends (`crate::lanes`). An exhausted budget interrupts the call.
 //! - **Drain**: a call that started before its version was replaced and is
 //!   still running `swap.drain_deadline_secs` after the replacement is
 //!   interrupted too.
@@ -39,6 +40,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 use crate::bindings::baton::plugin::presence::PresenceEntry;
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, PluginCore as Plugin};
 use crate::config::Limits;
+use crate::lanes::LONG_CALL_TICKS;
 use crate::presence::Diff;
 use crate::tenant::state::TenantShared;
 use crate::text::ellipsized;
@@ -84,13 +86,12 @@ impl Instance {
         };
         // Instantiation runs the modules' start functions: guest code.
         let running = version.ticker().running();
-        let raw = version
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(failed)?;
+        let raw = version.pre.instance_pre().instantiate_async(&mut store).await;
         drop(running);
+        if ran_long(&store) {
+            tokio::task::yield_now().await;
+        }
+        let raw = raw.map_err(failed)?;
         let plugin = Plugin::new(&mut store, &raw).map_err(failed)?;
         // Optional callbacks: absent is fine, present with the wrong type is not.
         let on_presence = match raw.get_export_index(&mut store, None, "on-presence") {
@@ -144,6 +145,9 @@ impl Instance {
         self.version
             .call_histogram(name)
             .record(started.elapsed().as_secs_f64());
+        if ran_long(&self.store) {
+            tokio::task::yield_now().await;
+        }
         result.map_err(|e| self.classify(e))
     }
 
@@ -274,8 +278,13 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
     store.limiter(|state| &mut state.limiter);
     let drain = version.clone();
     store.epoch_deadline_callback(move |mut cx| {
-        if cx.data_mut().budget.tick(|started| drain.drain_expired(started)) {
+        let state = cx.data_mut();
+        if state.budget.tick(|started| drain.drain_expired(started)) {
             return Ok(UpdateDeadline::Interrupt);
+        }
+        if state.budget.ticks_run == LONG_CALL_TICKS {
+            // Off the socket workers at this yield (see `crate::lanes`).
+            state.tenant.lane.call_is_long();
         }
         // tokio's own yield puts the task at the back of the run queue;
         // a bare wake-up could be polled again at once and starve others.
@@ -285,6 +294,13 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
     store.data_mut().budget.arm(ticks);
     store.set_epoch_deadline(1);
     store
+}
+
+/// Guest code stopped running; whether it ran long. The tenant task then
+/// yields once, so that it leaves the slow lane before it goes on (see
+/// `crate::lanes`).
+fn ran_long(store: &Store<InstanceState>) -> bool {
+    store.data().tenant.lane.call_ended()
 }
 
 /// Bounds a message from wasmtime or a plugin for logs and the admin API.

@@ -48,6 +48,8 @@ impl WasiView for InstanceState {
 #[derive(Default)]
 pub(super) struct Budget {
     ticks_left: u64,
+    /// Ticks the call has run so far.
+    pub(super) ticks_run: u64,
     started: Option<Instant>,
     /// Why the call was interrupted, if it was: the trap that follows is
     /// reported as this.
@@ -58,6 +60,7 @@ impl Budget {
     /// A fresh budget of `ticks` for the call starting now.
     pub(super) fn arm(&mut self, ticks: u64) {
         self.ticks_left = ticks;
+        self.ticks_run = 0;
         self.started = Some(Instant::now());
         self.interrupted = None;
     }
@@ -71,6 +74,7 @@ impl Budget {
             return true;
         }
         self.ticks_left -= 1;
+        self.ticks_run += 1;
         if drain_expired(self.started) {
             self.interrupted = Some(TrapKind::Drained);
             return true;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Config, Limits};
+use crate::lanes::Lanes;
 use crate::registry::PluginEntry;
 use crate::storage::{Namespace, Storage};
 use crate::tenant::directory::Tenants;
@@ -51,9 +52,9 @@ pub struct TenantEnv {
     /// Seats for tenant instances: a tenant holds one while it has a live
     /// instance, so tenants never take the pool's reserve.
     pub seats: Arc<Semaphore>,
-    /// The runtime tenant tasks (and so all plugin code) run on, apart from
-    /// the one that serves sockets.
-    pub plugins: tokio::runtime::Handle,
+    /// Where tenant tasks (and so all plugin code) run: the socket workers,
+    /// and low-priority threads for long calls.
+    pub lanes: Lanes,
     /// The directory of tenant tasks; a task removes itself when it ends.
     pub tenants: Arc<Tenants>,
     /// Tenants whose kept state was looked for in this run of the host.
