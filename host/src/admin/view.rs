@@ -86,6 +86,9 @@ pub struct TenantView {
     pub frames_out: u64,
     /// Commands waiting in its mailbox.
     pub mailbox: usize,
+    /// When its live instance last moved to a new version (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_at_ms: Option<u64>,
 }
 
 /// The whole host: what `baton status` and the dashboard show
@@ -208,6 +211,7 @@ impl PluginView {
                     frames_in: s.frames_in(),
                     frames_out: s.frames_out(),
                     mailbox: t.mailbox_depth(),
+                    migrated_at_ms: s.migrated_at_ms(),
                 }
             })
             .collect();

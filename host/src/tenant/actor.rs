@@ -15,10 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::error::{Rejection, close};
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
-use crate::session::Inbound;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
@@ -27,10 +25,6 @@ use crate::tenant::slot::{Failure, Refusal, Slot, Up};
 use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
 
-/// How long a removed plugin's tenant waits for its closed sessions to
-/// disconnect before it ends anyway.
-const CLOSE_WAIT: Duration = Duration::from_secs(10);
-
 /// While a tenant waits for a pool seat, how often it asks an idle tenant
 /// to make room again.
 const SEAT_RETRY: Duration = Duration::from_millis(500);
@@ -38,7 +32,12 @@ const SEAT_RETRY: Duration = Duration::from_millis(500);
 /// Tenants idle this long may be hibernated to make room in a full pool.
 pub(super) const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
 
-/// Starts the task of `tenant` for `plugin`, on the plugin runtime.
+/// Commands taken straight from a non-empty mailbox before the task waits
+/// on everything again (timers, checkpoints, idleness, a swap), so that
+/// none of those waits longer than this many commands under load.
+const BURST: u32 = 32;
+
+/// Starts the task of `tenant` for `plugin` (see [`crate::lanes`]).
 pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
     start(plugin, tenant, env, |_| {})
 }
@@ -94,9 +93,11 @@ fn start(
         last_active: Instant::now(),
         checkpoint_due: None,
         room_retry_at: None,
+        seen_current: None,
+        burst: 0,
     };
     prepare(&mut actor);
-    env.plugins.spawn(actor.run().instrument(span));
+    env.lanes.spawn(shared.lane.clone(), actor.run().instrument(span));
     TenantHandle::new(shared, mailbox, env.config.sessions.mailbox_bytes.get())
 }
 
@@ -127,6 +128,11 @@ pub(super) struct Actor {
     /// A wake or migration found the pool full: not tried again before this,
     /// and commands are served meanwhile.
     pub(super) room_retry_at: Option<Instant>,
+    /// The generation current when the next step was chosen: a wait that
+    /// starts later and finds another one returns at once.
+    seen_current: Option<u64>,
+    /// Commands taken since the last whole wait (see [`BURST`]).
+    burst: u32,
 }
 
 /// What the task does next.
@@ -143,6 +149,8 @@ enum Step {
     WaitSeat,
     /// Run the command that waited for an instance.
     RunDeferred(Command),
+    /// Handle this command, taken from a mailbox that had one.
+    Take(Command),
     /// Wait for a command, a timer, a swap or idleness.
     Wait,
 }
@@ -184,12 +192,37 @@ enum Waited {
 impl Actor {
     async fn run(mut self) {
         let plugin = self.plugin.clone();
+        // One timer for every deadline of a wait, moved as they move: a
+        // sleep per wait costs the runtime's timer lock twice per command.
+        let alarm = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(alarm);
         let shutdown = loop {
             self.publish();
+            // Enabled only before a wait, after which the current version
+            // is compared again with the one the step was chosen on: a swap
+            // in between is not missed.
             let changed = plugin.changed();
             tokio::pin!(changed);
-            changed.as_mut().enable();
-            match self.next_step() {
+            let step = match self.next_step() {
+                Step::Wait if self.burst < BURST => match self.mailbox.try_recv() {
+                    Ok(command) => {
+                        self.burst += 1;
+                        Step::Take(command)
+                    }
+                    Err(_) => Step::Wait,
+                },
+                step => step,
+            };
+            if !matches!(step, Step::Take(_)) {
+                self.burst = 0;
+            }
+            if matches!(step, Step::Wait | Step::WaitBackoff(_) | Step::WaitSeat) {
+                changed.as_mut().enable();
+                if self.plugin.current().map(|v| v.generation) != self.seen_current {
+                    continue;
+                }
+            }
+            match step {
                 Step::Migrate(target) => self.migrate(target).await,
                 Step::Wake => {
                     if let Attempt::Full(_) = self.bring_up_once().await {
@@ -209,16 +242,18 @@ impl Actor {
                     self.activity();
                     self.handle(command).await;
                 }
-                Step::Wait => match self.wait(changed).await {
-                    Waited::Handled => {}
-                    Waited::Shutdown(done) => break Some(done),
-                    Waited::HandOver(reply, verdict) => {
-                        if self.hand_over(reply, verdict).await == Verdict::TookOver {
-                            break None;
-                        }
+                Step::Take(command) => {
+                    let waited = self.take(command).await;
+                    if let Some(end) = self.settle(waited).await {
+                        break end;
                     }
-                    Waited::Abandoned => break None,
-                },
+                }
+                Step::Wait => {
+                    let waited = self.wait(changed, alarm.as_mut()).await;
+                    if let Some(end) = self.settle(waited).await {
+                        break end;
+                    }
+                }
             }
             if self.nothing_to_keep() {
                 break None;
@@ -228,7 +263,9 @@ impl Actor {
     }
 
     fn next_step(&mut self) -> Step {
-        match self.plugin.current() {
+        let current = self.plugin.current();
+        self.seen_current = current.as_ref().map(|v| v.generation);
+        match current {
             Some(current) => {
                 self.removed_at = None;
                 if self
@@ -300,33 +337,82 @@ impl Actor {
             && self.shared.state().timers.is_empty()
     }
 
-    async fn wait(&mut self, changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> Waited {
+    /// Waits for a command, a swap or the first deadline: the plugin's
+    /// removal, a timer, idleness, a checkpoint, a retry for room.
+    async fn wait(
+        &mut self,
+        changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+        mut alarm: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Waited {
         let removal_deadline = self.removed_at.map(|at| at + self.drain());
         let next_timer = self.shared.state().timers.next_deadline();
         let idle = self.env.config.hibernation.idle_secs;
         let idle_deadline = (idle > 0 && self.slot.is_running()).then(|| self.last_active + Duration::from_secs(idle));
         let checkpoint = self.checkpoint_due.filter(|_| self.slot.is_running());
+        let deadlines = [
+            removal_deadline,
+            next_timer,
+            idle_deadline,
+            checkpoint,
+            self.room_retry_at,
+        ];
+        let first = deadlines.iter().flatten().min().copied();
+        // A later deadline than the armed one moves it without a lock.
+        if let Some(first) = first
+            && alarm.deadline() != first
+        {
+            alarm.as_mut().reset(first);
+        }
         tokio::select! {
             command = self.mailbox.recv() => match command {
-                Some(Command::Shutdown { done }) => return Waited::Shutdown(done),
-                Some(Command::Handover { reply, verdict }) => return Waited::HandOver(reply, verdict),
-                Some(command) => {
-                    self.activity();
-                    self.handle(command).await;
-                }
+                Some(command) => return self.take(command).await,
                 None => return Waited::Abandoned,
             },
             () = changed => {}
-            () = sleep_until(removal_deadline) => {}
-            () = sleep_until(next_timer) => {
-                self.activity();
-                self.fire_timers().await;
+            () = alarm, if first.is_some() => {
+                let now = Instant::now();
+                let due = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
+                // One at a time, in this order; the next wait sees the rest.
+                if due(removal_deadline) {
+                } else if due(next_timer) {
+                    self.activity();
+                    self.fire_timers().await;
+                } else if due(idle_deadline) {
+                    self.hibernate().await;
+                } else if due(checkpoint) {
+                    self.checkpoint().await;
+                } else if due(self.room_retry_at) {
+                    self.room_retry_at = None;
+                }
             }
-            () = sleep_until(idle_deadline) => self.hibernate().await,
-            () = sleep_until(checkpoint) => self.checkpoint().await,
-            () = sleep_until(self.room_retry_at) => self.room_retry_at = None,
         }
         Waited::Handled
+    }
+
+    /// What a wait brought, for the loop: `Some` ends the task, with the
+    /// shutdown to answer if there is one.
+    async fn settle(&mut self, waited: Waited) -> Option<Option<oneshot::Sender<()>>> {
+        match waited {
+            Waited::Handled => None,
+            Waited::Shutdown(done) => Some(Some(done)),
+            Waited::HandOver(reply, verdict) => {
+                (self.hand_over(reply, verdict).await == Verdict::TookOver).then_some(None)
+            }
+            Waited::Abandoned => Some(None),
+        }
+    }
+
+    /// Handles a command taken from the mailbox.
+    async fn take(&mut self, command: Command) -> Waited {
+        match command {
+            Command::Shutdown { done } => Waited::Shutdown(done),
+            Command::Handover { reply, verdict } => Waited::HandOver(reply, verdict),
+            command => {
+                self.activity();
+                self.handle(command).await;
+                Waited::Handled
+            }
+        }
     }
 
     /// A wake or migration found no room in the pool: try again a little
@@ -355,57 +441,9 @@ impl Actor {
         }
     }
 
-    /// A handover: answers with the tenant's record, then waits for the
-    /// verdict and runs nothing meanwhile. A trap while exporting is dealt
-    /// with as a crash if the tenant serves on (the new process starts it
-    /// fresh otherwise).
-    async fn hand_over(
-        &mut self,
-        reply: oneshot::Sender<TenantRecord>,
-        verdict: oneshot::Receiver<Verdict>,
-    ) -> Verdict {
-        let (state, trap) = match self.slot.hand_over().await {
-            Ok(state) => (state, None),
-            Err(trap) => (crate::tenant::record::StateRecord::Nothing { looked: true }, Some(trap)),
-        };
-        let record = TenantRecord::of(&self.shared, state, self.slot.started(), self.refused_generation);
-        let verdict = match reply.send(record) {
-            Ok(()) => verdict.await.unwrap_or(Verdict::CalledOff),
-            Err(_) => Verdict::CalledOff,
-        };
-        if verdict == Verdict::CalledOff
-            && let Some(trap) = trap
-        {
-            self.crashed(trap).await;
-        }
-        verdict
-    }
-
-    /// Ends the task: keeps the state for the next start (at shutdown),
-    /// leaves the directory, then answers the shutdown.
-    async fn finish(mut self, shutdown: Option<oneshot::Sender<()>>) {
-        if shutdown.is_some() && self.env.config.shutdown.persist_state {
-            self.slot.persist().await;
-        }
-        self.slot.clear();
-        self.closing = false;
-        self.publish();
-        // Closed first, so the directory sees this handle as ended; what
-        // is still queued is answered, not dropped unanswered.
-        self.mailbox.close();
-        let queued = std::iter::from_fn(|| self.mailbox.try_recv().ok());
-        for command in self.deferred.take().into_iter().chain(queued.collect::<Vec<_>>()) {
-            answer_ended(command);
-        }
-        self.env.tenants.forget(&self.plugin.name, &self.shared.name);
-        if let Some(done) = shutdown {
-            let _ = done.send(());
-        }
-    }
-
     /// The one place the tenant's status is written: at every step, and when
     /// an instance came up for a command.
-    fn publish(&self) {
+    pub(super) fn publish(&self) {
         let status = if self.closing {
             Status::Closing
         } else if self.incidents.supervisor.backing_off() {
@@ -491,6 +529,7 @@ impl Actor {
         let from = self.slot.version().map(|v| v.id);
         match self.slot.migrate(target.clone(), &self.env.migrations).await {
             Ok(()) => {
+                self.shared.mark_migrated();
                 metrics::histogram!("baton_migration_seconds", "plugin" => self.plugin.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 tracing::debug!(from = ?from, to = %target.id, "migrated");
@@ -521,68 +560,5 @@ impl Actor {
             }
             Err(trap) => self.crashed(trap).await,
         }
-    }
-
-    /// The plugin is gone: close every session (1001) and wait for their
-    /// disconnects, delivering them to the plugin.
-    async fn close_all(&mut self) {
-        self.closing = true;
-        self.publish();
-        self.shared.stop_sessions(close::GOING_AWAY, "plugin removed");
-        let deadline = Instant::now() + CLOSE_WAIT;
-        let mut next = self.deferred.take();
-        while self.shared.session_count() > 0 {
-            let command = match next.take() {
-                Some(command) => command,
-                None => match tokio::time::timeout_at(deadline, self.mailbox.recv()).await {
-                    Ok(Some(command)) => command,
-                    _ => break,
-                },
-            };
-            match command {
-                Command::Session(Inbound::Disconnect { session }) => {
-                    if self.shared.remove_session(session) {
-                        self.call_disconnect(session).await;
-                        self.deliver_presence().await;
-                    }
-                }
-                Command::Shutdown { done } => {
-                    let _ = done.send(());
-                }
-                Command::Connect { reply, .. } => {
-                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
-                }
-                Command::Http { reply, .. } => {
-                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
-                }
-                // Dropped: the handover is called off (the tenant is closing).
-                Command::Session(Inbound::Frame { .. }) | Command::Hibernate | Command::Handover { .. } => {}
-            }
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Answers a command the ended task will never run: a connect or request is
-/// told to try again (a new task will take it), a shutdown is acknowledged.
-fn answer_ended(command: Command) {
-    let ended = || Rejection::Unavailable("the tenant's task ended; try again".into());
-    match command {
-        Command::Connect { reply, .. } => {
-            let _ = reply.send(Err(ended()));
-        }
-        Command::Http { reply, .. } => {
-            let _ = reply.send(Err(ended()));
-        }
-        Command::Shutdown { done } => {
-            let _ = done.send(());
-        }
-        Command::Session(_) | Command::Hibernate | Command::Handover { .. } => {}
     }
 }

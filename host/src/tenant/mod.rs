@@ -57,15 +57,18 @@
 //! - `env.rs`: [`TenantEnv`], what every task gets from the host, and the
 //!   [`Report`]s it sends the deployer;
 //! - `supervisor.rs`: restart intensity and back-off, a pure value;
-//! - `slot.rs`: the instance, or its hibernated state, and how one is brought
+//! - `slot/`: the instance, or its hibernated state, and how one is brought
 //!   up, hibernated, migrated and kept across a restart;
 //! - `incidents.rs`: how failures are reported and counted as restarts;
 //! - `actor.rs`: the task: its loop, what it does next, and its lifecycle;
-//! - `commands.rs`: the task's handler for each command.
+//! - `commands.rs`: the task's handler for each command;
+//! - `ending.rs`: how the task ends or leaves (handover, a removed plugin's
+//!   sessions closed, what is still queued answered).
 
 mod actor;
 mod commands;
 mod directory;
+mod ending;
 mod env;
 mod incidents;
 mod mailbox;

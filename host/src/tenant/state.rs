@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::bindings::ConnectRequest;
+use crate::lanes::Lane;
 use crate::presence::{Diff, Presence};
 use crate::session::link::{SessionId, SessionLink};
 use crate::storage::{Namespace, Storage};
@@ -69,8 +70,9 @@ pub struct SessionEntry {
 /// contended for long.
 #[derive(Default)]
 pub struct TenantState {
-    /// Open sessions.
-    pub sessions: HashMap<SessionId, SessionEntry>,
+    /// Open sessions. Their ids are the host's own, not a client's choice,
+    /// so a fast hash serves (SipHash was 2% of an echoed frame).
+    pub sessions: HashMap<SessionId, SessionEntry, rustc_hash::FxBuildHasher>,
     /// Topic subscriptions.
     pub topics: Topics,
     /// Presence.
@@ -105,6 +107,11 @@ pub struct TenantShared {
     /// process's first tenant: the least recently active go first when the
     /// pool needs room.
     last_active_ms: AtomicU64,
+    /// When its live instance last moved to a new version (Unix ms; 0: never).
+    migrated_at_ms: AtomicU64,
+    /// Whether the tenant's task should be off the socket workers (a long
+    /// call runs; see [`crate::lanes`]).
+    pub lane: Arc<Lane>,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -126,6 +133,8 @@ impl TenantShared {
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(process_ms()),
+            lane: Arc::default(),
+            migrated_at_ms: AtomicU64::new(0),
             frames_in_metric: metrics::counter!("baton_frames_in_total", "plugin" => plugin.clone()),
             frames_out_metric: metrics::counter!("baton_frames_out_total", "plugin" => plugin.clone()),
             plugin,
@@ -211,6 +220,16 @@ impl TenantShared {
     /// Generation of the version its instance runs (0: none).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Its live instance moved to a new version just now.
+    pub fn mark_migrated(&self) {
+        self.migrated_at_ms.store(crate::clock::unix_ms(), Ordering::Relaxed);
+    }
+
+    /// When its live instance last moved to a new version (Unix ms).
+    pub fn migrated_at_ms(&self) -> Option<u64> {
+        Some(self.migrated_at_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
     }
 
     /// Number of its current instance: grows with every new instance

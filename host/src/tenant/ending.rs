@@ -1,0 +1,124 @@
+//! How a tenant task ends or leaves: handing the tenant to a new process
+//! (`baton upgrade`), closing every session of a removed plugin, and the
+//! end itself, which answers whatever is still queued.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::error::{Rejection, close};
+use crate::session::Inbound;
+use crate::tenant::actor::Actor;
+use crate::tenant::mailbox::Command;
+use crate::tenant::record::{StateRecord, TenantRecord, Verdict};
+
+/// How long a removed plugin's tenant waits for its closed sessions to
+/// disconnect before it ends anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+impl Actor {
+    /// A handover: answers with the tenant's record, then waits for the
+    /// verdict and runs nothing meanwhile. A trap while exporting is dealt
+    /// with as a crash if the tenant serves on (the new process starts it
+    /// fresh otherwise).
+    pub(super) async fn hand_over(
+        &mut self,
+        reply: oneshot::Sender<TenantRecord>,
+        verdict: oneshot::Receiver<Verdict>,
+    ) -> Verdict {
+        let (state, trap) = match self.slot.hand_over().await {
+            Ok(state) => (state, None),
+            Err(trap) => (StateRecord::Nothing { looked: true }, Some(trap)),
+        };
+        let record = TenantRecord::of(&self.shared, state, self.slot.started(), self.refused_generation);
+        let verdict = match reply.send(record) {
+            Ok(()) => verdict.await.unwrap_or(Verdict::CalledOff),
+            Err(_) => Verdict::CalledOff,
+        };
+        if verdict == Verdict::CalledOff
+            && let Some(trap) = trap
+        {
+            self.crashed(trap).await;
+        }
+        verdict
+    }
+
+    /// Ends the task: keeps the state for the next start (at shutdown),
+    /// leaves the directory, then answers the shutdown.
+    pub(super) async fn finish(mut self, shutdown: Option<oneshot::Sender<()>>) {
+        if shutdown.is_some() && self.env.config.shutdown.persist_state {
+            self.slot.persist().await;
+        }
+        self.slot.clear();
+        self.closing = false;
+        self.publish();
+        // Closed first, so the directory sees this handle as ended; what
+        // is still queued is answered, not dropped unanswered.
+        self.mailbox.close();
+        let queued = std::iter::from_fn(|| self.mailbox.try_recv().ok());
+        for command in self.deferred.take().into_iter().chain(queued.collect::<Vec<_>>()) {
+            answer_ended(command);
+        }
+        self.env.tenants.forget(&self.plugin.name, &self.shared.name);
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+        }
+    }
+
+    /// The plugin is gone: close every session (1001) and wait for their
+    /// disconnects, delivering them to the plugin.
+    pub(super) async fn close_all(&mut self) {
+        self.closing = true;
+        self.publish();
+        self.shared.stop_sessions(close::GOING_AWAY, "plugin removed");
+        let deadline = Instant::now() + CLOSE_WAIT;
+        let mut next = self.deferred.take();
+        while self.shared.session_count() > 0 {
+            let command = match next.take() {
+                Some(command) => command,
+                None => match tokio::time::timeout_at(deadline, self.mailbox.recv()).await {
+                    Ok(Some(command)) => command,
+                    _ => break,
+                },
+            };
+            match command {
+                Command::Session(Inbound::Disconnect { session }) => {
+                    if self.shared.remove_session(session) {
+                        self.call_disconnect(session).await;
+                        self.deliver_presence().await;
+                    }
+                }
+                Command::Shutdown { done } => {
+                    let _ = done.send(());
+                }
+                Command::Connect { reply, .. } => {
+                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                }
+                Command::Http { reply, .. } => {
+                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                }
+                // Dropped: the handover is called off (the tenant is closing).
+                Command::Session(Inbound::Frame { .. }) | Command::Hibernate | Command::Handover { .. } => {}
+            }
+        }
+    }
+}
+
+/// Answers a command the ended task will never run: a connect or request is
+/// told to try again (a new task will take it), a shutdown is acknowledged.
+fn answer_ended(command: Command) {
+    let ended = || Rejection::Unavailable("the tenant's task ended; try again".into());
+    match command {
+        Command::Connect { reply, .. } => {
+            let _ = reply.send(Err(ended()));
+        }
+        Command::Http { reply, .. } => {
+            let _ = reply.send(Err(ended()));
+        }
+        Command::Shutdown { done } => {
+            let _ = done.send(());
+        }
+        Command::Session(_) | Command::Hibernate | Command::Handover { .. } => {}
+    }
+}
