@@ -30,7 +30,7 @@ struct Cli {
     /// Shorter runs with smaller counts (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only these figures (echo, memory, swap, noisy, fanout, instances, http, hibernation, upgrade).
+    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report to this file (e.g. BENCHMARKS.md).
@@ -96,6 +96,9 @@ async fn suite(quick: bool, only: &[String], write: Option<PathBuf>) -> Result<(
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     if wanted("echo") {
         figures::echo::run(&mut report, scale).await?;
+    }
+    if wanted("frames") {
+        figures::frames::run(&mut report, scale).await?;
     }
     if wanted("memory") {
         figures::memory::run(&mut report, scale).await?;

@@ -30,18 +30,28 @@ pub struct Server {
 impl Server {
     /// A native tokio-tungstenite echo server.
     pub async fn native() -> Result<Server> {
-        Server::spawn(&["serve-native"], None, "").await
+        Server::spawn(&[], &["serve-native"], None, "").await
+    }
+
+    /// The native echo server, started through `wrapper` (e.g. valgrind).
+    pub async fn native_under(wrapper: &[&str]) -> Result<Server> {
+        Server::spawn(wrapper, &["serve-native"], None, "").await
     }
 
     /// A native server that broadcasts each frame it receives to every other
     /// connection (the baseline of the fan-out figures).
     pub async fn native_broadcast() -> Result<Server> {
-        Server::spawn(&["serve-native-broadcast"], None, "").await
+        Server::spawn(&[], &["serve-native-broadcast"], None, "").await
     }
 
     /// A baton host with `plugins` (name, built file) deployed and `config`
     /// (TOML) over the defaults.
     pub async fn baton(plugins: &[(&str, &str)], config: &str) -> Result<Server> {
+        Server::baton_under(&[], plugins, config).await
+    }
+
+    /// A baton host as [`Server::baton`], started through `wrapper` (e.g. valgrind).
+    pub async fn baton_under(wrapper: &[&str], plugins: &[(&str, &str)], config: &str) -> Result<Server> {
         let dirs = tempfile::tempdir()?;
         let deploy = dirs.path().join("deploy");
         std::fs::create_dir_all(&deploy)?;
@@ -54,7 +64,7 @@ impl Server {
             &deploy.display().to_string(),
             &data.display().to_string(),
         ];
-        let server = Server::spawn(&args, Some(dirs), config).await?;
+        let server = Server::spawn(wrapper, &args, Some(dirs), config).await?;
         for (name, _) in plugins {
             server.wait_current(name).await?;
         }
@@ -88,10 +98,50 @@ impl Server {
         bail!("wasmtime serve did not start")
     }
 
-    async fn spawn(args: &[&str], dirs: Option<tempfile::TempDir>, config: &str) -> Result<Server> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(args)
-            .env("BATON_BENCH_CONFIG", config)
+    /// The Node.js `ws` echo server of `bench/node`, installed (`npm ci`)
+    /// into `target/bench-node` once; `None` without Node.js and npm.
+    pub async fn node_ws() -> Result<Option<Server>> {
+        let (Some(node), Some(npm)) = (which("node"), which("npm")) else {
+            return Ok(None);
+        };
+        let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-node");
+        std::fs::create_dir_all(&dir)?;
+        for file in ["package.json", "package-lock.json", "echo.js"] {
+            std::fs::copy(source.join(file), dir.join(file))?;
+        }
+        if !dir.join("node_modules/ws/package.json").is_file() {
+            let status = Command::new(npm)
+                .args(["ci", "--no-audit", "--no-fund", "--silent"])
+                .current_dir(&dir)
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("npm ci in {} failed: {status}", dir.display());
+            }
+        }
+        let mut command = Command::new(node);
+        command.arg(dir.join("echo.js"));
+        Server::start(command, None).await.map(Some)
+    }
+
+    async fn spawn(wrapper: &[&str], args: &[&str], dirs: Option<tempfile::TempDir>, config: &str) -> Result<Server> {
+        let exe = std::env::current_exe()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&exe);
+                command
+            }
+            None => Command::new(&exe),
+        };
+        command.args(args).env("BATON_BENCH_CONFIG", config);
+        Server::start(command, dirs).await
+    }
+
+    async fn start(mut command: Command, dirs: Option<tempfile::TempDir>) -> Result<Server> {
+        let args = format!("{command:?}");
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -114,12 +164,17 @@ impl Server {
                 });
             }
         }
-        bail!("server {args:?} exited before listening")
+        bail!("server {args} exited before listening")
     }
 
     /// A WebSocket URL on this server.
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{path}", self.addr)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Result<u32> {
+        self.child.id().context("server exited")
     }
 
     /// The server's resident memory, in KiB.
@@ -159,7 +214,8 @@ impl Server {
     }
 
     async fn wait_current(&self, name: &str) -> Result<u64> {
-        for _ in 0..600 {
+        // Long enough for a compile under valgrind (the frames figure).
+        for _ in 0..3600 {
             if let Ok(view) = self.admin_json(&format!("/api/plugins/{name}")).await
                 && let Some(generation) = view["current"]["generation"].as_u64()
             {
@@ -171,7 +227,8 @@ impl Server {
     }
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+/// A program on the `PATH` (or where `cargo install` puts wasmtime here).
+pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

@@ -31,7 +31,7 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         "1.00×".into(),
     ])];
     let mut noisy = Vec::new();
-    let mut factor_one = 0.0;
+    let (mut factor_one, mut factor_two) = (0.0, 0.0);
     for spinners in [1usize, 2] {
         eprintln!("noisy neighbour: {spinners} spinning tenant(s)");
         // Each noisy tenant always has a `spin` queued: its instance burns its
@@ -44,8 +44,10 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (with, q) = load::round_trips(quiet, frame, Duration::from_secs(1), seconds).await?;
         quiet = q;
-        if spinners == 1 {
-            factor_one = with.p99 as f64 / alone.p99.max(1) as f64;
+        let factor = with.p99 as f64 / alone.p99.max(1) as f64;
+        match spinners {
+            1 => factor_one = factor,
+            _ => factor_two = factor,
         }
         rows.push(Row::of([
             format!("{spinners} tenant(s) spinning"),
@@ -60,25 +62,23 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         &format!(
             "Tenant B: 10 sessions of `chaos` doing `echo:x` round trips for {} s, alone and while other \
              tenants' instances spin (a runaway loop interrupted at the 2 s CPU deadline, restarted, and \
-             spinning again). Plugin code runs on its own workers, apart from the sockets' workers; a running \
-             call yields to the other tenants at every epoch tick (1 ms). This machine has 2 cores, so two \
-             spinning tenants keep both busy. Target: B's p99 with one spinning tenant ≤ 1.5× alone.",
+             spinning again). A tenant's calls run on the socket workers; a call that outlives 2 epoch ticks \
+             (1 ms each) moves with its tenant's task to threads of the lowest OS priority (`SCHED_IDLE`) \
+             until it ends. This machine has 2 cores, so two spinning tenants would keep both busy. Target: \
+             B's p99 ≤ 1.2× alone with one spinning tenant, ≤ 2× with two.",
             scale.seconds
         ),
         &["tenant B", "round trips/s", "p50 µs", "p99 µs", "p99 vs alone"],
         rows,
     );
-    report.note(&if factor_one <= 1.5 {
-        format!("Target met: {factor_one:.2}×.")
+    report.note(&if factor_one <= 1.2 && factor_two <= 2.0 {
+        format!("Target met: {factor_one:.2}× and {factor_two:.2}×.")
     } else {
         format!(
-            "Target missed: {factor_one:.2}×. The spinning call takes one of the 2 cores whole (it yields \
-             to tokio at each tick but its thread keeps the core), so B's round trips, the socket workers \
-             and the load generator share the other; B's worst round trips wait about a tick. The tick \
-             sets the figure (in runs on this machine 2 ms gave 4.0×, 1 ms 2.2–2.4×); twice as many \
-             plugin workers or a `sched_yield` at each tick did not change it. Running calls that outlive a few ticks on \
-             threads of lower OS priority (a tenant over its share then loses the CPU to everyone \
-             else), or more cores than spinning tenants, would close it."
+            "Target missed: {factor_one:.2}× and {factor_two:.2}×. A spinning call holds a socket worker \
+             for its first 2 ticks after every restart (one each 2 s) before it moves; on these shared \
+             cores a figure near the target moves with the machine's other load (nice 19 instead of \
+             `SCHED_IDLE` gave 1.23× and 1.15×)."
         )
     });
     drop(noisy);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
@@ -47,19 +47,26 @@ async fn latency(report: &mut Report) -> Result<()> {
             let generation = server.admin_json("/api/plugins/counter").await?["current"]["generation"]
                 .as_u64()
                 .unwrap_or(0);
-            let dropped = Instant::now();
             let dropped_ms = baton::bench_api::unix_ms();
             server.drop_file("counter", &bytes)?;
             let new = all_migrated(&server, "counter", generation).await?;
-            let total = dropped.elapsed();
             let view = server.admin_json("/api/plugins/counter").await?;
             let activated_ms = view["history"]
                 .as_array()
                 .and_then(|h| h.iter().find(|r| r["generation"] == new))
                 .and_then(|r| r["activated_at_ms"].as_u64())
                 .unwrap_or(dropped_ms);
-            let migrated_ms = (dropped_ms + total.as_millis() as u64).saturating_sub(activated_ms);
-            cells.push(format!("{}", total.as_millis()));
+            // Stamped by the host as each tenant finished: no polling error.
+            let last_ms = view["tenants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["migrated_at_ms"].as_u64())
+                .max()
+                .unwrap_or(activated_ms);
+            let migrated_ms = last_ms.saturating_sub(activated_ms);
+            let total = last_ms.saturating_sub(dropped_ms);
+            cells.push(format!("{total}"));
             cells.push(format!("{migrated_ms}"));
             if kind == "cached" && tenants == 1000 {
                 cached_1000 = Some(migrated_ms);
@@ -77,11 +84,11 @@ async fn latency(report: &mut Report) -> Result<()> {
         "Swap latency",
         &format!(
             "Time from renaming a new `counter.wasm` into the deploy folder until every tenant runs it \
-             (each tenant migrated with its state: export, init, import), polled on the admin API every \
-             10 ms. \"total\" includes noticing the file (a 50 ms debounce) and waiting for it to settle \
+             (each tenant migrated with its state: export, init, import), from the times the host stamps as \
+             each tenant finishes (`migrated_at_ms` of the admin API's tenant view). \"total\" includes noticing the file (a 50 ms debounce) and waiting for it to settle \
              (`swap.settle_ms = {SETTLE_MS}`; 200 by default); \"migration\" is from the activation to the \
              last tenant. Cold: a file never seen (compiled); cached: a file compiled before (loaded from \
-             the artifact cache). Target: ≤ 50 ms for 1,000 tenants with a cache hit."
+             the artifact cache). Target: ≤ 20 ms for 1,000 tenants with a cache hit."
         ),
         &[
             "tenants",
@@ -93,7 +100,7 @@ async fn latency(report: &mut Report) -> Result<()> {
         rows,
     );
     if let Some(ms) = cached_1000 {
-        report.note(&if ms <= 50 {
+        report.note(&if ms <= 20 {
             format!("Target met: {ms} ms to migrate 1,000 tenants after a cached activation.")
         } else {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -102,10 +109,13 @@ async fn latency(report: &mut Report) -> Result<()> {
                 "Target missed: {ms} ms to migrate 1,000 tenants after a cached activation, about \
                  {per_tenant_us} µs of CPU per tenant on {cores} cores: export-state, a fresh instance and its \
                  `init` (the instance-creation figure below), import-state, and releasing the old instance. \
-                 Tenants migrate in parallel on the plugin workers, so the figure divides by the cores; on \
-                 these 2 it would take halving the per-tenant cost, e.g. instantiating from a snapshot taken \
-                 after `init` (Wizer-style pre-initialization) instead of running `init` per tenant, or \
-                 preparing the new instances while the old version still serves."
+                 Tenants migrate in parallel on the socket workers, so the figure divides by the cores. \
+                 Tried and measured worse: copy-on-write memory images (60 ms: their mmaps contend for \
+                 the process's memory-map lock) and keeping 64 KiB of each freed slot resident (37 ms, and \
+                 hibernated tenants 3× larger). What would close it: preparing the new instances (with \
+                 `init` run) between the check and the activation, so that a migration is export, import \
+                 and a switch (it needs a second pool slot per tenant meanwhile), or instantiating from a \
+                 snapshot taken after `init` (Wizer-style) instead of running `init` per tenant."
             )
         });
     }
@@ -164,7 +174,7 @@ async fn storm(report: &mut Report, scale: Scale) -> Result<()> {
         &format!(
             "100 sessions over 10 tenants of `counter` doing frame round trips for {} s: steady, then while \
              `counter.wasm` alternates between two versions (both compiled before) every 250 ms \
-             ({swaps} swaps, each migrating every tenant with its state). Target: p99 during the storm ≤ 2× steady.",
+             ({swaps} swaps, each migrating every tenant with its state). Target: p99 during the storm ≤ 1.2× steady.",
             scale.seconds
         ),
         &[
@@ -197,7 +207,7 @@ async fn storm(report: &mut Report, scale: Scale) -> Result<()> {
     let factor = during.p99 as f64 / steady.p99.max(1) as f64;
     report.note(&format!(
         "{} All {answering} of 100 sessions still answered after the storm.",
-        if factor <= 2.0 {
+        if factor <= 1.2 {
             format!("Target met: {factor:.2}×.")
         } else {
             format!("Target missed: {factor:.2}×: a frame that arrives while its tenant migrates waits for the migration (export, init, import) to finish.")
