@@ -16,8 +16,10 @@
 //!   the accept loop both listeners share; the rate of new tenants; giving
 //!   freed memory back to the system after a burst.
 //! - `bindings`: the one `bindgen!` of the `wit/` world.
-//! - `storage`, `timers`: durable key-value storage per tenant (redb) and a
-//!   tenant's pending timers.
+//! - `storage`, `timers`: durable key-value storage per tenant (redb or
+//!   PostgreSQL, with owner fencing) and a tenant's pending timers.
+//! - `sql`: plugins' own SQL, each tenant in a PostgreSQL schema and role of
+//!   its own.
 //! - `session::link`, `topics`, `presence`: a session's outbound queue and
 //!   id, which the tenant holds; a tenant's subscriptions and presence.
 //! - `tenant::state`: the host-held state of one tenant (sessions, topics,
@@ -74,6 +76,7 @@ mod runtime;
 mod server;
 mod session;
 mod shutdown;
+mod sql;
 mod storage;
 mod tenant;
 mod text;
@@ -158,6 +161,14 @@ async fn host(
         None => None,
     };
     let storage = open_storage(&config, takeover.is_some()).await?;
+    let sql = match &config.storage.postgres_url {
+        Some(url) => Some(
+            sql::Sql::open(url, config.storage.sql.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot prepare plugins' SQL: {e}"))?,
+        ),
+        None => None,
+    };
     let slow_lane = lanes::slow_runtime()?;
 
     let (reports, report_rx) = mpsc::unbounded_channel();
@@ -167,6 +178,7 @@ async fn host(
         config: config.clone(),
         reports,
         storage: storage.clone(),
+        sql: sql.clone(),
         migrations: tokio::sync::Semaphore::new(config.runtime.migrations_at_once()),
         seats: Arc::new(tokio::sync::Semaphore::new(config.runtime.tenant_instances())),
         lanes: lanes::Lanes::new(tokio::runtime::Handle::current(), slow_lane.handle().clone()),
@@ -388,15 +400,21 @@ fn log_serving(listeners: &Listeners, config: &Config) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The storage of the data folder. Taking over, the old process has just
+/// The storage `config` names. Taking over, the old process has just
 /// released it: a lock still held is waited for, briefly.
 async fn open_storage(config: &Config, taking_over: bool) -> anyhow::Result<Arc<storage::Storage>> {
-    let path = config.data_dir.join("storage.redb");
+    let name = match config.storage.backend {
+        config::StorageBackend::Redb => config.data_dir.join("storage.redb").display().to_string(),
+        config::StorageBackend::Postgres => config.storage.url_for_display().unwrap_or_default(),
+    };
     let mut tries = if taking_over { 100 } else { 1 };
     loop {
-        match storage::Storage::open(&path) {
-            Ok(storage) => return Ok(Arc::new(storage)),
-            Err(e) if tries <= 1 => anyhow::bail!("cannot open {}: {e}", path.display()),
+        match storage::Storage::open(&config.storage, &config.data_dir).await {
+            Ok(storage) => {
+                tracing::info!(backend = ?config.storage.backend, "storage: {name}");
+                return Ok(Arc::new(storage));
+            }
+            Err(e) if tries <= 1 => anyhow::bail!("cannot open the storage {name}: {e}"),
             Err(_) => {
                 tries -= 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;

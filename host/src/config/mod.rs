@@ -15,6 +15,7 @@ mod layers;
 mod limits;
 mod plugin;
 mod runtime;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ use layers::{env_layer, merge};
 pub use limits::{Limits, LimitsOverride};
 pub use plugin::{Capabilities, PluginSettings};
 pub use runtime::RuntimeConfig;
+pub use storage::{SqlConfig, StorageBackend, StorageConfig};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Keeping plugin state between shutdowns.
     pub persist: PersistConfig,
+    /// Where tenants' data is kept, and plugins' SQL.
+    pub storage: StorageConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -314,6 +318,7 @@ impl Default for Config {
             hibernation: HibernationConfig::default(),
             admission: AdmissionConfig::default(),
             persist: PersistConfig::default(),
+            storage: StorageConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -467,7 +472,7 @@ impl Config {
         if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
             return Err(invalid(format!("tenants: {bad:?} is not a valid tenant name")));
         }
-        Ok(())
+        self.storage.problem().map_or(Ok(()), |problem| Err(invalid(problem)))
     }
 
     /// The limits of a plugin's instances under `settings` (its

@@ -463,8 +463,7 @@ impl<'a> Cutover<'a> {
     /// Resumes everything where it was paused.
     fn call_off(&mut self) {
         if self.storage_closed {
-            let path = self.giver.config.data_dir.join("storage.redb");
-            if let Err(e) = self.giver.storage.reopen(&path) {
+            if let Err(e) = self.giver.storage.reopen() {
                 tracing::error!("cannot reopen the storage after the handover was called off: {e}");
             }
         }

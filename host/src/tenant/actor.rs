@@ -75,6 +75,7 @@ fn start(
         tenant.to_owned(),
         plugin.name.clone(),
         Some(env.storage.clone()),
+        env.sql.clone(),
     ));
     let span = tracing::info_span!("tenant", tenant, plugin = %plugin.name);
     let mut actor = Actor {
@@ -192,6 +193,11 @@ enum Waited {
 impl Actor {
     async fn run(mut self) {
         let plugin = self.plugin.clone();
+        // Ownership first: from here a task of this tenant that started
+        // earlier (on another host sharing the storage) can no longer write.
+        if let Err(e) = self.shared.owned_storage().await {
+            tracing::warn!("cannot claim the tenant's storage (tried again at its first write): {e}");
+        }
         // One timer for every deadline of a wait, moved as they move: a
         // sleep per wait costs the runtime's timer lock twice per command.
         let alarm = tokio::time::sleep_until(Instant::now());

@@ -98,7 +98,7 @@ mod tests {
 
     fn handle(tenant: &str) -> (TenantHandle, mpsc::Receiver<Command>) {
         let (tx, rx) = mpsc::channel(1);
-        let shared = Arc::new(TenantShared::new(tenant.into(), "echo".into(), None));
+        let shared = Arc::new(TenantShared::new(tenant.into(), "echo".into(), None, None));
         (TenantHandle::new(shared, tx, 1 << 20), rx)
     }
 

@@ -46,6 +46,8 @@ pub struct TenantEnv {
     pub reports: mpsc::UnboundedSender<Report>,
     /// Durable storage for plugins.
     pub storage: Arc<Storage>,
+    /// Plugins' SQL, when the host has a PostgreSQL database.
+    pub sql: Option<Arc<crate::sql::Sql>>,
     /// Bounds how many tenants migrate at once (each holds a second instance
     /// from the pool's reserve meanwhile).
     pub migrations: Semaphore,

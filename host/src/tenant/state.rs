@@ -23,7 +23,8 @@ use crate::bindings::ConnectRequest;
 use crate::lanes::Lane;
 use crate::presence::{Diff, Presence};
 use crate::session::link::{SessionId, SessionLink};
-use crate::storage::{Namespace, Storage};
+use crate::sql::Sql;
+use crate::storage::{Namespace, Storage, StorageError};
 use crate::timers::Timers;
 use crate::topics::Topics;
 
@@ -97,6 +98,12 @@ pub struct TenantShared {
     pub storage: Option<Arc<Storage>>,
     /// This tenant's namespace in the storage.
     pub namespace: Namespace,
+    /// Plugins' SQL (none without `storage.postgres_url`, or in a deploy check).
+    pub sql: Option<Arc<Sql>>,
+    /// The owner token this task's writes carry (see [`crate::storage`]'s
+    /// fencing), with the storage's epoch it was claimed in: claimed when
+    /// the task starts, and again after the storage was reopened.
+    owner: Mutex<Option<(u64, u64)>>,
     status: AtomicU8,
     generation: AtomicU64,
     instance: AtomicU64,
@@ -119,9 +126,11 @@ pub struct TenantShared {
 
 impl TenantShared {
     /// The state of a new tenant of `plugin`.
-    pub fn new(name: String, plugin: String, storage: Option<Arc<Storage>>) -> TenantShared {
+    pub fn new(name: String, plugin: String, storage: Option<Arc<Storage>>, sql: Option<Arc<Sql>>) -> TenantShared {
         TenantShared {
             namespace: Namespace::new(&name, &plugin),
+            sql,
+            owner: Mutex::new(None),
             name,
             state: Mutex::new(TenantState::default()),
             sessions_gone: Notify::new(),
@@ -144,7 +153,29 @@ impl TenantShared {
     /// The stand-in tenant of a deploy check: no sessions, no storage, never
     /// shared.
     pub fn for_check(plugin: &str) -> Arc<TenantShared> {
-        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into(), None))
+        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into(), None, None))
+    }
+
+    /// The storage and this task's owner token in it. The task claims it
+    /// when it starts; a claim that failed (the database was down) is tried
+    /// again here, and so is one made before the storage was reopened (a
+    /// handover called off: the new process may have claimed since).
+    pub async fn owned_storage(&self) -> Result<(&Arc<Storage>, u64), StorageError> {
+        let Some(storage) = &self.storage else {
+            return Err(StorageError::Unavailable(
+                "storage is not available while a deploy is checked".into(),
+            ));
+        };
+        let epoch = storage.epoch();
+        let owner = *self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((claimed_in, token)) = owner
+            && claimed_in == epoch
+        {
+            return Ok((storage, token));
+        }
+        let token = storage.claim(&self.namespace).await?;
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, token));
+        Ok((storage, token))
     }
 
     /// The link of one of this tenant's open sessions.

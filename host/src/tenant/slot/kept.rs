@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{Held, Slot};
 use crate::instance::Trap;
-use crate::storage::{Namespace, Storage};
 use crate::tenant::record::StateRecord;
+use crate::tenant::state::TenantShared;
 use crate::version::Version;
 
 impl Slot {
@@ -92,7 +92,7 @@ impl Slot {
 
     /// Writes `state` (exported by `version`) to the storage, durably.
     pub(super) fn keep(&self, version: String, state: Vec<u8>) -> impl Future<Output = ()> + Send + 'static {
-        keep(self.env.storage.clone(), self.shared.namespace.clone(), version, state)
+        keep(self.shared.clone(), version, state)
     }
 
     /// The state kept at the last checkpoint or shutdown, if any: looked for
@@ -109,12 +109,10 @@ impl Slot {
         {
             return None;
         }
-        let storage = self.env.storage.clone();
-        let namespace = self.shared.namespace.clone();
-        match tokio::task::spawn_blocking(move || storage.kept_state(&namespace)).await {
-            Ok(Ok(kept)) => kept,
-            other => {
-                tracing::warn!("cannot read the state kept at shutdown: {other:?}");
+        match self.env.storage.kept_state(&self.shared.namespace).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!("cannot read the state kept at shutdown: {e}");
                 None
             }
         }
@@ -131,11 +129,14 @@ fn live(version: &Version, state: Vec<u8>) -> StateRecord {
     }
 }
 
-/// Writes `state` (exported by `version`) for `namespace`, durably, on the
-/// blocking pool.
-async fn keep(storage: Arc<Storage>, namespace: Namespace, version: String, state: Vec<u8>) {
-    let saved = tokio::task::spawn_blocking(move || storage.save_state(&namespace, &version, &state)).await;
-    if !matches!(saved, Ok(Ok(()))) {
-        tracing::warn!("cannot keep the tenant's state: {saved:?}");
+/// Writes `state` (exported by `version`) for the tenant, durably, as its
+/// owner.
+async fn keep(shared: Arc<TenantShared>, version: String, state: Vec<u8>) {
+    let saved = match shared.owned_storage().await {
+        Ok((storage, token)) => storage.save_state(&shared.namespace, token, version, state).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = saved {
+        tracing::warn!("cannot keep the tenant's state: {e}");
     }
 }

@@ -1,0 +1,430 @@
+//! The shared backend: tables in PostgreSQL's schema `baton`, so that every
+//! host that points at the same database sees the same tenants' data.
+//!
+//! Only host-written SQL runs here (plugins' own SQL is `crate::sql`, in
+//! schemas of their own). Each namespace's rows carry `(tenant, plugin)`; on
+//! top of the host's own scoping, row-level security is enabled and forced
+//! on every table, with policies on the settings `baton.tenant` and
+//! `baton.plugin`, and each transaction runs as `baton_kv`, a role without
+//! `BYPASSRLS` that owns nothing: a query the host got wrong still cannot
+//! reach another namespace's rows. The quota is kept as on redb, in a usage
+//! table updated in the same transaction as the data, and every write first
+//! checks the namespace's owner token (the fencing of [`super`]).
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::RwLock;
+use deadpool_postgres::Transaction;
+use tokio_postgres::NoTls;
+
+use super::{Namespace, StorageError, StorageLimits, TenantData, check_key};
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> StorageError {
+        StorageError::Unavailable(match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        })
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(e: deadpool_postgres::PoolError) -> StorageError {
+        StorageError::Unavailable(format!("no database connection: {e}"))
+    }
+}
+
+/// The host's tables, created (idempotently) at start under an advisory lock,
+/// so that hosts starting together do not race.
+const SCHEMA: &str = r#"
+CREATE SCHEMA IF NOT EXISTS baton;
+CREATE TABLE IF NOT EXISTS baton.kv (
+    tenant text NOT NULL, plugin text NOT NULL, key bytea NOT NULL, value bytea NOT NULL,
+    PRIMARY KEY (tenant, plugin, key));
+CREATE TABLE IF NOT EXISTS baton.usage (
+    tenant text NOT NULL, plugin text NOT NULL, bytes bigint NOT NULL, PRIMARY KEY (tenant, plugin));
+CREATE TABLE IF NOT EXISTS baton.states (
+    tenant text NOT NULL, plugin text NOT NULL, version text NOT NULL, state bytea NOT NULL,
+    PRIMARY KEY (tenant, plugin));
+CREATE TABLE IF NOT EXISTS baton.owners (
+    tenant text NOT NULL, plugin text NOT NULL, token bigint NOT NULL, PRIMARY KEY (tenant, plugin));
+DO $$ BEGIN
+    -- Roles belong to the whole server: another database's host may be
+    -- creating it at this moment.
+    CREATE ROLE baton_kv NOLOGIN NOBYPASSRLS NOINHERIT;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $$;
+GRANT baton_kv TO CURRENT_USER;
+GRANT USAGE ON SCHEMA baton TO baton_kv;
+"#;
+
+/// The tables under row-level security.
+const TABLES: [&str; 4] = ["kv", "usage", "states", "owners"];
+
+/// Settings of a transaction's namespace: `plugin` `*` is the whole tenant
+/// (the host's export and erase).
+pub(super) fn scope_sql(tenant: &str, plugin: &str) -> String {
+    format!(
+        "SET LOCAL ROLE baton_kv; SELECT set_config('baton.tenant', {}, true), set_config('baton.plugin', {}, true)",
+        literal(tenant),
+        literal(plugin)
+    )
+}
+
+/// A string literal (names are `[a-z0-9_-]` already; quotes doubled anyway).
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The storage tables of one PostgreSQL database.
+pub(super) struct Postgres {
+    /// `None` once closed.
+    pool: RwLock<Option<Pool>>,
+    url: String,
+    pool_size: usize,
+}
+
+impl Postgres {
+    /// Connects to `url` with a pool of `pool_size` and creates the tables.
+    pub(super) async fn open(url: &str, pool_size: usize) -> Result<Postgres, StorageError> {
+        let pool = pool(url, pool_size)?;
+        let mut client = pool.get().await?;
+        let txn = client.transaction().await?;
+        txn.execute("SELECT pg_advisory_xact_lock(7365206731)", &[]).await?;
+        txn.batch_execute(SCHEMA).await?;
+        for table in TABLES {
+            let policy = format!(
+                "DROP POLICY IF EXISTS scoped ON baton.{table};
+                 CREATE POLICY scoped ON baton.{table} TO baton_kv
+                     USING (tenant = current_setting('baton.tenant', true)
+                            AND (plugin = current_setting('baton.plugin', true)
+                                 OR current_setting('baton.plugin', true) = '*'))
+                     WITH CHECK (tenant = current_setting('baton.tenant', true)
+                            AND plugin = current_setting('baton.plugin', true));
+                 ALTER TABLE baton.{table} ENABLE ROW LEVEL SECURITY;
+                 ALTER TABLE baton.{table} FORCE ROW LEVEL SECURITY;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON baton.{table} TO baton_kv;"
+            );
+            txn.batch_execute(&policy).await?;
+        }
+        txn.commit().await?;
+        drop(client);
+        Ok(Postgres {
+            pool: RwLock::new(Some(pool)),
+            url: url.to_owned(),
+            pool_size,
+        })
+    }
+
+    /// Connects again after [`Postgres::close`].
+    pub(super) fn reopen(&self) -> Result<(), StorageError> {
+        *self.pool.write().unwrap_or_else(|p| p.into_inner()) = Some(pool(&self.url, self.pool_size)?);
+        Ok(())
+    }
+
+    /// Closes the pool; later calls fail with `Unavailable`.
+    pub(super) fn close(&self) {
+        if let Some(pool) = self.pool.write().unwrap_or_else(|p| p.into_inner()).take() {
+            pool.close();
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
+        let pool = self.pool.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(pool) = pool else {
+            return Err(StorageError::Unavailable("the host is shutting down".into()));
+        };
+        Ok(pool.get().await?)
+    }
+
+    pub(super) async fn claim(&self, ns: &Namespace) -> Result<u64, StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        let row = txn
+            .query_one(
+                "INSERT INTO baton.owners (tenant, plugin, token) VALUES ($1, $2, 1)
+                 ON CONFLICT (tenant, plugin) DO UPDATE SET token = baton.owners.token + 1
+                 RETURNING token",
+                &[&ns.tenant, &ns.plugin],
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub(super) async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        check_key(key)?;
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        let row = txn
+            .query_opt(
+                "SELECT value FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3",
+                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(super) async fn set(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        key: &str,
+        value: &[u8],
+        limits: StorageLimits,
+    ) -> Result<(), StorageError> {
+        check_key(key)?;
+        if value.len() > limits.max_value_bytes {
+            return Err(StorageError::TooLarge);
+        }
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        fence(&txn, ns, token).await?;
+        let used = used_for_update(&txn, ns).await?;
+        let old = txn
+            .query_opt(
+                "SELECT octet_length(key) + octet_length(value) FROM baton.kv
+                 WHERE tenant = $1 AND plugin = $2 AND key = $3",
+                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
+            )
+            .await?
+            .map_or(0, |r| r.get::<_, i32>(0) as u64);
+        let new = (key.len() + value.len()) as u64;
+        let total = used - old.min(used) + new;
+        if new > old && total > limits.max_bytes {
+            return Err(StorageError::QuotaExceeded);
+        }
+        txn.execute(
+            "INSERT INTO baton.kv (tenant, plugin, key, value) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&ns.tenant, &ns.plugin, &key.as_bytes(), &value],
+        )
+        .await?;
+        set_used(&txn, ns, total).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn delete(&self, ns: &Namespace, token: u64, key: &str) -> Result<bool, StorageError> {
+        check_key(key)?;
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        fence(&txn, ns, token).await?;
+        let used = used_for_update(&txn, ns).await?;
+        let freed = txn
+            .query_opt(
+                "DELETE FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3
+                 RETURNING octet_length(key) + octet_length(value)",
+                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
+            )
+            .await?
+            .map(|r| r.get::<_, i32>(0) as u64);
+        if let Some(freed) = freed {
+            set_used(&txn, ns, used.saturating_sub(freed)).await?;
+        }
+        txn.commit().await?;
+        Ok(freed.is_some())
+    }
+
+    pub(super) async fn list(&self, ns: &Namespace, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        // Keys are bytes, in byte order: a prefix is the range from it to
+        // the first byte string after every string that starts with it.
+        let start = prefix.as_bytes();
+        let end = after_prefix(start);
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = txn
+            .query(
+                "SELECT key FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key >= $3
+                 AND ($4::bytea IS NULL OR key < $4) ORDER BY key LIMIT $5",
+                &[&ns.tenant, &ns.plugin, &start, &end.as_deref(), &limit],
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(r.get::<_, &[u8]>(0)).into_owned())
+            .collect())
+    }
+
+    pub(super) async fn save_state(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        version: &str,
+        state: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        fence(&txn, ns, token).await?;
+        txn.execute(
+            "INSERT INTO baton.states (tenant, plugin, version, state) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant, plugin) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state",
+            &[&ns.tenant, &ns.plugin, &version, &state],
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn kept_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        let row = txn
+            .query_opt(
+                "SELECT version, state FROM baton.states WHERE tenant = $1 AND plugin = $2",
+                &[&ns.tenant, &ns.plugin],
+            )
+            .await?;
+        txn.commit().await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub(super) async fn used(&self, ns: &Namespace) -> Result<u64, StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
+        let used = txn
+            .query_opt(
+                "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2",
+                &[&ns.tenant, &ns.plugin],
+            )
+            .await?
+            .map_or(0, |r| r.get::<_, i64>(0) as u64);
+        txn.commit().await?;
+        Ok(used)
+    }
+
+    pub(super) async fn export(&self, tenant: &str) -> Result<Vec<TenantData>, StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, tenant, "*").await?;
+        let mut out: Vec<TenantData> = Vec::new();
+        let keys = txn
+            .query(
+                "SELECT plugin, key, value FROM baton.kv WHERE tenant = $1 ORDER BY plugin, key",
+                &[&tenant],
+            )
+            .await?;
+        for row in keys {
+            let plugin: String = row.get(0);
+            if out.last().is_none_or(|d| d.plugin != plugin) {
+                out.push(TenantData::new(&plugin));
+            }
+            if let Some(data) = out.last_mut() {
+                let key = String::from_utf8_lossy(row.get::<_, &[u8]>(1)).into_owned();
+                data.keys.push((key, row.get(2)));
+            }
+        }
+        let states = txn
+            .query(
+                "SELECT plugin, version, state FROM baton.states WHERE tenant = $1",
+                &[&tenant],
+            )
+            .await?;
+        for row in states {
+            let plugin: String = row.get(0);
+            let i = match out.iter().position(|d| d.plugin == plugin) {
+                Some(i) => i,
+                None => {
+                    out.push(TenantData::new(&plugin));
+                    out.len() - 1
+                }
+            };
+            out[i].state = Some((row.get(1), row.get(2)));
+        }
+        txn.commit().await?;
+        out.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        Ok(out)
+    }
+
+    pub(super) async fn erase(&self, tenant: &str) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let txn = scoped(&mut client, tenant, "*").await?;
+        for table in ["kv", "usage", "states"] {
+            txn.execute(&format!("DELETE FROM baton.{table} WHERE tenant = $1"), &[&tenant])
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// The least byte string greater than every one that starts with `prefix`;
+/// `None` when there is none (empty, or all `0xff`).
+fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn pool(url: &str, size: usize) -> Result<Pool, StorageError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StorageError::Unavailable(format!("storage.postgres_url: {e}")))?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(std::time::Duration::from_secs(5)))
+        .create_timeout(Some(std::time::Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StorageError::Unavailable(format!("storage pool: {e}")))
+}
+
+/// A transaction as `baton_kv`, scoped to one namespace (`plugin` `*`: the
+/// whole tenant, for reading and deleting only).
+async fn scoped<'a>(
+    client: &'a mut deadpool_postgres::Object,
+    tenant: &str,
+    plugin: &str,
+) -> Result<Transaction<'a>, StorageError> {
+    let txn = client.transaction().await?;
+    txn.batch_execute(&scope_sql(tenant, plugin)).await?;
+    Ok(txn)
+}
+
+/// Refuses a write by an owner older than the namespace's current one (see
+/// `cluster.md`'s fencing): the row is locked until the transaction ends.
+async fn fence(txn: &Transaction<'_>, ns: &Namespace, token: u64) -> Result<(), StorageError> {
+    let updated = txn
+        .execute(
+            "UPDATE baton.owners SET token = $3 WHERE tenant = $1 AND plugin = $2 AND token <= $3",
+            &[&ns.tenant, &ns.plugin, &(token as i64)],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(StorageError::Fenced);
+    }
+    Ok(())
+}
+
+async fn used_for_update(txn: &Transaction<'_>, ns: &Namespace) -> Result<u64, StorageError> {
+    Ok(txn
+        .query_opt(
+            "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2 FOR UPDATE",
+            &[&ns.tenant, &ns.plugin],
+        )
+        .await?
+        .map_or(0, |r| r.get::<_, i64>(0) as u64))
+}
+
+async fn set_used(txn: &Transaction<'_>, ns: &Namespace, bytes: u64) -> Result<(), StorageError> {
+    txn.execute(
+        "INSERT INTO baton.usage (tenant, plugin, bytes) VALUES ($1, $2, $3)
+         ON CONFLICT (tenant, plugin) DO UPDATE SET bytes = EXCLUDED.bytes",
+        &[&ns.tenant, &ns.plugin, &(bytes as i64)],
+    )
+    .await?;
+    Ok(())
+}
