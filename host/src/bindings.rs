@@ -7,13 +7,13 @@
 //!
 //! Exports are async (calls run on fibers so that guest code can yield at
 //! epoch ticks). Imports are plain synchronous functions, implemented one file
-//! per interface in [`crate::imports`], except storage, which waits for the
-//! disk on the blocking pool.
+//! per interface in [`crate::imports`], except storage and sql, which wait
+//! for the disk or the database.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin-core",
-    imports: { "baton:plugin/storage": async },
+    imports: { "baton:plugin/storage": async, "baton:plugin/sql": async },
     exports: { default: async },
-    additional_derives: [PartialEq, Eq],
+    additional_derives: [PartialEq],
 });

@@ -11,7 +11,7 @@ pub use crate::bindings::baton::plugin::presence::PresenceEntry as Entry;
 use crate::session::link::SessionId;
 
 /// A change of one topic's presence.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diff {
     /// Entries that arrived.
     pub joins: Vec<Entry>,

@@ -121,6 +121,15 @@ impl Runtime {
         PluginCorePre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
     }
 
+    /// Whether `component` imports `interface` (e.g. `baton:plugin/sql`) at
+    /// any version.
+    pub fn imports(&self, component: &Component, interface: &str) -> bool {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.split('@').next() == Some(interface))
+    }
+
     /// A short hash of everything that makes this engine's compiled code
     /// loadable (see [`compatibility_hash`]).
     pub fn compatibility_hash(&self) -> String {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bindings::PluginCorePre;
+use crate::bindings::baton::plugin::sql::Migration;
 use crate::config::{Limits, PluginSettings};
 use crate::instance::state::InstanceState;
 use crate::runtime::{EpochTicker, hex};
@@ -116,6 +117,9 @@ pub struct Version {
     ticker: Arc<EpochTicker>,
     /// `baton_call_seconds` per export, resolved once (calls are the hot path).
     call_metrics: Vec<(&'static str, metrics::Histogram)>,
+    /// The schema migrations it declares (its `migrations` export), read by
+    /// the deploy check.
+    migrations: OnceLock<Vec<Migration>>,
 }
 
 impl std::ops::Deref for Version {
@@ -127,8 +131,9 @@ impl std::ops::Deref for Version {
 }
 
 /// The exports whose calls are timed.
-const CALLS: [&str; 9] = [
+const CALLS: [&str; 10] = [
     "init",
+    "migrations",
     "on-connect",
     "on-frame",
     "on-disconnect",
@@ -164,7 +169,23 @@ impl Version {
             drain,
             ticker,
             call_metrics,
+            migrations: OnceLock::new(),
         }
+    }
+
+    /// Records the migrations the deploy check read (once).
+    pub fn set_migrations(&self, migrations: Vec<Migration>) {
+        let _ = self.migrations.set(migrations);
+    }
+
+    /// Whether its migrations were read.
+    pub fn knows_migrations(&self) -> bool {
+        self.migrations.get().is_some()
+    }
+
+    /// The schema migrations this version declares, oldest first.
+    pub fn migrations(&self) -> &[Migration] {
+        self.migrations.get().map_or(&[], Vec::as_slice)
     }
 
     /// The latency histogram of calls to export `call`.

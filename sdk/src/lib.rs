@@ -37,7 +37,8 @@
 //! What the host offers, all scoped to the instance's tenant:
 //! [`Session`] (send, close), [`topics`] (pub/sub with host fan-out),
 //! [`presence`] (who is where, with [`Plugin::on_presence`]), [`timers`],
-//! [`storage`] (durable key-value), [`log`] and [`now_ms`].
+//! [`storage`] (durable key-value), [`sql`] (the tenant's own PostgreSQL
+//! schema, when granted), [`log`] and [`now_ms`].
 //!
 //! State across hot swaps: a new version of the plugin receives the state of
 //! the old one through [`Plugin::export_state`] and [`Plugin::import_state`];
@@ -51,6 +52,7 @@ mod http;
 pub mod log;
 pub mod presence;
 mod session;
+pub mod sql;
 pub mod state;
 pub mod storage;
 pub mod timers;
@@ -229,6 +231,16 @@ pub trait Plugin: Sized + 'static {
         let _ = (topic, joins, leaves);
     }
 
+    /// The schema migrations of this version, oldest first (plugins granted
+    /// [`sql`]): each tenant's pending ones are applied in the transaction
+    /// that moves it to this version, with `init` and `import-state`. Keep
+    /// them expand-only (add columns and tables; drop in a later version),
+    /// so that the previous version still runs on the new schema after a
+    /// rollback. Called before `init`.
+    fn migrations() -> Vec<sql::Migration> {
+        Vec::new()
+    }
+
     /// A hot swap is moving this tenant to a new version: return the state it
     /// needs. See [`state`] for a versioned encoding.
     fn export_state(&mut self) -> Result<Vec<u8>, String> {
@@ -302,6 +314,9 @@ macro_rules! export {
                     leaves: Vec<$crate::presence::Entry>,
                 ) {
                     __baton::on_presence::<$plugin>(&PLUGIN, topic, joins, leaves)
+                }
+                fn migrations() -> Vec<$crate::sql::Migration> {
+                    <$plugin as $crate::Plugin>::migrations()
                 }
             }
 

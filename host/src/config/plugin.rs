@@ -26,6 +26,10 @@ pub struct Capabilities {
     /// Environment variables the plugin sees (these exact values; nothing is
     /// inherited from the host's environment).
     pub env: BTreeMap<String, String>,
+    /// SQL in the tenant's own PostgreSQL schema (`baton:plugin/sql`; needs
+    /// `storage.postgres_url`). A plugin that imports it without this grant
+    /// is refused at deploy.
+    pub sql: bool,
 }
 
 impl PluginSettings {

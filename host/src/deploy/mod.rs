@@ -216,6 +216,21 @@ impl Deployer {
             metrics::histogram!("baton_compile_seconds", "plugin" => entry.name.clone())
                 .record(load_time.as_secs_f64());
         }
+        if self.runtime.imports(&component, "baton:plugin/sql") {
+            let missing = if !settings.capabilities.sql {
+                Some("the plugin imports baton:plugin/sql: grant it with `[capabilities] sql = true`")
+            } else if self.config.storage.postgres_url.is_none() {
+                Some("the plugin imports baton:plugin/sql, which needs the host's storage.postgres_url")
+            } else {
+                None
+            };
+            if let Some(message) = missing {
+                return Err(DeployError::Settings {
+                    path: PathBuf::from(format!("{}.toml", entry.name)),
+                    message: message.into(),
+                });
+            }
+        }
         let pre = self.runtime.prepare(&component)?;
         let build = Build {
             plugin: entry.name.clone(),

@@ -10,6 +10,7 @@ mod clock;
 mod log;
 mod presence;
 mod session;
+mod sql;
 mod storage;
 mod timers;
 mod topics;

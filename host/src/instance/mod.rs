@@ -38,6 +38,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use crate::bindings::baton::plugin::presence::PresenceEntry;
+use crate::bindings::baton::plugin::sql::Migration;
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, PluginCore as Plugin};
 use crate::config::Limits;
 use crate::lanes::LONG_CALL_TICKS;
@@ -55,12 +56,17 @@ const MAX_MESSAGE_BYTES: usize = 2048;
 /// The optional `on-presence` callback: (topic, joins, leaves).
 type OnPresence = TypedFunc<(String, Vec<PresenceEntry>, Vec<PresenceEntry>), ()>;
 
+/// The optional `migrations` export.
+type Migrations = TypedFunc<(), (Vec<Migration>,)>;
+
 /// One instance of one plugin version for one tenant.
 pub struct Instance {
     store: Store<InstanceState>,
     plugin: Plugin,
     /// `None` when the plugin does not export `on-presence`.
     on_presence: Option<OnPresence>,
+    /// `None` when the plugin does not export `migrations`.
+    migrations: Option<Migrations>,
     version: Arc<Version>,
     number: u64,
 }
@@ -98,14 +104,24 @@ impl Instance {
             Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
             None => None,
         };
+        let migrations = match raw.get_export_index(&mut store, None, "migrations") {
+            Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
+            None => None,
+        };
         let mut instance = Instance {
             store,
             plugin,
             on_presence,
+            migrations,
             version,
             number,
         };
         instance.version.tenants.fetch_add(1, Ordering::Relaxed);
+        if !instance.version.knows_migrations() {
+            // The first instance of a version (its deploy check) reads them.
+            let migrations = instance.migrations().await.map_err(StartError::Trap)?;
+            instance.version.set_migrations(migrations);
+        }
         let config = instance.version.settings.config_json();
         match instance.call("init", async |p, s| p.call_init(s, &config).await).await {
             Ok(Ok(())) => Ok(instance),
@@ -217,6 +233,17 @@ impl Instance {
         let args = (topic.to_owned(), diff.joins, diff.leaves);
         self.call("on-presence", async |_, s| func.call_async(s, args).await)
             .await
+    }
+
+    /// `migrations`, if the plugin has it (none otherwise).
+    async fn migrations(&mut self) -> Result<Vec<Migration>, Trap> {
+        let Some(func) = self.migrations else {
+            return Ok(Vec::new());
+        };
+        let (migrations,) = self
+            .call("migrations", async |_, s| func.call_async(s, ()).await)
+            .await?;
+        Ok(migrations)
     }
 
     /// `export-state`.
