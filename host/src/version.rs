@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bindings::PluginCorePre;
-use crate::bindings::baton::plugin::sql::Migration;
+use crate::bindings::baton::plugin::types::Migration;
 use crate::config::{Limits, PluginSettings};
 use crate::instance::state::InstanceState;
 use crate::runtime::{EpochTicker, hex};

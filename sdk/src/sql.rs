@@ -22,7 +22,8 @@
 
 use crate::__private::baton::plugin::sql as host;
 
-pub use host::{Column, DbError, Error, Migration, Rows, Statement, Value};
+pub use crate::__private::baton::plugin::types::Migration;
+pub use host::{Column, DbError, Error, Rows, Statement, Value};
 
 /// Runs one statement and returns its rows.
 pub fn query(sql: &str, params: &[Value]) -> Result<Rows, Error> {

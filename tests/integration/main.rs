@@ -14,6 +14,7 @@ mod layering;
 mod limits;
 mod operations;
 mod sessions;
+mod sql;
 mod startup;
 mod supervision;
 mod support;

@@ -29,16 +29,31 @@ impl InstanceState {
     }
 }
 
+/// Inside a schema change (the `init` and `import-state` of a move to a
+/// version with migrations) every call runs in its transaction.
 impl Host for InstanceState {
     async fn query(&mut self, sql: String, params: Vec<Value>) -> Result<Rows, Error> {
+        if let Some(change) = &self.schema_change {
+            return Ok(change.query(&sql, &params).await?);
+        }
         Ok(self.sql()?.query(&self.tenant.namespace, &sql, &params).await?)
     }
 
     async fn execute(&mut self, sql: String, params: Vec<Value>) -> Result<u64, Error> {
+        if let Some(change) = &self.schema_change {
+            let counts = change.run(&[Statement { sql, params }]).await?;
+            return Ok(counts.into_iter().next().unwrap_or(0));
+        }
         Ok(self.sql()?.execute(&self.tenant.namespace, sql, params).await?)
     }
 
     async fn transaction(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, Error> {
+        if statements.len() > crate::sql::MAX_STATEMENTS {
+            return Err(Error::Invalid(format!("more than {} statements", crate::sql::MAX_STATEMENTS)));
+        }
+        if let Some(change) = &self.schema_change {
+            return Ok(change.run(&statements).await?);
+        }
         Ok(self.sql()?.transaction(&self.tenant.namespace, &statements).await?)
     }
 }

@@ -38,7 +38,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
 use crate::bindings::baton::plugin::presence::PresenceEntry;
-use crate::bindings::baton::plugin::sql::Migration;
+use crate::bindings::baton::plugin::types::Migration;
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, PluginCore as Plugin};
 use crate::config::Limits;
 use crate::lanes::LONG_CALL_TICKS;
@@ -122,6 +122,7 @@ impl Instance {
             let migrations = instance.migrations().await.map_err(StartError::Trap)?;
             instance.version.set_migrations(migrations);
         }
+        instance.begin_migrations().await?;
         let config = instance.version.settings.config_json();
         match instance.call("init", async |p, s| p.call_init(s, &config).await).await {
             Ok(Ok(())) => Ok(instance),
@@ -235,6 +236,35 @@ impl Instance {
             .await
     }
 
+    /// Opens the tenant's schema change for its version's migrations, if it
+    /// has any pending: `init` and `import-state` then run inside it.
+    async fn begin_migrations(&mut self) -> Result<(), StartError> {
+        let tenant = &self.store.data().tenant;
+        let Some(sql) = tenant.sql.clone() else {
+            return Ok(());
+        };
+        let namespace = tenant.namespace.clone();
+        let change = sql
+            .begin_migrations(&namespace, self.version.migrations())
+            .await
+            .map_err(|e| StartError::Migration(bounded(e.to_string())))?;
+        self.store.data_mut().schema_change = change;
+        Ok(())
+    }
+
+    /// Commits the schema change this instance's start opened, if any: the
+    /// tenant is on this version from here. Dropping the instance instead
+    /// rolls it back.
+    pub async fn commit_schema(&mut self) -> Result<(), String> {
+        match self.store.data_mut().schema_change.take() {
+            Some(change) => change
+                .commit()
+                .await
+                .map_err(|e| bounded(format!("cannot commit the schema migrations: {e}"))),
+            None => Ok(()),
+        }
+    }
+
     /// `migrations`, if the plugin has it (none otherwise).
     async fn migrations(&mut self) -> Result<Vec<Migration>, Trap> {
         let Some(func) = self.migrations else {
@@ -300,6 +330,7 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
         limits,
         tenant,
         tags,
+        schema_change: None,
     };
     let mut store = Store::new(version.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);

@@ -33,6 +33,9 @@ pub struct InstanceState {
     pub(crate) tenant: Arc<TenantShared>,
     /// Tenant, plugin and version, for log lines.
     pub(crate) tags: Arc<LogTags>,
+    /// The schema change this instance's start opened (its version's
+    /// migrations): its SQL runs inside it until the slot commits.
+    pub(crate) schema_change: Option<crate::sql::SchemaChange>,
 }
 
 impl WasiView for InstanceState {

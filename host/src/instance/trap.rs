@@ -69,4 +69,8 @@ pub enum StartError {
     /// The plugin trapped in `init`.
     #[error("init trapped: {0}")]
     Trap(#[source] Trap),
+    /// The version's schema migrations could not be applied to the
+    /// tenant's schema (nothing of them stays).
+    #[error("schema migration failed: {0}")]
+    Migration(String),
 }

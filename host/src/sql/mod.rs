@@ -31,6 +31,7 @@
 //! dropping a tenant's role and schema, export), `migrate.rs` (a version's
 //! migrations, applied in the transaction of a tenant's move to it).
 
+mod migrate;
 mod roles;
 pub mod values;
 
@@ -47,6 +48,7 @@ use tokio_postgres::types::ToSql;
 use crate::config::SqlConfig;
 use crate::storage::Namespace;
 pub use crate::bindings::baton::plugin::sql::{Column, Rows, Statement, Value};
+pub use migrate::SchemaChange;
 
 /// Why a SQL call failed (the WIT `error`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -148,6 +150,8 @@ struct TenantDb {
     schema: String,
     pool: Pool,
     last_used: Mutex<Instant>,
+    /// The migrations its schema has had, once read (see `migrate.rs`).
+    applied: Mutex<Option<HashSet<String>>>,
 }
 
 impl Sql {
@@ -189,6 +193,7 @@ impl Sql {
             schema: login.role,
             pool: pool(config, self.config.connections_per_tenant.max(1))?,
             last_used: Mutex::new(Instant::now()),
+            applied: Mutex::new(None),
         });
         self.lock_tenants().insert(ns.clone(), db.clone());
         Ok(db)
@@ -269,14 +274,15 @@ impl Sql {
     }
 }
 
-/// Runs each statement in `txn`; their counts of changed rows.
-pub(crate) async fn run_all(
-    txn: &deadpool_postgres::Transaction<'_>,
+/// Runs each statement on `client` (in a transaction); their counts of
+/// changed rows.
+async fn run_all(
+    client: &impl deadpool_postgres::GenericClient,
     statements: &[Statement],
 ) -> Result<Vec<u64>, SqlError> {
     let mut counts = Vec::with_capacity(statements.len());
     for statement in statements {
-        counts.push(txn.execute_raw(statement.sql.as_str(), params(&statement.params)).await?);
+        counts.push(client.execute_raw(statement.sql.as_str(), params(&statement.params)).await?);
     }
     Ok(counts)
 }

@@ -112,7 +112,7 @@ pub(super) async fn over_quota(admin: &Pool, quota: u64) -> Result<HashSet<Strin
             "SELECT r.role FROM baton.sql_roles r
              JOIN pg_namespace n ON n.nspname = r.role
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm', 'p')
-             GROUP BY r.role HAVING sum(pg_total_relation_size(c.oid)) > $1",
+             GROUP BY r.role HAVING sum(pg_total_relation_size(c.oid))::bigint > $1",
             &[&(quota.min(i64::MAX as u64) as i64)],
         )
         .await?;

@@ -311,10 +311,15 @@ impl Slot {
     }
 
     async fn start_fresh(&mut self, version: Arc<Version>) -> Result<Up, Failure> {
-        let instance = self
+        let mut instance = self
             .start(version.clone())
             .await
             .map_err(|error| Failure::of(&version, false, error))?;
+        instance.commit_schema().await.map_err(|error| Failure::Start {
+            version: version.clone(),
+            waking: false,
+            error,
+        })?;
         self.install(instance);
         if let Err(trap) = self.reannounce().await {
             self.clear();
@@ -384,7 +389,7 @@ impl Slot {
         let started = Instant::now();
         let result = match self.start(version.clone()).await {
             Ok(mut instance) => match instance.import_state(&version.id.hex(), &state).await {
-                Ok(Ok(())) => Ok(instance),
+                Ok(Ok(())) => instance.commit_schema().await.map(|()| instance),
                 Ok(Err(reason)) => Err(format!("import-state refused its own state: {reason}")),
                 Err(trap) => Err(format!("import-state trapped: {trap}")),
             },
@@ -420,6 +425,13 @@ impl Slot {
             Ok(Err(reason)) => Some(reason),
             Err(trap) => return Err(Failure::Trap { version, trap }),
         };
+        // The instance serves this version either way (fresh, if it refused
+        // the kept state), so its schema must be this version's.
+        instance.commit_schema().await.map_err(|error| Failure::Start {
+            version: version.clone(),
+            waking: false,
+            error,
+        })?;
         self.install(instance);
         Ok(Up::Restored { refused })
     }
@@ -446,6 +458,9 @@ impl Slot {
         })?;
         match fresh.import_state(&from.id.hex(), &state).await {
             Ok(Ok(())) => {
+                // The switch and the schema change are one: a commit that
+                // fails keeps the tenant where it was.
+                fresh.commit_schema().await.map_err(Refusal::Stays)?;
                 self.install(fresh);
                 Ok(())
             }
