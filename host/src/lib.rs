@@ -244,6 +244,7 @@ async fn host(
         stopped.clone(),
         admin_accepting.subscribe(),
         upgrades.clone(),
+        (storage.clone(), sql.clone()),
     );
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped.clone()));
     let trim_task = tokio::spawn(trim::run(stopped));
@@ -373,6 +374,7 @@ fn admin_of(
     shutdown: watch::Receiver<bool>,
     accepting: watch::Receiver<bool>,
     upgrades: mpsc::Sender<admin::UpgradeRequest>,
+    (storage, sql): (Arc<storage::Storage>, Option<Arc<sql::Sql>>),
 ) -> Arc<admin::Admin> {
     Arc::new(admin::Admin {
         registry: registry.clone(),
@@ -387,6 +389,8 @@ fn admin_of(
         shutdown,
         accepting,
         upgrades,
+        storage,
+        sql,
     })
 }
 

@@ -309,3 +309,75 @@ async fn storage_on_postgres_survives_a_restart_and_fences_a_stale_host() {
     let mut again = second.connect("acme", "chaos").await;
     assert_eq!(again.ask("get:k").await, "value:second");
 }
+
+/// `baton tenant export`, then `delete` (refused while sessions are open,
+/// forced), then the tenant starts again empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_exported_deleted_and_created_again() {
+    let db = baton_test_postgres::database();
+    let host = host_on(&db, &[("sql-console", SQL_CONSOLE)], GRANT).await;
+    host.write_settings("chaos", "");
+    host.drop_file("chaos", &plugin_bytes(CHAOS));
+    host.wait_current("chaos").await;
+    for tenant in ["acme", "globex"] {
+        query(&host, tenant, "CREATE TABLE notes (id integer, body text)").await.expect("create");
+        run(&host, tenant, "execute", &format!("INSERT INTO notes VALUES (1, '{tenant} note')"))
+            .await
+            .expect("insert");
+    }
+    let mut session = host.connect("acme", "chaos").await;
+    assert_eq!(session.ask("put:plan:gold").await, "stored");
+    let admin = format!("http://{}", host.admin);
+
+    let cli = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+                .args(args)
+                .env_remove("BATON_ADMIN_TOKEN")
+                .output()
+                .expect("run baton")
+        })
+    };
+    let out = cli(vec!["tenant".into(), "export".into(), "acme".into(), "--admin".into(), admin.clone()])
+        .await
+        .expect("join");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let export: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(export["format"], "baton-tenant/1");
+    let plugins = export["plugins"].as_array().expect("plugins");
+    let chaos = plugins.iter().find(|p| p["plugin"] == "chaos").expect("chaos");
+    assert_eq!(chaos["keys"], json!([{"key": "plan", "value_base64": "Z29sZA=="}]));
+    let console = plugins.iter().find(|p| p["plugin"] == "sql-console").expect("sql-console");
+    let notes = console["tables"].as_array().expect("tables").iter().find(|t| t["name"] == "notes").expect("notes");
+    assert_eq!(notes["rows"], json!([{"id": 1, "body": "acme note"}]));
+    assert!(!export.to_string().contains("globex"), "only acme's data");
+
+    // Open sessions: refused unless forced, then they are closed with 1008.
+    let delete = |force: bool| {
+        let mut args = vec!["tenant".into(), "delete".into(), "acme".into(), "--admin".into(), admin.clone()];
+        if force {
+            args.push("--force".into());
+        }
+        cli(args)
+    };
+    let refused = delete(false).await.expect("join");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("open sessions"));
+    let forced = delete(true).await.expect("join");
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert_eq!(session.expect_close().await.code, 1008.into());
+
+    // Gone: no schema, no role, no data; globex untouched.
+    let roles = baton_test_postgres::server()
+        .psql(&db.name, "SELECT count(*) FROM pg_roles r JOIN baton.sql_roles s ON s.role = r.rolname WHERE s.tenant = 'acme'")
+        .expect("psql");
+    assert_eq!(roles, "0");
+    let export = host.admin_json("/api/tenants/acme/export").await;
+    assert_eq!(export["plugins"], json!([]));
+    assert_eq!(query(&host, "globex", "SELECT body FROM notes").await.expect("globex"), json!([["globex note"]]));
+    // And created again, empty.
+    let missing = query(&host, "acme", "SELECT body FROM notes").await.expect_err("a new schema");
+    assert_eq!(code(&missing), "42P01");
+    let mut session = host.connect("acme", "chaos").await;
+    assert_eq!(session.ask("get:plan").await, "none");
+}

@@ -22,6 +22,11 @@
 //!   listener, session and tenant to a new baton process (see
 //!   `crate::handover`); answers once the new process serves, with an
 //!   [`UpgradeView`], or 500 with the reason the old process serves on;
+//! - `GET /api/tenants/{tenant}/export`: everything kept for a tenant, as a
+//!   `baton-tenant/1` document (see `tenant::lifecycle`);
+//! - `DELETE /api/tenants/{tenant}[?force=true]`: ends the tenant's tasks and
+//!   erases its data, schemas and roles; 409 while it has sessions, unless
+//!   forced (they are closed with 1008);
 //! - `GET /metrics`: Prometheus text format (gauges are read from the registry
 //!   at scrape time);
 //! - `GET /`: the live dashboard ([`dashboard.html`](dashboard.html)).
@@ -54,7 +59,7 @@ use crate::deploy::{Deployer, Outcome};
 use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
 use crate::registry::Registry;
-use crate::tenant::Tenants;
+use crate::tenant::{Tenants, lifecycle};
 pub(crate) use guard::Guard;
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
@@ -89,6 +94,10 @@ pub(crate) struct Admin {
     pub accepting: watch::Receiver<bool>,
     /// Where `POST /api/upgrade` goes.
     pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
+    /// Tenants' data, for export and delete.
+    pub storage: Arc<crate::storage::Storage>,
+    /// Tenants' SQL schemas, for export and delete.
+    pub sql: Option<Arc<crate::sql::Sql>>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -143,6 +152,11 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
         },
         (&Method::POST, ["api", "plugins", name, "rollback"]) => rollback(admin, name).await,
         (&Method::POST, ["api", "upgrade"]) => upgrade(admin, request).await,
+        (&Method::GET, ["api", "tenants", tenant, "export"]) => export_tenant(admin, tenant).await,
+        (&Method::DELETE, ["api", "tenants", tenant]) => {
+            let force = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "force=true"));
+            delete_tenant(admin, tenant, force).await
+        }
         (&Method::GET, ["metrics"]) => metrics(admin),
         (_, ["api", ..] | ["metrics"] | []) => Err(Rejection::MethodNotAllowed("method not allowed".into())),
         _ => Err(Rejection::NotFound(format!("no route for {path}"))),
@@ -173,6 +187,33 @@ async fn rollback(admin: &Admin, name: &str) -> Result<Response<Full<Bytes>>, Re
         },
     };
     Ok(json(&view))
+}
+
+async fn export_tenant(admin: &Admin, tenant: &str) -> Result<Response<Full<Bytes>>, Rejection> {
+    if !crate::names::is_tenant(tenant) {
+        return Err(Rejection::BadRequest(format!("{tenant:?} is not a tenant name")));
+    }
+    lifecycle::export(&admin.storage, admin.sql.as_ref(), tenant)
+        .await
+        .map(|export| json(&export))
+        .map_err(lifecycle_rejection)
+}
+
+async fn delete_tenant(admin: &Admin, tenant: &str, force: bool) -> Result<Response<Full<Bytes>>, Rejection> {
+    if !crate::names::is_tenant(tenant) {
+        return Err(Rejection::BadRequest(format!("{tenant:?} is not a tenant name")));
+    }
+    lifecycle::delete(&admin.tenants, &admin.storage, admin.sql.as_ref(), tenant, force)
+        .await
+        .map(|deleted| json(&deleted))
+        .map_err(lifecycle_rejection)
+}
+
+fn lifecycle_rejection(e: lifecycle::LifecycleError) -> Rejection {
+    match e {
+        busy @ lifecycle::LifecycleError::Busy { .. } => Rejection::Conflict(busy.to_string()),
+        lifecycle::LifecycleError::Unavailable(why) => Rejection::Unavailable(why),
+    }
 }
 
 async fn upgrade(admin: &Admin, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Rejection> {

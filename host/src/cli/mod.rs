@@ -6,6 +6,7 @@
 
 mod admin_client;
 mod scaffold;
+mod tenant;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,6 +80,11 @@ enum Command {
         binary: Option<PathBuf>,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// A tenant's data as a whole: export it, or delete it.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
     },
     /// Create a plugin crate that uses the SDK and builds as is.
     New {
@@ -200,6 +206,7 @@ pub fn main() -> ExitCode {
                 Command::Status { json, admin } => status(json, &admin).await,
                 Command::Rollback { name, admin } => rollback(&name, &admin).await,
                 Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
+                Command::Tenant { command } => tenant::run(command).await,
                 _ => unreachable!("handled above"),
             }
         }),

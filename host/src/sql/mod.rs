@@ -49,6 +49,7 @@ use crate::config::SqlConfig;
 use crate::storage::Namespace;
 pub use crate::bindings::baton::plugin::sql::{Column, Rows, Statement, Value};
 pub use migrate::SchemaChange;
+pub use roles::TableExport;
 
 /// Why a SQL call failed (the WIT `error`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -205,6 +206,30 @@ impl Sql {
 
     fn is_over_quota(&self, schema: &str) -> bool {
         self.over_quota.lock().unwrap_or_else(|p| p.into_inner()).contains(schema)
+    }
+
+    /// Every schema of `tenant` (plugin by plugin) with its tables and rows.
+    pub async fn export(&self, tenant: &str) -> Result<Vec<(String, Vec<TableExport>)>, SqlError> {
+        let mut out = Vec::new();
+        for (plugin, role) in roles::roles_of(&self.admin, tenant).await? {
+            out.push((plugin, roles::export_schema(&self.admin, &role).await?));
+        }
+        Ok(out)
+    }
+
+    /// The plugins that have a schema for `tenant`.
+    pub async fn plugins_of(&self, tenant: &str) -> Result<Vec<String>, SqlError> {
+        Ok(roles::roles_of(&self.admin, tenant)
+            .await?
+            .into_iter()
+            .map(|(plugin, _)| plugin)
+            .collect())
+    }
+
+    /// Drops every schema and role of `tenant`, closing their connections.
+    pub async fn drop_tenant(&self, tenant: &str) -> Result<(), SqlError> {
+        self.lock_tenants().retain(|ns, _| ns.tenant != tenant);
+        roles::drop_tenant(&self.admin, tenant).await
     }
 
     /// The host-side deadline of one call: the statement timeout, and a

@@ -131,6 +131,55 @@ pub(super) async fn roles_of(admin: &Pool, tenant: &str) -> Result<Vec<(String, 
     Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// One table of a tenant's schema, for an export.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TableExport {
+    /// Its name.
+    pub name: String,
+    /// (name, type) of each column, in order.
+    pub columns: Vec<(String, String)>,
+    /// Each row as a JSON object (PostgreSQL's `to_jsonb`).
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// Every table of `schema` with its rows, read as the host's role (a member
+/// of the tenant's).
+pub(super) async fn export_schema(admin: &Pool, schema: &str) -> Result<Vec<TableExport>, SqlError> {
+    let client = admin.get().await?;
+    let tables = client
+        .query(
+            "SELECT table_name FROM information_schema.tables
+             WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
+            &[&schema],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for table in tables {
+        let name: String = table.get(0);
+        let columns = client
+            .query(
+                "SELECT column_name, data_type FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&schema, &name],
+            )
+            .await?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let rows = client
+            .query(
+                &format!("SELECT to_jsonb(t)::text FROM {}.{} t", ident(schema), ident(&name)),
+                &[],
+            )
+            .await?
+            .into_iter()
+            .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap_or(serde_json::Value::Null))
+            .collect();
+        out.push(TableExport { name, columns, rows });
+    }
+    Ok(out)
+}
+
 /// Drops `tenant`'s schemas and roles (their connections are ended first).
 pub(super) async fn drop_tenant(admin: &Pool, tenant: &str) -> Result<(), SqlError> {
     let roles = roles_of(admin, tenant).await?;

@@ -313,8 +313,8 @@ impl Storage {
         }
     }
 
-    /// Erases everything kept for `tenant` (its owner tokens stay, so that a
-    /// stale owner still cannot write).
+    /// Erases everything kept for `tenant`; its owner tokens go up, so that
+    /// a task that owned it before cannot write it back.
     pub async fn erase(&self, tenant: &str) -> Result<(), StorageError> {
         match &self.backend {
             Backend::Redb { db, .. } => {

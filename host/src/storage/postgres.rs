@@ -60,8 +60,8 @@ GRANT USAGE ON SCHEMA baton TO baton_kv;
 /// The tables under row-level security.
 const TABLES: [&str; 4] = ["kv", "usage", "states", "owners"];
 
-/// Settings of a transaction's namespace: `plugin` `*` is the whole tenant
-/// (the host's export and erase).
+/// Settings of a transaction's namespace: `plugin` `*` is every plugin of
+/// the tenant (the host's export and erase); the tenant is always one.
 pub(super) fn scope_sql(tenant: &str, plugin: &str) -> String {
     format!(
         "SET LOCAL ROLE baton_kv; SELECT set_config('baton.tenant', {}, true), set_config('baton.plugin', {}, true)",
@@ -99,7 +99,8 @@ impl Postgres {
                             AND (plugin = current_setting('baton.plugin', true)
                                  OR current_setting('baton.plugin', true) = '*'))
                      WITH CHECK (tenant = current_setting('baton.tenant', true)
-                            AND plugin = current_setting('baton.plugin', true));
+                            AND (plugin = current_setting('baton.plugin', true)
+                                 OR current_setting('baton.plugin', true) = '*'));
                  ALTER TABLE baton.{table} ENABLE ROW LEVEL SECURITY;
                  ALTER TABLE baton.{table} FORCE ROW LEVEL SECURITY;
                  GRANT SELECT, INSERT, UPDATE, DELETE ON baton.{table} TO baton_kv;"
@@ -344,6 +345,8 @@ impl Postgres {
             txn.execute(&format!("DELETE FROM baton.{table} WHERE tenant = $1"), &[&tenant])
                 .await?;
         }
+        txn.execute("UPDATE baton.owners SET token = token + 1 WHERE tenant = $1", &[&tenant])
+            .await?;
         txn.commit().await?;
         Ok(())
     }

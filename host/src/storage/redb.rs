@@ -285,8 +285,8 @@ impl Redb {
         Ok(out)
     }
 
-    /// Erases everything kept for `tenant` (owner tokens stay, so that a
-    /// stale owner cannot write it back).
+    /// Erases everything kept for `tenant`; its owner tokens go up, so that
+    /// no task that owned it before can write it back.
     pub(super) fn erase(&self, tenant: &str) -> Result<(), StorageError> {
         let mut start = tenant.as_bytes().to_vec();
         start.push(0);
@@ -296,6 +296,16 @@ impl Redb {
         txn.open_table(DATA)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
         txn.open_table(USAGE)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
         txn.open_table(STATES)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        {
+            let mut owners = txn.open_table(OWNERS)?;
+            let claimed: Vec<(Vec<u8>, u64)> = owners
+                .range(start.as_slice()..end.as_slice())?
+                .map(|entry| entry.map(|(k, v)| (k.value().to_vec(), v.value())))
+                .collect::<Result<_, _>>()?;
+            for (key, token) in claimed {
+                owners.insert(key.as_slice(), token + 1)?;
+            }
+        }
         txn.commit()?;
         Ok(())
     }

@@ -190,9 +190,10 @@ async fn a_tenant_is_exported_and_erased(f: Fixture) {
     assert_eq!(s.export("acme").await.expect("export"), vec![]);
     assert_eq!(s.used(&chat).await.expect("used"), 0);
     assert_eq!(s.get(&other, "a".into()).await.expect("get"), Some(b"other".to_vec()), "acme-2 stays");
-    // Re-created: it starts empty, and the old owner is still fenced off.
-    let fresh = s.claim(&chat).await.expect("claim");
+    // The owner before the erase cannot write it back.
     assert_eq!(s.set(&chat, tc, "a".into(), b"x".to_vec(), LIMITS).await, Err(StorageError::Fenced));
+    // Re-created: it starts empty.
+    let fresh = s.claim(&chat).await.expect("claim");
     s.set(&chat, fresh, "a".into(), b"new".to_vec(), LIMITS).await.expect("set");
 }
 

@@ -15,8 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::error::close;
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
+use crate::tenant::ending::End;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
@@ -184,6 +186,8 @@ enum Waited {
     Handled,
     /// The host is shutting down.
     Shutdown(oneshot::Sender<()>),
+    /// The tenant's data is being deleted.
+    Erase(oneshot::Sender<()>),
     /// A handover asks for the tenant.
     HandOver(oneshot::Sender<TenantRecord>, oneshot::Receiver<Verdict>),
     /// Every handle is gone.
@@ -202,7 +206,7 @@ impl Actor {
         // sleep per wait costs the runtime's timer lock twice per command.
         let alarm = tokio::time::sleep_until(Instant::now());
         tokio::pin!(alarm);
-        let shutdown = loop {
+        let end = loop {
             self.publish();
             // Enabled only before a wait, after which the current version
             // is compared again with the one the step was chosen on: a swap
@@ -236,8 +240,8 @@ impl Actor {
                     }
                 }
                 Step::Close => {
-                    self.close_all().await;
-                    break None;
+                    self.close_all(close::GOING_AWAY, "plugin removed").await;
+                    break End::Quietly;
                 }
                 Step::WaitBackoff(until) => tokio::select! {
                     () = tokio::time::sleep_until(until) => self.incidents.supervisor.end(),
@@ -262,10 +266,10 @@ impl Actor {
                 }
             }
             if self.nothing_to_keep() {
-                break None;
+                break End::Quietly;
             }
         };
-        self.finish(shutdown).await;
+        self.finish(end).await;
     }
 
     fn next_step(&mut self) -> Step {
@@ -395,16 +399,19 @@ impl Actor {
         Waited::Handled
     }
 
-    /// What a wait brought, for the loop: `Some` ends the task, with the
-    /// shutdown to answer if there is one.
-    async fn settle(&mut self, waited: Waited) -> Option<Option<oneshot::Sender<()>>> {
+    /// What a wait brought, for the loop: `Some` ends the task, and how.
+    async fn settle(&mut self, waited: Waited) -> Option<End> {
         match waited {
             Waited::Handled => None,
-            Waited::Shutdown(done) => Some(Some(done)),
-            Waited::HandOver(reply, verdict) => {
-                (self.hand_over(reply, verdict).await == Verdict::TookOver).then_some(None)
+            Waited::Shutdown(done) => Some(End::Shutdown(done)),
+            Waited::Erase(done) => {
+                self.close_all(close::POLICY, "tenant deleted").await;
+                Some(End::Erased(done))
             }
-            Waited::Abandoned => Some(None),
+            Waited::HandOver(reply, verdict) => {
+                (self.hand_over(reply, verdict).await == Verdict::TookOver).then_some(End::Quietly)
+            }
+            Waited::Abandoned => Some(End::Quietly),
         }
     }
 
@@ -412,6 +419,7 @@ impl Actor {
     async fn take(&mut self, command: Command) -> Waited {
         match command {
             Command::Shutdown { done } => Waited::Shutdown(done),
+            Command::Erase { done } => Waited::Erase(done),
             Command::Handover { reply, verdict } => Waited::HandOver(reply, verdict),
             command => {
                 self.activity();

@@ -29,7 +29,7 @@ impl Actor {
             Command::Http { request, reply } => self.on_http(request, reply).await,
             Command::Hibernate => self.hibernate().await,
             // Handled by the main loop; a deferred one means the same.
-            Command::Shutdown { done } => {
+            Command::Shutdown { done } | Command::Erase { done } => {
                 let _ = done.send(());
             }
             // Only ever taken from the mailbox by the main loop, never

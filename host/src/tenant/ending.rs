@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::error::{Rejection, close};
+use crate::error::Rejection;
 use crate::session::Inbound;
 use crate::tenant::actor::Actor;
 use crate::tenant::mailbox::Command;
@@ -46,8 +46,8 @@ impl Actor {
 
     /// Ends the task: keeps the state for the next start (at shutdown),
     /// leaves the directory, then answers the shutdown.
-    pub(super) async fn finish(mut self, shutdown: Option<oneshot::Sender<()>>) {
-        if shutdown.is_some() && self.env.config.shutdown.persist_state {
+    pub(super) async fn finish(mut self, end: End) {
+        if matches!(end, End::Shutdown(_)) && self.env.config.shutdown.persist_state {
             self.slot.persist().await;
         }
         self.slot.clear();
@@ -61,17 +61,18 @@ impl Actor {
             answer_ended(command);
         }
         self.env.tenants.forget(&self.plugin.name, &self.shared.name);
-        if let Some(done) = shutdown {
+        if let End::Shutdown(done) | End::Erased(done) = end {
             let _ = done.send(());
         }
     }
 
-    /// The plugin is gone: close every session (1001) and wait for their
-    /// disconnects, delivering them to the plugin.
-    pub(super) async fn close_all(&mut self) {
+    /// The plugin is gone (1001), or the tenant deleted (1008): close every
+    /// session with `code` and `why` and wait for their disconnects,
+    /// delivering them to the plugin.
+    pub(super) async fn close_all(&mut self, code: u16, why: &'static str) {
         self.closing = true;
         self.publish();
-        self.shared.stop_sessions(close::GOING_AWAY, "plugin removed");
+        self.shared.stop_sessions(code, why);
         let deadline = Instant::now() + CLOSE_WAIT;
         let mut next = self.deferred.take();
         while self.shared.session_count() > 0 {
@@ -89,20 +90,31 @@ impl Actor {
                         self.deliver_presence().await;
                     }
                 }
-                Command::Shutdown { done } => {
+                Command::Shutdown { done } | Command::Erase { done } => {
                     let _ = done.send(());
                 }
                 Command::Connect { reply, .. } => {
-                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                    let _ = reply.send(Err(Rejection::NotFound(why.into())));
                 }
                 Command::Http { reply, .. } => {
-                    let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
+                    let _ = reply.send(Err(Rejection::NotFound(why.into())));
                 }
                 // Dropped: the handover is called off (the tenant is closing).
                 Command::Session(Inbound::Frame { .. }) | Command::Hibernate | Command::Handover { .. } => {}
             }
         }
     }
+}
+
+/// How the task ends.
+pub(super) enum End {
+    /// With nothing to answer (the plugin was removed, the tenant handed
+    /// over or left idle).
+    Quietly,
+    /// The host shuts down: its state is kept, then `done` is answered.
+    Shutdown(oneshot::Sender<()>),
+    /// Its data is being deleted: nothing is kept; `done` is answered.
+    Erased(oneshot::Sender<()>),
 }
 
 /// Answers a command the ended task will never run: a connect or request is
@@ -116,7 +128,7 @@ fn answer_ended(command: Command) {
         Command::Http { reply, .. } => {
             let _ = reply.send(Err(ended()));
         }
-        Command::Shutdown { done } => {
+        Command::Shutdown { done } | Command::Erase { done } => {
             let _ = done.send(());
         }
         Command::Session(_) | Command::Hibernate | Command::Handover { .. } => {}

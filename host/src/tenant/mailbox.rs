@@ -55,6 +55,12 @@ pub enum Command {
         /// Answered when the task has ended.
         done: oneshot::Sender<()>,
     },
+    /// The tenant's data is being deleted: close its sessions (1008) and
+    /// end, keeping nothing.
+    Erase {
+        /// Answered when the task has ended.
+        done: oneshot::Sender<()>,
+    },
 }
 
 impl From<Inbound> for Command {

@@ -63,7 +63,8 @@
 //! - `actor.rs`: the task: its loop, what it does next, and its lifecycle;
 //! - `commands.rs`: the task's handler for each command;
 //! - `ending.rs`: how the task ends or leaves (handover, a removed plugin's
-//!   sessions closed, what is still queued answered).
+//!   sessions closed, what is still queued answered);
+//! - `lifecycle.rs`: a tenant's data as a whole, exported and deleted.
 
 mod actor;
 mod commands;
@@ -71,6 +72,7 @@ mod directory;
 mod ending;
 mod env;
 mod incidents;
+pub mod lifecycle;
 mod mailbox;
 pub mod record;
 mod slot;
