@@ -57,17 +57,26 @@ fn code(error: &Value) -> &str {
 async fn plugin_sql_cannot_reach_another_tenant() {
     let db = baton_test_postgres::database();
     let host = host_on(&db, &[("sql-console", SQL_CONSOLE)], GRANT).await;
-    query(&host, "acme", "CREATE TABLE secrets (v text)").await.expect("create");
-    run(&host, "acme", "execute", "INSERT INTO secrets VALUES ('acme-secret')").await.expect("insert");
+    query(&host, "acme", "CREATE TABLE secrets (v text)")
+        .await
+        .expect("create");
+    run(&host, "acme", "execute", "INSERT INTO secrets VALUES ('acme-secret')")
+        .await
+        .expect("insert");
     query(&host, "acme", "ANALYZE secrets").await.expect("analyze");
     let acme_schema = query(&host, "acme", "SELECT current_schema()").await.expect("schema")[0][0]
         .as_str()
         .expect("a name")
         .to_owned();
-    assert!(acme_schema.starts_with("t_") && !acme_schema.contains("acme"), "{acme_schema}");
+    assert!(
+        acme_schema.starts_with("t_") && !acme_schema.contains("acme"),
+        "{acme_schema}"
+    );
 
     // Its own unqualified names are its own schema's.
-    let missing = query(&host, "globex", "SELECT v FROM secrets").await.expect_err("not globex's table");
+    let missing = query(&host, "globex", "SELECT v FROM secrets")
+        .await
+        .expect_err("not globex's table");
     assert_eq!(code(&missing), "42P01");
     // Another schema by name, another role, the host's tables: refused.
     for attack in [
@@ -86,8 +95,12 @@ async fn plugin_sql_cannot_reach_another_tenant() {
         assert_eq!(code(&refused), "42501", "{attack}: {refused}");
     }
     // Setting-spoofing reaches nothing: the kv tables are not its to read.
-    query(&host, "globex", "SELECT set_config('baton.tenant', 'acme', false)").await.expect("any GUC can be set");
-    let refused = query(&host, "globex", "SELECT count(*) FROM baton.kv").await.expect_err("kv");
+    query(&host, "globex", "SELECT set_config('baton.tenant', 'acme', false)")
+        .await
+        .expect("any GUC can be set");
+    let refused = query(&host, "globex", "SELECT count(*) FROM baton.kv")
+        .await
+        .expect_err("kv");
     assert_eq!(code(&refused), "42501");
     // Catalogs: names of schemas are visible (opaque), data is not.
     let stats = query(
@@ -107,7 +120,10 @@ async fn plugin_sql_cannot_reach_another_tenant() {
     .expect("activity");
     assert_eq!(activity, json!([[0]]));
     // And acme still has its row.
-    assert_eq!(query(&host, "acme", "SELECT v FROM secrets").await.expect("select"), json!([["acme-secret"]]));
+    assert_eq!(
+        query(&host, "acme", "SELECT v FROM secrets").await.expect("select"),
+        json!([["acme-secret"]])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,47 +131,95 @@ async fn plugin_sql_limits_hold() {
     let db = baton_test_postgres::database();
     let host = host_on(&db, &[("sql-console", SQL_CONSOLE)], GRANT).await;
     // Typed values both ways.
-    let echoed = host.http("GET", "/t/acme/sql-console/echo?text=hello", b"").await.json();
+    let echoed = host
+        .http("GET", "/t/acme/sql-console/echo?text=hello", b"")
+        .await
+        .json();
     assert_eq!(
         echoed["ok"],
-        json!([42, "hello", "12345.678", "{\"a\": [1, 2]}", "0b5a4f0e-3c1d-4e8a-9b2f-1a2b3c4d5e6f", 1_700_000_000_123_i64, [0, 1, 255], null])
+        json!([
+            42,
+            "hello",
+            "12345.678",
+            "{\"a\": [1, 2]}",
+            "0b5a4f0e-3c1d-4e8a-9b2f-1a2b3c4d5e6f",
+            1_700_000_000_123_i64,
+            [0, 1, 255],
+            null
+        ])
     );
     // The role's statement timeout.
-    assert_eq!(code(&query(&host, "acme", "SELECT pg_sleep(5)").await.expect_err("sleeps")), "timeout");
+    assert_eq!(
+        code(&query(&host, "acme", "SELECT pg_sleep(5)").await.expect_err("sleeps")),
+        "timeout"
+    );
     // A plugin that lowers it gets it back at its next call (the pool resets
     // every connection); within one transaction, the host's deadline holds.
     query(&host, "acme", "SET statement_timeout = 0").await.expect("set");
-    assert_eq!(code(&query(&host, "acme", "SELECT pg_sleep(2)").await.expect_err("sleeps")), "timeout");
+    assert_eq!(
+        code(&query(&host, "acme", "SELECT pg_sleep(2)").await.expect_err("sleeps")),
+        "timeout"
+    );
     let long = r#"["SET LOCAL statement_timeout = 0", "SELECT pg_sleep(30)"]"#;
     let started = std::time::Instant::now();
-    assert_eq!(code(&run(&host, "acme", "transaction", long).await.expect_err("sleeps")), "timeout");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(
+        code(&run(&host, "acme", "transaction", long).await.expect_err("sleeps")),
+        "timeout"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     // Results over the row limit are refused whole, never truncated.
-    let many = query(&host, "acme", "SELECT generate_series(1, 5000)").await.expect_err("5000 rows");
+    let many = query(&host, "acme", "SELECT generate_series(1, 5000)")
+        .await
+        .expect_err("5000 rows");
     assert_eq!(code(&many), "too-many-rows");
     // All or nothing.
-    query(&host, "acme", "CREATE TABLE t (n integer PRIMARY KEY)").await.expect("create");
+    query(&host, "acme", "CREATE TABLE t (n integer PRIMARY KEY)")
+        .await
+        .expect("create");
     let duplicate = r#"["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)"]"#;
-    assert_eq!(code(&run(&host, "acme", "transaction", duplicate).await.expect_err("dup")), "23505");
-    assert_eq!(query(&host, "acme", "SELECT count(*) FROM t").await.expect("count"), json!([[0]]));
+    assert_eq!(
+        code(&run(&host, "acme", "transaction", duplicate).await.expect_err("dup")),
+        "23505"
+    );
+    assert_eq!(
+        query(&host, "acme", "SELECT count(*) FROM t").await.expect("count"),
+        json!([[0]])
+    );
 
     // Over its disk quota (1 MiB here), a schema takes no more writes, but
     // reads and deletes.
-    query(&host, "acme", "CREATE TABLE big AS SELECT repeat('x', 1000) AS v FROM generate_series(1, 3000)")
-        .await
-        .expect("3 MB");
+    query(
+        &host,
+        "acme",
+        "CREATE TABLE big AS SELECT repeat('x', 1000) AS v FROM generate_series(1, 3000)",
+    )
+    .await
+    .expect("3 MB");
     let insert = "INSERT INTO t SELECT coalesce(max(n), 0) + 1 FROM t";
     wait_for("the quota is reached", async || {
         let refused = run(&host, "acme", "execute", insert).await.err()?;
         (code(&refused) == "quota-exceeded").then_some(())
     })
     .await;
-    assert_eq!(query(&host, "acme", "SELECT count(*) FROM big").await.expect("reads"), json!([[3000]]));
-    run(&host, "acme", "execute", "DROP TABLE big").await.expect("frees space");
-    wait_for("writes are taken again", async || run(&host, "acme", "execute", insert).await.ok())
+    assert_eq!(
+        query(&host, "acme", "SELECT count(*) FROM big").await.expect("reads"),
+        json!([[3000]])
+    );
+    run(&host, "acme", "execute", "DROP TABLE big")
+        .await
+        .expect("frees space");
+    wait_for("writes are taken again", async || {
+        run(&host, "acme", "execute", insert).await.ok()
+    })
     .await;
     // Another tenant was never limited.
-    query(&host, "globex", "CREATE TABLE t (n integer)").await.expect("globex writes");
+    query(&host, "globex", "CREATE TABLE t (n integer)")
+        .await
+        .expect("globex writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,13 +227,19 @@ async fn sql_must_be_granted() {
     let db = baton_test_postgres::database();
     let host = host_on(&db, &[], "").await;
     host.drop_file("sql-console", &plugin_bytes(SQL_CONSOLE));
-    let error = wait_for("the file is refused", async || host.plugin("sql-console").await.last_error).await;
+    let error = wait_for("the file is refused", async || {
+        host.plugin("sql-console").await.last_error
+    })
+    .await;
     assert!(error.error.contains("[capabilities] sql = true"), "{}", error.error);
     // On a host without PostgreSQL, granting is not enough.
     let host = TestHost::start(&[]).await;
     host.write_settings("sql-console", GRANT);
     host.drop_file("sql-console", &plugin_bytes(SQL_CONSOLE));
-    let error = wait_for("the file is refused", async || host.plugin("sql-console").await.last_error).await;
+    let error = wait_for("the file is refused", async || {
+        host.plugin("sql-console").await.last_error
+    })
+    .await;
     assert!(error.error.contains("storage.postgres_url"), "{}", error.error);
 }
 
@@ -184,7 +254,9 @@ async fn a_migration_moves_live_tenants_without_losing_a_frame() {
     let total = 200;
     let sending = async {
         for i in 0..total {
-            writer.send_text(&json!({"op": "add", "title": format!("task {i}")}).to_string()).await;
+            writer
+                .send_text(&json!({"op": "add", "title": format!("task {i}")}).to_string())
+                .await;
             let added = writer.recv_json().await;
             assert_eq!(added["added"]["title"], format!("task {i}"), "{added}");
             if i == total / 4 {
@@ -219,7 +291,9 @@ async fn a_failed_migration_leaves_the_tenant_and_its_schema_as_they_were() {
     let host = host_on(&db, &[("tasks", TASKS_V1)], GRANT).await;
     for (tenant, title) in [("acme", "short".to_owned()), ("globex", "long ".repeat(50))] {
         let mut client = host.connect(tenant, "tasks").await;
-        client.send_text(&json!({"op": "add", "title": title}).to_string()).await;
+        client
+            .send_text(&json!({"op": "add", "title": title}).to_string())
+            .await;
         assert!(client.recv_json().await["added"].is_object());
         client.close().await;
     }
@@ -242,7 +316,11 @@ async fn a_failed_migration_leaves_the_tenant_and_its_schema_as_they_were() {
     // it reached (v2's migration is expand-only: v1 runs on it).
     host.drop_file("tasks", &plugin_bytes(TASKS_V2));
     host.wait_generation_above("tasks", 2).await;
-    let error = host.plugin("tasks").await.last_error.expect("the withdrawal is reported");
+    let error = host
+        .plugin("tasks")
+        .await
+        .last_error
+        .expect("the withdrawal is reported");
     assert!(error.error.contains("title_length"), "{}", error.error);
     assert_eq!(columns(&db, "globex"), "0", "globex's schema is as it was");
     for tenant in ["acme", "globex"] {
@@ -263,13 +341,18 @@ async fn a_failed_migration_leaves_the_tenant_and_its_schema_as_they_were() {
     let db = baton_test_postgres::database();
     let host = host_on(&db, &[("tasks", TASKS_V1)], GRANT).await;
     let mut client = host.connect("acme", "tasks").await;
-    client.send_text(&json!({"op": "add", "title": "stays"}).to_string()).await;
+    client
+        .send_text(&json!({"op": "add", "title": "stays"}).to_string())
+        .await;
     assert!(client.recv_json().await["added"].is_object());
     host.write_settings("tasks", &format!("{GRANT}[config]\nrefuse_import = true\n"));
     host.drop_file("tasks", &plugin_bytes(TASKS_V2));
     host.wait_generation_above("tasks", 1).await;
     eventually("the move was refused", async || {
-        host.plugin("tasks").await.last_error.is_some_and(|e| e.error.contains("refuse"))
+        host.plugin("tasks")
+            .await
+            .last_error
+            .is_some_and(|e| e.error.contains("refuse"))
     })
     .await;
     assert_eq!(columns(&db, "%"), "0", "the migration was rolled back");
@@ -320,10 +403,17 @@ async fn a_tenant_is_exported_deleted_and_created_again() {
     host.drop_file("chaos", &plugin_bytes(CHAOS));
     host.wait_current("chaos").await;
     for tenant in ["acme", "globex"] {
-        query(&host, tenant, "CREATE TABLE notes (id integer, body text)").await.expect("create");
-        run(&host, tenant, "execute", &format!("INSERT INTO notes VALUES (1, '{tenant} note')"))
+        query(&host, tenant, "CREATE TABLE notes (id integer, body text)")
             .await
-            .expect("insert");
+            .expect("create");
+        run(
+            &host,
+            tenant,
+            "execute",
+            &format!("INSERT INTO notes VALUES (1, '{tenant} note')"),
+        )
+        .await
+        .expect("insert");
     }
     let mut session = host.connect("acme", "chaos").await;
     assert_eq!(session.ask("put:plan:gold").await, "stored");
@@ -338,23 +428,43 @@ async fn a_tenant_is_exported_deleted_and_created_again() {
                 .expect("run baton")
         })
     };
-    let out = cli(vec!["tenant".into(), "export".into(), "acme".into(), "--admin".into(), admin.clone()])
-        .await
-        .expect("join");
+    let out = cli(vec![
+        "tenant".into(),
+        "export".into(),
+        "acme".into(),
+        "--admin".into(),
+        admin.clone(),
+    ])
+    .await
+    .expect("join");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let export: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(export["format"], "baton-tenant/1");
     let plugins = export["plugins"].as_array().expect("plugins");
     let chaos = plugins.iter().find(|p| p["plugin"] == "chaos").expect("chaos");
     assert_eq!(chaos["keys"], json!([{"key": "plan", "value_base64": "Z29sZA=="}]));
-    let console = plugins.iter().find(|p| p["plugin"] == "sql-console").expect("sql-console");
-    let notes = console["tables"].as_array().expect("tables").iter().find(|t| t["name"] == "notes").expect("notes");
+    let console = plugins
+        .iter()
+        .find(|p| p["plugin"] == "sql-console")
+        .expect("sql-console");
+    let notes = console["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .find(|t| t["name"] == "notes")
+        .expect("notes");
     assert_eq!(notes["rows"], json!([{"id": 1, "body": "acme note"}]));
     assert!(!export.to_string().contains("globex"), "only acme's data");
 
     // Open sessions: refused unless forced, then they are closed with 1008.
     let delete = |force: bool| {
-        let mut args = vec!["tenant".into(), "delete".into(), "acme".into(), "--admin".into(), admin.clone()];
+        let mut args = vec![
+            "tenant".into(),
+            "delete".into(),
+            "acme".into(),
+            "--admin".into(),
+            admin.clone(),
+        ];
         if force {
             args.push("--force".into());
         }
@@ -369,14 +479,22 @@ async fn a_tenant_is_exported_deleted_and_created_again() {
 
     // Gone: no schema, no role, no data; globex untouched.
     let roles = baton_test_postgres::server()
-        .psql(&db.name, "SELECT count(*) FROM pg_roles r JOIN baton.sql_roles s ON s.role = r.rolname WHERE s.tenant = 'acme'")
+        .psql(
+            &db.name,
+            "SELECT count(*) FROM pg_roles r JOIN baton.sql_roles s ON s.role = r.rolname WHERE s.tenant = 'acme'",
+        )
         .expect("psql");
     assert_eq!(roles, "0");
     let export = host.admin_json("/api/tenants/acme/export").await;
     assert_eq!(export["plugins"], json!([]));
-    assert_eq!(query(&host, "globex", "SELECT body FROM notes").await.expect("globex"), json!([["globex note"]]));
+    assert_eq!(
+        query(&host, "globex", "SELECT body FROM notes").await.expect("globex"),
+        json!([["globex note"]])
+    );
     // And created again, empty.
-    let missing = query(&host, "acme", "SELECT body FROM notes").await.expect_err("a new schema");
+    let missing = query(&host, "acme", "SELECT body FROM notes")
+        .await
+        .expect_err("a new schema");
     assert_eq!(code(&missing), "42P01");
     let mut session = host.connect("acme", "chaos").await;
     assert_eq!(session.ask("get:plan").await, "none");

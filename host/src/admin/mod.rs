@@ -154,7 +154,10 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
         (&Method::POST, ["api", "upgrade"]) => upgrade(admin, request).await,
         (&Method::GET, ["api", "tenants", tenant, "export"]) => export_tenant(admin, tenant).await,
         (&Method::DELETE, ["api", "tenants", tenant]) => {
-            let force = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "force=true"));
+            let force = request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "force=true"));
             delete_tenant(admin, tenant, force).await
         }
         (&Method::GET, ["metrics"]) => metrics(admin),

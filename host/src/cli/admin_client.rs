@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use clap::Args;
+
 /// Where the admin API is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -89,4 +91,26 @@ impl AdminClient {
 /// The `error` of a JSON error body, or the body.
 pub fn error_text(body: &serde_json::Value) -> String {
     body["error"].as_str().map_or_else(|| body.to_string(), str::to_owned)
+}
+
+/// How a command reaches the running host's admin API.
+#[derive(Debug, Args)]
+pub(super) struct AdminArgs {
+    /// The host's admin API.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "BATON_ADMIN",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    pub(super) admin: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "BATON_ADMIN_TOKEN", hide_env_values = true)]
+    pub(super) token: Option<String>,
+}
+
+impl AdminArgs {
+    pub(super) fn client(&self) -> Result<AdminClient> {
+        AdminClient::new(&self.admin, self.token.clone())
+    }
 }

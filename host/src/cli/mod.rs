@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::admin::{PluginView, RollbackView, StatusView, UpgradeView, VersionView};
 use crate::config::Config;
 use crate::version::VersionId;
-use admin_client::{AdminClient, error_text};
+use admin_client::{AdminArgs, AdminClient, error_text};
 
 /// A hot-swappable WebAssembly plugin host for multi-tenant real-time services.
 #[derive(Debug, Parser)]
@@ -112,27 +112,6 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-}
-
-#[derive(Debug, Args)]
-struct AdminArgs {
-    /// The host's admin API.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "BATON_ADMIN",
-        default_value = "http://127.0.0.1:8081"
-    )]
-    admin: String,
-    /// Bearer token of the admin API.
-    #[arg(long, env = "BATON_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-}
-
-impl AdminArgs {
-    fn client(&self) -> Result<AdminClient> {
-        AdminClient::new(&self.admin, self.token.clone())
-    }
 }
 
 #[derive(Debug, Args)]

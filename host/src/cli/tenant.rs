@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 
-use super::AdminArgs;
-use super::admin_client::error_text;
+use super::admin_client::{AdminArgs, error_text};
 use crate::tenant::lifecycle::Deleted;
 
 /// What to do with a tenant's data.
@@ -70,7 +69,11 @@ pub(super) async fn run(command: TenantCommand) -> Result<()> {
             println!(
                 "{tenant}: deleted ({} sessions closed; data of {})",
                 deleted.sessions_closed,
-                if deleted.plugins.is_empty() { "no plugin".into() } else { deleted.plugins.join(", ") }
+                if deleted.plugins.is_empty() {
+                    "no plugin".into()
+                } else {
+                    deleted.plugins.join(", ")
+                }
             );
             Ok(())
         }

@@ -105,8 +105,8 @@ impl Limits {
     }
 
     /// Storage limits of one namespace.
-    pub fn storage(&self) -> crate::storage::StorageLimits {
-        crate::storage::StorageLimits {
+    pub fn storage(&self) -> crate::storage::namespace::StorageLimits {
+        crate::storage::namespace::StorageLimits {
             max_value_bytes: self.max_value_bytes,
             max_bytes: self.max_storage_mib << 20,
         }

@@ -462,10 +462,10 @@ impl<'a> Cutover<'a> {
 
     /// Resumes everything where it was paused.
     fn call_off(&mut self) {
-        if self.storage_closed {
-            if let Err(e) = self.giver.storage.reopen() {
-                tracing::error!("cannot reopen the storage after the handover was called off: {e}");
-            }
+        if self.storage_closed
+            && let Err(e) = self.giver.storage.reopen()
+        {
+            tracing::error!("cannot reopen the storage after the handover was called off: {e}");
         }
         for tenant in self.giver.tenants.all() {
             for link in tenant.shared().links() {

@@ -49,7 +49,10 @@ impl Host for InstanceState {
 
     async fn transaction(&mut self, statements: Vec<Statement>) -> Result<Vec<u64>, Error> {
         if statements.len() > crate::sql::MAX_STATEMENTS {
-            return Err(Error::Invalid(format!("more than {} statements", crate::sql::MAX_STATEMENTS)));
+            return Err(Error::Invalid(format!(
+                "more than {} statements",
+                crate::sql::MAX_STATEMENTS
+            )));
         }
         if let Some(change) = &self.schema_change {
             return Ok(change.run(&statements).await?);

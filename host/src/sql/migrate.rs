@@ -12,7 +12,11 @@
 
 use std::collections::HashSet;
 
-use super::{Rows, Sql, SqlError, Statement, Value, collect, run_all};
+use std::sync::Arc;
+
+use super::client::{TenantDb, collect, run_all};
+use super::error::SqlError;
+use crate::bindings::baton::plugin::sql::{Rows, Statement, Value};
 use crate::bindings::baton::plugin::types::Migration;
 use crate::storage::Namespace;
 
@@ -23,69 +27,65 @@ pub struct SchemaChange {
     limits: (usize, usize),
     /// What the commit adds to the tenant's record of applied migrations.
     applied: Vec<String>,
-    db: std::sync::Arc<super::TenantDb>,
+    db: Arc<TenantDb>,
 }
 
-impl Sql {
-    /// Starts applying `migrations` to `ns`'s schema: `None` when it has
-    /// had them all.
-    pub async fn begin_migrations(
-        &self,
-        ns: &Namespace,
-        migrations: &[Migration],
-    ) -> Result<Option<SchemaChange>, SqlError> {
-        if migrations.is_empty() {
-            return Ok(None);
-        }
-        let db = self.tenant(ns).await?;
-        if let Some(applied) = &*db.applied.lock().unwrap_or_else(|p| p.into_inner())
-            && migrations.iter().all(|m| applied.contains(&m.id))
-        {
-            return Ok(None);
-        }
-        let client = db.pool.get().await?;
-        client
-            .batch_execute(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS _baton_migrations (
-                     id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
-        let mut change = SchemaChange {
-            client: Some(client),
-            limits: (self.config.max_rows, self.config.max_result_bytes),
-            applied: Vec::new(),
-            db: db.clone(),
-        };
-        let client = change.client()?;
-        let mut newly = Vec::new();
-        let applied: HashSet<String> = client
-            .query("SELECT id FROM _baton_migrations", &[])
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        for migration in migrations.iter().filter(|m| !applied.contains(&m.id)) {
-            client.batch_execute(&migration.sql).await.map_err(|e| {
-                let e = SqlError::from(e);
-                SqlError::Invalid(format!("migration {} failed: {e}", migration.id))
-            })?;
-            client
-                .execute("INSERT INTO _baton_migrations (id) VALUES ($1)", &[&migration.id])
-                .await?;
-            tracing::info!(tenant = %ns.tenant, id = %migration.id, "applied a schema migration (not yet committed)");
-            newly.push(migration.id.clone());
-        }
-        if newly.is_empty() {
-            *db.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
-            change.rollback().await;
-            return Ok(None);
-        }
-        let mut known = applied;
-        known.extend(newly);
-        change.applied = known.into_iter().collect();
-        Ok(Some(change))
+/// Opens a schema change on one of `db`'s connections with the
+/// `migrations` its schema has not had applied: `None` when it has had
+/// them all. `limits` bound the results of the plugin's queries inside it.
+pub(super) async fn begin(
+    db: Arc<TenantDb>,
+    limits: (usize, usize),
+    ns: &Namespace,
+    migrations: &[Migration],
+) -> Result<Option<SchemaChange>, SqlError> {
+    if let Some(applied) = &*db.applied.lock().unwrap_or_else(|p| p.into_inner())
+        && migrations.iter().all(|m| applied.contains(&m.id))
+    {
+        return Ok(None);
     }
+    let client = db.pool.get().await?;
+    client
+        .batch_execute(
+            "BEGIN;
+             CREATE TABLE IF NOT EXISTS _baton_migrations (
+                 id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let mut change = SchemaChange {
+        client: Some(client),
+        limits,
+        applied: Vec::new(),
+        db: db.clone(),
+    };
+    let client = change.client()?;
+    let mut newly = Vec::new();
+    let applied: HashSet<String> = client
+        .query("SELECT id FROM _baton_migrations", &[])
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    for migration in migrations.iter().filter(|m| !applied.contains(&m.id)) {
+        client.batch_execute(&migration.sql).await.map_err(|e| {
+            let e = SqlError::from(e);
+            SqlError::Invalid(format!("migration {} failed: {e}", migration.id))
+        })?;
+        client
+            .execute("INSERT INTO _baton_migrations (id) VALUES ($1)", &[&migration.id])
+            .await?;
+        tracing::info!(tenant = %ns.tenant, id = %migration.id, "applied a schema migration (not yet committed)");
+        newly.push(migration.id.clone());
+    }
+    if newly.is_empty() {
+        *db.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+        change.rollback().await;
+        return Ok(None);
+    }
+    let mut known = applied;
+    known.extend(newly);
+    change.applied = known.into_iter().collect();
+    Ok(Some(change))
 }
 
 impl SchemaChange {
@@ -139,10 +139,10 @@ impl SchemaChange {
     }
 
     async fn rollback(mut self) {
-        if let Some(client) = self.client.take() {
-            if client.batch_execute("ROLLBACK").await.is_err() {
-                drop(deadpool_postgres::Object::take(client));
-            }
+        if let Some(client) = self.client.take()
+            && client.batch_execute("ROLLBACK").await.is_err()
+        {
+            drop(deadpool_postgres::Object::take(client));
         }
     }
 }

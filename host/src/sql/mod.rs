@@ -27,103 +27,32 @@
 //! **Results** are bounded in rows (`max_rows`) and bytes
 //! (`max_result_bytes`): a larger one is `too-many-rows`, never truncated.
 //!
-//! Files: `values.rs` (parameters and columns), `roles.rs` (creating and
-//! dropping a tenant's role and schema, export), `migrate.rs` (a version's
-//! migrations, applied in the transaction of a tenant's move to it).
+//! Files: `error.rs` (why a call failed), `values.rs` (parameters and
+//! columns), `client.rs` (a tenant's pool, statements on a connection),
+//! `roles.rs` (creating, measuring, exporting and dropping a tenant's role
+//! and schema), `migrate.rs` (a version's migrations, applied in the
+//! transaction of a tenant's move to it).
 
+mod client;
+mod error;
 mod migrate;
 mod roles;
-pub mod values;
+mod values;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures_util::{StreamExt, pin_mut};
+use deadpool_postgres::Pool;
 use tokio_postgres::NoTls;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 
+pub use crate::bindings::baton::plugin::sql::{Rows, Statement, Value};
 use crate::config::SqlConfig;
 use crate::storage::Namespace;
-pub use crate::bindings::baton::plugin::sql::{Column, Rows, Statement, Value};
+use client::{TenantDb, collect, pool, run_all};
+pub use error::SqlError;
 pub use migrate::SchemaChange;
 pub use roles::TableExport;
-
-/// Why a SQL call failed (the WIT `error`).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum SqlError {
-    /// The statement or a parameter cannot be used as given.
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// PostgreSQL refused the statement.
-    #[error("{code}: {message}")]
-    Db {
-        /// SQLSTATE.
-        code: String,
-        /// Its message.
-        message: String,
-        /// Its detail, if any.
-        detail: Option<String>,
-    },
-    /// Cancelled at the statement timeout.
-    #[error("timeout")]
-    Timeout,
-    /// The result is over the row or byte limit.
-    #[error("too many rows")]
-    TooManyRows,
-    /// The schema is over its disk quota.
-    #[error("quota exceeded")]
-    QuotaExceeded,
-    /// Serialization failure or deadlock: retryable.
-    #[error("conflict")]
-    Conflict,
-    /// The database cannot be used now.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<tokio_postgres::Error> for SqlError {
-    fn from(e: tokio_postgres::Error) -> SqlError {
-        let Some(db) = e.as_db_error() else {
-            if e.is_closed() {
-                return SqlError::Unavailable("the database connection closed".into());
-            }
-            // A parameter that could not be converted, or a column that
-            // cannot be read, is the caller's doing; the rest is the link.
-            let text = match std::error::Error::source(&e) {
-                Some(source) => source.to_string(),
-                None => e.to_string(),
-            };
-            return if e.to_string().contains("error serializing") || e.to_string().contains("error deserializing") {
-                SqlError::Invalid(text)
-            } else {
-                SqlError::Unavailable(text)
-            };
-        };
-        match *db.code() {
-            SqlState::QUERY_CANCELED => SqlError::Timeout,
-            SqlState::T_R_SERIALIZATION_FAILURE | SqlState::T_R_DEADLOCK_DETECTED => SqlError::Conflict,
-            SqlState::READ_ONLY_SQL_TRANSACTION => SqlError::QuotaExceeded,
-            SqlState::TOO_MANY_CONNECTIONS => SqlError::Unavailable("too many connections".into()),
-            _ => SqlError::Db {
-                code: db.code().code().to_owned(),
-                message: db.message().to_owned(),
-                detail: db.detail().map(str::to_owned),
-            },
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for SqlError {
-    fn from(e: deadpool_postgres::PoolError) -> SqlError {
-        match e {
-            deadpool_postgres::PoolError::Backend(e) => SqlError::from(e),
-            e => SqlError::Unavailable(format!("no database connection: {e}")),
-        }
-    }
-}
 
 /// Most statements in one `transaction` call.
 pub const MAX_STATEMENTS: usize = 256;
@@ -144,15 +73,6 @@ pub struct Sql {
     provisioning: tokio::sync::Mutex<()>,
     /// Whether the host's role may set `temp_file_limit` on roles.
     may_limit_temp: std::sync::atomic::AtomicBool,
-}
-
-/// A tenant role's pool.
-struct TenantDb {
-    schema: String,
-    pool: Pool,
-    last_used: Mutex<Instant>,
-    /// The migrations its schema has had, once read (see `migrate.rs`).
-    applied: Mutex<Option<HashSet<String>>>,
 }
 
 impl Sql {
@@ -187,7 +107,7 @@ impl Sql {
         if let Some(db) = self.lock_tenants().get(ns) {
             return Ok(db.clone());
         }
-        let login = roles::provision(self, ns).await?;
+        let login = roles::provision(&self.admin, &self.config, &self.may_limit_temp, ns).await?;
         let mut config = self.base.clone();
         config.user(&login.role).password(&login.password);
         let db = Arc::new(TenantDb {
@@ -205,7 +125,25 @@ impl Sql {
     }
 
     fn is_over_quota(&self, schema: &str) -> bool {
-        self.over_quota.lock().unwrap_or_else(|p| p.into_inner()).contains(schema)
+        self.over_quota
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(schema)
+    }
+
+    /// Starts applying `migrations` to `ns`'s schema (see `migrate.rs`):
+    /// `None` when it has had them all.
+    pub async fn begin_migrations(
+        &self,
+        ns: &Namespace,
+        migrations: &[crate::bindings::baton::plugin::types::Migration],
+    ) -> Result<Option<SchemaChange>, SqlError> {
+        if migrations.is_empty() {
+            return Ok(None);
+        }
+        let db = self.tenant(ns).await?;
+        let limits = (self.config.max_rows, self.config.max_result_bytes);
+        migrate::begin(db, limits, ns, migrations).await
     }
 
     /// Every schema of `tenant` (plugin by plugin) with its tables and rows.
@@ -299,63 +237,6 @@ impl Sql {
     }
 }
 
-/// Runs each statement on `client` (in a transaction); their counts of
-/// changed rows.
-async fn run_all(
-    client: &impl deadpool_postgres::GenericClient,
-    statements: &[Statement],
-) -> Result<Vec<u64>, SqlError> {
-    let mut counts = Vec::with_capacity(statements.len());
-    for statement in statements {
-        counts.push(client.execute_raw(statement.sql.as_str(), params(&statement.params)).await?);
-    }
-    Ok(counts)
-}
-
-fn params(values: &[Value]) -> impl ExactSizeIterator<Item = &(dyn ToSql + Sync)> + Send {
-    values.iter().map(|v| v as &(dyn ToSql + Sync))
-}
-
-/// Streams a query's rows, refusing a result over `(rows, bytes)`.
-async fn collect(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-    values: &[Value],
-    (max_rows, max_bytes): (usize, usize),
-) -> Result<Rows, SqlError> {
-    let statement = client.prepare(sql).await?;
-    let columns = statement
-        .columns()
-        .iter()
-        .map(|c| Column {
-            name: c.name().to_owned(),
-            type_name: c.type_().name().to_owned(),
-        })
-        .collect();
-    let stream = client.query_raw(&statement, params(values)).await?;
-    pin_mut!(stream);
-    let (mut rows, mut bytes) = (Vec::new(), 0usize);
-    while let Some(row) = stream.next().await {
-        let row = row?;
-        if rows.len() == max_rows {
-            return Err(SqlError::TooManyRows);
-        }
-        let mut values = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let value: Value = row.try_get(i).map_err(|e| {
-                SqlError::Invalid(std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()))
-            })?;
-            bytes += value.size();
-            values.push(value);
-        }
-        if bytes > max_bytes {
-            return Err(SqlError::TooManyRows);
-        }
-        rows.push(values);
-    }
-    Ok(Rows { columns, rows })
-}
-
 /// Whether `sql` is a statement that frees space (allowed over quota).
 fn frees_space(sql: &str) -> bool {
     let first = sql
@@ -363,25 +244,9 @@ fn frees_space(sql: &str) -> bool {
         .split(|c: char| !c.is_ascii_alphabetic())
         .next()
         .unwrap_or_default();
-    ["delete", "truncate", "drop"].iter().any(|k| first.eq_ignore_ascii_case(k))
-}
-
-fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, SqlError> {
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        ManagerConfig {
-            // Whatever a plugin `SET` is undone before the next call.
-            recycling_method: RecyclingMethod::Clean,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(5)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .build()
-        .map_err(|e| SqlError::Unavailable(format!("sql pool: {e}")))
+    ["delete", "truncate", "drop"]
+        .iter()
+        .any(|k| first.eq_ignore_ascii_case(k))
 }
 
 /// Measures schemas and closes idle pools, until the [`Sql`] is dropped.

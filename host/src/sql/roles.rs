@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 
-use super::{Sql, SqlError};
+use super::error::SqlError;
+use crate::config::SqlConfig;
 use crate::storage::Namespace;
 
 /// The role and password of a tenant's connections.
@@ -35,15 +36,23 @@ pub(super) async fn prepare_database(admin: &Pool) -> Result<(), SqlError> {
     )
     .await?;
     let database: String = txn.query_one("SELECT current_database()", &[]).await?.get(0);
-    txn.batch_execute(&format!("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC", ident(&database)))
-        .await?;
+    txn.batch_execute(&format!(
+        "REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC",
+        ident(&database)
+    ))
+    .await?;
     txn.commit().await?;
     Ok(())
 }
 
 /// `ns`'s role and password, creating role and schema if it has none.
-pub(super) async fn provision(sql: &Sql, ns: &Namespace) -> Result<Login, SqlError> {
-    let mut client = sql.admin.get().await?;
+pub(super) async fn provision(
+    admin: &Pool,
+    config: &SqlConfig,
+    may_limit_temp: &std::sync::atomic::AtomicBool,
+    ns: &Namespace,
+) -> Result<Login, SqlError> {
+    let mut client = admin.get().await?;
     let txn = client.transaction().await?;
     txn.execute("SELECT pg_advisory_xact_lock(7365206733)", &[]).await?;
     let found = txn
@@ -61,7 +70,6 @@ pub(super) async fn provision(sql: &Sql, ns: &Namespace) -> Result<Login, SqlErr
     }
     let role = format!("t_{}", random_hex(8)?);
     let password = random_hex(24)?;
-    let config = &sql.config;
     let connections = config.connections_per_tenant.max(1) + 1;
     txn.batch_execute(&format!(
         "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
@@ -76,7 +84,7 @@ pub(super) async fn provision(sql: &Sql, ns: &Namespace) -> Result<Login, SqlErr
         idle = config.statement_timeout_ms * 2,
     ))
     .await?;
-    if sql.may_limit_temp.load(std::sync::atomic::Ordering::Relaxed) {
+    if may_limit_temp.load(std::sync::atomic::Ordering::Relaxed) {
         // A superuser-only setting: a host role that may not set it leaves it
         // at the server's default, and says so once.
         txn.batch_execute("SAVEPOINT temp_limit").await?;
@@ -88,8 +96,10 @@ pub(super) async fn provision(sql: &Sql, ns: &Namespace) -> Result<Login, SqlErr
             Ok(()) => txn.batch_execute("RELEASE SAVEPOINT temp_limit").await?,
             Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
                 txn.batch_execute("ROLLBACK TO SAVEPOINT temp_limit").await?;
-                sql.may_limit_temp.store(false, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("the database role may not set temp_file_limit: plugins' sorts and hashes may spill to disk without a limit");
+                may_limit_temp.store(false, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    "the database role may not set temp_file_limit: plugins' sorts and hashes may spill to disk without a limit"
+                );
             }
             Err(e) => return Err(e.into()),
         }
@@ -186,13 +196,20 @@ pub(super) async fn drop_tenant(admin: &Pool, tenant: &str) -> Result<(), SqlErr
     let mut client = admin.get().await?;
     for (_, role) in roles {
         client
-            .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&role])
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&role],
+            )
             .await?;
         let txn = client.transaction().await?;
-        txn.batch_execute(&format!("DROP SCHEMA IF EXISTS {role} CASCADE; DROP ROLE IF EXISTS {role}"))
+        txn.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {role} CASCADE; DROP ROLE IF EXISTS {role}"
+        ))
+        .await?;
+        txn.execute("DELETE FROM baton.sql_migrations WHERE role = $1", &[&role])
             .await?;
-        txn.execute("DELETE FROM baton.sql_migrations WHERE role = $1", &[&role]).await?;
-        txn.execute("DELETE FROM baton.sql_roles WHERE role = $1", &[&role]).await?;
+        txn.execute("DELETE FROM baton.sql_roles WHERE role = $1", &[&role])
+            .await?;
         txn.commit().await?;
     }
     Ok(())
@@ -210,5 +227,5 @@ fn random_hex(bytes: usize) -> Result<String, SqlError> {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .map_err(|e| SqlError::Unavailable(format!("no randomness for a role name: {e}")))?;
-    Ok(crate::runtime::hex(&buf))
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -117,7 +117,11 @@ impl<'a> FromSql<'a> for Value {
             Type::UUID => Value::Uuid(format_uuid(raw)?),
             Type::NUMERIC => Value::Decimal(decode_numeric(raw)?),
             ref other => {
-                return Err(format!("a column of type {} cannot be returned: cast it, e.g. to text", other.name()).into());
+                return Err(format!(
+                    "a column of type {} cannot be returned: cast it, e.g. to text",
+                    other.name()
+                )
+                .into());
             }
         })
     }
@@ -155,7 +159,14 @@ fn format_uuid(raw: &[u8]) -> Result<String, BoxError> {
         return Err("a uuid has 16 bytes".into());
     }
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]))
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
 }
 
 const NUMERIC_NEG: u16 = 0x4000;
@@ -177,9 +188,7 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() && frac.is_empty()
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
+    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
     let int = int.trim_start_matches('0');
@@ -191,7 +200,12 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<IsNull, BoxError> {
     let mut groups: Vec<u16> = digits
         .as_bytes()
         .chunks(4)
-        .map(|c| std::str::from_utf8(c).map_err(|_| bad())?.parse::<u16>().map_err(|_| bad()))
+        .map(|c| {
+            std::str::from_utf8(c)
+                .map_err(|_| bad())?
+                .parse::<u16>()
+                .map_err(|_| bad())
+        })
         .collect::<Result<_, _>>()?;
     let mut weight = ((int.len() + int_pad) / 4) as i32 - 1;
     while groups.first() == Some(&0) {
@@ -229,7 +243,11 @@ fn decode_numeric(raw: &[u8]) -> Result<String, BoxError> {
     let group = |power: i32| -> u16 {
         // The group of 10,000^power.
         let index = weight - power;
-        if index < 0 { 0 } else { groups.get(index as usize).copied().unwrap_or(0) }
+        if index < 0 {
+            0
+        } else {
+            groups.get(index as usize).copied().unwrap_or(0)
+        }
     };
     let mut int = String::new();
     for power in (0..=weight.max(0)).rev() {
@@ -261,7 +279,17 @@ mod tests {
 
     #[test]
     fn numerics_round_trip() {
-        for text in ["0", "1", "-1", "12345.678", "0.0001", "-0.5", "10000", "99990000.00010", "NaN"] {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "12345.678",
+            "0.0001",
+            "-0.5",
+            "10000",
+            "99990000.00010",
+            "NaN",
+        ] {
             let mut out = BytesMut::new();
             encode_numeric(text, &mut out).expect(text);
             assert_eq!(decode_numeric(&out).expect(text), text, "{text}");

@@ -6,7 +6,8 @@
 //! - `redb.rs`: the embedded default, one file in the data folder; no
 //!   database to run, but one host only.
 //! - `postgres.rs`: shared tables in PostgreSQL under row-level security, so
-//!   that any host pointed at the same database can take a tenant over.
+//!   that any host pointed at the same database can take a tenant over;
+//! - `namespace.rs`: what both share (a namespace, its limits, the errors).
 //!
 //! **Fencing.** A tenant task claims its namespace when it starts
 //! ([`Storage::claim`]): the namespace's owner token goes up by one and the
@@ -18,6 +19,7 @@
 //! Every call is async: redb's run on tokio's blocking pool, PostgreSQL's
 //! wait on the network; none blocks a worker thread that serves sessions.
 
+pub mod namespace;
 mod postgres;
 mod redb;
 #[cfg(test)]
@@ -26,88 +28,8 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{StorageBackend, StorageConfig};
-
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
-
-/// Why a storage call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StorageError {
-    /// Empty or too long key.
-    #[error("invalid key")]
-    InvalidKey,
-    /// Value over the value limit.
-    #[error("value too large")]
-    TooLarge,
-    /// The namespace would exceed its quota.
-    #[error("quota exceeded")]
-    QuotaExceeded,
-    /// The namespace has a newer owner than the writer: the write is refused.
-    #[error("fenced: this tenant has a newer owner")]
-    Fenced,
-    /// The database failed.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-}
-
-/// Size limits of every namespace.
-#[derive(Debug, Clone, Copy)]
-pub struct StorageLimits {
-    /// Largest value.
-    pub max_value_bytes: usize,
-    /// Largest total of keys and values per namespace.
-    pub max_bytes: u64,
-}
-
-/// One (tenant, plugin) namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Namespace {
-    /// The tenant (a valid name: see [`crate::names`]).
-    pub tenant: String,
-    /// The plugin (a valid name).
-    pub plugin: String,
-}
-
-impl Namespace {
-    /// The namespace of a tenant's plugin.
-    pub fn new(tenant: &str, plugin: &str) -> Namespace {
-        Namespace {
-            tenant: tenant.to_owned(),
-            plugin: plugin.to_owned(),
-        }
-    }
-}
-
-fn check_key(key: &str) -> Result<(), StorageError> {
-    if key.is_empty() || key.len() > MAX_KEY_BYTES {
-        return Err(StorageError::InvalidKey);
-    }
-    Ok(())
-}
-
-/// What is kept for one plugin of a tenant (`baton tenant export`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TenantData {
-    /// The plugin.
-    pub plugin: String,
-    /// Its key-value data, in key order.
-    pub keys: Vec<(String, Vec<u8>)>,
-    /// Its kept state: (version hash, bytes).
-    pub state: Option<(String, Vec<u8>)>,
-}
-
-impl TenantData {
-    fn new(plugin: &str) -> TenantData {
-        TenantData {
-            plugin: plugin.to_owned(),
-            keys: Vec::new(),
-            state: None,
-        }
-    }
-}
+pub use namespace::{Namespace, StorageError, StorageLimits, TenantData};
 
 /// The storage of one host.
 pub struct Storage {
@@ -139,10 +61,7 @@ impl Storage {
             StorageBackend::Redb => {
                 let path = data_dir.join("storage.redb");
                 let db = redb::Redb::open(&path)?;
-                Backend::Redb {
-                    db: Arc::new(db),
-                    path,
-                }
+                Backend::Redb { db: Arc::new(db), path }
             }
             StorageBackend::Postgres => {
                 let url = config.postgres_url.as_deref().ok_or_else(|| {

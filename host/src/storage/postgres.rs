@@ -11,12 +11,12 @@
 //! table updated in the same transaction as the data, and every write first
 //! checks the namespace's owner token (the fencing of [`super`]).
 
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::RwLock;
-use deadpool_postgres::Transaction;
 use tokio_postgres::NoTls;
 
-use super::{Namespace, StorageError, StorageLimits, TenantData, check_key};
+use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key};
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> StorageError {
@@ -345,8 +345,11 @@ impl Postgres {
             txn.execute(&format!("DELETE FROM baton.{table} WHERE tenant = $1"), &[&tenant])
                 .await?;
         }
-        txn.execute("UPDATE baton.owners SET token = token + 1 WHERE tenant = $1", &[&tenant])
-            .await?;
+        txn.execute(
+            "UPDATE baton.owners SET token = token + 1 WHERE tenant = $1",
+            &[&tenant],
+        )
+        .await?;
         txn.commit().await?;
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{Namespace, StorageError, StorageLimits, TenantData, check_key};
+use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&[u8], u64> = TableDefinition::new("usage");
@@ -226,10 +226,17 @@ impl Redb {
         Ok(keys)
     }
 
-    pub(super) fn save_state(&self, ns: &Namespace, token: u64, version: &str, state: &[u8]) -> Result<(), StorageError> {
+    pub(super) fn save_state(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        version: &str,
+        state: &[u8],
+    ) -> Result<(), StorageError> {
         let txn = self.db()?.begin_write()?;
         fence(&txn, ns, token)?;
-        txn.open_table(STATES)?.insert(prefix(ns).as_slice(), (version, state))?;
+        txn.open_table(STATES)?
+            .insert(prefix(ns).as_slice(), (version, state))?;
         txn.commit()?;
         Ok(())
     }
@@ -265,8 +272,12 @@ impl Redb {
         for entry in txn.open_table(DATA)?.range(start.as_slice()..)? {
             let (key, value) = entry?;
             let key = key.value();
-            let Some(rest) = key.strip_prefix(start.as_slice()) else { break };
-            let Some(split) = rest.iter().position(|b| *b == 0) else { continue };
+            let Some(rest) = key.strip_prefix(start.as_slice()) else {
+                break;
+            };
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
             let plugin = String::from_utf8_lossy(&rest[..split]).into_owned();
             let i = entry_for(&plugin, &mut out);
             let name = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
@@ -275,7 +286,9 @@ impl Redb {
         for entry in txn.open_table(STATES)?.range(start.as_slice()..)? {
             let (key, value) = entry?;
             let key = key.value();
-            let Some(rest) = key.strip_prefix(start.as_slice()) else { break };
+            let Some(rest) = key.strip_prefix(start.as_slice()) else {
+                break;
+            };
             let plugin = String::from_utf8_lossy(rest.strip_suffix(&[0]).unwrap_or(rest)).into_owned();
             let i = entry_for(&plugin, &mut out);
             let (version, state) = value.value();
@@ -293,9 +306,12 @@ impl Redb {
         let mut end = tenant.as_bytes().to_vec();
         end.push(1);
         let txn = self.db()?.begin_write()?;
-        txn.open_table(DATA)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
-        txn.open_table(USAGE)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
-        txn.open_table(STATES)?.retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        txn.open_table(DATA)?
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        txn.open_table(USAGE)?
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
+        txn.open_table(STATES)?
+            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)?;
         {
             let mut owners = txn.open_table(OWNERS)?;
             let claimed: Vec<(Vec<u8>, u64)> = owners

@@ -2,6 +2,7 @@
 //! [`Storage`] and instantiated for redb (a temporary file) and PostgreSQL
 //! (a database of its own on the test server, see `baton-test-postgres`).
 
+use super::namespace::MAX_KEY_BYTES;
 use super::*;
 use crate::config::{StorageBackend, StorageConfig};
 
@@ -77,7 +78,10 @@ async fn lists_by_prefix_in_order(f: Fixture) {
     for key in ["rooms/b", "rooms/a", "users/x", "rooms/c", "rooms/B", "rooms_"] {
         s.set(&ns, t, key.into(), b"1".to_vec(), LIMITS).await.expect("set");
     }
-    assert_eq!(s.list(&ns, "rooms/".into(), 2).await.expect("list"), vec!["rooms/B", "rooms/a"]);
+    assert_eq!(
+        s.list(&ns, "rooms/".into(), 2).await.expect("list"),
+        vec!["rooms/B", "rooms/a"]
+    );
     assert!(s.delete(&ns, t, "rooms/a".into()).await.expect("delete"));
     assert!(!s.delete(&ns, t, "rooms/a".into()).await.expect("delete"));
     assert_eq!(
@@ -98,7 +102,10 @@ async fn sizes_and_quotas_are_enforced(f: Fixture) {
     };
     let set = |key: &str, len: usize| s.set(&ns, t, key.into(), vec![0; len], small);
     assert_eq!(set("", 1).await, Err(StorageError::InvalidKey));
-    assert_eq!(set(&"k".repeat(MAX_KEY_BYTES + 1), 1).await, Err(StorageError::InvalidKey));
+    assert_eq!(
+        set(&"k".repeat(MAX_KEY_BYTES + 1), 1).await,
+        Err(StorageError::InvalidKey)
+    );
     assert_eq!(set("k", 101).await, Err(StorageError::TooLarge));
     set("k", 15).await.expect("16 bytes fit");
     assert_eq!(set("j", 5).await, Err(StorageError::QuotaExceeded));
@@ -113,11 +120,15 @@ async fn kept_states_stay_until_replaced(f: Fixture) {
     let s = &f.storage;
     let (ns, t) = owned(s, "t", "p").await;
     assert_eq!(s.kept_state(&ns).await.expect("read"), None);
-    s.save_state(&ns, t, "abc".into(), b"state".to_vec()).await.expect("save");
+    s.save_state(&ns, t, "abc".into(), b"state".to_vec())
+        .await
+        .expect("save");
     let kept = Some(("abc".to_owned(), b"state".to_vec()));
     assert_eq!(s.kept_state(&ns).await.expect("read"), kept);
     assert_eq!(s.kept_state(&ns).await.expect("read"), kept, "reading keeps it");
-    s.save_state(&ns, t, "def".into(), b"newer".to_vec()).await.expect("save");
+    s.save_state(&ns, t, "def".into(), b"newer".to_vec())
+        .await
+        .expect("save");
     assert_eq!(
         s.kept_state(&ns).await.expect("read").map(|(v, _)| v),
         Some("def".to_owned())
@@ -131,7 +142,10 @@ async fn kept_states_stay_until_replaced(f: Fixture) {
 
 async fn data_survives_reopening(f: Fixture) {
     let (ns, t) = owned(&f.storage, "t", "p").await;
-    f.storage.set(&ns, t, "k".into(), b"v".to_vec(), LIMITS).await.expect("set");
+    f.storage
+        .set(&ns, t, "k".into(), b"v".to_vec(), LIMITS)
+        .await
+        .expect("set");
     let again = f.again().await;
     assert_eq!(again.get(&ns, "k".into()).await.expect("get"), Some(b"v".to_vec()));
 }
@@ -151,7 +165,9 @@ async fn a_stale_owner_cannot_write(f: Fixture) {
     }
     assert_eq!(s.get(&ns, "k".into()).await.expect("get"), Some(b"old".to_vec()));
     assert_eq!(s.kept_state(&ns).await.expect("read"), None);
-    s.set(&ns, new, "k".into(), b"new".to_vec(), LIMITS).await.expect("the owner writes");
+    s.set(&ns, new, "k".into(), b"new".to_vec(), LIMITS)
+        .await
+        .expect("the owner writes");
     // A never-claimed namespace has no owner to write as.
     let unclaimed = Namespace::new("t", "q");
     assert_eq!(
@@ -167,8 +183,12 @@ async fn a_tenant_is_exported_and_erased(f: Fixture) {
     let (other, to) = owned(s, "acme-2", "chat").await;
     s.set(&chat, tc, "b".into(), b"2".to_vec(), LIMITS).await.expect("set");
     s.set(&chat, tc, "a".into(), b"1".to_vec(), LIMITS).await.expect("set");
-    s.save_state(&metering, tm, "v1".into(), b"{}".to_vec()).await.expect("save");
-    s.set(&other, to, "a".into(), b"other".to_vec(), LIMITS).await.expect("set");
+    s.save_state(&metering, tm, "v1".into(), b"{}".to_vec())
+        .await
+        .expect("save");
+    s.set(&other, to, "a".into(), b"other".to_vec(), LIMITS)
+        .await
+        .expect("set");
 
     let exported = s.export("acme").await.expect("export");
     assert_eq!(
@@ -189,12 +209,21 @@ async fn a_tenant_is_exported_and_erased(f: Fixture) {
     s.erase("acme").await.expect("erase");
     assert_eq!(s.export("acme").await.expect("export"), vec![]);
     assert_eq!(s.used(&chat).await.expect("used"), 0);
-    assert_eq!(s.get(&other, "a".into()).await.expect("get"), Some(b"other".to_vec()), "acme-2 stays");
+    assert_eq!(
+        s.get(&other, "a".into()).await.expect("get"),
+        Some(b"other".to_vec()),
+        "acme-2 stays"
+    );
     // The owner before the erase cannot write it back.
-    assert_eq!(s.set(&chat, tc, "a".into(), b"x".to_vec(), LIMITS).await, Err(StorageError::Fenced));
+    assert_eq!(
+        s.set(&chat, tc, "a".into(), b"x".to_vec(), LIMITS).await,
+        Err(StorageError::Fenced)
+    );
     // Re-created: it starts empty.
     let fresh = s.claim(&chat).await.expect("claim");
-    s.set(&chat, fresh, "a".into(), b"new".to_vec(), LIMITS).await.expect("set");
+    s.set(&chat, fresh, "a".into(), b"new".to_vec(), LIMITS)
+        .await
+        .expect("set");
 }
 
 macro_rules! suite {
@@ -236,11 +265,19 @@ async fn postgres_rows_are_scoped_by_row_level_security() {
     let f = Fixture::new(StorageBackend::Postgres).await;
     let (acme, ta) = owned(&f.storage, "acme", "chat").await;
     let (globex, tg) = owned(&f.storage, "globex", "chat").await;
-    f.storage.set(&acme, ta, "k".into(), b"a".to_vec(), LIMITS).await.expect("set");
-    f.storage.set(&globex, tg, "k".into(), b"g".to_vec(), LIMITS).await.expect("set");
+    f.storage
+        .set(&acme, ta, "k".into(), b"a".to_vec(), LIMITS)
+        .await
+        .expect("set");
+    f.storage
+        .set(&globex, tg, "k".into(), b"g".to_vec(), LIMITS)
+        .await
+        .expect("set");
 
     let url = f.config.postgres_url.clone().expect("url");
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
     tokio::spawn(connection);
     client
         .batch_execute(&format!("BEGIN; {}", postgres::scope_sql("acme", "chat")))
@@ -265,7 +302,10 @@ async fn postgres_rows_are_scoped_by_row_level_security() {
         )
         .await
         .expect_err("another tenant's row");
-    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
     client.batch_execute("ROLLBACK").await.expect("rollback");
 
     // Without a scope, nothing at all.

@@ -18,7 +18,6 @@ use tracing::Instrument;
 use crate::error::close;
 use crate::instance::Trap;
 use crate::registry::PluginEntry;
-use crate::tenant::ending::End;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
 use crate::tenant::mailbox::{Command, TenantHandle};
@@ -136,6 +135,17 @@ pub(super) struct Actor {
     seen_current: Option<u64>,
     /// Commands taken since the last whole wait (see [`BURST`]).
     burst: u32,
+}
+
+/// How the task ends.
+pub(super) enum End {
+    /// With nothing to answer (the plugin was removed, the tenant handed
+    /// over or left idle).
+    Quietly,
+    /// The host shuts down: its state is kept, then `done` is answered.
+    Shutdown(oneshot::Sender<()>),
+    /// Its data is being deleted: nothing is kept; `done` is answered.
+    Erased(oneshot::Sender<()>),
 }
 
 /// What the task does next.

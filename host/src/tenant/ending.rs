@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::Rejection;
 use crate::session::Inbound;
-use crate::tenant::actor::Actor;
+use crate::tenant::actor::{Actor, End};
 use crate::tenant::mailbox::Command;
 use crate::tenant::record::{StateRecord, TenantRecord, Verdict};
 
@@ -104,17 +104,6 @@ impl Actor {
             }
         }
     }
-}
-
-/// How the task ends.
-pub(super) enum End {
-    /// With nothing to answer (the plugin was removed, the tenant handed
-    /// over or left idle).
-    Quietly,
-    /// The host shuts down: its state is kept, then `done` is answered.
-    Shutdown(oneshot::Sender<()>),
-    /// Its data is being deleted: nothing is kept; `done` is answered.
-    Erased(oneshot::Sender<()>),
 }
 
 /// Answers a command the ended task will never run: a connect or request is

@@ -151,7 +151,11 @@ pub async fn delete(
     tenant: &str,
     force: bool,
 ) -> Result<Deleted, LifecycleError> {
-    let handles: Vec<_> = tenants.all().into_iter().filter(|h| h.shared().name == tenant).collect();
+    let handles: Vec<_> = tenants
+        .all()
+        .into_iter()
+        .filter(|h| h.shared().name == tenant)
+        .collect();
     let sessions: usize = handles.iter().map(|h| h.shared().session_count()).sum();
     if sessions > 0 && !force {
         return Err(LifecycleError::Busy {

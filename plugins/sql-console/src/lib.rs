@@ -78,7 +78,10 @@ impl Plugin for Console {
                     json!(row)
                 }))
             }
-            _ => Ok(HttpResponse::text(404, "POST /query, /execute, /transaction; GET /echo")),
+            _ => Ok(HttpResponse::text(
+                404,
+                "POST /query, /execute, /transaction; GET /echo",
+            )),
         }
     }
 }

@@ -66,7 +66,18 @@ impl Server {
     /// Runs `sql` with psql as the superuser on `database`.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
             .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -88,7 +99,16 @@ impl Server {
             chown_to_postgres(&dir)?;
         }
         let initdb = as_server_user(as_root, &bin.join("initdb"), &[])
-            .args(["-D", &dir.join("data").to_string_lossy(), "-A", "trust", "-U", "postgres", "-E", "UTF8"])
+            .args([
+                "-D",
+                &dir.join("data").to_string_lossy(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+            ])
             .args(["--no-sync", "--no-instructions"])
             .stdin(Stdio::null())
             .output()
@@ -113,7 +133,14 @@ impl Server {
             .args(["-D", &dir.join("data").to_string_lossy(), "-p", &port.to_string()])
             .args(["-k", &dir.to_string_lossy(), "-c", "listen_addresses=127.0.0.1"])
             // Throwaway data: no need to survive a power cut.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .args(["-c", "max_connections=300", "-c", "log_min_messages=warning"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -158,9 +185,10 @@ impl Server {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let _ = self
-            .server
-            .psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = self.server.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
     }
 }
 
