@@ -52,10 +52,22 @@ impl Server {
 
     /// A baton host as [`Server::baton`], started through `wrapper` (e.g. valgrind).
     pub async fn baton_under(wrapper: &[&str], plugins: &[(&str, &str)], config: &str) -> Result<Server> {
+        Server::baton_with(wrapper, plugins, "", config).await
+    }
+
+    /// A baton host as [`Server::baton_under`], each plugin with `settings`
+    /// as its `<name>.toml`.
+    pub async fn baton_with(
+        wrapper: &[&str],
+        plugins: &[(&str, &str)],
+        settings: &str,
+        config: &str,
+    ) -> Result<Server> {
         let dirs = tempfile::tempdir()?;
         let deploy = dirs.path().join("deploy");
         std::fs::create_dir_all(&deploy)?;
         for (name, file) in plugins {
+            std::fs::write(deploy.join(format!("{name}.toml")), settings)?;
             std::fs::copy(file, deploy.join(format!("{name}.wasm")))?;
         }
         let data = dirs.path().join("data");

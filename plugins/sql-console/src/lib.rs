@@ -3,7 +3,7 @@
 //! send it what a hostile plugin would run. See README.md.
 
 use baton_sdk::sql::{self, Error, Value};
-use baton_sdk::{Config, HttpRequest, HttpResponse, Plugin};
+use baton_sdk::{Config, Frame, HttpRequest, HttpResponse, Plugin, Session};
 use serde_json::{Value as Json, json};
 
 struct Console;
@@ -42,6 +42,20 @@ fn answer(result: Result<Json, Error>) -> Result<HttpResponse, String> {
 impl Plugin for Console {
     fn init(_config: Config) -> Result<Self, String> {
         Ok(Console)
+    }
+
+    /// A text frame is one statement: the answer is `{"ok": rows}` or
+    /// `{"error": ...}` (the benchmark's SQL round trip).
+    fn on_frame(&mut self, session: Session, frame: Frame) {
+        let Frame::Text(text) = frame else { return };
+        let answer = match sql::query(&text, &[]) {
+            Ok(rows) => {
+                let rows: Vec<Vec<Json>> = rows.rows.iter().map(|r| r.iter().map(value).collect()).collect();
+                json!({ "ok": rows })
+            }
+            Err(e) => json!({ "error": error(&e) }),
+        };
+        let _ = session.send(&Frame::Text(answer.to_string()));
     }
 
     fn on_http(&mut self, request: HttpRequest) -> Result<HttpResponse, String> {
