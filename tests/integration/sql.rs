@@ -21,6 +21,7 @@ async fn host_on(db: &baton_test_postgres::Database, plugins: &[(&str, &str)], s
         config.storage.sql.statement_timeout_ms = 500;
         config.storage.sql.quota_check_secs = 1;
         config.storage.sql.schema_quota_mib = 1;
+        config.storage.sql.idle_close_secs = 1;
     })
     .await;
     for (name, file) in plugins {

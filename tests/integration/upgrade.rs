@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton::admin::{StatusView, UpgradeView};
-use baton_test_plugins::{CHAOS, CHAT, COUNTER_V1, COUNTER_V2, ECHO};
+use baton_test_plugins::{CHAOS, CHAT, COUNTER_V1, COUNTER_V2, ECHO, TASKS_V1};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -510,4 +510,52 @@ async fn a_client_that_does_not_read_does_not_hold_an_upgrade_up() {
         "the reading session was handed over, the stuck one closed"
     );
     assert_eq!(reader.ask("echo:still here").await, "still here");
+}
+
+/// On PostgreSQL, the new process claims every tenant it takes over: its
+/// writes go through, key-value data and plugins' SQL carry over, and the
+/// old process, gone, fences nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_postgres_carries_storage_and_sql_over() {
+    let db = baton_test_postgres::database();
+    let config = format!("[storage]\nbackend = \"postgres\"\npostgres_url = \"{}\"\n", db.url);
+    let dir = folder(&[("chaos", CHAOS), ("tasks", TASKS_V1)], &config);
+    std::fs::write(dir.path().join("deploy/tasks.toml"), "[capabilities]\nsql = true\n").expect("grant");
+    let mut host = HostProcess::start(dir.path());
+    for name in ["chaos", "tasks"] {
+        host.wait_version(name, |_| true).await;
+    }
+    let clients = host.clients.clone();
+    let connect = async |path: &str| crate::support::Client {
+        ws: tokio_tungstenite::connect_async(format!("ws://{clients}{path}"))
+            .await
+            .expect("connect")
+            .0,
+    };
+    let mut chaos = connect("/t/acme/chaos").await;
+    assert_eq!(chaos.ask("put:k:before").await, "stored");
+    let mut tasks = connect("/t/acme/tasks").await;
+    tasks.send_text(r#"{"op": "add", "title": "before"}"#).await;
+    assert_eq!(tasks.recv_json().await["added"]["title"], "before");
+
+    upgrade(&mut host, None).await;
+
+    assert_eq!(chaos.ask("get:k").await, "value:before");
+    assert_eq!(
+        chaos.ask("put:k:after").await,
+        "stored",
+        "the new process owns the tenant"
+    );
+    assert_eq!(chaos.ask("get:k").await, "value:after");
+    tasks.send_text(r#"{"op": "add", "title": "after"}"#).await;
+    assert_eq!(tasks.recv_json().await["added"]["title"], "after");
+    tasks.send_text(r#"{"op": "list"}"#).await;
+    let list = tasks.recv_json().await;
+    let titles: Vec<&str> = list["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["title"].as_str())
+        .collect();
+    assert_eq!(titles, ["before", "after"]);
 }
