@@ -12,9 +12,10 @@
 //! checks the namespace's owner token (the fencing of [`super`]).
 
 use deadpool_postgres::Transaction;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::sync::RwLock;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key};
 
@@ -152,18 +153,56 @@ impl Postgres {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    /// Runs `statements` in a transaction scoped to `ns`, pipelined with
+    /// its start and commit: one round trip once the statements are cached.
+    async fn read(&self, ns: &Namespace, statements: &[(&str, Params<'_>)]) -> Result<Vec<Vec<Row>>, StorageError> {
+        let client = self.client().await?;
+        pipeline(&client, Some(&begin(ns)), statements, Some("COMMIT")).await
+    }
+
+    /// A write in a transaction scoped to `ns` and fenced by `token`, in two
+    /// round trips: `first` pipelined with the start and the fence; then
+    /// `decide` (on `first`'s rows) returns what to write, pipelined with the
+    /// commit, or refuses (everything is rolled back).
+    async fn write<T>(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        first: &[(&str, Params<'_>)],
+        decide: impl FnOnce(&[Vec<Row>]) -> Result<(T, Vec<(&'static str, Vec<Param>)>), StorageError>,
+    ) -> Result<T, StorageError> {
+        let client = self.client().await?;
+        let token = token as i64;
+        let fence: (&str, Params<'_>) = (FENCE, &[&ns.tenant, &ns.plugin, &token]);
+        let statements: Vec<(&str, Params<'_>)> = std::iter::once(fence).chain(first.iter().copied()).collect();
+        let decided = match pipeline(&client, Some(&begin(ns)), &statements, None).await {
+            Ok(rows) if rows[0].is_empty() => Err(StorageError::Fenced),
+            Ok(rows) => decide(&rows[1..]),
+            Err(e) => Err(e),
+        };
+        let (value, writes) = match decided {
+            Ok(decided) => decided,
+            Err(e) => {
+                rollback(client).await;
+                return Err(e);
+            }
+        };
+        let writes: Vec<(&str, Vec<&(dyn ToSql + Sync)>)> = writes
+            .iter()
+            .map(|(sql, params)| (*sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()))
+            .collect();
+        let writes: Vec<(&str, Params<'_>)> = writes.iter().map(|(sql, p)| (*sql, p.as_slice())).collect();
+        // A failed statement makes the COMMIT a rollback.
+        pipeline(&client, None, &writes, Some("COMMIT")).await?;
+        Ok(value)
+    }
+
     pub(super) async fn get(&self, ns: &Namespace, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        let row = txn
-            .query_opt(
-                "SELECT value FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3",
-                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
-            )
+        let rows = self
+            .read(ns, &[(GET, &[&ns.tenant, &ns.plugin, &key.as_bytes()])])
             .await?;
-        txn.commit().await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(rows[0].first().map(|r| r.get(0)))
     }
 
     pub(super) async fn set(
@@ -178,73 +217,66 @@ impl Postgres {
         if value.len() > limits.max_value_bytes {
             return Err(StorageError::TooLarge);
         }
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        fence(&txn, ns, token).await?;
-        let used = used_for_update(&txn, ns).await?;
-        let old = txn
-            .query_opt(
-                "SELECT octet_length(key) + octet_length(value) FROM baton.kv
-                 WHERE tenant = $1 AND plugin = $2 AND key = $3",
-                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
-            )
-            .await?
-            .map_or(0, |r| r.get::<_, i32>(0) as u64);
-        let new = (key.len() + value.len()) as u64;
-        let total = used - old.min(used) + new;
-        if new > old && total > limits.max_bytes {
-            return Err(StorageError::QuotaExceeded);
-        }
-        txn.execute(
-            "INSERT INTO baton.kv (tenant, plugin, key, value) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = EXCLUDED.value",
-            &[&ns.tenant, &ns.plugin, &key.as_bytes(), &value],
-        )
-        .await?;
-        set_used(&txn, ns, total).await?;
-        txn.commit().await?;
-        Ok(())
+        let key_bytes = key.as_bytes();
+        let first: [(&str, Params<'_>); 2] = [
+            (USED_FOR_UPDATE, &[&ns.tenant, &ns.plugin]),
+            (SIZE_OF_KEY, &[&ns.tenant, &ns.plugin, &key_bytes]),
+        ];
+        self.write(ns, token, &first, |rows| {
+            let used = rows[0].first().map_or(0, |r| r.get::<_, i64>(0) as u64);
+            let old = rows[1].first().map_or(0, |r| r.get::<_, i32>(0) as u64);
+            let new = (key.len() + value.len()) as u64;
+            let total = used - old.min(used) + new;
+            if new > old && total > limits.max_bytes {
+                return Err(StorageError::QuotaExceeded);
+            }
+            let (tenant, plugin) = (ns.tenant.clone(), ns.plugin.clone());
+            let writes = vec![
+                (
+                    PUT,
+                    params![tenant.clone(), plugin.clone(), key.as_bytes().to_vec(), value.to_vec()],
+                ),
+                (SET_USED, params![tenant, plugin, total as i64]),
+            ];
+            Ok(((), writes))
+        })
+        .await
     }
 
     pub(super) async fn delete(&self, ns: &Namespace, token: u64, key: &str) -> Result<bool, StorageError> {
         check_key(key)?;
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        fence(&txn, ns, token).await?;
-        let used = used_for_update(&txn, ns).await?;
-        let freed = txn
-            .query_opt(
-                "DELETE FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3
-                 RETURNING octet_length(key) + octet_length(value)",
-                &[&ns.tenant, &ns.plugin, &key.as_bytes()],
-            )
-            .await?
-            .map(|r| r.get::<_, i32>(0) as u64);
-        if let Some(freed) = freed {
-            set_used(&txn, ns, used.saturating_sub(freed)).await?;
-        }
-        txn.commit().await?;
-        Ok(freed.is_some())
+        let key_bytes = key.as_bytes();
+        let first: [(&str, Params<'_>); 2] = [
+            (USED_FOR_UPDATE, &[&ns.tenant, &ns.plugin]),
+            (SIZE_OF_KEY, &[&ns.tenant, &ns.plugin, &key_bytes]),
+        ];
+        self.write(ns, token, &first, |rows| {
+            let used = rows[0].first().map_or(0, |r| r.get::<_, i64>(0) as u64);
+            let Some(freed) = rows[1].first().map(|r| r.get::<_, i32>(0) as u64) else {
+                return Ok((false, Vec::new()));
+            };
+            let (tenant, plugin) = (ns.tenant.clone(), ns.plugin.clone());
+            let writes = vec![
+                (DELETE, params![tenant.clone(), plugin.clone(), key.as_bytes().to_vec()]),
+                (SET_USED, params![tenant, plugin, used.saturating_sub(freed) as i64]),
+            ];
+            Ok((true, writes))
+        })
+        .await
     }
 
     pub(super) async fn list(&self, ns: &Namespace, prefix: &str, limit: usize) -> Result<Vec<String>, StorageError> {
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
         // Keys are bytes, in byte order: a prefix is the range from it to
         // the first byte string after every string that starts with it.
         let start = prefix.as_bytes();
         let end = after_prefix(start);
+        let end = end.as_deref();
         let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = txn
-            .query(
-                "SELECT key FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key >= $3
-                 AND ($4::bytea IS NULL OR key < $4) ORDER BY key LIMIT $5",
-                &[&ns.tenant, &ns.plugin, &start, &end.as_deref(), &limit],
-            )
+        let rows = self
+            .read(ns, &[(LIST, &[&ns.tenant, &ns.plugin, &start, &end, &limit])])
             .await?;
-        txn.commit().await?;
-        Ok(rows
-            .into_iter()
+        Ok(rows[0]
+            .iter()
             .map(|r| String::from_utf8_lossy(r.get::<_, &[u8]>(0)).into_owned())
             .collect())
     }
@@ -256,44 +288,24 @@ impl Postgres {
         version: &str,
         state: &[u8],
     ) -> Result<(), StorageError> {
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        fence(&txn, ns, token).await?;
-        txn.execute(
-            "INSERT INTO baton.states (tenant, plugin, version, state) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant, plugin) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state",
-            &[&ns.tenant, &ns.plugin, &version, &state],
-        )
-        .await?;
-        txn.commit().await?;
-        Ok(())
+        self.write(ns, token, &[], |_| {
+            let writes = vec![(
+                SAVE_STATE,
+                params![ns.tenant.clone(), ns.plugin.clone(), version.to_owned(), state.to_vec()],
+            )];
+            Ok(((), writes))
+        })
+        .await
     }
 
     pub(super) async fn kept_state(&self, ns: &Namespace) -> Result<Option<(String, Vec<u8>)>, StorageError> {
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        let row = txn
-            .query_opt(
-                "SELECT version, state FROM baton.states WHERE tenant = $1 AND plugin = $2",
-                &[&ns.tenant, &ns.plugin],
-            )
-            .await?;
-        txn.commit().await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        let rows = self.read(ns, &[(KEPT_STATE, &[&ns.tenant, &ns.plugin])]).await?;
+        Ok(rows[0].first().map(|r| (r.get(0), r.get(1))))
     }
 
     pub(super) async fn used(&self, ns: &Namespace) -> Result<u64, StorageError> {
-        let mut client = self.client().await?;
-        let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
-        let used = txn
-            .query_opt(
-                "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2",
-                &[&ns.tenant, &ns.plugin],
-            )
-            .await?
-            .map_or(0, |r| r.get::<_, i64>(0) as u64);
-        txn.commit().await?;
-        Ok(used)
+        let rows = self.read(ns, &[(USED, &[&ns.tenant, &ns.plugin])]).await?;
+        Ok(rows[0].first().map_or(0, |r| r.get::<_, i64>(0) as u64))
     }
 
     pub(super) async fn export(&self, tenant: &str) -> Result<Vec<TenantData>, StorageError> {
@@ -400,37 +412,76 @@ async fn scoped<'a>(
     Ok(txn)
 }
 
+/// The parameters of one statement.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// An owned parameter, for statements a write decides on.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Owned parameters.
+macro_rules! params {
+    ($($value:expr),* $(,)?) => { vec![$(Box::new($value) as Param),*] };
+}
+use params;
+
 /// Refuses a write by an owner older than the namespace's current one (see
-/// `cluster.md`'s fencing): the row is locked until the transaction ends.
-async fn fence(txn: &Transaction<'_>, ns: &Namespace, token: u64) -> Result<(), StorageError> {
-    let updated = txn
-        .execute(
-            "UPDATE baton.owners SET token = $3 WHERE tenant = $1 AND plugin = $2 AND token <= $3",
-            &[&ns.tenant, &ns.plugin, &(token as i64)],
-        )
-        .await?;
-    if updated == 0 {
-        return Err(StorageError::Fenced);
+/// `cluster.md`'s fencing): no row returned. The row stays locked until the
+/// transaction ends.
+const FENCE: &str =
+    "UPDATE baton.owners SET token = $3 WHERE tenant = $1 AND plugin = $2 AND token <= $3 RETURNING token";
+const GET: &str = "SELECT value FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3";
+const USED: &str = "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2";
+const USED_FOR_UPDATE: &str = "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2 FOR UPDATE";
+const SIZE_OF_KEY: &str =
+    "SELECT octet_length(key) + octet_length(value) FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3";
+const PUT: &str = "INSERT INTO baton.kv (tenant, plugin, key, value) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (tenant, plugin, key) DO UPDATE SET value = EXCLUDED.value";
+const DELETE: &str = "DELETE FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key = $3";
+const SET_USED: &str = "INSERT INTO baton.usage (tenant, plugin, bytes) VALUES ($1, $2, $3)
+     ON CONFLICT (tenant, plugin) DO UPDATE SET bytes = EXCLUDED.bytes";
+const LIST: &str = "SELECT key FROM baton.kv WHERE tenant = $1 AND plugin = $2 AND key >= $3
+     AND ($4::bytea IS NULL OR key < $4) ORDER BY key LIMIT $5";
+const SAVE_STATE: &str = "INSERT INTO baton.states (tenant, plugin, version, state) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (tenant, plugin) DO UPDATE SET version = EXCLUDED.version, state = EXCLUDED.state";
+const KEPT_STATE: &str = "SELECT version, state FROM baton.states WHERE tenant = $1 AND plugin = $2";
+
+/// The start of a transaction scoped to `ns`.
+fn begin(ns: &Namespace) -> String {
+    format!("BEGIN; {}", scope_sql(&ns.tenant, &ns.plugin))
+}
+
+/// Sends `prelude` (a batch), `statements` and `epilogue` (a batch) at once,
+/// in order, and waits for all of their answers: one round trip (the
+/// statements are prepared once per connection, in one more). The first
+/// error is returned; a statement after a failed one fails too, and a
+/// `COMMIT` after it rolls back.
+async fn pipeline(
+    client: &Object,
+    prelude: Option<&str>,
+    statements: &[(&str, Params<'_>)],
+    epilogue: Option<&str>,
+) -> Result<Vec<Vec<Row>>, StorageError> {
+    let prepared =
+        futures_util::future::try_join_all(statements.iter().map(|(sql, _)| client.prepare_cached(sql))).await?;
+    let batch = async |sql: Option<&str>| match sql {
+        Some(sql) => client.batch_execute(sql).await,
+        None => Ok(()),
+    };
+    let queries = prepared
+        .iter()
+        .zip(statements)
+        .map(|(statement, (_, params))| client.query(statement, params));
+    let (begun, rows, ended) = tokio::join!(batch(prelude), futures_util::future::join_all(queries), batch(epilogue));
+    begun?;
+    let rows = rows.into_iter().collect::<Result<Vec<_>, _>>()?;
+    ended?;
+    Ok(rows)
+}
+
+/// Ends a transaction that will not commit; a connection that cannot is
+/// closed instead of going back to the pool.
+async fn rollback(client: Object) {
+    if client.batch_execute("ROLLBACK").await.is_err() {
+        drop(Object::take(client));
     }
-    Ok(())
-}
-
-async fn used_for_update(txn: &Transaction<'_>, ns: &Namespace) -> Result<u64, StorageError> {
-    Ok(txn
-        .query_opt(
-            "SELECT bytes FROM baton.usage WHERE tenant = $1 AND plugin = $2 FOR UPDATE",
-            &[&ns.tenant, &ns.plugin],
-        )
-        .await?
-        .map_or(0, |r| r.get::<_, i64>(0) as u64))
-}
-
-async fn set_used(txn: &Transaction<'_>, ns: &Namespace, bytes: u64) -> Result<(), StorageError> {
-    txn.execute(
-        "INSERT INTO baton.usage (tenant, plugin, bytes) VALUES ($1, $2, $3)
-         ON CONFLICT (tenant, plugin) DO UPDATE SET bytes = EXCLUDED.bytes",
-        &[&ns.tenant, &ns.plugin, &(bytes as i64)],
-    )
-    .await?;
-    Ok(())
 }
