@@ -49,6 +49,19 @@ async fn query(host: &TestHost, tenant: &str, sql: &str) -> Result<Value, Value>
     run(host, tenant, "query", sql).await
 }
 
+/// Why the deploy folder's `name` was refused, once it was (the plugin is
+/// unknown to the host until its file was looked at).
+async fn refusal(host: &TestHost, name: &str) -> String {
+    wait_for("the file is refused", async || {
+        let response = host.admin("GET", &format!("/api/plugins/{name}"), None).await;
+        if response.status != 200 {
+            return None;
+        }
+        response.view::<baton::admin::PluginView>().last_error.map(|e| e.error)
+    })
+    .await
+}
+
 /// The SQLSTATE of an error, or its kind.
 fn code(error: &Value) -> &str {
     error["code"].as_str().or(error["kind"].as_str()).unwrap_or_default()
@@ -228,20 +241,14 @@ async fn sql_must_be_granted() {
     let db = baton_test_postgres::database();
     let host = host_on(&db, &[], "").await;
     host.drop_file("sql-console", &plugin_bytes(SQL_CONSOLE));
-    let error = wait_for("the file is refused", async || {
-        host.plugin("sql-console").await.last_error
-    })
-    .await;
-    assert!(error.error.contains("[capabilities] sql = true"), "{}", error.error);
+    let error = refusal(&host, "sql-console").await;
+    assert!(error.contains("[capabilities] sql = true"), "{error}");
     // On a host without PostgreSQL, granting is not enough.
     let host = TestHost::start(&[]).await;
     host.write_settings("sql-console", GRANT);
     host.drop_file("sql-console", &plugin_bytes(SQL_CONSOLE));
-    let error = wait_for("the file is refused", async || {
-        host.plugin("sql-console").await.last_error
-    })
-    .await;
-    assert!(error.error.contains("storage.postgres_url"), "{}", error.error);
+    let error = refusal(&host, "sql-console").await;
+    assert!(error.contains("storage.postgres_url"), "{error}");
 }
 
 /// Every frame of a client adding tasks while v2 is deployed is answered,

@@ -439,12 +439,13 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `--print-config`).
-    /// The admin token is redacted.
+    /// The admin token and the database password are redacted.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.admin_token.is_some() {
             shown.admin_token = Some("(redacted)".into());
         }
+        shown.storage.postgres_url = shown.storage.url_for_display();
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }

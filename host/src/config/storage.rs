@@ -46,17 +46,10 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
-    /// `postgres_url` with its password hidden, for logs and status.
+    /// `postgres_url` with its password replaced by `(redacted)`, for logs
+    /// and `--print-config` (URL and `key=value` forms).
     pub fn url_for_display(&self) -> Option<String> {
-        let url = self.postgres_url.as_deref()?;
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Some("(not a URL)".into());
-        };
-        let Some((credentials, host)) = rest.rsplit_once('@') else {
-            return Some(url.to_owned());
-        };
-        let user = credentials.split(':').next().unwrap_or_default();
-        Some(format!("{scheme}://{user}@{host}"))
+        self.postgres_url.as_deref().map(redact_password)
     }
 
     /// What is wrong with these settings, if anything.
@@ -71,6 +64,26 @@ impl StorageConfig {
             _ => None,
         }
     }
+}
+
+/// `url` with its password replaced by `(redacted)`.
+fn redact_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let Some((credentials, host)) = rest.rsplit_once('@') else {
+            return url.to_owned();
+        };
+        return match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:(redacted)@{host}"),
+            None => url.to_owned(),
+        };
+    }
+    url.split_whitespace()
+        .map(|part| match part.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=(redacted)"),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `[storage.sql]`: the limits of plugins' own SQL (granted per plugin with
@@ -105,6 +118,28 @@ impl Default for SqlConfig {
             quota_check_secs: 10,
             connections_per_tenant: 2,
             idle_close_secs: 60,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        for (url, shown) in [
+            (
+                "postgres://baton:s3cret@db:5432/baton",
+                "postgres://baton:(redacted)@db:5432/baton",
+            ),
+            ("postgres://baton@db/baton", "postgres://baton@db/baton"),
+            (
+                "host=db user=baton password=s3cret dbname=baton",
+                "host=db user=baton password=(redacted) dbname=baton",
+            ),
+        ] {
+            assert_eq!(redact_password(url), shown);
         }
     }
 }

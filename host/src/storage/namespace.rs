@@ -54,6 +54,17 @@ impl Namespace {
     }
 }
 
+/// The namespace's size once a key and value of `old` bytes (0: none) are
+/// replaced by `new` bytes, when `used` now: refused as over the quota when
+/// it grows past it (shrinking is always allowed).
+pub(super) fn size_after(used: u64, old: u64, new: u64, limits: StorageLimits) -> Result<u64, StorageError> {
+    let total = used - old.min(used) + new;
+    if new > old && total > limits.max_bytes {
+        return Err(StorageError::QuotaExceeded);
+    }
+    Ok(total)
+}
+
 pub(super) fn check_key(key: &str) -> Result<(), StorageError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(StorageError::InvalidKey);

@@ -17,7 +17,7 @@ use std::sync::RwLock;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key};
+use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key, size_after};
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(e: tokio_postgres::Error) -> StorageError {
@@ -225,11 +225,7 @@ impl Postgres {
         self.write(ns, token, &first, |rows| {
             let used = rows[0].first().map_or(0, |r| r.get::<_, i64>(0) as u64);
             let old = rows[1].first().map_or(0, |r| r.get::<_, i32>(0) as u64);
-            let new = (key.len() + value.len()) as u64;
-            let total = used - old.min(used) + new;
-            if new > old && total > limits.max_bytes {
-                return Err(StorageError::QuotaExceeded);
-            }
+            let total = size_after(used, old, (key.len() + value.len()) as u64, limits)?;
             let (tenant, plugin) = (ns.tenant.clone(), ns.plugin.clone());
             let writes = vec![
                 (

@@ -15,7 +15,7 @@ use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key};
+use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key, size_after};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&[u8], u64> = TableDefinition::new("usage");
@@ -175,11 +175,7 @@ impl Redb {
             let old = data
                 .get(full.as_slice())?
                 .map_or(0, |v| (key.len() + v.value().len()) as u64);
-            let new = (key.len() + value.len()) as u64;
-            let total = used - old.min(used) + new;
-            if new > old && total > limits.max_bytes {
-                return Err(StorageError::QuotaExceeded);
-            }
+            let total = size_after(used, old, (key.len() + value.len()) as u64, limits)?;
             data.insert(full.as_slice(), value)?;
             usage.insert(space.as_slice(), total)?;
         }
