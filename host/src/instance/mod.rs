@@ -247,7 +247,13 @@ impl Instance {
         let change = sql
             .begin_migrations(&namespace, self.version.migrations())
             .await
-            .map_err(|e| StartError::Migration(bounded(e.to_string())))?;
+            .map_err(|e| match e {
+                // Not the version's fault: tried again later, like a full pool.
+                crate::sql::SqlError::Unavailable(why) => {
+                    StartError::Capacity(bounded(format!("the database is unavailable: {why}")))
+                }
+                e => StartError::Migration(bounded(e.to_string())),
+            })?;
         self.store.data_mut().schema_change = change;
         Ok(())
     }

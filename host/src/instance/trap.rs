@@ -55,8 +55,9 @@ impl TrapKind {
 /// Why an instance could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
-    /// The instance pool has no room left (a limit of the host, not a fault
-    /// of the plugin).
+    /// The instance pool has no room left, or the database its migrations
+    /// need is unreachable (a limit of the host, not a fault of the plugin:
+    /// tried again later).
     #[error("{0}")]
     Capacity(String),
     /// The host could not create the instance (pool exhausted, limits too
