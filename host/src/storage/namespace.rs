@@ -84,11 +84,19 @@ pub struct TenantData {
 }
 
 impl TenantData {
-    pub(super) fn new(plugin: &str) -> TenantData {
-        TenantData {
-            plugin: plugin.to_owned(),
-            keys: Vec::new(),
-            state: None,
-        }
+    /// `plugin`'s entry in `all`, added if it has none yet.
+    pub(super) fn of<'a>(all: &'a mut Vec<TenantData>, plugin: &str) -> &'a mut TenantData {
+        let i = match all.iter().position(|d| d.plugin == plugin) {
+            Some(i) => i,
+            None => {
+                all.push(TenantData {
+                    plugin: plugin.to_owned(),
+                    keys: Vec::new(),
+                    state: None,
+                });
+                all.len() - 1
+            }
+        };
+        &mut all[i]
     }
 }

@@ -315,14 +315,8 @@ impl Postgres {
             )
             .await?;
         for row in keys {
-            let plugin: String = row.get(0);
-            if out.last().is_none_or(|d| d.plugin != plugin) {
-                out.push(TenantData::new(&plugin));
-            }
-            if let Some(data) = out.last_mut() {
-                let key = String::from_utf8_lossy(row.get::<_, &[u8]>(1)).into_owned();
-                data.keys.push((key, row.get(2)));
-            }
+            let key = String::from_utf8_lossy(row.get::<_, &[u8]>(1)).into_owned();
+            TenantData::of(&mut out, row.get(0)).keys.push((key, row.get(2)));
         }
         let states = txn
             .query(
@@ -331,15 +325,7 @@ impl Postgres {
             )
             .await?;
         for row in states {
-            let plugin: String = row.get(0);
-            let i = match out.iter().position(|d| d.plugin == plugin) {
-                Some(i) => i,
-                None => {
-                    out.push(TenantData::new(&plugin));
-                    out.len() - 1
-                }
-            };
-            out[i].state = Some((row.get(1), row.get(2)));
+            TenantData::of(&mut out, row.get(0)).state = Some((row.get(1), row.get(2)));
         }
         txn.commit().await?;
         out.sort_by(|a, b| a.plugin.cmp(&b.plugin));

@@ -264,13 +264,6 @@ impl Redb {
         start.push(0);
         let txn = self.db()?.begin_read()?;
         let mut out: Vec<TenantData> = Vec::new();
-        let entry_for = |plugin: &str, out: &mut Vec<TenantData>| -> usize {
-            if let Some(i) = out.iter().position(|d| d.plugin == plugin) {
-                return i;
-            }
-            out.push(TenantData::new(plugin));
-            out.len() - 1
-        };
         for entry in txn.open_table(DATA)?.range(start.as_slice()..)? {
             let (key, value) = entry?;
             let key = key.value();
@@ -280,10 +273,11 @@ impl Redb {
             let Some(split) = rest.iter().position(|b| *b == 0) else {
                 continue;
             };
-            let plugin = String::from_utf8_lossy(&rest[..split]).into_owned();
-            let i = entry_for(&plugin, &mut out);
+            let plugin = String::from_utf8_lossy(&rest[..split]);
             let name = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
-            out[i].keys.push((name, value.value().to_vec()));
+            TenantData::of(&mut out, &plugin)
+                .keys
+                .push((name, value.value().to_vec()));
         }
         for entry in txn.open_table(STATES)?.range(start.as_slice()..)? {
             let (key, value) = entry?;
@@ -291,10 +285,9 @@ impl Redb {
             let Some(rest) = key.strip_prefix(start.as_slice()) else {
                 break;
             };
-            let plugin = String::from_utf8_lossy(rest.strip_suffix(&[0]).unwrap_or(rest)).into_owned();
-            let i = entry_for(&plugin, &mut out);
+            let plugin = String::from_utf8_lossy(rest.strip_suffix(&[0]).unwrap_or(rest));
             let (version, state) = value.value();
-            out[i].state = Some((version.to_owned(), state.to_vec()));
+            TenantData::of(&mut out, &plugin).state = Some((version.to_owned(), state.to_vec()));
         }
         out.sort_by(|a, b| a.plugin.cmp(&b.plugin));
         Ok(out)

@@ -315,11 +315,7 @@ impl Slot {
             .start(version.clone())
             .await
             .map_err(|error| Failure::of(&version, false, error))?;
-        instance.commit_schema().await.map_err(|error| Failure::Start {
-            version: version.clone(),
-            waking: false,
-            error,
-        })?;
+        commit_schema(&mut instance, &version).await?;
         self.install(instance);
         if let Err(trap) = self.reannounce().await {
             self.clear();
@@ -427,11 +423,7 @@ impl Slot {
         };
         // The instance serves this version either way (fresh, if it refused
         // the kept state), so its schema must be this version's.
-        instance.commit_schema().await.map_err(|error| Failure::Start {
-            version: version.clone(),
-            waking: false,
-            error,
-        })?;
+        commit_schema(&mut instance, &version).await?;
         self.install(instance);
         Ok(Up::Restored { refused })
     }
@@ -497,4 +489,14 @@ impl Slot {
     pub fn started(&self) -> u64 {
         self.started
     }
+}
+
+/// Commits the schema change `instance`'s start opened; a commit that fails
+/// is a failed start of `version`.
+async fn commit_schema(instance: &mut Instance, version: &Arc<Version>) -> Result<(), Failure> {
+    instance.commit_schema().await.map_err(|error| Failure::Start {
+        version: version.clone(),
+        waking: false,
+        error,
+    })
 }
