@@ -49,7 +49,7 @@ pub mod close {
 }
 
 /// A request the host answers itself, without the plugin.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Rejection {
     /// No such route, plugin or tenant: 404.
     #[error("{0}")]
@@ -133,8 +133,15 @@ impl Rejection {
     }
 
     /// The response: the status with a JSON body `{"error": "..."}`.
+    /// A 503 says when to try again (`Retry-After`, in seconds).
     pub fn into_response(self) -> Response<Full<Bytes>> {
-        json_error(self.status(), &self.to_string())
+        let mut response = json_error(self.status(), &self.to_string());
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("2"));
+        }
+        response
     }
 }
 

@@ -46,6 +46,9 @@
 //!   requests under `/t/{tenant}/{plugin}` to tenants.
 //! - [`admin`]: the admin API, metrics and dashboard; its views are typed
 //!   and shared with the CLI and the tests.
+//! - `cluster`: several hosts as one on NATS: who owns each tenant, and
+//!   sessions forwarded between the node that holds the socket and the
+//!   tenant's owner.
 //! - `handover`: `baton upgrade`, handing every listener, session and tenant
 //!   to a new baton process over a Unix socket.
 //! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
@@ -60,6 +63,7 @@ mod admission;
 mod bindings;
 pub mod cli;
 mod clock;
+mod cluster;
 mod compiler;
 pub mod config;
 mod deploy;
@@ -185,13 +189,30 @@ async fn host(
         tenants: tenants.clone(),
         looked: Default::default(),
     };
-    let clients = Arc::new(server::Clients {
+    let opener = Arc::new(tenant::Opener {
         registry: registry.clone(),
-        config: config.clone(),
-        admission: admission::Admission::new(&config.admission),
-        sessions: server::SessionCount::new(max_sessions),
         tenants: tenants.clone(),
-        tenant_env: Arc::new(tenant_env),
+        env: Arc::new(tenant_env),
+        admission: admission::Admission::new(&config.admission),
+    });
+    let sessions = server::SessionCount::new(max_sessions);
+    let cluster = match config.cluster.enabled() {
+        true => {
+            let addrs = (
+                listeners.clients.local_addr()?.to_string(),
+                listeners.admin.local_addr()?.to_string(),
+            );
+            let open = sessions.gauge();
+            let count = move || open.load(std::sync::atomic::Ordering::Relaxed);
+            Some(cluster::Cluster::join(config.clone(), opener.clone(), addrs, count).await?)
+        }
+        false => None,
+    };
+    let clients = Arc::new(server::Clients {
+        config: config.clone(),
+        sessions,
+        opener,
+        cluster: cluster.clone(),
         handover: Arc::new(server::Handover::new()),
     });
     if let (Some(takeover), Some(received)) = (&takeover, received) {
@@ -283,7 +304,13 @@ async fn host(
     handover::notify_systemd("STOPPING=1");
     upgrade_task.abort();
     let _ = stop.send(true);
+    if let Some(cluster) = &cluster {
+        cluster.close_forwarded();
+    }
     shut_down(&config, &tenants, [watcher, client_task, admin_task]).await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     report_task.abort();
     let _ = report_task.await;
     let _ = trim_task.await;

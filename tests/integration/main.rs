@@ -5,6 +5,7 @@
 mod capacity;
 mod channels;
 mod cli;
+mod cluster;
 mod compiling;
 mod durability;
 mod fixtures;

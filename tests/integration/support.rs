@@ -145,21 +145,7 @@ impl TestHost {
     /// Opens a session on any path (with query), or returns the HTTP
     /// rejection as `(status, body)`.
     pub async fn connect_path(&self, path_and_query: &str) -> std::result::Result<Client, (u16, String)> {
-        let url = format!("ws://{}{path_and_query}", self.clients);
-        match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url)).await {
-            Ok(Ok((ws, _))) => Ok(Client { ws }),
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                let status = response.status().as_u16();
-                let body = response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                Err((status, body))
-            }
-            Ok(Err(e)) => Err((0, e.to_string())),
-            Err(_) => Err((0, "timed out".into())),
-        }
+        connect_at(&self.clients.to_string(), path_and_query).await
     }
 
     /// A plain HTTP request to the client listener.
@@ -541,4 +527,24 @@ pub fn byte_different(bytes: &[u8], tag: u32) -> Vec<u8> {
 /// Reads a built plugin.
 pub fn plugin_bytes(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+/// Opens a session on the client listener at `clients` (`host:port`), or
+/// returns the HTTP rejection as `(status, body)`.
+pub async fn connect_at(clients: &str, path_and_query: &str) -> std::result::Result<Client, (u16, String)> {
+    let url = format!("ws://{clients}{path_and_query}");
+    match tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((ws, _))) => Ok(Client { ws }),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err((status, body))
+        }
+        Ok(Err(e)) => Err((0, e.to_string())),
+        Err(_) => Err((0, "timed out".into())),
+    }
 }

@@ -11,6 +11,7 @@
 //! `BATON_LIMITS__MEMORY_MIB=128`. Their values are read as TOML values when
 //! they parse as one (numbers, booleans, arrays) and as strings otherwise.
 
+mod cluster;
 mod layers;
 mod limits;
 mod plugin;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cluster::ClusterConfig;
 use layers::{env_layer, merge};
 pub use limits::{Limits, LimitsOverride};
 pub use plugin::{Capabilities, PluginSettings};
@@ -102,6 +104,8 @@ pub struct Config {
     pub persist: PersistConfig,
     /// Where tenants' data is kept, and plugins' SQL.
     pub storage: StorageConfig,
+    /// Several hosts serving as one, on NATS.
+    pub cluster: ClusterConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -283,6 +287,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             persist: PersistConfig::default(),
             storage: StorageConfig::default(),
+            cluster: ClusterConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -419,7 +424,13 @@ impl Config {
         if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
             return Err(invalid(format!("tenants: {bad:?} is not a valid tenant name")));
         }
-        self.storage.problem().map_or(Ok(()), |problem| Err(invalid(problem)))
+        if let Some(problem) = self.storage.problem() {
+            return Err(invalid(problem));
+        }
+        let shared = self.storage.backend == StorageBackend::Postgres;
+        self.cluster
+            .problem(shared)
+            .map_or(Ok(()), |problem| Err(invalid(problem)))
     }
 
     /// The limits of a plugin's instances under `settings` (its
@@ -439,13 +450,15 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `--print-config`).
-    /// The admin token and the database password are redacted.
+    /// The admin token and the passwords of the database and NATS are
+    /// redacted.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.admin_token.is_some() {
             shown.admin_token = Some("(redacted)".into());
         }
         shown.storage.postgres_url = shown.storage.url_for_display();
+        shown.cluster.nats_url = shown.cluster.url_for_display();
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }

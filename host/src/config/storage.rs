@@ -67,7 +67,7 @@ impl StorageConfig {
 }
 
 /// `url` with its password replaced by `(redacted)`.
-fn redact_password(url: &str) -> String {
+pub(super) fn redact_password(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let Some((credentials, host)) = rest.rsplit_once('@') else {
             return url.to_owned();

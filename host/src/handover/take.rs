@@ -202,6 +202,7 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
     let mut owners: HashMap<SessionId, TenantHandle> = HashMap::new();
     for record in tenants {
         let entry = clients
+            .opener
             .registry
             .get(&record.plugin)
             .unwrap_or_else(|| deployer.plugin(&record.plugin));
@@ -211,13 +212,14 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
         };
         let ids: Vec<SessionId> = record.sessions.iter().map(|(id, _)| *id).collect();
         let (plugin, name) = (record.plugin.clone(), record.tenant.clone());
-        let env = clients.tenant_env.clone();
+        let env = clients.opener.env.clone();
         let mut link = |id| {
             let (link, outbox) = SessionLink::new(id, limits);
             outboxes.insert(id, outbox);
             link
         };
         let handle = clients
+            .opener
             .tenants
             .get_or_spawn(&plugin, &name, || {
                 Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env))
@@ -271,6 +273,7 @@ async fn versions_of(
             continue;
         }
         let current = clients
+            .opener
             .registry
             .get(&record.plugin)
             .and_then(|e| e.current())

@@ -2,12 +2,15 @@
 //!
 //! `publish` encodes the frame once and queues the same reference-counted
 //! message to every subscriber without waiting: a full queue closes that
-//! subscriber (1008) and never slows the others or the plugin.
+//! subscriber (1008) and never slows the others or the plugin. Subscribers
+//! whose sockets are on other nodes of a cluster get one message per node.
+
+use std::sync::Arc;
 
 use crate::bindings::Frame;
 use crate::bindings::baton::plugin::topics::{Error, Host};
 use crate::instance::state::InstanceState;
-use crate::session::link::{Outbound, frame_len};
+use crate::session::link::{Outbound, Remote, frame_len};
 use crate::topics::is_topic;
 
 impl Host for InstanceState {
@@ -45,16 +48,30 @@ impl Host for InstanceState {
         let message = Outbound::from(frame);
         let state = self.tenant.state();
         let mut queued = 0u32;
+        // Subscribers on other nodes of a cluster, by their edge: one message
+        // per edge.
+        let mut remote: Vec<(&Arc<dyn Remote>, Vec<u64>)> = Vec::new();
         for session in state.topics.subscribers(&topic) {
             if Some(session) == except {
                 continue;
             }
-            if let Some(entry) = state.sessions.get(&session)
-                && entry.link.push(message.clone())
-            {
-                queued += 1;
+            let Some(entry) = state.sessions.get(&session) else {
+                continue;
+            };
+            match entry.link.remote_route() {
+                None => queued += u32::from(entry.link.push(message.clone())),
+                Some(edge) => match remote.iter_mut().find(|(e, _)| Arc::ptr_eq(e, edge)) {
+                    Some((_, sessions)) => sessions.push(session),
+                    None => remote.push((edge, vec![session])),
+                },
             }
         }
+        for (edge, sessions) in &remote {
+            if edge.push(sessions, message.clone()) {
+                queued += sessions.len() as u32;
+            }
+        }
+        drop(remote);
         drop(state);
         self.tenant.count_out(u64::from(queued));
         Ok(queued)

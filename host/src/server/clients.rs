@@ -8,27 +8,22 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::handover::Handover;
-use crate::admission::Admission;
+use crate::cluster::Cluster;
 use crate::config::{Config, SessionConfig};
 use crate::error::Rejection;
-use crate::registry::Registry;
 use crate::session::SessionSettings;
-use crate::tenant::{TenantEnv, Tenants};
+use crate::tenant::Opener;
 
 /// What the client listener needs.
 pub struct Clients {
-    /// The plugins.
-    pub registry: Arc<Registry>,
     /// The host's configuration.
     pub config: Arc<Config>,
-    /// How fast new tenants are admitted.
-    pub admission: Admission,
     /// Open sessions of the host, against its maximum.
     pub sessions: SessionCount,
-    /// The tenant tasks, created here on first use.
-    pub tenants: Arc<Tenants>,
-    /// Handed to new tenant tasks.
-    pub tenant_env: Arc<TenantEnv>,
+    /// Finds or creates the tenant tasks sessions and requests go to.
+    pub opener: Arc<Opener>,
+    /// The cluster this host is a node of, if any.
+    pub cluster: Option<Arc<Cluster>>,
     /// What a handover to a new process needs of the listener.
     pub handover: Arc<Handover>,
 }
@@ -59,6 +54,11 @@ impl SessionCount {
         }
     }
 
+    /// A reading of the count, shared.
+    pub fn gauge(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.open.clone()
+    }
+
     /// Counts a session a handover brought (over the maximum if need be).
     pub(super) fn adopt(&self) -> Counted {
         self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -83,6 +83,7 @@ impl SessionCount {
 /// The largest frame `tenant`'s sessions of `plugin` may send.
 pub(super) fn max_frame_bytes(clients: &Clients, plugin: &str, tenant: &str) -> usize {
     clients
+        .opener
         .registry
         .get(plugin)
         .and_then(|e| e.current())

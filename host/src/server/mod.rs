@@ -56,7 +56,7 @@ use crate::listener::accept_until;
 use crate::session::Inbound;
 use crate::session::link::{self, QueueLimits, SessionLink};
 use crate::session::tap::Tap;
-use crate::tenant::{self, Command, Status, TenantHandle};
+use crate::tenant::{Command, TenantHandle};
 pub use clients::{Clients, SessionCount};
 use clients::{max_frame_bytes, session_settings, ws_config};
 pub use handover::{Handover, ParkedSession, Parking};
@@ -187,31 +187,12 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
     has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
 
-/// The tenant's task for `plugin`, created on first use.
-fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
-    let entry = clients.registry.deployed(plugin).ok_or_else(|| {
-        match clients.registry.get(plugin).is_some_and(|e| e.is_loading()) {
-            true => Rejection::Unavailable(format!("plugin {plugin:?} is loading; try again shortly")),
-            false => Rejection::NotFound(format!("no plugin named {plugin:?}")),
-        }
-    })?;
-    let allowed = &clients.config.tenants;
-    if !crate::names::is_tenant(tenant) || (!allowed.is_empty() && !allowed.iter().any(|t| t == tenant)) {
-        return Err(Rejection::NotFound(format!("no tenant named {tenant:?}")));
-    }
-    let handle = clients.tenants.get_or_spawn(plugin, tenant, || {
-        if !clients.admission.admit() {
-            metrics::counter!("baton_capacity_refusals_total", "plugin" => plugin.to_owned(), "limit" => "new_tenants")
-                .increment(1);
-            return Err(Rejection::RateLimited(
-                "too many new tenants at once (admission.new_tenants_per_second); try again later".into(),
-            ));
-        }
-        Ok(tenant::spawn(entry.clone(), tenant, clients.tenant_env.clone()))
-    })?;
-    match handle.shared().status() {
-        Status::BackingOff => Err(Rejection::backing_off()),
-        _ => Ok(handle),
+/// The tenant's task for `plugin`, created on first use: here, or in a
+/// cluster on the node that owns it (a stand-in here forwards to it).
+async fn tenant(clients: &Clients, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
+    match &clients.cluster {
+        Some(cluster) => cluster.open(tenant, plugin).await,
+        None => clients.opener.open(tenant, plugin, 0),
     }
 }
 
@@ -256,7 +237,7 @@ async fn open_session(
 ) -> Result<Response<Body>, Rejection> {
     let accept = accept_key(&request)?;
     let counted = clients.sessions.enter(plugin)?;
-    let handle = tenant(clients, tenant_name, plugin)?;
+    let handle = tenant(clients, tenant_name, plugin).await?;
 
     let id = link::next_id();
     let sessions = &clients.config.sessions;
@@ -369,7 +350,7 @@ async fn plain_http(
     plugin: &str,
     path: String,
 ) -> Result<Response<Body>, Rejection> {
-    let handle = tenant(clients, tenant_name, plugin)?;
+    let handle = tenant(clients, tenant_name, plugin).await?;
     let (parts, body) = request.into_parts();
     let body = read_body(&clients.config.http, &parts.headers, body).await?;
     let request = HttpRequest {

@@ -78,7 +78,27 @@ impl From<Frame> for Outbound {
 #[derive(Debug, Clone)]
 pub struct SessionLink {
     id: SessionId,
-    shared: Arc<Shared>,
+    route: Route,
+}
+
+/// Where a link's pushes go.
+#[derive(Debug, Clone)]
+enum Route {
+    /// The session's task, in this process.
+    Local(Arc<Shared>),
+    /// A session whose socket another node of a cluster holds.
+    Remote(Arc<dyn Remote>),
+}
+
+/// The sessions of one tenant whose sockets another node of a cluster holds
+/// (its *edge*): what their links do instead of queueing for a local task.
+/// Pushes keep their order, across all of that edge's sessions.
+pub trait Remote: Send + Sync + std::fmt::Debug {
+    /// Queues a frame for these sessions (one message for all of them);
+    /// returns whether it was queued.
+    fn push(&self, sessions: &[SessionId], out: Outbound) -> bool;
+    /// Ends `session` now.
+    fn stop(&self, session: SessionId, code: u16, reason: &str);
 }
 
 /// The session task's end of a [`SessionLink`]: frames to write, and the stop
@@ -250,9 +270,26 @@ impl SessionLink {
         });
         let link = SessionLink {
             id,
-            shared: shared.clone(),
+            route: Route::Local(shared.clone()),
         };
         (link, Outbox { shared })
+    }
+
+    /// The link of a session whose socket another node holds.
+    pub fn remote(id: SessionId, remote: Arc<dyn Remote>) -> SessionLink {
+        SessionLink {
+            id,
+            route: Route::Remote(remote),
+        }
+    }
+
+    /// Where the pushes of a remote session go (none for a local one): a
+    /// publish sends one message per edge.
+    pub fn remote_route(&self) -> Option<&Arc<dyn Remote>> {
+        match &self.route {
+            Route::Local(_) => None,
+            Route::Remote(remote) => Some(remote),
+        }
     }
 
     /// The session's id.
@@ -264,7 +301,11 @@ impl SessionLink {
     /// keeping up: it is closed with 1008 rather than slowing the plugin or
     /// other sessions down. Returns whether the frame was queued.
     pub fn push(&self, out: Outbound) -> bool {
-        match self.shared.push(out) {
+        let shared = match &self.route {
+            Route::Local(shared) => shared,
+            Route::Remote(remote) => return remote.push(&[self.id], out),
+        };
+        match shared.push(out) {
             Ok(()) => true,
             Err(Refused::Full(_)) => {
                 metrics::counter!("baton_slow_consumer_closes_total").increment(1);
@@ -277,21 +318,34 @@ impl SessionLink {
 
     /// Closes the session after what is already queued.
     pub fn close(&self, code: u16, reason: String) {
-        if let Err(Refused::Full(Outbound::Close(code, reason))) = self.shared.push(Outbound::Close(code, reason)) {
+        let shared = match &self.route {
+            Route::Local(shared) => shared,
+            Route::Remote(remote) => {
+                remote.push(&[self.id], Outbound::Close(code, reason));
+                return;
+            }
+        };
+        if let Err(Refused::Full(Outbound::Close(code, reason))) = shared.push(Outbound::Close(code, reason)) {
             self.stop(code, &reason);
         }
     }
 
     /// Ends the session now, ahead of anything queued.
     pub fn stop(&self, code: u16, reason: &str) {
-        self.shared.stop.stop(code, reason);
+        match &self.route {
+            Route::Local(shared) => shared.stop.stop(code, reason),
+            Route::Remote(remote) => remote.stop(self.id, code, reason),
+        }
     }
 
     /// Asks the session's task for a step of a handover (it may not run
-    /// yet: it looks when it starts).
+    /// yet: it looks when it starts). A remote session's socket is its
+    /// edge's to hand over: nothing to do here.
     pub fn hand_over(&self, step: Handover) {
-        *self.shared.stop.handover.lock().unwrap_or_else(|p| p.into_inner()) = step;
-        self.shared.stop.notify.notify_one();
+        if let Route::Local(shared) = &self.route {
+            *shared.stop.handover.lock().unwrap_or_else(|p| p.into_inner()) = step;
+            shared.stop.notify.notify_one();
+        }
     }
 }
 

@@ -174,6 +174,26 @@ impl<T> Clone for Mailbox<T> {
     }
 }
 
+impl<T: From<Inbound>> Mailbox<T> {
+    /// Hands `session`'s `frame` to the tenant as a session's task would,
+    /// waiting for room; `false` when the tenant is gone. (How a frame read
+    /// by another node of a cluster reaches its owner's tenant.)
+    pub async fn deliver(&self, session: SessionId, frame: Frame) -> bool {
+        let want = u32::try_from(link::frame_len(&frame))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_bytes);
+        let Ok(held) = self.budget.clone().acquire_many_owned(want).await else {
+            return false;
+        };
+        let inbound = Inbound::Frame {
+            session,
+            frame,
+            held: HeldBytes(held),
+        };
+        self.sender.send(T::from(inbound)).await.is_ok()
+    }
+}
+
 /// A frame's share of its tenant's inbound byte budget; given back on drop.
 #[derive(Debug)]
 pub struct HeldBytes(#[expect(dead_code, reason = "held for its drop")] OwnedSemaphorePermit);

@@ -118,13 +118,18 @@ impl Storage {
     }
 
     /// Makes the caller the owner of `ns`: the token its writes must carry.
-    pub async fn claim(&self, ns: &Namespace) -> Result<u64, StorageError> {
+    /// `lease` is the revision of the cluster's ownership record the caller
+    /// holds (0 outside a cluster): a claim under an older lease than the
+    /// last one is refused as [`StorageError::Fenced`], so a node that lost
+    /// a tenant cannot take its storage back by claiming again. (redb is
+    /// one host's only: it has no leases.)
+    pub async fn claim(&self, ns: &Namespace, lease: u64) -> Result<u64, StorageError> {
         match &self.backend {
             Backend::Redb { db, .. } => {
                 let ns = ns.clone();
                 blocking(db, move |db| db.claim(&ns)).await
             }
-            Backend::Postgres(pg) => pg.claim(ns).await,
+            Backend::Postgres(pg) => pg.claim(ns, lease).await,
         }
     }
 

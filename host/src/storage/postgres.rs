@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS baton.states (
     PRIMARY KEY (tenant, plugin));
 CREATE TABLE IF NOT EXISTS baton.owners (
     tenant text NOT NULL, plugin text NOT NULL, token bigint NOT NULL, PRIMARY KEY (tenant, plugin));
+-- The cluster's ownership record revision the last claim was made under.
+ALTER TABLE baton.owners ADD COLUMN IF NOT EXISTS lease bigint NOT NULL DEFAULT 0;
 DO $$ BEGIN
     -- Roles belong to the whole server: another database's host may be
     -- creating it at this moment.
@@ -138,19 +140,20 @@ impl Postgres {
         Ok(pool.get().await?)
     }
 
-    pub(super) async fn claim(&self, ns: &Namespace) -> Result<u64, StorageError> {
+    pub(super) async fn claim(&self, ns: &Namespace, lease: u64) -> Result<u64, StorageError> {
         let mut client = self.client().await?;
         let txn = scoped(&mut client, &ns.tenant, &ns.plugin).await?;
         let row = txn
-            .query_one(
-                "INSERT INTO baton.owners (tenant, plugin, token) VALUES ($1, $2, 1)
-                 ON CONFLICT (tenant, plugin) DO UPDATE SET token = baton.owners.token + 1
+            .query_opt(
+                "INSERT INTO baton.owners (tenant, plugin, token, lease) VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (tenant, plugin) DO UPDATE SET token = baton.owners.token + 1, lease = $3
+                 WHERE baton.owners.lease <= $3
                  RETURNING token",
-                &[&ns.tenant, &ns.plugin],
+                &[&ns.tenant, &ns.plugin, &(lease as i64)],
             )
             .await?;
         txn.commit().await?;
-        Ok(row.get::<_, i64>(0) as u64)
+        row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Fenced)
     }
 
     /// Runs `statements` in a transaction scoped to `ns`, pipelined with

@@ -48,7 +48,7 @@ impl Fixture {
 
 async fn owned(s: &Storage, tenant: &str, plugin: &str) -> (Namespace, u64) {
     let ns = Namespace::new(tenant, plugin);
-    let token = s.claim(&ns).await.expect("claim");
+    let token = s.claim(&ns, 0).await.expect("claim");
     (ns, token)
 }
 
@@ -154,7 +154,7 @@ async fn a_stale_owner_cannot_write(f: Fixture) {
     let s = &f.storage;
     let (ns, old) = owned(s, "t", "p").await;
     s.set(&ns, old, "k".into(), b"old".to_vec(), LIMITS).await.expect("set");
-    let new = s.claim(&ns).await.expect("a new owner");
+    let new = s.claim(&ns, 0).await.expect("a new owner");
     assert!(new > old);
     for refused in [
         s.set(&ns, old, "k".into(), b"stale".to_vec(), LIMITS).await,
@@ -220,7 +220,7 @@ async fn a_tenant_is_exported_and_erased(f: Fixture) {
         Err(StorageError::Fenced)
     );
     // Re-created: it starts empty.
-    let fresh = s.claim(&chat).await.expect("claim");
+    let fresh = s.claim(&chat, 0).await.expect("claim");
     s.set(&chat, fresh, "a".into(), b"new".to_vec(), LIMITS)
         .await
         .expect("set");

@@ -43,6 +43,12 @@ pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> Ten
     start(plugin, tenant, env, |_| {})
 }
 
+/// Starts the task of `tenant` for `plugin` as the owner the cluster
+/// recorded at revision `lease`.
+pub fn spawn_leased(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>, lease: u64) -> TenantHandle {
+    start(plugin, tenant, env, |actor| actor.shared.set_lease(lease))
+}
+
 /// Starts the task of a tenant a handover carried, in the new process:
 /// `version` is the one its live state was exported by (loaded here), and
 /// `link` gives each of its sessions its link.

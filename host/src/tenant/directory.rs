@@ -54,6 +54,15 @@ impl Tenants {
         }
     }
 
+    /// The task of `tenant` for `plugin`, if it runs.
+    pub fn get(&self, plugin: &str, tenant: &str) -> Option<TenantHandle> {
+        self.lock()
+            .get(plugin)
+            .and_then(|tenants| tenants.get(tenant))
+            .filter(|handle| !handle.is_closed())
+            .cloned()
+    }
+
     /// The tenant tasks of `plugin`.
     pub fn of_plugin(&self, plugin: &str) -> Vec<TenantHandle> {
         self.lock()

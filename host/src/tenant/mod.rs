@@ -64,7 +64,9 @@
 //! - `commands.rs`: the task's handler for each command;
 //! - `ending.rs`: how the task ends or leaves (handover, a removed plugin's
 //!   sessions closed, what is still queued answered);
-//! - `lifecycle.rs`: a tenant's data as a whole, exported and deleted.
+//! - `lifecycle.rs`: a tenant's data as a whole, exported and deleted;
+//! - `open.rs`: [`Opener`], finding or creating a tenant's task for a
+//!   session or request.
 
 mod actor;
 mod commands;
@@ -74,13 +76,15 @@ mod env;
 mod incidents;
 pub mod lifecycle;
 mod mailbox;
+mod open;
 pub mod record;
 mod slot;
 pub mod state;
 mod supervisor;
 
-pub use actor::{adopt, spawn};
+pub use actor::adopt;
 pub use directory::Tenants;
 pub use env::{Report, TenantEnv};
 pub use mailbox::{Command, TenantHandle};
+pub use open::Opener;
 pub use state::{Status, TenantShared};

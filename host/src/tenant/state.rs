@@ -104,6 +104,9 @@ pub struct TenantShared {
     /// fencing), with the storage's epoch it was claimed in: claimed when
     /// the task starts, and again after the storage was reopened.
     owner: Mutex<Option<(u64, u64)>>,
+    /// The revision of the cluster's ownership record this task runs under
+    /// (0 outside a cluster): what its storage claims are ordered by.
+    lease: AtomicU64,
     status: AtomicU8,
     generation: AtomicU64,
     instance: AtomicU64,
@@ -131,6 +134,7 @@ impl TenantShared {
             namespace: Namespace::new(&name, &plugin),
             sql,
             owner: Mutex::new(None),
+            lease: AtomicU64::new(0),
             name,
             state: Mutex::new(TenantState::default()),
             sessions_gone: Notify::new(),
@@ -173,9 +177,20 @@ impl TenantShared {
         {
             return Ok((storage, token));
         }
-        let token = storage.claim(&self.namespace).await?;
+        let token = storage.claim(&self.namespace, self.lease()).await?;
         *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, token));
         Ok((storage, token))
+    }
+
+    /// The cluster's ownership record revision this task runs under (0:
+    /// no cluster).
+    pub fn lease(&self) -> u64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    /// Runs under ownership record revision `lease` (before the task starts).
+    pub(super) fn set_lease(&self, lease: u64) {
+        self.lease.store(lease, Ordering::Relaxed);
     }
 
     /// The link of one of this tenant's open sessions.

@@ -1,0 +1,429 @@
+//! The edge's side of sessions whose tenant another node owns: one
+//! [`Proxy`] per (tenant, plugin), standing in for the tenant's task.
+//!
+//! The client listener and the session tasks cannot tell a proxy from a
+//! tenant: it has a [`TenantHandle`] and takes the same commands. It sends
+//! each to the owner, numbered, in the order it took them (a frame's byte
+//! budget is given back once it is on its way, so a slow owner slows the
+//! reading as a busy tenant does), and keeps the sessions' links: what the
+//! owner sends back (checked against the owner's token and its own
+//! numbering) is queued on them as the tenant's pushes would be.
+//!
+//! When the owner goes down, the proxy takes the tenant over or follows the
+//! node that did, and re-announces every open session to it
+//! (`on-connect` with `resumed: true`, the contract of a crash); when the
+//! owner says it no longer owns the tenant, or messages were lost, the
+//! sessions end with 1012 and their clients connect again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::members::Owned;
+use super::wire::{Body, Envelope};
+use crate::bindings::{ConnectRequest, HttpResponse};
+use crate::error::{Rejection, close};
+use crate::session::Inbound;
+use crate::session::link::{Outbound, SessionId, SessionLink};
+use crate::tenant::{Command, TenantHandle, TenantShared};
+
+/// How long a connect or request waits for the owner's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The node a proxy's tenant is served by now.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Another node, at this ownership record.
+    Remote {
+        /// The record.
+        owned: Owned,
+        /// Its node's subject.
+        subject: String,
+    },
+    /// This node took the tenant over: its task.
+    Local(TenantHandle),
+}
+
+/// What a proxy asks of its node.
+pub trait Node: Send + Sync + 'static {
+    /// The owner of the tenant after `dead` (its record) went down: this
+    /// node (it took it over) or the node that did.
+    fn after_owner_down(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        dead: Owned,
+    ) -> impl std::future::Future<Output = Result<Target, Rejection>> + Send;
+    /// The NATS connection, this node's name and incarnation.
+    fn client(&self) -> (&async_nats::Client, &str, u64);
+    /// New sessions of (tenant, plugin) should not come to this proxy (it
+    /// ended, or its owner moved): forget it, unless it was replaced.
+    fn forget(&self, tenant: &str, plugin: &str, shared: &Arc<TenantShared>);
+}
+
+/// What the node holds of a proxy.
+pub struct Proxy {
+    /// What sessions and requests send to.
+    pub handle: TenantHandle,
+    /// The owner's messages and the node's news.
+    pub news: mpsc::UnboundedSender<News>,
+}
+
+/// What a proxy hears besides its commands.
+pub enum News {
+    /// A message from the owner.
+    Message(Envelope),
+    /// A node (in an incarnation) is down: if it is the owner, follow the
+    /// new one.
+    NodeDown(String, u64),
+    /// Messages may have been lost between the nodes: end every session.
+    Gap,
+}
+
+enum Pending {
+    Connect(SessionId, Option<oneshot::Sender<Result<(), Rejection>>>),
+    Http(oneshot::Sender<Result<HttpResponse, Rejection>>),
+}
+
+struct Task<N: Node> {
+    node: Arc<N>,
+    tenant: String,
+    plugin: String,
+    target: Target,
+    links: HashMap<SessionId, (SessionLink, ConnectRequest)>,
+    pending: HashMap<u64, (Pending, Instant)>,
+    next_request: u64,
+    /// Numbering of what this proxy sends the owner.
+    sent: u64,
+    /// The next number expected from the owner.
+    expected: u64,
+}
+
+impl Proxy {
+    /// Starts the proxy of (tenant, plugin) for the owner `target`, with a
+    /// mailbox of `mailbox` commands and `inbound_bytes` of frames.
+    pub fn start<N: Node>(
+        node: Arc<N>,
+        tenant: &str,
+        plugin: &str,
+        target: Target,
+        (mailbox, inbound_bytes): (usize, u32),
+    ) -> Proxy {
+        let (sender, commands) = mpsc::channel(mailbox);
+        let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.to_owned(), None, None));
+        let handle = TenantHandle::new(shared.clone(), sender, inbound_bytes);
+        let (news, heard) = mpsc::unbounded_channel();
+        let task = Task {
+            node,
+            tenant: tenant.to_owned(),
+            plugin: plugin.to_owned(),
+            target,
+            links: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 0,
+            sent: 0,
+            expected: 1,
+        };
+        tokio::spawn(task.run(commands, heard, shared));
+        Proxy { handle, news }
+    }
+}
+
+impl<N: Node> Task<N> {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut heard: mpsc::UnboundedReceiver<News>,
+        shared: Arc<TenantShared>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => {
+                        idle_since = None;
+                        if !self.command(command).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                news = heard.recv() => match news {
+                    Some(News::Message(envelope)) => {
+                        if self.message(envelope) {
+                            self.node.forget(&self.tenant, &self.plugin, &shared);
+                        }
+                    }
+                    Some(News::NodeDown(node, incarnation)) => self.owner_down(&node, incarnation).await,
+                    Some(News::Gap) => self.end_all(close::SERVICE_RESTART, "messages between cluster nodes were lost"),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    self.expire();
+                    if self.links.is_empty() && self.pending.is_empty() {
+                        let since = *idle_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > Duration::from_secs(30) && commands.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.end_all(close::GOING_AWAY, "the host is shutting down");
+        self.node.forget(&self.tenant, &self.plugin, &shared);
+    }
+
+    /// Handles one command; `false` to end.
+    async fn command(&mut self, command: Command) -> bool {
+        if let Target::Local(handle) = &self.target {
+            // Taken over here: the tenant's task takes the commands itself.
+            if let Command::Session(Inbound::Disconnect { session }) = &command {
+                self.links.remove(session);
+            }
+            return handle.mailbox().send(command).await.is_ok() || self.links.is_empty();
+        }
+        match command {
+            Command::Connect { link, request, reply } => {
+                let session = link.id();
+                self.links.insert(session, (link, request.clone()));
+                let id = self.request(Pending::Connect(session, Some(reply)));
+                self.send(Body::Connect {
+                    request: id,
+                    session,
+                    connect: request,
+                })
+                .await;
+            }
+            Command::Session(Inbound::Frame { session, frame, held }) => {
+                self.send(Body::Frame { session, frame }).await;
+                drop(held);
+            }
+            Command::Session(Inbound::Disconnect { session }) => {
+                self.links.remove(&session);
+                self.send(Body::Disconnect { session }).await;
+            }
+            Command::Http { request, reply } => {
+                let id = self.request(Pending::Http(reply));
+                self.send(Body::Http {
+                    request: id,
+                    http: request,
+                })
+                .await;
+            }
+            Command::Shutdown { done } => {
+                self.end_all(close::GOING_AWAY, "the host is shutting down");
+                let _ = done.send(());
+                return false;
+            }
+            // Hibernation, handovers and erasure are the owner's.
+            Command::Hibernate | Command::Handover { .. } | Command::Erase { .. } => {}
+        }
+        true
+    }
+
+    fn request(&mut self, pending: Pending) -> u64 {
+        self.next_request += 1;
+        self.pending.insert(self.next_request, (pending, Instant::now()));
+        self.next_request
+    }
+
+    async fn send(&mut self, body: Body) {
+        let Target::Remote { owned, subject } = &self.target else {
+            return;
+        };
+        self.sent += 1;
+        let (client, node, incarnation) = self.node.client();
+        let envelope = Envelope {
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            node: node.to_owned(),
+            incarnation,
+            token: owned.revision,
+            seq: self.sent,
+            body,
+        };
+        if let Err(e) = client.publish(subject.clone(), envelope.encode()).await {
+            tracing::warn!(tenant = %self.tenant, "cannot reach the tenant's owner: {e}");
+        }
+    }
+
+    /// Handles a message from the owner; `true` when the owner says it no
+    /// longer owns the tenant.
+    fn message(&mut self, envelope: Envelope) -> bool {
+        let Target::Remote { owned, .. } = &self.target else {
+            return false;
+        };
+        if envelope.body == Body::Moved && envelope.node == owned.owner.node {
+            tracing::info!(tenant = %self.tenant, "the tenant's owner moved: its sessions here end (1012)");
+            self.fail_pending("the tenant moved to another node; try again");
+            self.end_all(
+                close::SERVICE_RESTART,
+                "the tenant moved to another node; connect again",
+            );
+            return true;
+        }
+        if envelope.token != owned.revision {
+            // From an owner this proxy no longer follows.
+            return false;
+        }
+        if envelope.seq != self.expected {
+            metrics::counter!("baton_cluster_gaps_total", "direction" => "from_owner").increment(1);
+            tracing::warn!(tenant = %self.tenant, expected = self.expected, got = envelope.seq, "messages from the owner were lost: sessions end (1012)");
+            self.end_all(close::SERVICE_RESTART, "messages between cluster nodes were lost");
+        }
+        self.expected = envelope.seq + 1;
+        match envelope.body {
+            Body::Push { sessions, message } => {
+                for session in sessions {
+                    if let Some((link, _)) = self.links.get(&session) {
+                        link.push(Outbound::Frame(message.clone()));
+                    }
+                }
+            }
+            Body::Close { session, code, reason } => {
+                if let Some((link, _)) = self.links.get(&session) {
+                    link.close(code, reason);
+                }
+            }
+            Body::Stop { session, code, reason } => {
+                if let Some((link, _)) = self.links.get(&session) {
+                    link.stop(code, &reason);
+                }
+            }
+            Body::Reply { request, answer } => match self.pending.remove(&request) {
+                Some((Pending::Connect(session, reply), _)) => {
+                    let answer = answer.map(|_| ());
+                    if let Err(rejection) = &answer {
+                        match reply {
+                            // A re-announced session the new owner refused.
+                            None => {
+                                if let Some((link, _)) = self.links.get(&session) {
+                                    link.stop(close::POLICY, &close::bounded_reason(&rejection.to_string()));
+                                }
+                            }
+                            Some(_) => {
+                                self.links.remove(&session);
+                            }
+                        }
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Some((Pending::Http(reply), _)) => {
+                    let _ = reply.send(answer.and_then(|r| {
+                        r.ok_or_else(|| Rejection::Internal("the owner answered a request without a response".into()))
+                    }));
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        false
+    }
+
+    /// The owner went down: follow the new one, re-announcing every session.
+    async fn owner_down(&mut self, node: &str, incarnation: u64) {
+        let Target::Remote { owned, .. } = &self.target else {
+            return;
+        };
+        if owned.owner.node != node || owned.owner.incarnation != incarnation {
+            return;
+        }
+        let dead = owned.clone();
+        self.fail_pending("the tenant's owner went down; try again");
+        let target = match self.node.after_owner_down(&self.tenant, &self.plugin, dead).await {
+            Ok(target) => target,
+            Err(rejection) => {
+                tracing::warn!(tenant = %self.tenant, "no new owner for the tenant: {rejection}");
+                self.end_all(close::SERVICE_RESTART, "the tenant's node went down; connect again");
+                return;
+            }
+        };
+        self.target = target;
+        self.sent = 0;
+        self.expected = 1;
+        let sessions: Vec<(SessionId, SessionLink, ConnectRequest)> = self
+            .links
+            .iter()
+            .map(|(id, (link, request))| (*id, link.clone(), request.clone()))
+            .collect();
+        tracing::info!(tenant = %self.tenant, sessions = sessions.len(), "re-announcing sessions to the tenant's new owner");
+        for (session, link, mut request) in sessions {
+            request.resumed = true;
+            match self.target.clone() {
+                Target::Local(handle) => {
+                    let answer = handle
+                        .ask(|reply| Command::Connect {
+                            link: link.clone(),
+                            request,
+                            reply,
+                        })
+                        .await;
+                    if let Err(rejection) = answer {
+                        link.stop(close::POLICY, &close::bounded_reason(&rejection.to_string()));
+                    }
+                }
+                Target::Remote { .. } => {
+                    let id = self.request(Pending::Connect(session, None));
+                    self.send(Body::Connect {
+                        request: id,
+                        session,
+                        connect: request,
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    fn fail_pending(&mut self, reason: &str) {
+        for (_, (pending, _)) in self.pending.drain() {
+            match pending {
+                Pending::Connect(session, Some(reply)) => {
+                    self.links.remove(&session);
+                    let _ = reply.send(Err(Rejection::Unavailable(reason.to_owned())));
+                }
+                Pending::Connect(..) => {}
+                Pending::Http(reply) => {
+                    let _ = reply.send(Err(Rejection::Unavailable(reason.to_owned())));
+                }
+            }
+        }
+    }
+
+    /// Requests the owner did not answer in time.
+    fn expire(&mut self) {
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() > ANSWER_WITHIN)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            match self.pending.remove(&id) {
+                Some((Pending::Connect(session, reply), _)) => {
+                    if let Some((link, _)) = self.links.remove(&session) {
+                        link.stop(close::SERVICE_RESTART, "the tenant's owner did not answer");
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(Rejection::Unavailable("the tenant's owner did not answer".into())));
+                    }
+                }
+                Some((Pending::Http(reply), _)) => {
+                    let _ = reply.send(Err(Rejection::Unavailable("the tenant's owner did not answer".into())));
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn end_all(&mut self, code: u16, reason: &str) {
+        for (link, _) in self.links.values() {
+            link.stop(code, reason);
+        }
+    }
+}

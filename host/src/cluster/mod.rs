@@ -1,0 +1,821 @@
+//! The cluster: several baton hosts serving as one, on NATS.
+//!
+//! Each (tenant, plugin) has one *owner* node, whose task runs its instance
+//! exactly as on a single host; any node may hold its sessions (the node
+//! that terminates a socket is its *edge*). An edge that is not the owner
+//! runs a stand-in for the tenant ([`edge::Proxy`]) that forwards to the
+//! owner, where a [`owner::Peer`] per edge hands everything to the tenant's
+//! task and streams its sends back. A node that is both takes the local
+//! path, unchanged. Files:
+//!
+//! - `wire.rs`: the messages between nodes, numbered;
+//! - `members.rs`: the liveness and ownership buckets and this node's view
+//!   of them;
+//! - `edge.rs`, `owner.rs`: the two sides of a forwarded session.
+//!
+//! Subjects (under `cluster.subject_prefix`): `{prefix}.node.{node}` takes
+//! everything sent to a node, so one subscription per node serves every
+//! tenant, and the messages of one (tenant, plugin) from one node arrive in
+//! the order they were sent (NATS keeps a publisher's order).
+//!
+//! Core NATS delivers at most once: a message can be dropped by a slow
+//! subscription or across a reconnect while every publish succeeds. Every
+//! message is numbered and checked; a reconnect or a slow-consumer event
+//! (NATS dropped something this node did not see) ends every forwarded
+//! session with 1012, so nothing is ever lost silently.
+
+pub mod edge;
+pub mod members;
+pub mod owner;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{Rejection, close};
+use crate::tenant::{Command, Opener, TenantHandle, TenantShared};
+use edge::{News, Proxy, Target};
+use members::{Members, NodeInfo, Owned, Owner, OwnerMap, bucket, owner_key};
+use owner::{Peer, PeerEnv, PeerId};
+use wire::{Body, Envelope};
+
+/// This host as a node of a cluster.
+pub struct Cluster {
+    /// This node's name.
+    pub node: String,
+    /// This start of it.
+    pub incarnation: u64,
+    prefix: String,
+    client: async_nats::Client,
+    nodes: kv::Store,
+    owners: kv::Store,
+    members: Members,
+    records: OwnerMap,
+    opener: Arc<Opener>,
+    config: Arc<Config>,
+    addrs: (String, String),
+    proxies: Mutex<HashMap<(String, String), Proxy>>,
+    peers: Mutex<HashMap<(String, u64, String, String), Arc<Peer>>>,
+    /// NATS is reachable.
+    connected: AtomicBool,
+    /// This node could not renew its liveness key for long enough that
+    /// others may take its tenants: it serves none of them.
+    fenced: AtomicBool,
+    last_renewed: Mutex<Instant>,
+}
+
+/// What `baton status` and the dashboard show of the cluster.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ClusterView {
+    /// This node.
+    pub node: String,
+    /// Whether NATS is reachable.
+    pub connected: bool,
+    /// Whether this node stopped serving its tenants (it could not renew).
+    pub fenced: bool,
+    /// The live nodes.
+    pub nodes: Vec<NodeView>,
+    /// Where each tenant lives: `tenant.plugin` → node.
+    pub owners: Vec<(String, String)>,
+}
+
+/// One live node.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// Its client listener.
+    pub client_addr: String,
+    /// Its admin listener.
+    pub admin_addr: String,
+    /// Open sessions on it.
+    pub sessions: usize,
+    /// Tenants it owns.
+    pub owned: usize,
+}
+
+impl Cluster {
+    /// Joins the cluster `config.cluster` names: connects to NATS, opens
+    /// the buckets, subscribes, and starts renewing this node's key.
+    pub async fn join(
+        config: Arc<Config>,
+        opener: Arc<Opener>,
+        addrs: (String, String),
+        sessions: impl Fn() -> usize + Send + Sync + 'static,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let settings = &config.cluster;
+        let (Some(url), Some(node)) = (&settings.nats_url, &settings.node) else {
+            anyhow::bail!("cluster.nats_url and cluster.node are both needed");
+        };
+        let (events, mut heard) = mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("baton {node}"))
+            .subscription_capacity(settings.subscription_capacity)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    let _ = events.send(event);
+                }
+            })
+            .connect(url.as_str())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach NATS at {}: {e}",
+                    settings.url_for_display().unwrap_or_default()
+                )
+            })?;
+        let js = async_nats::jetstream::new(client.clone());
+        let down_after = Duration::from_secs(settings.down_after_secs);
+        let nodes = bucket(&js, "baton_nodes", down_after)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the NATS bucket baton_nodes (is JetStream on?): {e}"))?;
+        let owners = bucket(&js, "baton_owners", Duration::ZERO)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the NATS bucket baton_owners: {e}"))?;
+        let prefix = settings.subject_prefix.clone();
+        let inbox = client.subscribe(format!("{prefix}.node.{node}")).await?;
+        let cluster = Arc::new(Cluster {
+            node: node.clone(),
+            incarnation: rand_u64(),
+            prefix,
+            client,
+            nodes,
+            owners,
+            members: Members::new(down_after),
+            records: OwnerMap::default(),
+            opener,
+            config: config.clone(),
+            addrs,
+            proxies: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(true),
+            fenced: AtomicBool::new(false),
+            last_renewed: Mutex::new(Instant::now()),
+        });
+        cluster.renew(sessions()).await?;
+        tracing::info!(node = %cluster.node, incarnation = cluster.incarnation, "joined the cluster");
+
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            while let Some(event) = heard.recv().await {
+                let Some(cluster) = weak.upgrade() else { return };
+                cluster.event(event);
+            }
+        });
+        tokio::spawn(dispatch(Arc::downgrade(&cluster), inbox));
+        tokio::spawn(watch_nodes(Arc::downgrade(&cluster)));
+        tokio::spawn(watch_owners(Arc::downgrade(&cluster)));
+        tokio::spawn(keep_alive(Arc::downgrade(&cluster), Box::new(sessions)));
+        Ok(cluster)
+    }
+
+    /// The tenant's task for `plugin`: here when this node owns it (taking it
+    /// when it has no live owner), else a stand-in forwarding to its owner.
+    pub async fn open(self: &Arc<Self>, tenant: &str, plugin: &str) -> Result<TenantHandle, Rejection> {
+        if self.opener.registry.deployed(plugin).is_none() {
+            return self.opener.open(tenant, plugin, 0);
+        }
+        self.opener.allowed(tenant)?;
+        if self.fenced.load(Ordering::Relaxed) {
+            return Err(unreachable_nats());
+        }
+        let key = owner_key(tenant, plugin);
+        if let Some(owned) = self.records.get(&key)
+            && self.is_me(&owned.owner)
+        {
+            return self.opener.open(tenant, plugin, owned.revision);
+        }
+        if let Some(proxy) = self.lock_proxies().get(&(tenant.to_owned(), plugin.to_owned()))
+            && !proxy.handle.is_closed()
+        {
+            return Ok(proxy.handle.clone());
+        }
+        match self.owner_of(tenant, plugin).await? {
+            owned if self.is_me(&owned.owner) => self.opener.open(tenant, plugin, owned.revision),
+            owned => Ok(self.proxy(tenant, plugin, owned)),
+        }
+    }
+
+    fn is_me(&self, owner: &Owner) -> bool {
+        owner.node == self.node && owner.incarnation == self.incarnation
+    }
+
+    fn subject(&self, node: &str) -> String {
+        format!("{}.node.{node}", self.prefix)
+    }
+
+    /// The live owner of (tenant, plugin): the one recorded, or this node or
+    /// the least-loaded one when none is (by compare-and-set), or this node
+    /// when the recorded one is down (likewise).
+    async fn owner_of(&self, tenant: &str, plugin: &str) -> Result<Owned, Rejection> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(unreachable_nats());
+        }
+        let key = owner_key(tenant, plugin);
+        for _ in 0..5 {
+            let known = match self.records.get(&key) {
+                Some(owned) => Some(owned),
+                None => self.fetch(&key).await?,
+            };
+            match known {
+                Some(owned)
+                    if self.is_me(&owned.owner) || self.members.is_live(&owned.owner.node, owned.owner.incarnation) =>
+                {
+                    return Ok(owned);
+                }
+                Some(dead) => {
+                    if let Some(owned) = self.write_owner(&key, self.me(), Some(dead.revision)).await? {
+                        tracing::info!(tenant, plugin, from = %dead.owner.node, "took the tenant over from a node that is down");
+                        return Ok(owned);
+                    }
+                }
+                None => {
+                    if let Some(owned) = self.write_owner(&key, self.placement(), None).await? {
+                        return Ok(owned);
+                    }
+                }
+            }
+            // Another node wrote first: read what it wrote.
+            let fresh = self.fetch(&key).await?;
+            if let Some(owned) = fresh {
+                self.records.put(&key, owned);
+            }
+        }
+        Err(Rejection::Unavailable(
+            "the tenant's owner keeps changing; try again".into(),
+        ))
+    }
+
+    fn me(&self) -> Owner {
+        Owner {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            since_ms: crate::clock::unix_ms(),
+        }
+    }
+
+    /// Where a tenant nobody owns goes: this node, unless it owns more than
+    /// `cluster.load_guard` times the average; then the live node owning the
+    /// fewest.
+    fn placement(&self) -> Owner {
+        let live = self.members.live();
+        let counts = self.records.owned_by();
+        let owned = |node: &str| counts.get(node).copied().unwrap_or(0);
+        let mine = owned(&self.node);
+        if live.len() > 1 {
+            let average = live.iter().map(|(n, _)| owned(n)).sum::<usize>() as f64 / live.len() as f64;
+            if mine >= 4
+                && mine as f64 > self.config.cluster.load_guard * average
+                && let Some((node, info)) = live.iter().min_by_key(|(n, _)| owned(n))
+                && node != &self.node
+            {
+                return Owner {
+                    node: node.clone(),
+                    incarnation: info.incarnation,
+                    since_ms: crate::clock::unix_ms(),
+                };
+            }
+        }
+        self.me()
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Owned>, Rejection> {
+        let entry = self
+            .owners
+            .entry(key)
+            .await
+            .map_err(|e| nats_error("read an ownership record", e))?;
+        Ok(entry.and_then(|entry| {
+            let owner = (entry.operation == kv::Operation::Put)
+                .then(|| serde_json::from_slice::<Owner>(&entry.value).ok())
+                .flatten()?;
+            Some(Owned {
+                owner,
+                revision: entry.revision,
+            })
+        }))
+    }
+
+    /// Writes `owner` as the record of `key` if it is still at `revision`
+    /// (`None`: if there is none); `None` when another write came first.
+    async fn write_owner(&self, key: &str, owner: Owner, revision: Option<u64>) -> Result<Option<Owned>, Rejection> {
+        let value: bytes::Bytes = serde_json::to_vec(&owner).unwrap_or_default().into();
+        let written = match revision {
+            Some(revision) => self
+                .owners
+                .update(key, value, revision)
+                .await
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => None,
+                    _ => Some(nats_error("write an ownership record", e)),
+                }),
+            None => self.owners.create(key, value).await.map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => None,
+                _ => Some(nats_error("write an ownership record", e)),
+            }),
+        };
+        match written {
+            Ok(revision) => {
+                let owned = Owned { owner, revision };
+                self.records.put(key, owned.clone());
+                Ok(Some(owned))
+            }
+            Err(None) => Ok(None),
+            Err(Some(rejection)) => Err(rejection),
+        }
+    }
+
+    /// The stand-in for (tenant, plugin) forwarding to `owned`.
+    fn proxy(self: &Arc<Self>, tenant: &str, plugin: &str, owned: Owned) -> TenantHandle {
+        let mut proxies = self.lock_proxies();
+        let key = (tenant.to_owned(), plugin.to_owned());
+        if let Some(proxy) = proxies.get(&key)
+            && !proxy.handle.is_closed()
+        {
+            return proxy.handle.clone();
+        }
+        let subject = self.subject(&owned.owner.node);
+        let sessions = &self.config.sessions;
+        let proxy = Proxy::start(
+            self.clone(),
+            tenant,
+            plugin,
+            Target::Remote { owned, subject },
+            (sessions.mailbox.get(), sessions.mailbox_bytes.get()),
+        );
+        let handle = proxy.handle.clone();
+        proxies.insert(key, proxy);
+        handle
+    }
+
+    fn lock_proxies(&self) -> MutexGuard<'_, HashMap<(String, String), Proxy>> {
+        self.proxies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_peers(&self) -> MutexGuard<'_, HashMap<(String, u64, String, String), Arc<Peer>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message to this node.
+    async fn received(self: &Arc<Self>, envelope: Envelope) {
+        match &envelope.body {
+            Body::Connect { .. } | Body::Frame { .. } | Body::Disconnect { .. } | Body::Http { .. } => {
+                self.from_edge(envelope).await;
+            }
+            _ => {
+                let key = (envelope.tenant.clone(), envelope.plugin.clone());
+                if let Some(proxy) = self.lock_proxies().get(&key) {
+                    let _ = proxy.news.send(News::Message(envelope));
+                }
+            }
+        }
+    }
+
+    /// A message from an edge, for a tenant this node should own.
+    async fn from_edge(self: &Arc<Self>, envelope: Envelope) {
+        let key = (
+            envelope.node.clone(),
+            envelope.incarnation,
+            envelope.tenant.clone(),
+            envelope.plugin.clone(),
+        );
+        let peer = self.lock_peers().get(&key).filter(|p| !p.is_closed()).cloned();
+        let peer = match peer {
+            Some(peer) => peer,
+            None => match self.new_peer(&envelope).await {
+                Some(peer) => {
+                    self.lock_peers().insert(key, peer.clone());
+                    peer
+                }
+                None => {
+                    self.moved(&envelope).await;
+                    return;
+                }
+            },
+        };
+        peer.deliver(envelope);
+    }
+
+    /// The peer of the edge that sent `envelope`, if this node owns its
+    /// tenant under the token the edge has.
+    async fn new_peer(self: &Arc<Self>, envelope: &Envelope) -> Option<Arc<Peer>> {
+        if self.fenced.load(Ordering::Relaxed) {
+            return None;
+        }
+        let key = owner_key(&envelope.tenant, &envelope.plugin);
+        let owned = match self.records.get(&key).filter(|o| o.revision >= envelope.token) {
+            Some(owned) => owned,
+            // Recorded for this node a moment ago by the edge: not seen yet.
+            None => self.fetch(&key).await.ok().flatten()?,
+        };
+        if !self.is_me(&owned.owner) || owned.revision != envelope.token {
+            return None;
+        }
+        self.records.put(&key, owned.clone());
+        let handle = match self.opener.open(&envelope.tenant, &envelope.plugin, owned.revision) {
+            Ok(handle) => handle,
+            Err(rejection) => {
+                if let Body::Connect { request, .. } | Body::Http { request, .. } = &envelope.body {
+                    self.answer_now(envelope, *request, rejection, owned.revision).await;
+                }
+                return None;
+            }
+        };
+        let id = PeerId {
+            edge: envelope.node.clone(),
+            incarnation: envelope.incarnation,
+            tenant: envelope.tenant.clone(),
+            plugin: envelope.plugin.clone(),
+        };
+        let env = PeerEnv {
+            client: self.client.clone(),
+            edge_subject: self.subject(&envelope.node),
+            node: (self.node.clone(), self.incarnation),
+            token: owned.revision,
+            handle,
+        };
+        Some(Arc::new(Peer::start(id, env)))
+    }
+
+    /// Tells the edge that sent `envelope` this node does not own its tenant.
+    async fn moved(&self, envelope: &Envelope) {
+        let reply = Envelope {
+            tenant: envelope.tenant.clone(),
+            plugin: envelope.plugin.clone(),
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            token: 0,
+            seq: 0,
+            body: Body::Moved,
+        };
+        let _ = self.client.publish(self.subject(&envelope.node), reply.encode()).await;
+    }
+
+    /// Refuses a request outside any peer's stream (its tenant cannot open):
+    /// the first message of the stream the edge expects.
+    async fn answer_now(&self, envelope: &Envelope, request: u64, rejection: Rejection, token: u64) {
+        let reply = Envelope {
+            tenant: envelope.tenant.clone(),
+            plugin: envelope.plugin.clone(),
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            token,
+            seq: 1,
+            body: Body::Reply {
+                request,
+                answer: Err(rejection),
+            },
+        };
+        let _ = self.client.publish(self.subject(&envelope.node), reply.encode()).await;
+    }
+
+    /// Something the NATS client saw.
+    fn event(self: &Arc<Self>, event: async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => {
+                tracing::warn!("lost NATS: forwarded sessions wait, and end (1012) if it comes back");
+                self.connected.store(false, Ordering::Relaxed);
+            }
+            async_nats::Event::Connected => {
+                let was_down = !self.connected.swap(true, Ordering::Relaxed);
+                if was_down {
+                    tracing::warn!(
+                        "NATS is back: forwarded sessions end (1012), messages may have been lost meanwhile"
+                    );
+                    metrics::counter!("baton_cluster_gaps_total", "direction" => "reconnect").increment(1);
+                    self.gap_all();
+                }
+            }
+            async_nats::Event::SlowConsumer(_) => {
+                tracing::warn!("NATS dropped messages for this node (slow consumer): forwarded sessions end (1012)");
+                metrics::counter!("baton_cluster_gaps_total", "direction" => "slow_consumer").increment(1);
+                self.gap_all();
+            }
+            other => tracing::info!("NATS: {other}"),
+        }
+    }
+
+    /// Ends every session that crosses nodes (messages may have been lost).
+    fn gap_all(&self) {
+        for proxy in self.lock_proxies().values() {
+            let _ = proxy.news.send(News::Gap);
+        }
+        for peer in self.lock_peers().values() {
+            peer.end_sessions(close::SERVICE_RESTART, "messages between cluster nodes were lost");
+        }
+    }
+
+    /// Renews this node's liveness key.
+    async fn renew(&self, sessions: usize) -> anyhow::Result<()> {
+        let owned = self.records.keys_of(&self.node, self.incarnation).len();
+        let info = NodeInfo {
+            incarnation: self.incarnation,
+            client_addr: self.addrs.0.clone(),
+            admin_addr: self.addrs.1.clone(),
+            started_ms: crate::clock::started_ms(),
+            sessions,
+            owned,
+        };
+        self.nodes
+            .put(&self.node, serde_json::to_vec(&info)?.into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot renew this node's liveness key: {e}"))?;
+        *self.last_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        if self.fenced.swap(false, Ordering::Relaxed) {
+            tracing::info!("renewed this node's liveness key again: serving");
+        }
+        Ok(())
+    }
+
+    /// A node is down: its sessions here leave their tenants, and the
+    /// tenants it owned move to whoever's edge takes them first.
+    async fn down(self: &Arc<Self>, node: &str, incarnation: u64) {
+        tracing::warn!(node, incarnation, "a cluster node is down");
+        metrics::counter!("baton_cluster_nodes_down_total").increment(1);
+        let peers: Vec<Arc<Peer>> = self
+            .lock_peers()
+            .iter()
+            .filter(|((edge, inc, _, _), _)| edge == node && *inc == incarnation)
+            .map(|(_, peer)| peer.clone())
+            .collect();
+        for peer in peers {
+            if let Some(handle) = self.opener.tenants.get(&peer.id.plugin, &peer.id.tenant) {
+                peer.edge_down(&handle).await;
+            }
+        }
+        self.lock_peers()
+            .retain(|(edge, inc, _, _), _| !(edge == node && *inc == incarnation));
+        for proxy in self.lock_proxies().values() {
+            let _ = proxy.news.send(News::NodeDown(node.to_owned(), incarnation));
+        }
+    }
+
+    /// This node no longer owns `key`'s tenant (another node took it): its
+    /// sessions end (1012) so that their clients reach the new owner.
+    fn lost(&self, tenant: &str, plugin: &str) {
+        if let Some(handle) = self.opener.tenants.get(plugin, tenant) {
+            tracing::warn!(
+                tenant,
+                plugin,
+                "another node owns the tenant now: its sessions here end (1012)"
+            );
+            handle.shared().stop_sessions(
+                close::SERVICE_RESTART,
+                "the tenant moved to another node; connect again",
+            );
+            let (done, _) = tokio::sync::oneshot::channel();
+            let _ = handle.mailbox().try_send(Command::Shutdown { done });
+        }
+        self.lock_peers()
+            .retain(|(_, _, t, p), _| !(t == tenant && p == plugin));
+    }
+
+    /// Leaving the cluster at shutdown: the tenants this node owned are
+    /// released (after their state was kept), and its key deleted, so that
+    /// others take over at once.
+    pub async fn leave(&self) {
+        for (key, revision) in self.records.keys_of(&self.node, self.incarnation) {
+            let _ = self.owners.delete_expect_revision(&key, Some(revision)).await;
+        }
+        let _ = self.nodes.delete(&self.node).await;
+        let _ = self.client.flush().await;
+        tracing::info!("left the cluster");
+    }
+
+    /// Stops every forwarded session (shutdown); the owners hear them leave.
+    pub fn close_forwarded(&self) {
+        for proxy in self.lock_proxies().values() {
+            proxy
+                .handle
+                .shared()
+                .stop_sessions(close::GOING_AWAY, "the host is shutting down");
+            let _ = proxy.news.send(News::Gap);
+        }
+    }
+
+    /// What `baton status` shows.
+    pub fn view(&self) -> ClusterView {
+        let counts = self.records.owned_by();
+        ClusterView {
+            node: self.node.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
+            nodes: self
+                .members
+                .live()
+                .into_iter()
+                .map(|(name, info)| NodeView {
+                    owned: counts.get(&name).copied().unwrap_or(0),
+                    name,
+                    client_addr: info.client_addr,
+                    admin_addr: info.admin_addr,
+                    sessions: info.sessions,
+                })
+                .collect(),
+            owners: self
+                .records
+                .all()
+                .into_iter()
+                .map(|(key, owned)| (key, owned.owner.node))
+                .collect(),
+        }
+    }
+}
+
+impl edge::Node for Cluster {
+    async fn after_owner_down(&self, tenant: &str, plugin: &str, dead: Owned) -> Result<Target, Rejection> {
+        let key = owner_key(tenant, plugin);
+        let owned = match self.write_owner(&key, self.me(), Some(dead.revision)).await? {
+            Some(owned) => {
+                tracing::info!(tenant, plugin, from = %dead.owner.node, "took the tenant over from a node that is down");
+                owned
+            }
+            None => self
+                .fetch(&key)
+                .await?
+                .ok_or_else(|| Rejection::Unavailable("the tenant has no owner; connect again".into()))?,
+        };
+        if self.is_me(&owned.owner) {
+            return self.opener.open(tenant, plugin, owned.revision).map(Target::Local);
+        }
+        let subject = self.subject(&owned.owner.node);
+        Ok(Target::Remote { owned, subject })
+    }
+
+    fn client(&self) -> (&async_nats::Client, &str, u64) {
+        (&self.client, &self.node, self.incarnation)
+    }
+
+    fn forget(&self, tenant: &str, plugin: &str, shared: &Arc<TenantShared>) {
+        let mut proxies = self.lock_proxies();
+        let key = (tenant.to_owned(), plugin.to_owned());
+        if proxies
+            .get(&key)
+            .is_some_and(|p| Arc::ptr_eq(p.handle.shared(), shared))
+        {
+            proxies.remove(&key);
+        }
+    }
+}
+
+/// Reads this node's subscription, in order.
+async fn dispatch(cluster: std::sync::Weak<Cluster>, mut inbox: async_nats::Subscriber) {
+    while let Some(message) = inbox.next().await {
+        let Some(cluster) = cluster.upgrade() else { return };
+        match Envelope::decode(message.payload) {
+            Ok(envelope) => cluster.received(envelope).await,
+            Err(e) => tracing::warn!("ignored a message on the cluster subject: {e}"),
+        }
+    }
+}
+
+/// Follows the liveness keys: renewals, restarts, departures.
+async fn watch_nodes(cluster: std::sync::Weak<Cluster>) {
+    loop {
+        let Some(strong) = cluster.upgrade() else { return };
+        let watch = strong.nodes.watch_all().await;
+        drop(strong);
+        let Ok(mut watch) = watch else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        while let Some(entry) = watch.next().await {
+            let Some(cluster) = cluster.upgrade() else { return };
+            let Ok(entry) = entry else { break };
+            match entry.operation {
+                kv::Operation::Put => {
+                    let Ok(info) = serde_json::from_slice::<NodeInfo>(&entry.value) else {
+                        continue;
+                    };
+                    let incarnation = info.incarnation;
+                    if let Some(old) = cluster.members.saw(&entry.key, info)
+                        && !(entry.key == cluster.node && old == cluster.incarnation)
+                    {
+                        cluster.down(&entry.key, old).await;
+                    }
+                    let _ = incarnation;
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    if entry.key != cluster.node
+                        && let Some(old) = cluster.members.left(&entry.key)
+                    {
+                        cluster.down(&entry.key, old).await;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows the ownership records.
+async fn watch_owners(cluster: std::sync::Weak<Cluster>) {
+    loop {
+        let Some(strong) = cluster.upgrade() else { return };
+        let watch = strong.owners.watch_all().await;
+        drop(strong);
+        let Ok(mut watch) = watch else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        while let Some(entry) = watch.next().await {
+            let Some(cluster) = cluster.upgrade() else { return };
+            let Ok(entry) = entry else { break };
+            let Some((tenant, plugin)) = entry.key.split_once('.') else {
+                continue;
+            };
+            match entry.operation {
+                kv::Operation::Put => {
+                    let Ok(owner) = serde_json::from_slice::<Owner>(&entry.value) else {
+                        continue;
+                    };
+                    let mine = cluster.is_me(&owner);
+                    let owned = Owned {
+                        owner,
+                        revision: entry.revision,
+                    };
+                    if cluster.records.put(&entry.key, owned) && !mine {
+                        cluster.lost(tenant, plugin);
+                    }
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    cluster.records.remove(&entry.key, entry.revision);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Renews this node's key; finds nodes that stopped renewing; stops
+/// serving tenants when this node itself could not renew for long.
+async fn keep_alive(cluster: std::sync::Weak<Cluster>, sessions: Box<dyn Fn() -> usize + Send + Sync>) {
+    let Some(strong) = cluster.upgrade() else { return };
+    let every = Duration::from_millis(strong.config.cluster.renew_ms);
+    let down_after = Duration::from_secs(strong.config.cluster.down_after_secs);
+    drop(strong);
+    // Others take this node's tenants after `down_after`; it stops serving
+    // them with a margin before (7 s of the default 10).
+    let fence_after = down_after.mul_f64(0.7).max(every);
+    let mut tick = tokio::time::interval(every.min(Duration::from_millis(500)));
+    let mut next_renewal = Instant::now() + every;
+    loop {
+        tick.tick().await;
+        let Some(cluster) = cluster.upgrade() else { return };
+        if Instant::now() >= next_renewal {
+            next_renewal = Instant::now() + every;
+            if let Err(e) = cluster.renew(sessions()).await {
+                tracing::warn!("{e}");
+            }
+        }
+        let last = *cluster.last_renewed.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= fence_after && !cluster.fenced.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                "could not renew this node's liveness key for {:?}: it stops serving the tenants it owns",
+                last.elapsed()
+            );
+            for (key, _) in cluster.records.keys_of(&cluster.node, cluster.incarnation) {
+                if let Some((tenant, plugin)) = key.split_once('.') {
+                    cluster.lost(tenant, plugin);
+                }
+            }
+        }
+        for (node, incarnation) in cluster.members.expire() {
+            if node != cluster.node {
+                cluster.down(&node, incarnation).await;
+            }
+        }
+    }
+}
+
+fn unreachable_nats() -> Rejection {
+    Rejection::Unavailable("the cluster cannot reach the tenant's node right now; try again".into())
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> Rejection {
+    tracing::warn!("cannot {what}: {e}");
+    unreachable_nats()
+}
+
+/// 64 random bits (an incarnation), from the system's random source.
+fn rand_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        return crate::clock::unix_ms() ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_le_bytes(bytes)
+}

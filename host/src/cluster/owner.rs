@@ -1,0 +1,329 @@
+//! The owner's side of sessions whose sockets other nodes hold: one
+//! [`Peer`] per (edge node, incarnation, tenant, plugin).
+//!
+//! A peer takes what the edge sends in its order, checks every sequence
+//! number, and hands it to the tenant's task as a local session's task would
+//! (connects, frames under the same byte budget and backpressure,
+//! disconnects, HTTP requests). The tenant holds each of the edge's sessions
+//! by a remote [`SessionLink`] whose pushes go into the peer's [`Relay`]: one
+//! ordered stream back to the edge, numbered too, carrying sends, publishes
+//! (one message for all of that edge's subscribers), closes and the answers
+//! to connects and requests. A gap either way ends the edge's sessions of
+//! the tenant with 1012; the edge's death ends them here at once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::wire::{Body, Envelope};
+use crate::bindings::HttpResponse;
+use crate::error::{Rejection, close};
+use crate::session::Inbound;
+use crate::session::link::{Outbound, Remote, SessionId, SessionLink};
+use crate::tenant::{Command, TenantHandle};
+
+/// Messages a relay holds for its edge at most: beyond, NATS is not taking
+/// them, and the edge's sessions end (1012) rather than the owner's memory
+/// growing.
+const RELAY_BACKLOG: usize = 65_536;
+
+/// Messages from an edge a peer holds at most while its tenant is busy:
+/// beyond, the edge's sessions of the tenant end with 1013 (try again later),
+/// as a local session does when the tenant takes no frame.
+const PEER_BACKLOG: usize = 16_384;
+
+/// Who a peer's messages are from and its stream back.
+#[derive(Debug, Clone)]
+pub struct PeerId {
+    /// The edge node.
+    pub edge: String,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+}
+
+/// The owner's end of one edge's sessions of one tenant.
+pub struct Peer {
+    /// Who.
+    pub id: PeerId,
+    inbound: mpsc::Sender<Envelope>,
+    relay: Arc<Relay>,
+    sessions: Arc<Mutex<HashSet<SessionId>>>,
+}
+
+/// The ordered stream from the owner's tenant to one edge.
+#[derive(Debug)]
+pub struct Relay {
+    queue: mpsc::UnboundedSender<Body>,
+    held: AtomicUsize,
+    broken: AtomicBool,
+}
+
+impl Remote for Relay {
+    fn push(&self, sessions: &[SessionId], out: Outbound) -> bool {
+        let body = match out {
+            Outbound::Frame(message) => Body::Push {
+                sessions: sessions.to_vec(),
+                message,
+            },
+            Outbound::Close(code, reason) => Body::Close {
+                session: sessions.first().copied().unwrap_or_default(),
+                code,
+                reason,
+            },
+        };
+        self.send(body)
+    }
+
+    fn stop(&self, session: SessionId, code: u16, reason: &str) {
+        self.send(Body::Stop {
+            session,
+            code,
+            reason: reason.to_owned(),
+        });
+    }
+}
+
+impl Relay {
+    fn send(&self, body: Body) -> bool {
+        if self.broken.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.held.fetch_add(1, Ordering::Relaxed) >= RELAY_BACKLOG {
+            self.broken.store(true, Ordering::Relaxed);
+            tracing::warn!("the stream to an edge is not draining: its sessions end");
+            return false;
+        }
+        self.queue.send(body).is_ok()
+    }
+}
+
+/// What a peer needs of the node.
+pub struct PeerEnv {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// The edge's subject.
+    pub edge_subject: String,
+    /// This node's name and incarnation.
+    pub node: (String, u64),
+    /// The ownership record revision the tenant is served under.
+    pub token: u64,
+    /// The tenant's task.
+    pub handle: TenantHandle,
+}
+
+impl Peer {
+    /// Starts the peer of `id`, serving its messages to `env.handle`.
+    pub fn start(id: PeerId, env: PeerEnv) -> Peer {
+        let (queue, outgoing) = mpsc::unbounded_channel();
+        let relay = Arc::new(Relay {
+            queue,
+            held: AtomicUsize::new(0),
+            broken: AtomicBool::new(false),
+        });
+        let (inbound, incoming) = mpsc::channel(PEER_BACKLOG);
+        let sessions = Arc::new(Mutex::new(HashSet::new()));
+        tokio::spawn(publish(
+            id.clone(),
+            relay.clone(),
+            outgoing,
+            (
+                env.client.clone(),
+                env.edge_subject.clone(),
+                env.node.clone(),
+                env.token,
+            ),
+        ));
+        tokio::spawn(serve(id.clone(), relay.clone(), sessions.clone(), incoming, env.handle));
+        Peer {
+            id,
+            inbound,
+            relay,
+            sessions,
+        }
+    }
+
+    /// Takes a message from the edge; `false` when the peer cannot keep up
+    /// (the edge's sessions were ended) or has ended.
+    pub fn deliver(&self, envelope: Envelope) -> bool {
+        if self.inbound.try_send(envelope).is_ok() {
+            return true;
+        }
+        self.end_sessions(close::TRY_AGAIN_LATER, "tenant overloaded, try again later");
+        false
+    }
+
+    /// Ends every session of the edge with `code`: the edge closes them and
+    /// says so (a gap, or the tenant moved).
+    pub fn end_sessions(&self, code: u16, reason: &str) {
+        for session in self.sessions() {
+            self.relay.stop(session, code, reason);
+        }
+    }
+
+    /// The edge is down: its sessions leave the tenant now.
+    pub async fn edge_down(&self, handle: &TenantHandle) {
+        for session in self.sessions() {
+            let _ = handle
+                .mailbox()
+                .send(Command::Session(Inbound::Disconnect { session }))
+                .await;
+        }
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn sessions(&self) -> Vec<SessionId> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Whether the peer's task has ended (its tenant went away).
+    pub fn is_closed(&self) -> bool {
+        self.inbound.is_closed()
+    }
+}
+
+/// Publishes what the tenant queued for the edge, in order, numbered.
+async fn publish(
+    id: PeerId,
+    relay: Arc<Relay>,
+    mut outgoing: mpsc::UnboundedReceiver<Body>,
+    (client, subject, (node, incarnation), token): (async_nats::Client, String, (String, u64), u64),
+) {
+    let mut seq = 0u64;
+    while let Some(body) = outgoing.recv().await {
+        relay.held.fetch_sub(1, Ordering::Relaxed);
+        seq += 1;
+        let envelope = Envelope {
+            tenant: id.tenant.clone(),
+            plugin: id.plugin.clone(),
+            node: node.clone(),
+            incarnation,
+            token,
+            seq,
+            body,
+        };
+        if let Err(e) = client.publish(subject.clone(), envelope.encode()).await {
+            tracing::warn!(edge = %id.edge, "cannot send to an edge: {e}");
+        }
+    }
+}
+
+/// Hands the edge's messages to the tenant, in order.
+async fn serve(
+    id: PeerId,
+    relay: Arc<Relay>,
+    sessions: Arc<Mutex<HashSet<SessionId>>>,
+    mut incoming: mpsc::Receiver<Envelope>,
+    handle: TenantHandle,
+) {
+    let mut expected: Option<u64> = None;
+    let mailbox = handle.session_mailbox();
+    while let Some(envelope) = incoming.recv().await {
+        if expected.is_some_and(|next| next != envelope.seq) {
+            metrics::counter!("baton_cluster_gaps_total", "direction" => "from_edge").increment(1);
+            tracing::warn!(edge = %id.edge, tenant = %id.tenant, "messages from an edge were lost: its sessions end (1012)");
+            let ids: Vec<SessionId> = sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            for session in ids {
+                relay.stop(
+                    session,
+                    close::SERVICE_RESTART,
+                    "messages between cluster nodes were lost",
+                );
+            }
+        }
+        expected = Some(envelope.seq + 1);
+        match envelope.body {
+            Body::Connect {
+                request,
+                session,
+                connect,
+            } => {
+                let link = SessionLink::remote(session, relay.clone());
+                let (reply, answer) = oneshot::channel();
+                let sent = handle
+                    .mailbox()
+                    .send(Command::Connect {
+                        link,
+                        request: connect,
+                        reply,
+                    })
+                    .await;
+                if sent.is_err() {
+                    answer_with(&relay, request, Err(gone()));
+                    break;
+                }
+                let (relay, sessions) = (relay.clone(), sessions.clone());
+                tokio::spawn(async move {
+                    let answer = answer.await.unwrap_or_else(|_| Err(gone()));
+                    if answer.is_ok() {
+                        sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session);
+                    }
+                    answer_with(&relay, request, answer.map(|()| None));
+                });
+            }
+            Body::Frame { session, frame } => {
+                if !mailbox.deliver(session, frame).await {
+                    break;
+                }
+            }
+            Body::Disconnect { session } => {
+                sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                if handle
+                    .mailbox()
+                    .send(Command::Session(Inbound::Disconnect { session }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Body::Http { request, http } => {
+                let (reply, answer) = oneshot::channel::<Result<HttpResponse, Rejection>>();
+                if handle
+                    .mailbox()
+                    .send(Command::Http { request: http, reply })
+                    .await
+                    .is_err()
+                {
+                    answer_with(&relay, request, Err(gone()));
+                    break;
+                }
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    let answer = answer.await.unwrap_or_else(|_| Err(gone()));
+                    answer_with(&relay, request, answer.map(Some));
+                });
+            }
+            // Owner-to-edge messages are not sent to an owner.
+            _ => {}
+        }
+    }
+    // The tenant's task ended: the edge's sessions go with it.
+    let ids: Vec<SessionId> = sessions.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+    for session in ids {
+        relay.stop(session, close::SERVICE_RESTART, "the tenant's task ended");
+    }
+}
+
+fn answer_with(relay: &Relay, request: u64, answer: Result<Option<HttpResponse>, Rejection>) {
+    relay.send(Body::Reply { request, answer });
+}
+
+fn gone() -> Rejection {
+    Rejection::Unavailable("the tenant's task ended; try again".into())
+}

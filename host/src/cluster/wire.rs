@@ -1,0 +1,537 @@
+//! What nodes send each other about a tenant's sessions, and its bytes.
+//!
+//! Every message names its (tenant, plugin), the sending node and
+//! incarnation, the owner token it was sent under and its place in the
+//! sender's stream for that tenant (`seq`, from 1, no holes): the receiver
+//! checks each one, so that a message NATS dropped is a gap it sees, never
+//! a silent loss. Frames travel as raw bytes after a small binary header;
+//! the rare structured parts (an upgrade request, an HTTP exchange, a
+//! refusal) as JSON.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
+use crate::error::Rejection;
+use crate::session::link::SessionId;
+
+/// One message between two nodes about one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The tenant.
+    pub tenant: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The sending node.
+    pub node: String,
+    /// The sending node's incarnation.
+    pub incarnation: u64,
+    /// The owner token (ownership record revision) it was sent under.
+    pub token: u64,
+    /// Its place in the sender's stream for this tenant (0: outside any
+    /// stream, for a `Moved`).
+    pub seq: u64,
+    /// What it says.
+    pub body: Body,
+}
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// Edge → owner: a client opens a session (answered by a `Reply`).
+    Connect {
+        /// The request's number at the edge.
+        request: u64,
+        /// The session.
+        session: SessionId,
+        /// The upgrade request.
+        connect: ConnectRequest,
+    },
+    /// Edge → owner: a frame the client sent.
+    Frame {
+        /// The session.
+        session: SessionId,
+        /// The frame.
+        frame: Frame,
+    },
+    /// Edge → owner: the session ended.
+    Disconnect {
+        /// The session.
+        session: SessionId,
+    },
+    /// Edge → owner: a plain HTTP request (answered by a `Reply`).
+    Http {
+        /// The request's number at the edge.
+        request: u64,
+        /// The request.
+        http: HttpRequest,
+    },
+    /// Owner → edge: one frame for each of these sessions (a send, or a
+    /// publish encoded once per node).
+    Push {
+        /// The sessions.
+        sessions: Vec<SessionId>,
+        /// The frame.
+        message: Message,
+    },
+    /// Owner → edge: close the session after what was pushed before.
+    Close {
+        /// The session.
+        session: SessionId,
+        /// The close code.
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+    /// Owner → edge: end the session now.
+    Stop {
+        /// The session.
+        session: SessionId,
+        /// The close code.
+        code: u16,
+        /// The reason.
+        reason: String,
+    },
+    /// Owner → edge: the answer to a `Connect` (no response) or an `Http`.
+    Reply {
+        /// The request's number at the edge.
+        request: u64,
+        /// The answer.
+        answer: Result<Option<HttpResponse>, Rejection>,
+    },
+    /// Owner → edge: this node does not own the tenant (any more).
+    Moved,
+}
+
+/// A message that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed cluster message: {0}")]
+pub struct Malformed(&'static str);
+
+const VERSION: u8 = 1;
+
+impl Envelope {
+    /// The message's bytes.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64 + self.payload_len());
+        out.put_u8(VERSION);
+        put_str(&mut out, &self.tenant);
+        put_str(&mut out, &self.plugin);
+        put_str(&mut out, &self.node);
+        out.put_u64(self.incarnation);
+        out.put_u64(self.token);
+        out.put_u64(self.seq);
+        match &self.body {
+            Body::Connect {
+                request,
+                session,
+                connect,
+            } => {
+                out.put_u8(1);
+                out.put_u64(*request);
+                out.put_u64(*session);
+                put_json(&mut out, &ConnectJson::from(connect));
+            }
+            Body::Frame { session, frame } => {
+                out.put_u8(2);
+                out.put_u64(*session);
+                match frame {
+                    Frame::Text(text) => {
+                        out.put_u8(0);
+                        out.put_slice(text.as_bytes());
+                    }
+                    Frame::Binary(bytes) => {
+                        out.put_u8(1);
+                        out.put_slice(bytes);
+                    }
+                }
+            }
+            Body::Disconnect { session } => {
+                out.put_u8(3);
+                out.put_u64(*session);
+            }
+            Body::Http { request, http } => {
+                out.put_u8(4);
+                out.put_u64(*request);
+                put_json(&mut out, &HttpRequestJson::from(http));
+            }
+            Body::Push { sessions, message } => {
+                out.put_u8(5);
+                out.put_u32(sessions.len() as u32);
+                for session in sessions {
+                    out.put_u64(*session);
+                }
+                match message {
+                    Message::Binary(bytes) => {
+                        out.put_u8(1);
+                        out.put_slice(bytes);
+                    }
+                    other => {
+                        out.put_u8(0);
+                        out.put_slice(other.clone().into_data().as_ref());
+                    }
+                }
+            }
+            Body::Close { session, code, reason } | Body::Stop { session, code, reason } => {
+                out.put_u8(if matches!(self.body, Body::Close { .. }) { 6 } else { 7 });
+                out.put_u64(*session);
+                out.put_u16(*code);
+                put_str(&mut out, reason);
+            }
+            Body::Reply { request, answer } => {
+                out.put_u8(8);
+                out.put_u64(*request);
+                let answer = answer.as_ref().map(|r| r.as_ref().map(HttpResponseJson::from));
+                put_json(&mut out, &answer);
+            }
+            Body::Moved => out.put_u8(9),
+        }
+        out.freeze()
+    }
+
+    fn payload_len(&self) -> usize {
+        match &self.body {
+            Body::Frame {
+                frame: Frame::Text(t), ..
+            } => t.len(),
+            Body::Frame {
+                frame: Frame::Binary(b),
+                ..
+            } => b.len(),
+            Body::Push { sessions, message } => message.len() + sessions.len() * 8,
+            _ => 256,
+        }
+    }
+
+    /// Reads a message; a frame's payload shares `bytes`.
+    pub fn decode(mut bytes: Bytes) -> Result<Envelope, Malformed> {
+        let b = &mut bytes;
+        if get_u8(b)? != VERSION {
+            return Err(Malformed("unknown version"));
+        }
+        let tenant = get_str(b)?;
+        let plugin = get_str(b)?;
+        let node = get_str(b)?;
+        let (incarnation, token, seq) = (get_u64(b)?, get_u64(b)?, get_u64(b)?);
+        let body = match get_u8(b)? {
+            1 => Body::Connect {
+                request: get_u64(b)?,
+                session: get_u64(b)?,
+                connect: get_json::<ConnectJson>(b)?.into(),
+            },
+            2 => {
+                let session = get_u64(b)?;
+                let frame = match get_u8(b)? {
+                    0 => Frame::Text(String::from_utf8(b.to_vec()).map_err(|_| Malformed("text is not UTF-8"))?),
+                    _ => Frame::Binary(b.to_vec()),
+                };
+                Body::Frame { session, frame }
+            }
+            3 => Body::Disconnect { session: get_u64(b)? },
+            4 => Body::Http {
+                request: get_u64(b)?,
+                http: get_json::<HttpRequestJson>(b)?.into(),
+            },
+            5 => {
+                let count = get_u32(b)? as usize;
+                if b.remaining() < count.saturating_mul(8) {
+                    return Err(Malformed("short session list"));
+                }
+                let sessions = (0..count).map(|_| b.get_u64()).collect();
+                let message = match get_u8(b)? {
+                    0 => {
+                        Message::Text(Utf8Bytes::try_from(b.split_off(0)).map_err(|_| Malformed("text is not UTF-8"))?)
+                    }
+                    _ => Message::Binary(b.split_off(0)),
+                };
+                Body::Push { sessions, message }
+            }
+            kind @ (6 | 7) => {
+                let (session, code, reason) = (get_u64(b)?, get_u16(b)?, get_str(b)?);
+                match kind {
+                    6 => Body::Close { session, code, reason },
+                    _ => Body::Stop { session, code, reason },
+                }
+            }
+            8 => {
+                let request = get_u64(b)?;
+                let answer: Result<Option<HttpResponseJson>, Rejection> = get_json(b)?;
+                Body::Reply {
+                    request,
+                    answer: answer.map(|r| r.map(Into::into)),
+                }
+            }
+            9 => Body::Moved,
+            _ => return Err(Malformed("unknown kind")),
+        };
+        Ok(Envelope {
+            tenant,
+            plugin,
+            node,
+            incarnation,
+            token,
+            seq,
+            body,
+        })
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u16(s.len().min(u16::MAX as usize) as u16);
+    out.put_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+}
+
+fn put_json<T: Serialize>(out: &mut BytesMut, value: &T) {
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    out.put_u32(json.len() as u32);
+    out.put_slice(&json);
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, Malformed> {
+    b.try_get_u8().map_err(|_| Malformed("short"))
+}
+
+fn get_u16(b: &mut Bytes) -> Result<u16, Malformed> {
+    b.try_get_u16().map_err(|_| Malformed("short"))
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, Malformed> {
+    b.try_get_u32().map_err(|_| Malformed("short"))
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, Malformed> {
+    b.try_get_u64().map_err(|_| Malformed("short"))
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, Malformed> {
+    let len = get_u16(b)? as usize;
+    if b.remaining() < len {
+        return Err(Malformed("short string"));
+    }
+    String::from_utf8(b.split_to(len).to_vec()).map_err(|_| Malformed("a name is not UTF-8"))
+}
+
+fn get_json<T: for<'de> Deserialize<'de>>(b: &mut Bytes) -> Result<T, Malformed> {
+    let len = get_u32(b)? as usize;
+    if b.remaining() < len {
+        return Err(Malformed("short JSON"));
+    }
+    serde_json::from_slice(&b.split_to(len)).map_err(|_| Malformed("bad JSON"))
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConnectJson {
+    tenant: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    resumed: bool,
+}
+
+impl From<&ConnectRequest> for ConnectJson {
+    fn from(r: &ConnectRequest) -> ConnectJson {
+        ConnectJson {
+            tenant: r.tenant.clone(),
+            path: r.path.clone(),
+            query: r.query.clone(),
+            headers: r.headers.clone(),
+            resumed: r.resumed,
+        }
+    }
+}
+
+impl From<ConnectJson> for ConnectRequest {
+    fn from(r: ConnectJson) -> ConnectRequest {
+        ConnectRequest {
+            tenant: r.tenant,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            resumed: r.resumed,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HttpRequestJson {
+    method: String,
+    path: String,
+    query: String,
+    headers: Vec<(String, String)>,
+    #[serde(with = "base64_bytes")]
+    body: Vec<u8>,
+}
+
+impl From<&HttpRequest> for HttpRequestJson {
+    fn from(r: &HttpRequest) -> HttpRequestJson {
+        HttpRequestJson {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            query: r.query.clone(),
+            headers: r.headers.clone(),
+            body: r.body.clone(),
+        }
+    }
+}
+
+impl From<HttpRequestJson> for HttpRequest {
+    fn from(r: HttpRequestJson) -> HttpRequest {
+        HttpRequest {
+            method: r.method,
+            path: r.path,
+            query: r.query,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct HttpResponseJson {
+    status: u16,
+    headers: Vec<(String, String)>,
+    #[serde(with = "base64_bytes")]
+    body: Vec<u8>,
+}
+
+impl From<&HttpResponse> for HttpResponseJson {
+    fn from(r: &HttpResponse) -> HttpResponseJson {
+        HttpResponseJson {
+            status: r.status,
+            headers: r.headers.clone(),
+            body: r.body.clone(),
+        }
+    }
+}
+
+impl From<HttpResponseJson> for HttpResponse {
+    fn from(r: HttpResponseJson) -> HttpResponse {
+        HttpResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(body: Body) -> Envelope {
+        Envelope {
+            tenant: "acme".into(),
+            plugin: "chat".into(),
+            node: "n1".into(),
+            incarnation: 7,
+            token: 42,
+            seq: 9,
+            body,
+        }
+    }
+
+    #[test]
+    fn every_kind_reads_back_as_written() {
+        let bodies = [
+            Body::Connect {
+                request: 1,
+                session: 2,
+                connect: ConnectRequest {
+                    tenant: "acme".into(),
+                    path: "/r".into(),
+                    query: "a=1".into(),
+                    headers: vec![("x".into(), "y".into())],
+                    resumed: true,
+                },
+            },
+            Body::Frame {
+                session: 3,
+                frame: Frame::Text("héllo".into()),
+            },
+            Body::Frame {
+                session: 3,
+                frame: Frame::Binary(vec![0, 255, 7]),
+            },
+            Body::Disconnect { session: 4 },
+            Body::Http {
+                request: 5,
+                http: HttpRequest {
+                    method: "POST".into(),
+                    path: "/".into(),
+                    query: String::new(),
+                    headers: vec![],
+                    body: vec![1, 2, 3],
+                },
+            },
+            Body::Push {
+                sessions: vec![1, 2, 3],
+                message: Message::text("hi"),
+            },
+            Body::Push {
+                sessions: vec![9],
+                message: Message::binary(vec![1u8, 2]),
+            },
+            Body::Close {
+                session: 1,
+                code: 1000,
+                reason: "bye".into(),
+            },
+            Body::Stop {
+                session: 1,
+                code: 1012,
+                reason: "gap".into(),
+            },
+            Body::Reply {
+                request: 8,
+                answer: Ok(Some(HttpResponse {
+                    status: 201,
+                    headers: vec![],
+                    body: b"ok".to_vec(),
+                })),
+            },
+            Body::Reply {
+                request: 8,
+                answer: Ok(None),
+            },
+            Body::Reply {
+                request: 8,
+                answer: Err(Rejection::Refused("no".into())),
+            },
+            Body::Moved,
+        ];
+        for body in bodies {
+            let sent = envelope(body);
+            let read = Envelope::decode(sent.encode()).expect("reads back");
+            assert_eq!(read, sent);
+        }
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_are_refused() {
+        let bytes = envelope(Body::Push {
+            sessions: vec![1, 2],
+            message: Message::text("x"),
+        })
+        .encode();
+        for cut in 0..bytes.len() - 1 {
+            assert!(Envelope::decode(bytes.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert!(Envelope::decode(Bytes::from_static(b"\x02junk")).is_err());
+    }
+}
