@@ -42,13 +42,13 @@
 //!   migration on swaps, supervision, hibernation; and the directory of tasks.
 //! - `deploy`: the deploy pipeline (folder watch, compile cache, checks,
 //!   activation, rollback, withdrawal) and the reports of tenants.
+//! - `cluster`: several hosts as one on NATS: who owns each tenant, and
+//!   sessions forwarded between the node that holds the socket and the
+//!   tenant's owner.
 //! - `server`: the client listener: routes WebSocket upgrades and HTTP
 //!   requests under `/t/{tenant}/{plugin}` to tenants.
 //! - [`admin`]: the admin API, metrics and dashboard; its views are typed
 //!   and shared with the CLI and the tests.
-//! - `cluster`: several hosts as one on NATS: who owns each tenant, and
-//!   sessions forwarded between the node that holds the socket and the
-//!   tenant's owner.
 //! - `handover`: `baton upgrade`, handing every listener, session and tenant
 //!   to a new baton process over a Unix socket.
 //! - [`cli`]: the `baton` command line (`serve`, `check`, `deploy`, ...).
@@ -266,6 +266,7 @@ async fn host(
         admin_accepting.subscribe(),
         upgrades.clone(),
         (storage.clone(), sql.clone()),
+        cluster.clone(),
     );
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped.clone()));
     let trim_task = tokio::spawn(trim::run(stopped));
@@ -402,6 +403,7 @@ fn admin_of(
     accepting: watch::Receiver<bool>,
     upgrades: mpsc::Sender<admin::UpgradeRequest>,
     (storage, sql): (Arc<storage::Storage>, Option<Arc<sql::Sql>>),
+    cluster: Option<Arc<cluster::Cluster>>,
 ) -> Arc<admin::Admin> {
     Arc::new(admin::Admin {
         registry: registry.clone(),
@@ -418,6 +420,7 @@ fn admin_of(
         upgrades,
         storage,
         sql,
+        cluster,
     })
 }
 

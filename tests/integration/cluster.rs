@@ -5,6 +5,8 @@
 //! loses a frame silently. Hosts that must die as a crash would are child
 //! processes (SIGKILL); the others run in this process.
 
+use std::time::{Duration, Instant};
+
 use baton_test_nats::Nats;
 use baton_test_plugins::CHAOS;
 use serde_json::Value;
@@ -67,6 +69,7 @@ async fn sessions_on_any_node_reach_one_instance_and_fan_out_in_order() {
     let instance = on_a.ask("whoami").await;
     let mut on_b = b.connect("acme", "chaos").await;
     assert_eq!(on_b.ask("whoami").await, instance, "one instance for the tenant");
+    assert_ne!(on_a.session_id().await, on_b.session_id().await, "session ids are unique in the cluster");
     assert_eq!(on_b.ask("echo:across").await, "across");
     assert_eq!(on_a.ask("sub:news").await, "subscribed");
     assert_eq!(on_b.ask("sub:news").await, "subscribed");
@@ -124,4 +127,189 @@ async fn sessions_on_any_node_reach_one_instance_and_fan_out_in_order() {
 
 async fn events_of(host: &TestHost, tenant: &str) -> Value {
     events(host, tenant).await
+}
+
+/// `members:room` as one session sees it, sorted.
+async fn members(client: &mut Client, topic: &str) -> Vec<String> {
+    let answer = client.ask(&format!("members:{topic}")).await;
+    let list = answer.strip_prefix("members:").unwrap_or_else(|| panic!("members: {answer}"));
+    let mut keys: Vec<String> = list.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_one_truth_on_every_node() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    let mut alice = a.connect("acme", "chaos").await;
+    assert_eq!(alice.ask("track:room:alice").await, "tracked");
+    let mut bob = b.connect("acme", "chaos").await;
+    assert_eq!(bob.ask("track:room:bob").await, "tracked");
+    assert_eq!(members(&mut alice, "room").await, ["alice", "bob"]);
+    assert_eq!(members(&mut bob, "room").await, ["alice", "bob"]);
+    bob.close().await;
+    eventually("bob left, as every node sees it", async || {
+        members(&mut alice, "room").await == ["alice"]
+    })
+    .await;
+    let presence = events(&b, "acme").await["presence"].to_string();
+    assert!(presence.contains("bob"), "the plugin heard bob join and leave: {presence}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_killed_leaves_no_ghosts_after_down_after() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let mut alice = a.connect("acme", "chaos").await;
+    assert_eq!(alice.ask("track:room:alice").await, "tracked");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut b = node_process(&nats, &db, "b", dir.path());
+    b.wait_version("chaos", |_| true).await;
+    let (mut on_b, mut clients_on_b) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        let mut client = connect_to(&b.clients, "/t/acme/chaos").await;
+        assert_eq!(client.ask(&format!("track:room:b{i}")).await, "tracked");
+        on_b.push(client.session_id().await);
+        clients_on_b.push(client);
+    }
+    assert_eq!(members(&mut alice, "room").await, ["alice", "b0", "b1", "b2"]);
+
+    b.kill();
+    let killed = Instant::now();
+    eventually("the dead edge's sessions left", async || {
+        members(&mut alice, "room").await == ["alice"]
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(DOWN_AFTER + 3),
+        "ghosts outlived down_after: {took:?}"
+    );
+    let disconnects = events(&a, "acme").await["disconnects"].clone();
+    for id in on_b {
+        assert!(
+            disconnects.as_array().is_some_and(|d| d.iter().any(|s| s.as_u64() == Some(id))),
+            "the plugin heard session {id} leave: {disconnects}"
+        );
+    }
+    assert_eq!(alice.ask("echo:still here").await, "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_killed_is_replaced_and_its_sessions_reannounced() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut a = node_process(&nats, &db, "a", dir.path());
+    a.wait_version("chaos", |_| true).await;
+    // `a` owns the tenant: its first session was there.
+    let mut on_a = connect_to(&a.clients, "/t/acme/chaos").await;
+    let first_instance = on_a.ask("whoami").await;
+    assert_eq!(on_a.ask("put:k:kept").await, "stored");
+
+    let b = node(&nats, &db, "b").await;
+    let mut on_b = b.connect("acme", "chaos").await;
+    assert_eq!(on_b.ask("whoami").await, first_instance);
+    let id = on_b.session_id().await;
+    for _ in 0..5 {
+        assert_eq!(on_b.ask("echo:x").await, "x");
+    }
+    let before = on_b.ask("count").await;
+    let frames_before: u64 = before.trim_start_matches("count:").parse().expect("count");
+    // A checkpoint (every second here) keeps the state in the database.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    a.kill();
+    // The session on `b` stays open; once `a` is down, `b` takes the tenant.
+    let instance = wait_for("a new instance serves the tenant", async || {
+        on_b.send_text("whoami").await;
+        let answer = tokio::time::timeout(Duration::from_secs(1), on_b.recv_text()).await.ok()?;
+        (answer.starts_with("instance:") && answer != first_instance).then_some(answer)
+    })
+    .await;
+    assert_ne!(instance, first_instance);
+    let events = events(&b, "acme").await;
+    let connects = events["connects"].as_array().expect("connects").clone();
+    assert!(
+        connects.iter().any(|c| c[0].as_u64() == Some(id) && c[1] == true),
+        "the session was re-announced with resumed: true: {connects:?}"
+    );
+    let count = on_b.ask("count").await;
+    let frames_after: u64 = count.trim_start_matches("count:").parse().expect("count");
+    assert!(
+        frames_after > frames_before,
+        "the state came from the last checkpoint ({frames_before} frames then, {frames_after} now)"
+    );
+    assert_eq!(on_b.ask("get:k").await, "value:kept", "storage is shared");
+    let view: Value = b.admin_json("/api/cluster").await;
+    assert!(
+        view["owners"].to_string().contains("\"b\""),
+        "the cluster view names the new owner: {view}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_stream_ends_every_gap_in_1012() {
+    let mut nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    let mut publisher = a.connect("acme", "chaos").await;
+    assert_eq!(publisher.ask("sub:other").await, "subscribed");
+    let mut subscriber = b.connect("acme", "chaos").await;
+    assert_eq!(subscriber.ask("sub:news").await, "subscribed");
+
+    // One message every 10 ms for 4 s; NATS goes away for 2 s in between.
+    let stream = tokio::spawn(async move {
+        for i in 0..400 {
+            publisher.send_text(&format!("pub:news:{i}")).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        publisher
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile: the owner's own sessions are served; a new session on the
+    // other node for a tenant it does not own gets 503, saying when to retry.
+    let mut local = a.connect("acme", "chaos").await;
+    assert_eq!(local.ask("echo:local").await, "local");
+    let refused = request(b.clients, "GET", "/t/acme/chaos/events", b"", None).await.expect("request");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.headers.get("retry-after").is_some());
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    nats.resume();
+
+    // What the subscriber got: 0, 1, 2, ... with no hole, then either the
+    // rest of the stream or a close with 1012. Never a silent gap.
+    let mut next = 0u32;
+    let ending = loop {
+        match tokio::time::timeout(DEADLINE, subscriber.recv()).await {
+            Ok(Ok(Message::Text(text))) => {
+                let Ok(n) = text.parse::<u32>() else { continue };
+                assert_eq!(n, next, "a message was lost or reordered without a close");
+                next += 1;
+                if next == 400 {
+                    break None;
+                }
+            }
+            Ok(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("the subscriber's session failed: {e}"),
+            Err(_) => panic!("neither the rest of the stream nor a close came (got {next})"),
+        }
+    };
+    assert_eq!(ending, Some(1012), "the outage lost messages: the session must end with 1012 (got {next})");
+    stream.await.expect("the publisher's task");
+    // The clients connect again, and are served.
+    let mut again = wait_for("a new session on the other node", async || {
+        connect_at(&b.clients.to_string(), "/t/acme/chaos").await.ok()
+    })
+    .await;
+    assert_eq!(again.ask("echo:back").await, "back");
 }

@@ -418,13 +418,20 @@ impl HostProcess {
             ])
             .args(["--config", "baton.toml", "--deploy-dir", "deploy", "--data-dir", "data"])
             .current_dir(dir)
+            // The tests' own log filter is not a setting of the host.
+            .env_remove("BATON_TEST_LOG")
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start baton");
         let stdout = child.stdout.take().expect("stdout");
         let (lines_tx, lines) = std::sync::mpsc::channel::<serde_json::Value>();
         std::thread::spawn(move || {
+            // With the tests' log filter set, the child's log is shown too.
+            let show = std::env::var_os("BATON_TEST_LOG").is_some();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if show {
+                    eprintln!("[child] {line}");
+                }
                 if let Ok(json) = serde_json::from_str(&line) {
                     let _ = lines_tx.send(json);
                 }

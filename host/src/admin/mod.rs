@@ -15,6 +15,9 @@
 //!   sessions, last error, history and recent events;
 //! - `GET /api/status`: every plugin plus host totals and the recent events
 //!   of all plugins (what `baton status` shows);
+//! - `GET /api/cluster`: the nodes of the cluster (live, their sessions and
+//!   owned tenants) and where each tenant lives (404 outside a cluster);
+//!   `GET /api/status` carries it too;
 //! - `GET /api/stream`: the same as server-sent events, twice a second (the
 //!   dashboard's feed);
 //! - `POST /api/plugins/{name}/rollback`: makes the previous version current;
@@ -60,6 +63,7 @@ use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
 use crate::registry::Registry;
 use crate::tenant::{Tenants, lifecycle};
+pub use crate::cluster::{ClusterView, NodeView};
 pub(crate) use guard::Guard;
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
@@ -98,6 +102,8 @@ pub(crate) struct Admin {
     pub storage: Arc<crate::storage::Storage>,
     /// Tenants' SQL schemas, for export and delete.
     pub sql: Option<Arc<crate::sql::Sql>>,
+    /// The cluster this host is a node of, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -135,7 +141,15 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let answer = match (request.method(), segments.as_slice()) {
         (&Method::GET, []) => Ok(dashboard()),
-        (&Method::GET, ["api", "status"]) => Ok(json(&StatusView::of(&admin.registry, &admin.tenants))),
+        (&Method::GET, ["api", "status"]) => {
+            let mut status = StatusView::of(&admin.registry, &admin.tenants);
+            status.cluster = admin.cluster.as_ref().map(|c| c.view());
+            Ok(json(&status))
+        }
+        (&Method::GET, ["api", "cluster"]) => match &admin.cluster {
+            Some(cluster) => Ok(json(&cluster.view())),
+            None => Err(Rejection::NotFound("this host is not a node of a cluster".into())),
+        },
         (&Method::GET, ["api", "stream"]) => return stream(admin),
         (&Method::GET, ["api", "plugins"]) => {
             let plugins: Vec<PluginView> = admin

@@ -106,6 +106,9 @@ pub struct StatusView {
     pub plugins: Vec<PluginView>,
     /// Recent events of every plugin, newest first.
     pub events: Vec<Event>,
+    /// The cluster, when this host is a node of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 /// The host process: which baton, and since when.
@@ -257,6 +260,7 @@ impl StatusView {
             totals,
             plugins,
             events,
+            cluster: None,
         }
     }
 }

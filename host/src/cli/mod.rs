@@ -432,6 +432,25 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
         ]);
     }
     print!("{}", table(&rows));
+    if let Some(cluster) = &status.cluster {
+        let health = match (cluster.connected, cluster.fenced) {
+            (false, _) => "NATS unreachable",
+            (true, true) => "fenced: serving none of its tenants",
+            (true, false) => "connected",
+        };
+        println!("\ncluster: this is node {} ({health}); {} live nodes", cluster.node, cluster.nodes.len());
+        let mut rows = vec![["NODE", "CLIENTS", "ADMIN", "SESSIONS", "OWNS"].map(String::from).to_vec()];
+        for node in &cluster.nodes {
+            rows.push(vec![
+                node.name.clone(),
+                node.client_addr.clone(),
+                node.admin_addr.clone(),
+                node.sessions.to_string(),
+                node.owned.to_string(),
+            ]);
+        }
+        print!("{}", table(&rows));
+    }
     if !status.events.is_empty() {
         println!("\nrecent events (newest first):");
         for event in status.events.iter().take(10) {

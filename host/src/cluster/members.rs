@@ -9,8 +9,10 @@
 //!   tenant gets an owner or changes owner, by compare-and-set; the entry's
 //!   revision is the owner's **fencing token**, which only grows (also
 //!   across a deleted key), and which storage claims are ordered by.
+//! - `baton_starts`: `{node}` → incarnation, written at every start: its
+//!   revision, unique in the cluster, numbers that start's session ids.
 //!
-//! Both buckets are made with `create_stream` in the shape of a key-value
+//! The buckets are made with `create_stream` in the shape of a key-value
 //! bucket, then opened: async-nats 0.51's `create_key_value` fails against
 //! nats-server 2.9, which does not send the account fields it expects.
 

@@ -13,6 +13,10 @@
 //!   of them;
 //! - `edge.rs`, `owner.rs`: the two sides of a forwarded session.
 //!
+//! Session ids are unique across the cluster (each start of a node draws
+//! its own range, see [`Cluster::join`]), so a tenant's sessions keep the
+//! ids the plugin knows wherever their sockets are, and after a failover.
+//!
 //! Subjects (under `cluster.subject_prefix`): `{prefix}.node.{node}` takes
 //! everything sent to a node, so one subscription per node serves every
 //! tenant, and the messages of one (tenant, plugin) from one node arrive in
@@ -143,11 +147,24 @@ impl Cluster {
         let owners = bucket(&js, "baton_owners", Duration::ZERO)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the NATS bucket baton_owners: {e}"))?;
+        // Session ids are unique in the whole cluster: each start of a node
+        // takes a new revision of its key here, and its ids begin at that
+        // revision times 2^32 (4 billion sessions per start; ids stay below
+        // 2^53 for the first 2 million starts, so JavaScript reads them).
+        let starts = bucket(&js, "baton_starts", Duration::ZERO)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the NATS bucket baton_starts: {e}"))?;
+        let incarnation = rand_u64();
+        let start = starts
+            .put(node, incarnation.to_string().into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record this node's start in NATS: {e}"))?;
+        crate::session::link::continue_from(start << 32);
         let prefix = settings.subject_prefix.clone();
         let inbox = client.subscribe(format!("{prefix}.node.{node}")).await?;
         let cluster = Arc::new(Cluster {
             node: node.clone(),
-            incarnation: rand_u64(),
+            incarnation,
             prefix,
             client,
             nodes,
@@ -195,6 +212,9 @@ impl Cluster {
             && self.is_me(&owned.owner)
         {
             return self.opener.open(tenant, plugin, owned.revision);
+        }
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(unreachable_nats());
         }
         if let Some(proxy) = self.lock_proxies().get(&(tenant.to_owned(), plugin.to_owned()))
             && !proxy.handle.is_closed()

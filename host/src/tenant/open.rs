@@ -9,7 +9,11 @@ use std::sync::Arc;
 use crate::admission::Admission;
 use crate::error::Rejection;
 use crate::registry::Registry;
-use crate::tenant::{Status, TenantEnv, TenantHandle, Tenants, actor};
+use super::actor;
+use super::directory::Tenants;
+use super::env::TenantEnv;
+use super::mailbox::TenantHandle;
+use super::state::Status;
 
 /// What opening a tenant needs.
 pub struct Opener {
