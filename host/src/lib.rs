@@ -204,7 +204,7 @@ async fn host(
             );
             let open = sessions.gauge();
             let count = move || open.load(std::sync::atomic::Ordering::Relaxed);
-            Some(cluster::Cluster::join(config.clone(), opener.clone(), addrs, count).await?)
+            Some(cluster::Cluster::join(config.clone(), opener.clone(), &deployer, addrs, count).await?)
         }
         false => None,
     };

@@ -313,3 +313,63 @@ async fn nats_restarted_mid_stream_ends_every_gap_in_1012() {
     .await;
     assert_eq!(again.ask("echo:back").await, "back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_dropped_on_one_node_swaps_in_on_all_three_under_load() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::hot_swap::{all_tenants_current, stream_until};
+
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let nodes = [node(&nats, &db, "a").await, node(&nats, &db, "b").await, node(&nats, &db, "c").await];
+    // Deployed on `a` only: it reaches the others.
+    nodes[0].drop_file("counter", &plugin_bytes(baton_test_plugins::COUNTER_V1));
+    let mut generations = Vec::new();
+    for node in &nodes {
+        generations.push(node.wait_current("counter").await);
+    }
+
+    // Tenant t{i} is owned by node i (its first session is there) and has
+    // sessions on every node.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for owner in 0..3 {
+        for offset in 0..3 {
+            let node = &nodes[(owner + offset) % 3];
+            for _ in 0..3 {
+                let client = node.connect(&format!("t{owner}"), "counter").await;
+                streams.push(tokio::spawn(stream_until(client, stop.clone(), 8)));
+            }
+        }
+    }
+    let view = nodes[0].admin_json("/api/cluster").await;
+    for owner in 0..3 {
+        let owners = view["owners"].to_string();
+        let name = ["a", "b", "c"][owner];
+        assert!(owners.contains(&format!("[\"t{owner}.counter\",\"{name}\"]")), "t{owner} on {name}: {owners}");
+    }
+
+    // Dropped on `c` this time, while every session streams.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes[2].drop_file("counter", &plugin_bytes(baton_test_plugins::COUNTER_V2));
+    for (node, generation) in nodes.iter().zip(&generations) {
+        node.wait_generation_above("counter", *generation).await;
+        all_tenants_current(node, "counter").await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = BTreeSet::new();
+    for stream in streams {
+        let (received, versions) = stream.await.expect("every session streamed to the end");
+        assert!(received > 0);
+        seen.extend(versions);
+    }
+    assert_eq!(seen, BTreeSet::from([1, 2]), "answered by both versions, no frame lost or reordered");
+    for node in &nodes {
+        let view = node.plugin("counter").await;
+        assert!(view.last_error.is_none(), "no failure: {:?}", view.last_error);
+    }
+}

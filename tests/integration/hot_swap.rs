@@ -14,7 +14,7 @@ use crate::support::*;
 
 /// A session that streams `seq:<i>` frames to `counter` and checks every
 /// answer: its own frames, once each, in order, counted without a gap.
-async fn stream_until(mut client: Client, stop: Arc<AtomicBool>, window: usize) -> (u64, BTreeSet<u64>) {
+pub async fn stream_until(mut client: Client, stop: Arc<AtomicBool>, window: usize) -> (u64, BTreeSet<u64>) {
     let credits = Arc::new(Semaphore::new(window));
     let (mut sink, mut stream) = futures_util::StreamExt::split(client.ws);
     let sender = {
@@ -83,7 +83,7 @@ fn check(message: &tokio_tungstenite::tungstenite::Message, index: u64, first_n:
 }
 
 /// Waits until every tenant of `plugin` runs the current generation.
-async fn all_tenants_current(host: &TestHost, plugin: &str) -> PluginView {
+pub async fn all_tenants_current(host: &TestHost, plugin: &str) -> PluginView {
     wait_for("every tenant runs the current version", async || {
         let view = host.plugin(plugin).await;
         let current = view.current.as_ref()?.generation;

@@ -11,7 +11,8 @@
 //! - `wire.rs`: the messages between nodes, numbered;
 //! - `members.rs`: the liveness and ownership buckets and this node's view
 //!   of them;
-//! - `edge.rs`, `owner.rs`: the two sides of a forwarded session.
+//! - `edge.rs`, `owner.rs`: the two sides of a forwarded session;
+//! - `deploys.rs`: a file deployed on one node reaching every node.
 //!
 //! Session ids are unique across the cluster (each start of a node draws
 //! its own range, see [`Cluster::join`]), so a tenant's sessions keep the
@@ -28,6 +29,7 @@
 //! (NATS dropped something this node did not see) ends every forwarded
 //! session with 1012, so nothing is ever lost silently.
 
+pub mod deploys;
 pub mod edge;
 pub mod members;
 pub mod owner;
@@ -112,6 +114,7 @@ impl Cluster {
     pub async fn join(
         config: Arc<Config>,
         opener: Arc<Opener>,
+        deployer: &crate::deploy::Deployer,
         addrs: (String, String),
         sessions: impl Fn() -> usize + Send + Sync + 'static,
     ) -> anyhow::Result<Arc<Cluster>> {
@@ -160,6 +163,13 @@ impl Cluster {
             .await
             .map_err(|e| anyhow::anyhow!("cannot record this node's start in NATS: {e}"))?;
         crate::session::link::continue_from(start << 32);
+        let deploys = deploys::Deploys::open(&js, config.deploy_dir.clone(), node.clone()).await?;
+        if let Err(e) = deploys.pull_all().await {
+            tracing::warn!("cannot take the cluster's versions into the deploy folder: {e}");
+        }
+        let (published, changes) = mpsc::unbounded_channel();
+        deployer.publish_to(published);
+        tokio::spawn(deploys.run(changes));
         let prefix = settings.subject_prefix.clone();
         let inbox = client.subscribe(format!("{prefix}.node.{node}")).await?;
         let cluster = Arc::new(Cluster {
@@ -454,7 +464,6 @@ impl Cluster {
         };
         let id = PeerId {
             edge: envelope.node.clone(),
-            incarnation: envelope.incarnation,
             tenant: envelope.tenant.clone(),
             plugin: envelope.plugin.clone(),
         };

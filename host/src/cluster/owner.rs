@@ -39,8 +39,6 @@ const PEER_BACKLOG: usize = 16_384;
 pub struct PeerId {
     /// The edge node.
     pub edge: String,
-    /// Its incarnation.
-    pub incarnation: u64,
     /// The tenant.
     pub tenant: String,
     /// The plugin.

@@ -46,6 +46,23 @@ use crate::version::{Build, Origin, Version, VersionId};
 use artifacts::{Artifacts, History};
 pub use outcome::{DeployError, Outcome};
 
+/// A change of what is deployed from the deploy folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// `wasm` (with the settings beside it) became the current version of `name`.
+    Activated {
+        /// The plugin.
+        name: String,
+        /// Its file.
+        wasm: PathBuf,
+    },
+    /// `name` was removed.
+    Removed {
+        /// The plugin.
+        name: String,
+    },
+}
+
 /// Loads, checks, activates, rolls back and removes plugin versions.
 pub struct Deployer {
     runtime: Arc<Runtime>,
@@ -58,6 +75,9 @@ pub struct Deployer {
     /// Held for writing while baton hands over to a new process: deploys,
     /// rollbacks and removals wait meanwhile (see [`Deployer::freeze`]).
     frozen: Arc<tokio::sync::RwLock<()>>,
+    /// Told of every file that became current and every removal (a
+    /// cluster spreads them to its other nodes).
+    published: std::sync::OnceLock<mpsc::UnboundedSender<Published>>,
 }
 
 /// A checked version, not yet current.
@@ -80,6 +100,7 @@ impl Deployer {
             artifacts,
             locks: Mutex::new(HashMap::new()),
             frozen: Arc::default(),
+            published: std::sync::OnceLock::new(),
         })
     }
 
@@ -126,6 +147,10 @@ impl Deployer {
                 metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated")
                     .increment(1);
                 tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "version activated");
+                self.publish(Published::Activated {
+                    name: name.to_owned(),
+                    wasm: wasm.to_owned(),
+                });
             }
             Ok(Outcome::Unchanged) => {
                 tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
@@ -357,6 +382,17 @@ impl Deployer {
         Ok(outcome)
     }
 
+    /// Sends every later [`Published`] change to `to`.
+    pub fn publish_to(&self, to: mpsc::UnboundedSender<Published>) {
+        let _ = self.published.set(to);
+    }
+
+    fn publish(&self, change: Published) {
+        if let Some(to) = self.published.get() {
+            let _ = to.send(change);
+        }
+    }
+
     /// Removes `name`: no new sessions; its tenants drain, then close.
     pub async fn remove(&self, name: &str) {
         let _thawed = self.frozen.read().await;
@@ -370,6 +406,7 @@ impl Deployer {
                 plugin = name,
                 "plugin removed; its sessions close after the drain deadline"
             );
+            self.publish(Published::Removed { name: name.to_owned() });
         }
     }
 
