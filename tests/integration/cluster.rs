@@ -69,7 +69,11 @@ async fn sessions_on_any_node_reach_one_instance_and_fan_out_in_order() {
     let instance = on_a.ask("whoami").await;
     let mut on_b = b.connect("acme", "chaos").await;
     assert_eq!(on_b.ask("whoami").await, instance, "one instance for the tenant");
-    assert_ne!(on_a.session_id().await, on_b.session_id().await, "session ids are unique in the cluster");
+    assert_ne!(
+        on_a.session_id().await,
+        on_b.session_id().await,
+        "session ids are unique in the cluster"
+    );
     assert_eq!(on_b.ask("echo:across").await, "across");
     assert_eq!(on_a.ask("sub:news").await, "subscribed");
     assert_eq!(on_b.ask("sub:news").await, "subscribed");
@@ -132,7 +136,9 @@ async fn events_of(host: &TestHost, tenant: &str) -> Value {
 /// `members:room` as one session sees it, sorted.
 async fn members(client: &mut Client, topic: &str) -> Vec<String> {
     let answer = client.ask(&format!("members:{topic}")).await;
-    let list = answer.strip_prefix("members:").unwrap_or_else(|| panic!("members: {answer}"));
+    let list = answer
+        .strip_prefix("members:")
+        .unwrap_or_else(|| panic!("members: {answer}"));
     let mut keys: Vec<String> = list.split(',').filter(|k| !k.is_empty()).map(str::to_owned).collect();
     keys.sort();
     keys
@@ -156,7 +162,10 @@ async fn presence_is_one_truth_on_every_node() {
     })
     .await;
     let presence = events(&b, "acme").await["presence"].to_string();
-    assert!(presence.contains("bob"), "the plugin heard bob join and leave: {presence}");
+    assert!(
+        presence.contains("bob"),
+        "the plugin heard bob join and leave: {presence}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +202,9 @@ async fn an_edge_killed_leaves_no_ghosts_after_down_after() {
     let disconnects = events(&a, "acme").await["disconnects"].clone();
     for id in on_b {
         assert!(
-            disconnects.as_array().is_some_and(|d| d.iter().any(|s| s.as_u64() == Some(id))),
+            disconnects
+                .as_array()
+                .is_some_and(|d| d.iter().any(|s| s.as_u64() == Some(id))),
             "the plugin heard session {id} leave: {disconnects}"
         );
     }
@@ -228,7 +239,9 @@ async fn an_owner_killed_is_replaced_and_its_sessions_reannounced() {
     // The session on `b` stays open; once `a` is down, `b` takes the tenant.
     let instance = wait_for("a new instance serves the tenant", async || {
         on_b.send_text("whoami").await;
-        let answer = tokio::time::timeout(Duration::from_secs(1), on_b.recv_text()).await.ok()?;
+        let answer = tokio::time::timeout(Duration::from_secs(1), on_b.recv_text())
+            .await
+            .ok()?;
         (answer.starts_with("instance:") && answer != first_instance).then_some(answer)
     })
     .await;
@@ -279,7 +292,9 @@ async fn nats_restarted_mid_stream_ends_every_gap_in_1012() {
     // other node for a tenant it does not own gets 503, saying when to retry.
     let mut local = a.connect("acme", "chaos").await;
     assert_eq!(local.ask("echo:local").await, "local");
-    let refused = request(b.clients, "GET", "/t/acme/chaos/events", b"", None).await.expect("request");
+    let refused = request(b.clients, "GET", "/t/acme/chaos/events", b"", None)
+        .await
+        .expect("request");
     assert_eq!(refused.status, 503, "{}", refused.text());
     assert!(refused.headers.get("retry-after").is_some());
     tokio::time::sleep(Duration::from_millis(1700)).await;
@@ -304,7 +319,11 @@ async fn nats_restarted_mid_stream_ends_every_gap_in_1012() {
             Err(_) => panic!("neither the rest of the stream nor a close came (got {next})"),
         }
     };
-    assert_eq!(ending, Some(1012), "the outage lost messages: the session must end with 1012 (got {next})");
+    assert_eq!(
+        ending,
+        Some(1012),
+        "the outage lost messages: the session must end with 1012 (got {next})"
+    );
     stream.await.expect("the publisher's task");
     // The clients connect again, and are served.
     let mut again = wait_for("a new session on the other node", async || {
@@ -324,7 +343,11 @@ async fn a_file_dropped_on_one_node_swaps_in_on_all_three_under_load() {
 
     let nats = Nats::start();
     let db = baton_test_postgres::database();
-    let nodes = [node(&nats, &db, "a").await, node(&nats, &db, "b").await, node(&nats, &db, "c").await];
+    let nodes = [
+        node(&nats, &db, "a").await,
+        node(&nats, &db, "b").await,
+        node(&nats, &db, "c").await,
+    ];
     // Deployed on `a` only: it reaches the others.
     nodes[0].drop_file("counter", &plugin_bytes(baton_test_plugins::COUNTER_V1));
     let mut generations = Vec::new();
@@ -349,7 +372,10 @@ async fn a_file_dropped_on_one_node_swaps_in_on_all_three_under_load() {
     for owner in 0..3 {
         let owners = view["owners"].to_string();
         let name = ["a", "b", "c"][owner];
-        assert!(owners.contains(&format!("[\"t{owner}.counter\",\"{name}\"]")), "t{owner} on {name}: {owners}");
+        assert!(
+            owners.contains(&format!("[\"t{owner}.counter\",\"{name}\"]")),
+            "t{owner} on {name}: {owners}"
+        );
     }
 
     // Dropped on `c` this time, while every session streams.
@@ -367,9 +393,81 @@ async fn a_file_dropped_on_one_node_swaps_in_on_all_three_under_load() {
         assert!(received > 0);
         seen.extend(versions);
     }
-    assert_eq!(seen, BTreeSet::from([1, 2]), "answered by both versions, no frame lost or reordered");
+    assert_eq!(
+        seen,
+        BTreeSet::from([1, 2]),
+        "answered by both versions, no frame lost or reordered"
+    );
     for node in &nodes {
         let view = node.plugin("counter").await;
         assert!(view.last_error.is_none(), "no failure: {:?}", view.last_error);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_tenants_live_with_no_session_closed() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::hot_swap::stream_until;
+
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    a.drop_file("counter", &plugin_bytes(baton_test_plugins::COUNTER_V1));
+    a.wait_current("counter").await;
+    b.wait_current("counter").await;
+
+    // Two tenants owned by `a`, each streaming from sessions on both nodes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut streams = Vec::new();
+    for tenant in ["t1", "t2"] {
+        for host in [&a, &b, &a] {
+            let client = host.connect(tenant, "counter").await;
+            streams.push(tokio::spawn(stream_until(client, stop.clone(), 8)));
+        }
+    }
+    // t1 of chaos is owned by `a` too, and keeps its storage.
+    let mut chaos_on_a = a.connect("t1", "chaos").await;
+    assert_eq!(chaos_on_a.ask("put:k:v").await, "stored");
+    let mut chaos_on_b = b.connect("t1", "chaos").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let drained = a.admin("POST", "/api/cluster/drain", None).await;
+    assert_eq!(drained.status, 200, "{}", drained.text());
+    let drained: baton::admin::DrainView = drained.view();
+    assert!(drained.failed.is_empty(), "{drained:?}");
+    assert_eq!(drained.moved.len(), 3, "t1 and t2 of counter, t1 of chaos: {drained:?}");
+    assert!(drained.moved.iter().all(|(_, to)| to == "b"), "{drained:?}");
+    let view = b.admin_json("/api/cluster").await;
+    assert!(
+        !view["owners"].to_string().contains("\"a\""),
+        "nothing is owned by a: {view}"
+    );
+
+    // The sessions stream on across the move, with the counts carried over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut received = 0;
+    for stream in streams {
+        let (n, versions) = stream
+            .await
+            .expect("every session streamed on: none closed, none lost a frame");
+        assert_eq!(versions, BTreeSet::from([1]));
+        received += n;
+    }
+    assert!(received > 0);
+    assert_eq!(chaos_on_b.ask("get:k").await, "value:v");
+    assert_eq!(
+        chaos_on_a.ask("get:k").await,
+        "value:v",
+        "a session on the drained node stays open"
+    );
+    // New tenants go to `b` now, even from `a`.
+    let mut fresh = a.connect("t3", "chaos").await;
+    assert_eq!(fresh.ask("echo:x").await, "x");
+    let view = a.admin_json("/api/cluster").await;
+    assert!(view["owners"].to_string().contains("[\"t3.chaos\",\"b\"]"), "{view}");
 }

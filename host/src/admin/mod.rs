@@ -18,6 +18,10 @@
 //! - `GET /api/cluster`: the nodes of the cluster (live, their sessions and
 //!   owned tenants) and where each tenant lives (404 outside a cluster);
 //!   `GET /api/status` carries it too;
+//! - `POST /api/cluster/drain`: moves every tenant this node owns to the
+//!   other nodes live, with every session left open, and sends new tenants
+//!   elsewhere; answers with a [`DrainView`] (what moved where, what could
+//!   not and why);
 //! - `GET /api/stream`: the same as server-sent events, twice a second (the
 //!   dashboard's feed);
 //! - `POST /api/plugins/{name}/rollback`: makes the previous version current;
@@ -58,17 +62,22 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::cluster::moves::DrainView;
+pub use crate::cluster::{ClusterView, NodeView};
 use crate::deploy::{Deployer, Outcome};
 use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
 use crate::registry::Registry;
 use crate::tenant::{Tenants, lifecycle};
-pub use crate::cluster::{ClusterView, NodeView};
 pub(crate) use guard::Guard;
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
     TenantView, Totals, UpgradeView, VersionRecord, VersionView,
 };
+
+fn not_a_node() -> Rejection {
+    Rejection::NotFound("this host is not a node of a cluster".into())
+}
 
 /// A request to upgrade baton, for whoever runs handovers.
 pub(crate) struct UpgradeRequest {
@@ -148,7 +157,11 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
         }
         (&Method::GET, ["api", "cluster"]) => match &admin.cluster {
             Some(cluster) => Ok(json(&cluster.view())),
-            None => Err(Rejection::NotFound("this host is not a node of a cluster".into())),
+            None => Err(not_a_node()),
+        },
+        (&Method::POST, ["api", "cluster", "drain"]) => match &admin.cluster {
+            Some(cluster) => Ok(json(&cluster.drain().await)),
+            None => Err(not_a_node()),
         },
         (&Method::GET, ["api", "stream"]) => return stream(admin),
         (&Method::GET, ["api", "plugins"]) => {

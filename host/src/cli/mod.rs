@@ -81,6 +81,16 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Move every tenant a cluster node owns to the other nodes, live: no
+    /// session closes. Then stop the node (its own sessions close paced) or
+    /// upgrade it. New tenants go to other nodes from now on.
+    Drain {
+        /// The node to drain [default: the one whose admin API is given].
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// A tenant's data as a whole: export it, or delete it.
     Tenant {
         #[command(subcommand)]
@@ -185,6 +195,7 @@ pub fn main() -> ExitCode {
                 Command::Status { json, admin } => status(json, &admin).await,
                 Command::Rollback { name, admin } => rollback(&name, &admin).await,
                 Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
+                Command::Drain { node, admin } => drain(node, &admin).await,
                 Command::Tenant { command } => tenant::run(command).await,
                 _ => unreachable!("handled above"),
             }
@@ -438,8 +449,16 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
             (true, true) => "fenced: serving none of its tenants",
             (true, false) => "connected",
         };
-        println!("\ncluster: this is node {} ({health}); {} live nodes", cluster.node, cluster.nodes.len());
-        let mut rows = vec![["NODE", "CLIENTS", "ADMIN", "SESSIONS", "OWNS"].map(String::from).to_vec()];
+        println!(
+            "\ncluster: this is node {} ({health}); {} live nodes",
+            cluster.node,
+            cluster.nodes.len()
+        );
+        let mut rows = vec![
+            ["NODE", "CLIENTS", "ADMIN", "SESSIONS", "OWNS"]
+                .map(String::from)
+                .to_vec(),
+        ];
         for node in &cluster.nodes {
             rows.push(vec![
                 node.name.clone(),
@@ -506,6 +525,46 @@ async fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> Result<()> {
         done.took_ms,
         done.cutover_ms
     );
+    Ok(())
+}
+
+async fn drain(node: Option<String>, admin: &AdminArgs) -> Result<()> {
+    let mut client = admin.client()?;
+    if let Some(node) = &node {
+        let cluster: crate::admin::ClusterView = client.get("/api/cluster").await?;
+        let Some(found) = cluster.nodes.iter().find(|n| &n.name == node) else {
+            bail!(
+                "no live node named {node:?} (live: {})",
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        };
+        client = AdminClient::new(&format!("http://{}", found.admin_addr), admin.token.clone())?;
+    }
+    let (status, body) = client.request("POST", "/api/cluster/drain").await?;
+    if status != 200 {
+        bail!("cannot drain: {}", error_text(&body));
+    }
+    let drained: crate::admin::DrainView = serde_json::from_value(body).context("admin API: unexpected answer")?;
+    println!(
+        "drained {}: {} tenants moved, {} stay",
+        drained.node,
+        drained.moved.len(),
+        drained.failed.len()
+    );
+    for (tenant, to) in &drained.moved {
+        println!("  {tenant} -> {to}");
+    }
+    for (tenant, why) in &drained.failed {
+        println!("  {tenant} stays: {why}");
+    }
+    if !drained.failed.is_empty() {
+        bail!("{} tenants could not move", drained.failed.len());
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::members::Owned;
+use super::members::{Owned, Owner};
 use super::wire::{Body, Envelope};
 use crate::bindings::{ConnectRequest, HttpResponse};
 use crate::error::{Rejection, close};
@@ -58,6 +58,8 @@ pub trait Node: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<Target, Rejection>> + Send;
     /// The NATS connection, this node's name and incarnation.
     fn client(&self) -> (&async_nats::Client, &str, u64);
+    /// The subject of `node`.
+    fn subject_of(&self, node: &str) -> String;
     /// New sessions of (tenant, plugin) should not come to this proxy (it
     /// ended, or its owner moved): forget it, unless it was replaced.
     fn forget(&self, tenant: &str, plugin: &str, shared: &Arc<TenantShared>);
@@ -82,6 +84,17 @@ pub enum News {
     Gap,
 }
 
+/// What a message from the owner leads to.
+enum Handled {
+    Done,
+    /// The owner no longer owns the tenant.
+    Gone,
+    /// Answer `Paused`.
+    Pause,
+    /// The tenant moved: these arrived early from the new owner.
+    Replay(Vec<Envelope>),
+}
+
 enum Pending {
     Connect(SessionId, Option<oneshot::Sender<Result<(), Rejection>>>),
     Http(oneshot::Sender<Result<HttpResponse, Rejection>>),
@@ -99,7 +112,16 @@ struct Task<N: Node> {
     sent: u64,
     /// The next number expected from the owner.
     expected: u64,
+    /// The owner is moving the tenant: nothing is sent meanwhile (commands
+    /// wait in the mailbox, in order), and what the new owner already sent
+    /// is held until the move is confirmed.
+    paused: Option<Instant>,
+    early: Vec<Envelope>,
 }
+
+/// How long an edge waits, paused, for the move to be confirmed or called
+/// off before it sends again (to the owner it knows).
+const PAUSE_AT_MOST: Duration = Duration::from_secs(15);
 
 impl Proxy {
     /// Starts the proxy of (tenant, plugin) for the owner `target`, with a
@@ -113,20 +135,39 @@ impl Proxy {
     ) -> Proxy {
         let (sender, commands) = mpsc::channel(mailbox);
         let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.to_owned(), None, None));
-        let handle = TenantHandle::new(shared.clone(), sender, inbound_bytes);
+        let handle = TenantHandle::new(shared, sender, inbound_bytes);
+        Proxy::take_over(node, handle, target, (Vec::new(), commands), Vec::new())
+    }
+
+    /// The stand-in for a tenant this node owned, which moved to `target`:
+    /// it takes the tenant's mailbox (`handle` sends to it; what is queued
+    /// goes first) and its local sessions.
+    pub fn take_over<N: Node>(
+        node: Arc<N>,
+        handle: TenantHandle,
+        target: Target,
+        (queued, commands): (Vec<Command>, mpsc::Receiver<Command>),
+        sessions: Vec<(SessionId, SessionLink, ConnectRequest)>,
+    ) -> Proxy {
+        let shared = handle.shared().clone();
         let (news, heard) = mpsc::unbounded_channel();
         let task = Task {
             node,
-            tenant: tenant.to_owned(),
-            plugin: plugin.to_owned(),
+            tenant: shared.name.clone(),
+            plugin: shared.plugin.clone(),
             target,
-            links: HashMap::new(),
+            links: sessions
+                .into_iter()
+                .map(|(id, link, request)| (id, (link, request)))
+                .collect(),
             pending: HashMap::new(),
             next_request: 0,
             sent: 0,
             expected: 1,
+            paused: None,
+            early: Vec::new(),
         };
-        tokio::spawn(task.run(commands, heard, shared));
+        tokio::spawn(task.run(queued, commands, heard, shared));
         Proxy { handle, news }
     }
 }
@@ -134,15 +175,21 @@ impl Proxy {
 impl<N: Node> Task<N> {
     async fn run(
         mut self,
+        queued: Vec<Command>,
         mut commands: mpsc::Receiver<Command>,
         mut heard: mpsc::UnboundedReceiver<News>,
         shared: Arc<TenantShared>,
     ) {
+        for command in queued {
+            if !self.command(command).await {
+                return;
+            }
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut idle_since: Option<Instant> = None;
         loop {
             tokio::select! {
-                command = commands.recv() => match command {
+                command = commands.recv(), if self.paused.is_none() => match command {
                     Some(command) => {
                         idle_since = None;
                         if !self.command(command).await {
@@ -153,7 +200,7 @@ impl<N: Node> Task<N> {
                 },
                 news = heard.recv() => match news {
                     Some(News::Message(envelope)) => {
-                        if self.message(envelope) {
+                        if self.hear(envelope).await {
                             self.node.forget(&self.tenant, &self.plugin, &shared);
                         }
                     }
@@ -162,6 +209,11 @@ impl<N: Node> Task<N> {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    if self.paused.is_some_and(|at| at.elapsed() > PAUSE_AT_MOST) {
+                        tracing::warn!(tenant = %self.tenant, "a move of the tenant was neither confirmed nor called off: sending again");
+                        self.paused = None;
+                        self.early.clear();
+                    }
                     self.expire();
                     if self.links.is_empty() && self.pending.is_empty() {
                         let since = *idle_since.get_or_insert_with(Instant::now);
@@ -250,11 +302,24 @@ impl<N: Node> Task<N> {
         }
     }
 
-    /// Handles a message from the owner; `true` when the owner says it no
-    /// longer owns the tenant.
-    fn message(&mut self, envelope: Envelope) -> bool {
+    /// Handles a message from the owner, and what it leads to; `true` when
+    /// the owner says it no longer owns the tenant.
+    async fn hear(&mut self, envelope: Envelope) -> bool {
+        let mut heard = std::collections::VecDeque::from([envelope]);
+        while let Some(envelope) = heard.pop_front() {
+            match self.message(envelope) {
+                Handled::Done => {}
+                Handled::Gone => return true,
+                Handled::Pause => self.send(Body::Paused).await,
+                Handled::Replay(early) => heard.extend(early),
+            }
+        }
+        false
+    }
+
+    fn message(&mut self, envelope: Envelope) -> Handled {
         let Target::Remote { owned, .. } = &self.target else {
-            return false;
+            return Handled::Done;
         };
         if envelope.body == Body::Moved && envelope.node == owned.owner.node {
             tracing::info!(tenant = %self.tenant, "the tenant's owner moved: its sessions here end (1012)");
@@ -263,11 +328,15 @@ impl<N: Node> Task<N> {
                 close::SERVICE_RESTART,
                 "the tenant moved to another node; connect again",
             );
-            return true;
+            return Handled::Gone;
         }
         if envelope.token != owned.revision {
-            // From an owner this proxy no longer follows.
-            return false;
+            // From the owner the tenant is moving to (held until the move is
+            // confirmed), or from one this proxy no longer follows.
+            if self.paused.is_some() && envelope.token > owned.revision && self.early.len() < 65_536 {
+                self.early.push(envelope);
+            }
+            return Handled::Done;
         }
         if envelope.seq != self.expected {
             metrics::counter!("baton_cluster_gaps_total", "direction" => "from_owner").increment(1);
@@ -292,6 +361,35 @@ impl<N: Node> Task<N> {
                 if let Some((link, _)) = self.links.get(&session) {
                     link.stop(code, &reason);
                 }
+            }
+            Body::Pause => {
+                self.paused = Some(Instant::now());
+                return Handled::Pause;
+            }
+            Body::Resume => {
+                self.paused = None;
+                self.early.clear();
+            }
+            Body::MovedTo {
+                node,
+                incarnation,
+                token,
+            } => {
+                self.paused = None;
+                let owned = Owned {
+                    owner: Owner {
+                        node,
+                        incarnation,
+                        since_ms: crate::clock::unix_ms(),
+                    },
+                    revision: token,
+                };
+                tracing::info!(tenant = %self.tenant, to = %owned.owner.node, "the tenant moved: following it");
+                let subject = self.node.subject_of(&owned.owner.node);
+                self.target = Target::Remote { owned, subject };
+                self.sent = 0;
+                self.expected = 1;
+                return Handled::Replay(std::mem::take(&mut self.early));
             }
             Body::Reply { request, answer } => match self.pending.remove(&request) {
                 Some((Pending::Connect(session, reply), _)) => {
@@ -322,7 +420,7 @@ impl<N: Node> Task<N> {
             },
             _ => {}
         }
-        false
+        Handled::Done
     }
 
     /// The owner went down: follow the new one, re-announcing every session.

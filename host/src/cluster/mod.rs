@@ -12,7 +12,8 @@
 //! - `members.rs`: the liveness and ownership buckets and this node's view
 //!   of them;
 //! - `edge.rs`, `owner.rs`: the two sides of a forwarded session;
-//! - `deploys.rs`: a file deployed on one node reaching every node.
+//! - `deploys.rs`: a file deployed on one node reaching every node;
+//! - `moves.rs`: moving a tenant to another node live (`baton drain`).
 //!
 //! Session ids are unique across the cluster (each start of a node draws
 //! its own range, see [`Cluster::join`]), so a tenant's sessions keep the
@@ -32,6 +33,7 @@
 pub mod deploys;
 pub mod edge;
 pub mod members;
+pub mod moves;
 pub mod owner;
 pub mod wire;
 
@@ -50,7 +52,7 @@ use crate::error::{Rejection, close};
 use crate::tenant::{Command, Opener, TenantHandle, TenantShared};
 use edge::{News, Proxy, Target};
 use members::{Members, NodeInfo, Owned, Owner, OwnerMap, bucket, owner_key};
-use owner::{Peer, PeerEnv, PeerId};
+use owner::{Peer, PeerId, Relay, RelayTo};
 use wire::{Body, Envelope};
 
 /// This host as a node of a cluster.
@@ -75,6 +77,11 @@ pub struct Cluster {
     /// This node could not renew its liveness key for long enough that
     /// others may take its tenants: it serves none of them.
     fenced: AtomicBool,
+    /// Drained: new tenants go to other nodes.
+    draining: AtomicBool,
+    /// Tenants (`tenant.plugin`) moving away from this node right now: the
+    /// new ownership record is this node's own doing, not a loss.
+    moving: Mutex<std::collections::HashSet<String>>,
     last_renewed: Mutex<Instant>,
 }
 
@@ -172,6 +179,7 @@ impl Cluster {
         tokio::spawn(deploys.run(changes));
         let prefix = settings.subject_prefix.clone();
         let inbox = client.subscribe(format!("{prefix}.node.{node}")).await?;
+        let moves = client.subscribe(format!("{prefix}.ctl.{node}")).await?;
         let cluster = Arc::new(Cluster {
             node: node.clone(),
             incarnation,
@@ -188,6 +196,8 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(true),
             fenced: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            moving: Mutex::new(Default::default()),
             last_renewed: Mutex::new(Instant::now()),
         });
         cluster.renew(sessions()).await?;
@@ -201,6 +211,7 @@ impl Cluster {
             }
         });
         tokio::spawn(dispatch(Arc::downgrade(&cluster), inbox));
+        tokio::spawn(moves::serve(Arc::downgrade(&cluster), moves));
         tokio::spawn(watch_nodes(Arc::downgrade(&cluster)));
         tokio::spawn(watch_owners(Arc::downgrade(&cluster)));
         tokio::spawn(keep_alive(Arc::downgrade(&cluster), Box::new(sessions)));
@@ -303,6 +314,18 @@ impl Cluster {
         let counts = self.records.owned_by();
         let owned = |node: &str| counts.get(node).copied().unwrap_or(0);
         let mine = owned(&self.node);
+        if self.draining.load(Ordering::Relaxed)
+            && let Some((node, info)) = live
+                .iter()
+                .filter(|(n, _)| n != &self.node)
+                .min_by_key(|(n, _)| owned(n))
+        {
+            return Owner {
+                node: node.clone(),
+                incarnation: info.incarnation,
+                since_ms: crate::clock::unix_ms(),
+            };
+        }
         if live.len() > 1 {
             let average = live.iter().map(|(n, _)| owned(n)).sum::<usize>() as f64 / live.len() as f64;
             if mine >= 4
@@ -400,7 +423,7 @@ impl Cluster {
     /// A message to this node.
     async fn received(self: &Arc<Self>, envelope: Envelope) {
         match &envelope.body {
-            Body::Connect { .. } | Body::Frame { .. } | Body::Disconnect { .. } | Body::Http { .. } => {
+            Body::Connect { .. } | Body::Frame { .. } | Body::Disconnect { .. } | Body::Http { .. } | Body::Paused => {
                 self.from_edge(envelope).await;
             }
             _ => {
@@ -467,14 +490,17 @@ impl Cluster {
             tenant: envelope.tenant.clone(),
             plugin: envelope.plugin.clone(),
         };
-        let env = PeerEnv {
+        let relay = Relay::start(&id, self.relay_to(&envelope.node, owned.revision));
+        Some(Arc::new(Peer::start(id, relay, handle, Default::default())))
+    }
+
+    fn relay_to(&self, edge: &str, token: u64) -> RelayTo {
+        RelayTo {
             client: self.client.clone(),
-            edge_subject: self.subject(&envelope.node),
+            edge_subject: self.subject(edge),
             node: (self.node.clone(), self.incarnation),
-            token: owned.revision,
-            handle,
-        };
-        Some(Arc::new(Peer::start(id, env)))
+            token,
+        }
     }
 
     /// Tells the edge that sent `envelope` this node does not own its tenant.
@@ -593,6 +619,14 @@ impl Cluster {
     /// This node no longer owns `key`'s tenant (another node took it): its
     /// sessions end (1012) so that their clients reach the new owner.
     fn lost(&self, tenant: &str, plugin: &str) {
+        if self
+            .moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&owner_key(tenant, plugin))
+        {
+            return;
+        }
         if let Some(handle) = self.opener.tenants.get(plugin, tenant) {
             tracing::warn!(
                 tenant,
@@ -684,6 +718,10 @@ impl edge::Node for Cluster {
 
     fn client(&self) -> (&async_nats::Client, &str, u64) {
         (&self.client, &self.node, self.incarnation)
+    }
+
+    fn subject_of(&self, node: &str) -> String {
+        self.subject(node)
     }
 
     fn forget(&self, tenant: &str, plugin: &str, shared: &Arc<TenantShared>) {

@@ -52,6 +52,8 @@ pub struct Peer {
     inbound: mpsc::Sender<Envelope>,
     relay: Arc<Relay>,
     sessions: Arc<Mutex<HashSet<SessionId>>>,
+    /// Answered when the edge says it paused.
+    paused: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
 
 /// The ordered stream from the owner's tenant to one edge.
@@ -101,8 +103,9 @@ impl Relay {
     }
 }
 
-/// What a peer needs of the node.
-pub struct PeerEnv {
+/// Where a relay sends: the NATS connection, the edge's subject, this
+/// node's name and incarnation, and the owner token it serves under.
+pub struct RelayTo {
     /// The NATS connection.
     pub client: async_nats::Client,
     /// The edge's subject.
@@ -111,39 +114,72 @@ pub struct PeerEnv {
     pub node: (String, u64),
     /// The ownership record revision the tenant is served under.
     pub token: u64,
-    /// The tenant's task.
-    pub handle: TenantHandle,
 }
 
-impl Peer {
-    /// Starts the peer of `id`, serving its messages to `env.handle`.
-    pub fn start(id: PeerId, env: PeerEnv) -> Peer {
+impl Relay {
+    /// Starts the stream of `id`'s tenant to its edge.
+    pub fn start(id: &PeerId, to: RelayTo) -> Arc<Relay> {
         let (queue, outgoing) = mpsc::unbounded_channel();
         let relay = Arc::new(Relay {
             queue,
             held: AtomicUsize::new(0),
             broken: AtomicBool::new(false),
         });
+        tokio::spawn(publish(id.clone(), relay.clone(), outgoing, to));
+        relay
+    }
+}
+
+impl Peer {
+    /// Starts the peer of `id`, serving its messages to `handle` and its
+    /// tenant's pushes through `relay`; `sessions` are the edge's sessions
+    /// the tenant has already (a tenant that moved here).
+    pub fn start(id: PeerId, relay: Arc<Relay>, handle: TenantHandle, sessions: HashSet<SessionId>) -> Peer {
         let (inbound, incoming) = mpsc::channel(PEER_BACKLOG);
-        let sessions = Arc::new(Mutex::new(HashSet::new()));
-        tokio::spawn(publish(
+        let sessions = Arc::new(Mutex::new(sessions));
+        let paused = Arc::new(Mutex::new(None));
+        tokio::spawn(serve(
             id.clone(),
             relay.clone(),
-            outgoing,
-            (
-                env.client.clone(),
-                env.edge_subject.clone(),
-                env.node.clone(),
-                env.token,
-            ),
+            sessions.clone(),
+            paused.clone(),
+            incoming,
+            handle,
         ));
-        tokio::spawn(serve(id.clone(), relay.clone(), sessions.clone(), incoming, env.handle));
         Peer {
             id,
             inbound,
             relay,
             sessions,
+            paused,
         }
+    }
+
+    /// Asks the edge to send nothing more; resolves once everything it sent
+    /// before is with the tenant.
+    pub fn pause(&self) -> oneshot::Receiver<()> {
+        let (done, paused) = oneshot::channel();
+        *self.paused.lock().unwrap_or_else(|p| p.into_inner()) = Some(done);
+        self.relay.send(Body::Pause);
+        paused
+    }
+
+    /// Tells the edge where the tenant is now (`None`: here still, the
+    /// move was called off).
+    pub fn moved(&self, to: Option<(String, u64, u64)>) {
+        self.relay.send(match to {
+            Some((node, incarnation, token)) => Body::MovedTo {
+                node,
+                incarnation,
+                token,
+            },
+            None => Body::Resume,
+        });
+    }
+
+    /// The edge's sessions of the tenant.
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.sessions()
     }
 
     /// Takes a message from the edge; `false` when the peer cannot keep up
@@ -191,12 +227,13 @@ impl Peer {
 }
 
 /// Publishes what the tenant queued for the edge, in order, numbered.
-async fn publish(
-    id: PeerId,
-    relay: Arc<Relay>,
-    mut outgoing: mpsc::UnboundedReceiver<Body>,
-    (client, subject, (node, incarnation), token): (async_nats::Client, String, (String, u64), u64),
-) {
+async fn publish(id: PeerId, relay: Arc<Relay>, mut outgoing: mpsc::UnboundedReceiver<Body>, to: RelayTo) {
+    let RelayTo {
+        client,
+        edge_subject: subject,
+        node: (node, incarnation),
+        token,
+    } = to;
     let mut seq = 0u64;
     while let Some(body) = outgoing.recv().await {
         relay.held.fetch_sub(1, Ordering::Relaxed);
@@ -221,6 +258,7 @@ async fn serve(
     id: PeerId,
     relay: Arc<Relay>,
     sessions: Arc<Mutex<HashSet<SessionId>>>,
+    paused: Arc<Mutex<Option<oneshot::Sender<()>>>>,
     mut incoming: mpsc::Receiver<Envelope>,
     handle: TenantHandle,
 ) {
@@ -306,6 +344,11 @@ async fn serve(
                     let answer = answer.await.unwrap_or_else(|_| Err(gone()));
                     answer_with(&relay, request, answer.map(Some));
                 });
+            }
+            Body::Paused => {
+                if let Some(done) = paused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = done.send(());
+                }
             }
             // Owner-to-edge messages are not sent to an owner.
             _ => {}

@@ -102,6 +102,22 @@ pub enum Body {
     },
     /// Owner → edge: this node does not own the tenant (any more).
     Moved,
+    /// Owner → edge: the tenant is about to move: send nothing more (hold
+    /// it, in order) and answer `Paused`.
+    Pause,
+    /// Edge → owner: everything this edge sent before is before this.
+    Paused,
+    /// Owner → edge: the tenant moved: send to this owner from now on.
+    MovedTo {
+        /// The new owner.
+        node: String,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Its ownership record revision.
+        token: u64,
+    },
+    /// Owner → edge: the move was called off: send to this owner again.
+    Resume,
 }
 
 /// A message that cannot be read.
@@ -186,6 +202,19 @@ impl Envelope {
                 put_json(&mut out, &answer);
             }
             Body::Moved => out.put_u8(9),
+            Body::Pause => out.put_u8(10),
+            Body::Paused => out.put_u8(11),
+            Body::MovedTo {
+                node,
+                incarnation,
+                token,
+            } => {
+                out.put_u8(12);
+                put_str(&mut out, node);
+                out.put_u64(*incarnation);
+                out.put_u64(*token);
+            }
+            Body::Resume => out.put_u8(13),
         }
         out.freeze()
     }
@@ -263,6 +292,14 @@ impl Envelope {
                 }
             }
             9 => Body::Moved,
+            10 => Body::Pause,
+            11 => Body::Paused,
+            12 => Body::MovedTo {
+                node: get_str(b)?,
+                incarnation: get_u64(b)?,
+                token: get_u64(b)?,
+            },
+            13 => Body::Resume,
             _ => return Err(Malformed("unknown kind")),
         };
         Ok(Envelope {
@@ -514,6 +551,14 @@ mod tests {
                 answer: Err(Rejection::Refused("no".into())),
             },
             Body::Moved,
+            Body::Pause,
+            Body::Paused,
+            Body::MovedTo {
+                node: "n2".into(),
+                incarnation: 3,
+                token: 77,
+            },
+            Body::Resume,
         ];
         for body in bodies {
             let sent = envelope(body);

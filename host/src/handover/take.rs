@@ -222,7 +222,7 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
             .opener
             .tenants
             .get_or_spawn(&plugin, &name, || {
-                Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env))
+                Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env, 0))
             })
             .unwrap_or_else(|never| match never {});
         for id in ids {

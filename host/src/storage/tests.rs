@@ -333,13 +333,22 @@ async fn postgres_claims_under_an_older_lease_are_fenced() {
     let old = s.claim(&ns, 5).await.expect("the first owner");
     s.set(&ns, old, "k".into(), b"old".to_vec(), LIMITS).await.expect("set");
     let new = s.claim(&ns, 9).await.expect("the node that took the tenant over");
-    assert_eq!(s.claim(&ns, 5).await, Err(StorageError::Fenced), "the old owner claims again, too late");
+    assert_eq!(
+        s.claim(&ns, 5).await,
+        Err(StorageError::Fenced),
+        "the old owner claims again, too late"
+    );
     assert_eq!(
         s.set(&ns, old, "k".into(), b"stale".to_vec(), LIMITS).await,
         Err(StorageError::Fenced)
     );
-    s.set(&ns, new, "k".into(), b"new".to_vec(), LIMITS).await.expect("the owner writes");
-    let again = s.claim(&ns, 9).await.expect("the same lease claims again (storage reopened)");
+    s.set(&ns, new, "k".into(), b"new".to_vec(), LIMITS)
+        .await
+        .expect("the owner writes");
+    let again = s
+        .claim(&ns, 9)
+        .await
+        .expect("the same lease claims again (storage reopened)");
     assert!(again > new);
     assert_eq!(s.get(&ns, "k".into()).await.expect("get"), Some(b"new".to_vec()));
 }

@@ -49,20 +49,23 @@ pub fn spawn_leased(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>,
     start(plugin, tenant, env, |actor| actor.shared.set_lease(lease))
 }
 
-/// Starts the task of a tenant a handover carried, in the new process:
-/// `version` is the one its live state was exported by (loaded here), and
-/// `link` gives each of its sessions its link.
+/// Starts the task of a tenant a handover carried, in the new process (or
+/// a move, on the new owner node at record revision `lease`): `version` is
+/// the one its live state was exported by (loaded here), and `link` gives
+/// each of its sessions its link.
 pub fn adopt(
     plugin: Arc<PluginEntry>,
     record: TenantRecord,
     version: Option<Arc<Version>>,
     link: impl FnMut(crate::session::link::SessionId) -> crate::session::link::SessionLink,
     env: Arc<TenantEnv>,
+    lease: u64,
 ) -> TenantHandle {
     let tenant = record.tenant.clone();
     let held = record.host_state(link);
     env.first_look(&crate::storage::Namespace::new(&record.tenant, &record.plugin));
     start(plugin, &tenant, env, move |actor| {
+        actor.shared.set_lease(lease);
         actor
             .shared
             .adopt(held, record.restarts, record.frames_in, record.frames_out);
@@ -152,6 +155,8 @@ pub(super) enum End {
     Shutdown(oneshot::Sender<()>),
     /// Its data is being deleted: nothing is kept; `done` is answered.
     Erased(oneshot::Sender<()>),
+    /// It moved to another node: its mailbox goes on, unanswered.
+    Moved(oneshot::Sender<super::record::Mailbox>),
 }
 
 /// What the task does next.
@@ -424,9 +429,11 @@ impl Actor {
                 self.close_all(close::POLICY, "tenant deleted").await;
                 Some(End::Erased(done))
             }
-            Waited::HandOver(reply, verdict) => {
-                (self.hand_over(reply, verdict).await == Verdict::TookOver).then_some(End::Quietly)
-            }
+            Waited::HandOver(reply, verdict) => match self.hand_over(reply, verdict).await {
+                Verdict::TookOver => Some(End::Quietly),
+                Verdict::Moved(to) => Some(End::Moved(to)),
+                Verdict::CalledOff => None,
+            },
             Waited::Abandoned => Some(End::Quietly),
         }
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::tenant::mailbox::{Command, TenantHandle};
-use crate::tenant::state::Status;
+use crate::tenant::state::{Status, TenantShared};
 
 /// Every live tenant task of the host, by plugin, then tenant.
 #[derive(Default)]
@@ -61,6 +61,19 @@ impl Tenants {
             .and_then(|tenants| tenants.get(tenant))
             .filter(|handle| !handle.is_closed())
             .cloned()
+    }
+
+    /// Forgets the task of `shared`'s tenant, which moved to another node
+    /// (its mailbox lives on with a stand-in).
+    pub fn forget_moved(&self, plugin: &str, shared: &std::sync::Arc<TenantShared>) {
+        let mut plugins = self.lock();
+        if let Some(tenants) = plugins.get_mut(plugin)
+            && tenants
+                .get(&shared.name)
+                .is_some_and(|h| std::sync::Arc::ptr_eq(h.shared(), shared))
+        {
+            tenants.remove(&shared.name);
+        }
     }
 
     /// The tenant tasks of `plugin`.

@@ -36,7 +36,7 @@ impl Actor {
             Ok(()) => verdict.await.unwrap_or(Verdict::CalledOff),
             Err(_) => Verdict::CalledOff,
         };
-        if verdict == Verdict::CalledOff
+        if matches!(verdict, Verdict::CalledOff)
             && let Some(trap) = trap
         {
             self.crashed(trap).await;
@@ -53,6 +53,15 @@ impl Actor {
         self.slot.clear();
         self.closing = false;
         self.publish();
+        if let End::Moved(to) = end {
+            // The stand-in forwarding to the new owner takes the mailbox,
+            // and the sessions that hand their frames to it, in order.
+            self.env.tenants.forget_moved(&self.plugin.name, &self.shared);
+            let (_, closed) = tokio::sync::mpsc::channel(1);
+            let mailbox = std::mem::replace(&mut self.mailbox, closed);
+            let _ = to.send((self.deferred.take().into_iter().collect(), mailbox));
+            return;
+        }
         // Closed first, so the directory sees this handle as ended; what
         // is still queued is answered, not dropped unanswered.
         self.mailbox.close();

@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
-use crate::admission::Admission;
-use crate::error::Rejection;
-use crate::registry::Registry;
 use super::actor;
 use super::directory::Tenants;
 use super::env::TenantEnv;
 use super::mailbox::TenantHandle;
 use super::state::Status;
+use crate::admission::Admission;
+use crate::error::Rejection;
+use crate::registry::Registry;
 
 /// What opening a tenant needs.
 pub struct Opener {

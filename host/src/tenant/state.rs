@@ -198,6 +198,16 @@ impl TenantShared {
         self.state().sessions.get(&id).map(|e| e.link.clone())
     }
 
+    /// The sessions whose sockets this process holds, with their requests.
+    pub fn local_sessions(&self) -> Vec<(SessionId, SessionLink, ConnectRequest)> {
+        self.state()
+            .sessions
+            .iter()
+            .filter(|(_, e)| e.link.remote_route().is_none())
+            .map(|(id, e)| (*id, e.link.clone(), e.request.clone()))
+            .collect()
+    }
+
     /// The links of every open session.
     pub fn links(&self) -> Vec<SessionLink> {
         self.state().sessions.values().map(|e| e.link.clone()).collect()
