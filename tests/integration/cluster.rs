@@ -19,6 +19,16 @@ const DOWN_AFTER: u64 = 3;
 
 /// A node named `name` on `nats` and `db`, with chaos deployed.
 async fn node(nats: &Nats, db: &baton_test_postgres::Database, name: &str) -> TestHost {
+    node_with(nats, db, name, |_| {}).await
+}
+
+/// Like [`node`], with changes to the configuration.
+async fn node_with(
+    nats: &Nats,
+    db: &baton_test_postgres::Database,
+    name: &str,
+    configure: impl FnOnce(&mut Config),
+) -> TestHost {
     let (url, db_url, name) = (nats.url.clone(), db.url.clone(), name.to_owned());
     TestHost::start_with(&[("chaos", CHAOS)], move |config| {
         config.storage.backend = baton::config::StorageBackend::Postgres;
@@ -28,6 +38,7 @@ async fn node(nats: &Nats, db: &baton_test_postgres::Database, name: &str) -> Te
         config.cluster.down_after_secs = DOWN_AFTER;
         config.cluster.renew_ms = 500;
         config.persist.checkpoint_secs = 1;
+        configure(config);
     })
     .await
 }
@@ -470,4 +481,59 @@ async fn a_drain_moves_tenants_live_with_no_session_closed() {
     assert_eq!(fresh.ask("echo:x").await, "x");
     let view = a.admin_json("/api/cluster").await;
     assert!(view["owners"].to_string().contains("[\"t3.chaos\",\"b\"]"), "{view}");
+}
+
+/// A cluster message as `wire.rs` writes it: a disconnect of session 1 of
+/// `tenant`/chaos from node `x`, with sequence number `seq`.
+fn disconnect_message(tenant: &str, seq: u64) -> bytes::Bytes {
+    let mut out = vec![1u8];
+    for s in [tenant, "chaos", "x"] {
+        out.extend((s.len() as u16).to_be_bytes());
+        out.extend(s.as_bytes());
+    }
+    for n in [1u64, 1, seq] {
+        out.extend(n.to_be_bytes());
+    }
+    out.push(3);
+    out.extend(1u64.to_be_bytes());
+    out.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_nats_drops_messages_for_ends_its_forwarded_sessions() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let b = node_with(&nats, &db, "b", |config| config.cluster.subscription_capacity = 1024).await;
+    let mut owner_side = a.connect("acme", "chaos").await;
+    assert_eq!(owner_side.ask("sub:news").await, "subscribed");
+    let mut forwarded = b.connect("acme", "chaos").await;
+    assert_eq!(forwarded.ask("sub:news").await, "subscribed");
+    let mut local_to_b = b.connect("globex", "chaos").await;
+    assert_eq!(local_to_b.ask("echo:x").await, "x");
+
+    // Far more messages than `b`'s subscription holds, at once (each one for
+    // a tenant `b` has to look up): NATS drops some, as it would for a
+    // stalled node, and tells `b` only that it did.
+    let flood = async_nats::connect(nats.url.as_str()).await.expect("a NATS client");
+    for seq in 0..20_000u64 {
+        let tenant = format!("t{}", seq % 500);
+        flood
+            .publish("baton.v1.node.b", disconnect_message(&tenant, seq))
+            .await
+            .expect("publish");
+    }
+    flood.flush().await.expect("flush");
+
+    // The session forwarded through `b` may have lost a frame: it ends with
+    // 1012, never silently. The one `b` serves itself is untouched.
+    let close = forwarded.expect_close().await;
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+    assert_eq!(local_to_b.ask("echo:still").await, "still");
+    assert_eq!(owner_side.ask("echo:fine").await, "fine");
+    let metrics = request(b.admin, "GET", "/metrics", b"", None).await.expect("metrics").text();
+    assert!(
+        sample(&metrics, "baton_cluster_gaps_total{direction=\"slow_consumer\"}").is_some_and(|n| n >= 1.0),
+        "the drop is counted"
+    );
 }
