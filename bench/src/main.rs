@@ -30,7 +30,7 @@ struct Cli {
     /// Shorter runs with smaller counts (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage).
+    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage, cluster).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report to this file (e.g. BENCHMARKS.md).
@@ -126,6 +126,9 @@ async fn suite(quick: bool, only: &[String], write: Option<PathBuf>) -> Result<(
     }
     if wanted("storage") {
         figures::storage::run(&mut report, scale).await?;
+    }
+    if wanted("cluster") {
+        figures::cluster::run(&mut report, scale).await?;
     }
     let text = report.render();
     println!("{text}");

@@ -531,7 +531,10 @@ async fn a_node_that_nats_drops_messages_for_ends_its_forwarded_sessions() {
     assert_eq!(u16::from(close.code), 1012, "{close:?}");
     assert_eq!(local_to_b.ask("echo:still").await, "still");
     assert_eq!(owner_side.ask("echo:fine").await, "fine");
-    let metrics = request(b.admin, "GET", "/metrics", b"", None).await.expect("metrics").text();
+    let metrics = request(b.admin, "GET", "/metrics", b"", None)
+        .await
+        .expect("metrics")
+        .text();
     assert!(
         sample(&metrics, "baton_cluster_gaps_total{direction=\"slow_consumer\"}").is_some_and(|n| n >= 1.0),
         "the drop is counted"

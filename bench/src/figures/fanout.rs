@@ -83,14 +83,14 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     Ok(())
 }
 
-struct FanOut {
-    all_p50: u64,
-    all_p99: u64,
-    each_p50: u64,
-    each_p99: u64,
+pub struct FanOut {
+    pub all_p50: u64,
+    pub all_p99: u64,
+    pub each_p50: u64,
+    pub each_p99: u64,
 }
 
-async fn measure(
+pub async fn measure(
     subscribers: Vec<Ws>,
     mut publisher: Ws,
     frame: fn(usize) -> String,

@@ -1,6 +1,7 @@
 //! One module per figure of the report. Each runs its servers, measures side
 //! by side in the same run, and adds a section to the [`Report`].
 
+pub mod cluster;
 pub mod echo;
 pub mod fanout;
 pub mod frames;
