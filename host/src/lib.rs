@@ -204,7 +204,17 @@ async fn host(
             );
             let open = sessions.gauge();
             let count = move || open.load(std::sync::atomic::Ordering::Relaxed);
-            Some(cluster::Cluster::join(config.clone(), opener.clone(), &deployer, addrs, count).await?)
+            Some(
+                cluster::Cluster::join(
+                    config.clone(),
+                    opener.clone(),
+                    &deployer,
+                    addrs,
+                    count,
+                    takeover.is_some(),
+                )
+                .await?,
+            )
         }
         false => None,
     };

@@ -540,3 +540,32 @@ async fn a_node_that_nats_drops_messages_for_ends_its_forwarded_sessions() {
         "the drop is counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_upgraded_keeps_its_tenants_and_their_storage() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut a = node_process(&nats, &db, "a", dir.path());
+    a.wait_version("chaos", |_| true).await;
+    let mut session = connect_to(&a.clients, "/t/acme/chaos").await;
+    assert_eq!(session.ask("put:k:before").await, "stored");
+    let b = node(&nats, &db, "b").await;
+    let mut on_b = b.connect("acme", "chaos").await;
+    assert_eq!(on_b.ask("echo:x").await, "x");
+
+    crate::upgrade::upgrade(&mut a, None).await;
+    // The same session, now served by the new process as the same owner:
+    // its writes are not fenced.
+    assert_eq!(session.ask("put:k:after").await, "stored");
+    assert_eq!(session.ask("get:k").await, "value:after");
+    let view: Value = b.admin_json("/api/cluster").await;
+    assert!(view["owners"].to_string().contains("[\"acme.chaos\",\"a\"]"), "{view}");
+    // A session forwarded to the upgraded owner ends with 1012 at its next
+    // frame (its stream was not carried), and connects again.
+    on_b.send_text("echo:y").await;
+    let close = on_b.expect_close().await;
+    assert_eq!(u16::from(close.code), 1012, "{close:?}");
+    let mut again = b.connect("acme", "chaos").await;
+    assert_eq!(again.ask("get:k").await, "value:after");
+}

@@ -44,7 +44,7 @@ async fn status(host: &HostProcess) -> StatusView {
 }
 
 /// Upgrades through the admin API (to `binary`, or the host's own path).
-async fn upgrade(host: &mut HostProcess, binary: Option<&Path>) -> UpgradeView {
+pub async fn upgrade(host: &mut HostProcess, binary: Option<&Path>) -> UpgradeView {
     let body = serde_json::json!({ "binary": binary });
     let response = request(host.admin, "POST", "/api/upgrade", body.to_string().as_bytes(), None)
         .await

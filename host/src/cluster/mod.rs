@@ -55,6 +55,9 @@ use members::{Members, NodeInfo, Owned, Owner, OwnerMap, bucket, owner_key};
 use owner::{Peer, PeerId, Relay, RelayTo};
 use wire::{Body, Envelope};
 
+/// A peer's key: the edge node, its incarnation, the tenant, the plugin.
+type PeerKey = (String, u64, String, String);
+
 /// This host as a node of a cluster.
 pub struct Cluster {
     /// This node's name.
@@ -71,7 +74,7 @@ pub struct Cluster {
     config: Arc<Config>,
     addrs: (String, String),
     proxies: Mutex<HashMap<(String, String), Proxy>>,
-    peers: Mutex<HashMap<(String, u64, String, String), Arc<Peer>>>,
+    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
     /// NATS is reachable.
     connected: AtomicBool,
     /// This node could not renew its liveness key for long enough that
@@ -124,6 +127,7 @@ impl Cluster {
         deployer: &crate::deploy::Deployer,
         addrs: (String, String),
         sessions: impl Fn() -> usize + Send + Sync + 'static,
+        taking_over: bool,
     ) -> anyhow::Result<Arc<Cluster>> {
         let settings = &config.cluster;
         let (Some(url), Some(node)) = (&settings.nats_url, &settings.node) else {
@@ -164,7 +168,15 @@ impl Cluster {
         let starts = bucket(&js, "baton_starts", Duration::ZERO)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the NATS bucket baton_starts: {e}"))?;
-        let incarnation = rand_u64();
+        // A process taking over from the old one by `baton upgrade` is the
+        // same incarnation of the node: what it owns stays its own.
+        let kept = config.data_dir.join("cluster-incarnation");
+        let inherited = match taking_over {
+            true => std::fs::read_to_string(&kept).ok().and_then(|s| s.trim().parse().ok()),
+            false => None,
+        };
+        let incarnation = inherited.unwrap_or_else(rand_u64);
+        std::fs::write(&kept, incarnation.to_string())?;
         let start = starts
             .put(node, incarnation.to_string().into())
             .await
@@ -200,6 +212,11 @@ impl Cluster {
             moving: Mutex::new(Default::default()),
             last_renewed: Mutex::new(Instant::now()),
         });
+        if taking_over {
+            // The tenants handed over keep the records this node holds: read
+            // them before they are installed.
+            cluster.load_records().await?;
+        }
         cluster.renew(sessions()).await?;
         tracing::info!(node = %cluster.node, incarnation = cluster.incarnation, "joined the cluster");
 
@@ -248,6 +265,26 @@ impl Cluster {
         }
     }
 
+    async fn load_records(&self) -> anyhow::Result<()> {
+        let mut keys = self.owners.keys().await?;
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if let Some(owned) = self.fetch(&key).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                self.records.put(&key, owned);
+            }
+        }
+        Ok(())
+    }
+
+    /// The ownership record revision this node holds for (tenant, plugin),
+    /// or 0.
+    pub fn lease_of(&self, tenant: &str, plugin: &str) -> u64 {
+        self.records
+            .get(&owner_key(tenant, plugin))
+            .filter(|o| self.is_me(&o.owner))
+            .map_or(0, |o| o.revision)
+    }
+
     fn is_me(&self, owner: &Owner) -> bool {
         owner.node == self.node && owner.incarnation == self.incarnation
     }
@@ -267,7 +304,13 @@ impl Cluster {
         for _ in 0..5 {
             let known = match self.records.get(&key) {
                 Some(owned) => Some(owned),
-                None => self.fetch(&key).await?,
+                None => {
+                    let fetched = self.fetch(&key).await?;
+                    if let Some(owned) = &fetched {
+                        self.records.put(&key, owned.clone());
+                    }
+                    fetched
+                }
             };
             match known {
                 Some(owned)
@@ -416,7 +459,7 @@ impl Cluster {
         self.proxies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_peers(&self) -> MutexGuard<'_, HashMap<(String, u64, String, String), Arc<Peer>>> {
+    fn lock_peers(&self) -> MutexGuard<'_, HashMap<PeerKey, Arc<Peer>>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -446,6 +489,13 @@ impl Cluster {
         let peer = self.lock_peers().get(&key).filter(|p| !p.is_closed()).cloned();
         let peer = match peer {
             Some(peer) => peer,
+            // Mid-stream from an edge this process has no stream with (it
+            // took over from another process by `baton upgrade`, or lost
+            // the peer): the edge's sessions end (1012) and connect again.
+            None if !matches!(envelope.body, Body::Connect { .. } | Body::Http { .. }) => {
+                self.moved(&envelope).await;
+                return;
+            }
             None => match self.new_peer(&envelope).await {
                 Some(peer) => {
                     self.lock_peers().insert(key, peer.clone());
@@ -790,7 +840,8 @@ async fn watch_nodes(cluster: std::sync::Weak<Cluster>) {
 async fn watch_owners(cluster: std::sync::Weak<Cluster>) {
     loop {
         let Some(strong) = cluster.upgrade() else { return };
-        let watch = strong.owners.watch_all().await;
+        // With history: the records written before this node joined too.
+        let watch = strong.owners.watch_with_history(">").await;
         drop(strong);
         let Ok(mut watch) = watch else {
             tokio::time::sleep(Duration::from_secs(1)).await;

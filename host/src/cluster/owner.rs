@@ -313,7 +313,8 @@ async fn serve(
                 });
             }
             Body::Frame { session, frame } => {
-                if !mailbox.deliver(session, frame).await {
+                let delivered = mailbox.deliver(session, frame).await;
+                if !delivered {
                     break;
                 }
             }

@@ -88,7 +88,7 @@ impl ClusterConfig {
                 self.subject_prefix
             ));
         }
-        if self.subscription_capacity < 1024 || !(self.load_guard >= 1.0) {
+        if self.subscription_capacity < 1024 || self.load_guard.is_nan() || self.load_guard < 1.0 {
             return Some(
                 "cluster.subscription_capacity must be at least 1024 and cluster.load_guard at least 1".into(),
             );

@@ -277,7 +277,7 @@ impl<'a> Cutover<'a> {
         let (quiet, mut quieted) = mpsc::unbounded_channel();
         let mut waiting: HashSet<SessionId> = HashSet::new();
         for tenant in self.giver.tenants.all() {
-            for link in tenant.shared().links() {
+            for link in tenant.shared().local_links() {
                 waiting.insert(link.id());
                 link.hand_over(Handover::Quiesce(quiet.clone()));
             }
@@ -345,13 +345,16 @@ impl<'a> Cutover<'a> {
         }
 
         // 4. Every session writes what is queued and parks.
+        // (Sessions whose sockets other nodes of a cluster hold have no
+        // socket here to hand over.)
+        let local = self.open_sessions();
         let mut waiting: HashSet<SessionId> = tenants
             .iter()
             .flat_map(|t| t.sessions.iter().map(|(id, _)| *id))
-            .filter(|id| !self.gone.contains(id))
+            .filter(|id| !self.gone.contains(id) && local.contains(id))
             .collect();
         for tenant in self.giver.tenants.all() {
-            for link in tenant.shared().links() {
+            for link in tenant.shared().local_links() {
                 link.hand_over(Handover::Yield);
             }
         }
@@ -427,7 +430,7 @@ impl<'a> Cutover<'a> {
         let tenants = self.giver.tenants.all();
         tenants
             .iter()
-            .flat_map(|t| t.shared().links())
+            .flat_map(|t| t.shared().local_links())
             .map(|l| l.id())
             .collect()
     }
@@ -439,7 +442,7 @@ impl<'a> Cutover<'a> {
             "sessions whose clients do not read could not pause; closing them with 1012"
         );
         for tenant in self.giver.tenants.all() {
-            for link in tenant.shared().links().iter().filter(|l| ids.contains(&l.id())) {
+            for link in tenant.shared().local_links().iter().filter(|l| ids.contains(&l.id())) {
                 link.stop(crate::error::close::SERVICE_RESTART, "server restarting");
             }
         }
@@ -468,7 +471,7 @@ impl<'a> Cutover<'a> {
             tracing::error!("cannot reopen the storage after the handover was called off: {e}");
         }
         for tenant in self.giver.tenants.all() {
-            for link in tenant.shared().links() {
+            for link in tenant.shared().local_links() {
                 link.hand_over(Handover::Off);
             }
         }

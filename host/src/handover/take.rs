@@ -218,11 +218,14 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
             outboxes.insert(id, outbox);
             link
         };
+        // In a cluster, the ownership record this node holds (the new process
+        // is the same incarnation of the node).
+        let lease = clients.cluster.as_ref().map_or(0, |c| c.lease_of(&name, &plugin));
         let handle = clients
             .opener
             .tenants
             .get_or_spawn(&plugin, &name, || {
-                Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env, 0))
+                Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env, lease))
             })
             .unwrap_or_else(|never| match never {});
         for id in ids {

@@ -208,6 +208,16 @@ impl TenantShared {
             .collect()
     }
 
+    /// The links of the open sessions whose sockets this process holds.
+    pub fn local_links(&self) -> Vec<SessionLink> {
+        self.state()
+            .sessions
+            .values()
+            .filter(|e| e.link.remote_route().is_none())
+            .map(|e| e.link.clone())
+            .collect()
+    }
+
     /// The links of every open session.
     pub fn links(&self) -> Vec<SessionLink> {
         self.state().sessions.values().map(|e| e.link.clone()).collect()
