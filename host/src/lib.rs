@@ -303,6 +303,9 @@ async fn host(
     initial_scan.abort();
     signal_task.inspect(tokio::task::JoinHandle::abort);
     if handed {
+        if let Some(cluster) = &cluster {
+            cluster.silence();
+        }
         // Everything lives on in the new process: close nothing, keep nothing.
         for task in [watcher, client_task, admin_task, trim_task, upgrade_task] {
             task.abort();

@@ -117,6 +117,9 @@ struct Task<N: Node> {
     /// is held until the move is confirmed.
     paused: Option<Instant>,
     early: Vec<Envelope>,
+    /// The owner said it does not own the tenant: nothing more goes to it
+    /// (the sessions' disconnects included: it does not know them).
+    moved_away: bool,
 }
 
 /// How long an edge waits, paused, for the move to be confirmed or called
@@ -166,6 +169,7 @@ impl Proxy {
             expected: 1,
             paused: None,
             early: Vec::new(),
+            moved_away: false,
         };
         tokio::spawn(task.run(queued, commands, heard, shared));
         Proxy { handle, news }
@@ -286,6 +290,9 @@ impl<N: Node> Task<N> {
         let Target::Remote { owned, subject } = &self.target else {
             return;
         };
+        if self.moved_away {
+            return;
+        }
         self.sent += 1;
         let (client, node, incarnation) = self.node.client();
         let envelope = Envelope {
@@ -309,7 +316,10 @@ impl<N: Node> Task<N> {
         while let Some(envelope) = heard.pop_front() {
             match self.message(envelope) {
                 Handled::Done => {}
-                Handled::Gone => return true,
+                Handled::Gone => {
+                    self.moved_away = true;
+                    return true;
+                }
                 Handled::Pause => self.send(Body::Paused).await,
                 Handled::Replay(early) => heard.extend(early),
             }

@@ -37,7 +37,7 @@ pub mod moves;
 pub mod owner;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -45,13 +45,17 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::error::{Rejection, close};
+use crate::session::link::{SessionId, SessionLink};
+use crate::tenant::Verdict;
+use crate::tenant::record::StateRecord;
 use crate::tenant::{Command, Opener, TenantHandle, TenantShared};
 use edge::{News, Proxy, Target};
 use members::{Members, NodeInfo, Owned, Owner, OwnerMap, bucket, owner_key};
+use moves::{Arrival, Arrived, DrainView, PAUSE_WITHIN};
 use owner::{Peer, PeerId, Relay, RelayTo};
 use wire::{Body, Envelope};
 
@@ -82,6 +86,8 @@ pub struct Cluster {
     fenced: AtomicBool,
     /// Drained: new tenants go to other nodes.
     draining: AtomicBool,
+    /// Handed over to a new process (`baton upgrade`): it reads nothing more.
+    silenced: AtomicBool,
     /// Tenants (`tenant.plugin`) moving away from this node right now: the
     /// new ownership record is this node's own doing, not a loss.
     moving: Mutex<std::collections::HashSet<String>>,
@@ -209,6 +215,7 @@ impl Cluster {
             connected: AtomicBool::new(true),
             fenced: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            silenced: AtomicBool::new(false),
             moving: Mutex::new(Default::default()),
             last_renewed: Mutex::new(Instant::now()),
         });
@@ -228,7 +235,7 @@ impl Cluster {
             }
         });
         tokio::spawn(dispatch(Arc::downgrade(&cluster), inbox));
-        tokio::spawn(moves::serve(Arc::downgrade(&cluster), moves));
+        tokio::spawn(serve_moves(Arc::downgrade(&cluster), moves));
         tokio::spawn(watch_nodes(Arc::downgrade(&cluster)));
         tokio::spawn(watch_owners(Arc::downgrade(&cluster)));
         tokio::spawn(keep_alive(Arc::downgrade(&cluster), Box::new(sessions)));
@@ -706,6 +713,12 @@ impl Cluster {
         tracing::info!("left the cluster");
     }
 
+    /// This process handed everything to a new one (`baton upgrade`), which
+    /// reads the same subject: this one takes no message any more.
+    pub fn silence(&self) {
+        self.silenced.store(true, Ordering::Relaxed);
+    }
+
     /// Stops every forwarded session (shutdown); the owners hear them leave.
     pub fn close_forwarded(&self) {
         for proxy in self.lock_proxies().values() {
@@ -786,10 +799,296 @@ impl edge::Node for Cluster {
     }
 }
 
+// Moves (see `moves.rs`).
+impl Cluster {
+    /// Moves every tenant this node owns to the other live nodes, least
+    /// loaded first; from now on, new tenants go elsewhere too.
+    pub async fn drain(self: &Arc<Self>) -> DrainView {
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut view = DrainView {
+            node: self.node.clone(),
+            ..DrainView::default()
+        };
+        for (key, _) in self.records.keys_of(&self.node, self.incarnation) {
+            let Some((tenant, plugin)) = key.split_once('.') else {
+                continue;
+            };
+            let Some(target) = self.elsewhere() else {
+                view.failed.push((key.clone(), "no other live node".into()));
+                continue;
+            };
+            match self.move_tenant(tenant, plugin, &target).await {
+                Ok(()) => view.moved.push((key.clone(), target.0.clone())),
+                Err(why) => {
+                    tracing::warn!(tenant, plugin, to = %target.0, "the tenant could not move: {why}");
+                    view.failed.push((key.clone(), why));
+                }
+            }
+        }
+        tracing::info!(moved = view.moved.len(), failed = view.failed.len(), "drained");
+        view
+    }
+
+    /// The live node other than this one owning the fewest tenants.
+    fn elsewhere(&self) -> Option<(String, u64)> {
+        let counts = self.records.owned_by();
+        self.members
+            .live()
+            .into_iter()
+            .filter(|(node, _)| node != &self.node)
+            .min_by_key(|(node, _)| counts.get(node).copied().unwrap_or(0))
+            .map(|(node, info)| (node, info.incarnation))
+    }
+
+    /// Moves (tenant, plugin), owned here, to `target` live.
+    pub async fn move_tenant(
+        self: &Arc<Self>,
+        tenant: &str,
+        plugin: &str,
+        target: &(String, u64),
+    ) -> Result<(), String> {
+        let key = owner_key(tenant, plugin);
+        self.moving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
+        let moved = self.move_now(tenant, plugin, target).await;
+        self.moving.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        moved
+    }
+
+    async fn move_now(self: &Arc<Self>, tenant: &str, plugin: &str, target: &(String, u64)) -> Result<(), String> {
+        let key = owner_key(tenant, plugin);
+        let owned = self
+            .records
+            .get(&key)
+            .filter(|o| self.is_me(&o.owner))
+            .ok_or("this node does not own the tenant")?;
+        let Some(handle) = self.opener.tenants.get(plugin, tenant) else {
+            // No task: nothing to carry; the record goes, the next session
+            // anywhere takes the tenant.
+            let _ = self.owners.delete_expect_revision(&key, Some(owned.revision)).await;
+            return Ok(());
+        };
+        let peers: Vec<Arc<Peer>> = self
+            .lock_peers()
+            .iter()
+            .filter(|((_, _, t, p), _)| t == tenant && p == plugin)
+            .map(|(_, peer)| peer.clone())
+            .collect();
+        let edge_of: HashMap<SessionId, (String, u64)> = self
+            .lock_peers()
+            .iter()
+            .filter(|((_, _, t, p), _)| t == tenant && p == plugin)
+            .flat_map(|((edge, inc, _, _), peer)| peer.session_ids().into_iter().map(|s| (s, (edge.clone(), *inc))))
+            .collect();
+
+        // 1. The edges pause.
+        let pauses: Vec<_> = peers.iter().map(|peer| peer.pause()).collect();
+        let paused = tokio::time::timeout(PAUSE_WITHIN, futures_util::future::join_all(pauses)).await;
+        if paused.is_err() {
+            for peer in &peers {
+                peer.moved(None);
+            }
+            return Err("the tenant's edges did not pause in time".into());
+        }
+
+        // 2. The task hands over.
+        let (reply, record) = oneshot::channel();
+        let (verdict_tx, verdict) = oneshot::channel();
+        if handle
+            .mailbox()
+            .send(Command::Handover { reply, verdict })
+            .await
+            .is_err()
+        {
+            return self.call_off(&peers, None, "the tenant's task ended").await;
+        }
+        let Ok(record) = record.await else {
+            return self.call_off(&peers, None, "the tenant's task did not hand over").await;
+        };
+        let edges = record
+            .sessions
+            .iter()
+            .map(|(id, _)| {
+                let (node, incarnation) = edge_of
+                    .get(id)
+                    .cloned()
+                    .unwrap_or((self.node.clone(), self.incarnation));
+                (*id, node, incarnation)
+            })
+            .collect();
+        let arrival = Arrival {
+            record,
+            from_revision: owned.revision,
+            edges,
+        };
+
+        // 3. The target takes it.
+        let payload = serde_json::to_vec(&arrival).map_err(|e| e.to_string())?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.client
+                .request(format!("{}.ctl.{}", self.prefix, target.0), payload.into()),
+        )
+        .await;
+        let arrived: Arrived = match answer {
+            Ok(Ok(message)) => serde_json::from_slice(&message.payload).unwrap_or_else(|e| Err(e.to_string())),
+            Ok(Err(e)) => Err(format!("cannot reach {}: {e}", target.0)),
+            Err(_) => Err(format!("{} did not answer in time", target.0)),
+        };
+        let revision = match arrived {
+            Ok(revision) => revision,
+            Err(why) => return self.call_off(&peers, Some(verdict_tx), &why).await,
+        };
+
+        // 4. The old task's mailbox goes to a stand-in; the edges follow.
+        let owned = Owned {
+            owner: Owner {
+                node: target.0.clone(),
+                incarnation: target.1,
+                since_ms: crate::clock::unix_ms(),
+            },
+            revision,
+        };
+        self.records.put(&key, owned.clone());
+        let local = handle.shared().local_sessions();
+        let (mailbox_tx, mailbox) = oneshot::channel();
+        let _ = verdict_tx.send(Verdict::Moved(mailbox_tx));
+        let mailbox = mailbox
+            .await
+            .map_err(|_| "the tenant's task ended before handing its mailbox on")?;
+        let subject = self.subject(&target.0);
+        let proxy = Proxy::take_over(self.clone(), handle, Target::Remote { owned, subject }, mailbox, local);
+        self.lock_proxies()
+            .insert((tenant.to_owned(), plugin.to_owned()), proxy);
+        for peer in &peers {
+            peer.moved(Some((target.0.clone(), target.1, revision)));
+        }
+        self.lock_peers()
+            .retain(|(_, _, t, p), _| !(t == tenant && p == plugin));
+        tracing::info!(tenant, plugin, to = %target.0, "moved the tenant");
+        Ok(())
+    }
+
+    async fn call_off(
+        &self,
+        peers: &[Arc<Peer>],
+        verdict: Option<oneshot::Sender<Verdict>>,
+        why: &str,
+    ) -> Result<(), String> {
+        if let Some(verdict) = verdict {
+            let _ = verdict.send(Verdict::CalledOff);
+        }
+        for peer in peers {
+            peer.moved(None);
+        }
+        Err(why.to_owned())
+    }
+
+    /// Takes a tenant another node moves here.
+    pub async fn arrive(self: &Arc<Self>, arrival: Arrival) -> Arrived {
+        let Arrival {
+            record,
+            from_revision,
+            edges,
+        } = arrival;
+        let (tenant, plugin) = (record.tenant.clone(), record.plugin.clone());
+        let entry = self
+            .opener
+            .registry
+            .deployed(&plugin)
+            .ok_or_else(|| format!("{plugin} is not deployed here"))?;
+        let version = match &record.state {
+            StateRecord::Live { version, .. } => {
+                let current = entry.current().filter(|v| v.id.hex() == *version);
+                Some(current.ok_or_else(|| format!("the tenant runs a version of {plugin} that is not current here"))?)
+            }
+            _ => None,
+        };
+        if self.opener.tenants.get(&plugin, &tenant).is_some() {
+            return Err("the tenant already runs here".into());
+        }
+        let key = owner_key(&tenant, &plugin);
+        let owned = self
+            .write_owner(&key, self.me(), Some(from_revision))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the ownership record changed meanwhile")?;
+        // A relay per edge, which the sessions' links push into.
+        let mut relays: HashMap<(String, u64), (Arc<Relay>, HashSet<SessionId>)> = HashMap::new();
+        let mut edge_of: HashMap<SessionId, (String, u64)> = HashMap::new();
+        for (session, node, incarnation) in edges {
+            let relay = relays.entry((node.clone(), incarnation)).or_insert_with(|| {
+                let id = PeerId {
+                    edge: node.clone(),
+                    tenant: tenant.clone(),
+                    plugin: plugin.clone(),
+                };
+                (Relay::start(&id, self.relay_to(&node, owned.revision)), HashSet::new())
+            });
+            relay.1.insert(session);
+            edge_of.insert(session, (node, incarnation));
+        }
+        let link = |session: SessionId| -> SessionLink {
+            let edge = edge_of.get(&session).cloned().unwrap_or_default();
+            match relays.get(&edge) {
+                Some((relay, _)) => SessionLink::remote(session, relay.clone()),
+                // Not reachable: every session came with its edge.
+                None => SessionLink::remote(session, relays.values().next().map(|r| r.0.clone()).expect("an edge")),
+            }
+        };
+        let env = self.opener.env.clone();
+        let handle = self
+            .opener
+            .tenants
+            .get_or_spawn(&plugin, &tenant, || {
+                Ok::<_, std::convert::Infallible>(crate::tenant::adopt(
+                    entry.clone(),
+                    record,
+                    version,
+                    link,
+                    env,
+                    owned.revision,
+                ))
+            })
+            .unwrap_or_else(|never| match never {});
+        for ((node, incarnation), (relay, sessions)) in relays {
+            let id = PeerId {
+                edge: node.clone(),
+                tenant: tenant.clone(),
+                plugin: plugin.clone(),
+            };
+            let peer = Arc::new(Peer::start(id, relay, handle.clone(), sessions));
+            self.lock_peers()
+                .insert((node, incarnation, tenant.clone(), plugin.clone()), peer);
+        }
+        tracing::info!(tenant, plugin, revision = owned.revision, "a tenant moved here");
+        Ok(owned.revision)
+    }
+}
+
+/// Answers the moves other nodes send this one.
+async fn serve_moves(cluster: std::sync::Weak<Cluster>, mut requests: async_nats::Subscriber) {
+    while let Some(message) = requests.next().await {
+        let Some(cluster) = cluster.upgrade() else { return };
+        let Some(reply) = message.reply.clone() else { continue };
+        let arrived: Arrived = match serde_json::from_slice::<Arrival>(&message.payload) {
+            Ok(arrival) => cluster.arrive(arrival).await,
+            Err(e) => Err(format!("malformed move: {e}")),
+        };
+        let answer = serde_json::to_vec(&arrived).unwrap_or_default();
+        let _ = cluster.client.publish(reply, answer.into()).await;
+    }
+}
+
 /// Reads this node's subscription, in order.
 async fn dispatch(cluster: std::sync::Weak<Cluster>, mut inbox: async_nats::Subscriber) {
     while let Some(message) = inbox.next().await {
         let Some(cluster) = cluster.upgrade() else { return };
+        if cluster.silenced.load(Ordering::Relaxed) {
+            continue;
+        }
         match Envelope::decode(message.payload) {
             Ok(envelope) => cluster.received(envelope).await,
             Err(e) => tracing::warn!("ignored a message on the cluster subject: {e}"),
@@ -797,16 +1096,29 @@ async fn dispatch(cluster: std::sync::Weak<Cluster>, mut inbox: async_nats::Subs
     }
 }
 
+/// A watch of the bucket `of` picks (with each key's last entry first, when
+/// `history`), retried until it opens; `None` once the cluster is gone. A
+/// watch that ended is opened again after a pause.
+async fn watch(cluster: &std::sync::Weak<Cluster>, of: fn(&Cluster) -> &kv::Store, history: bool) -> Option<kv::Watch> {
+    let mut first = true;
+    loop {
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let strong = cluster.upgrade()?;
+        let opened = match history {
+            true => of(&strong).watch_with_history(">").await,
+            false => of(&strong).watch_all().await,
+        };
+        if let Ok(watch) = opened {
+            return Some(watch);
+        }
+    }
+}
+
 /// Follows the liveness keys: renewals, restarts, departures.
 async fn watch_nodes(cluster: std::sync::Weak<Cluster>) {
-    loop {
-        let Some(strong) = cluster.upgrade() else { return };
-        let watch = strong.nodes.watch_all().await;
-        drop(strong);
-        let Ok(mut watch) = watch else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
+    while let Some(mut watch) = watch(&cluster, |c| &c.nodes, false).await {
         while let Some(entry) = watch.next().await {
             let Some(cluster) = cluster.upgrade() else { return };
             let Ok(entry) = entry else { break };
@@ -815,13 +1127,11 @@ async fn watch_nodes(cluster: std::sync::Weak<Cluster>) {
                     let Ok(info) = serde_json::from_slice::<NodeInfo>(&entry.value) else {
                         continue;
                     };
-                    let incarnation = info.incarnation;
                     if let Some(old) = cluster.members.saw(&entry.key, info)
                         && !(entry.key == cluster.node && old == cluster.incarnation)
                     {
                         cluster.down(&entry.key, old).await;
                     }
-                    let _ = incarnation;
                 }
                 kv::Operation::Delete | kv::Operation::Purge => {
                     if entry.key != cluster.node
@@ -832,21 +1142,13 @@ async fn watch_nodes(cluster: std::sync::Weak<Cluster>) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Follows the ownership records.
 async fn watch_owners(cluster: std::sync::Weak<Cluster>) {
-    loop {
-        let Some(strong) = cluster.upgrade() else { return };
-        // With history: the records written before this node joined too.
-        let watch = strong.owners.watch_with_history(">").await;
-        drop(strong);
-        let Ok(mut watch) = watch else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
+    // With history: the records written before this node joined too.
+    while let Some(mut watch) = watch(&cluster, |c| &c.owners, true).await {
         while let Some(entry) = watch.next().await {
             let Some(cluster) = cluster.upgrade() else { return };
             let Ok(entry) = entry else { break };
@@ -872,7 +1174,6 @@ async fn watch_owners(cluster: std::sync::Weak<Cluster>) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

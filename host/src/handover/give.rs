@@ -21,7 +21,8 @@ use crate::registry::Registry;
 use crate::server::{Clients, ParkedSession, Parking};
 use crate::session::link::{self, Handover, SessionId};
 use crate::storage::Storage;
-use crate::tenant::record::{TenantRecord, Verdict};
+use crate::tenant::Verdict;
+use crate::tenant::record::TenantRecord;
 use crate::tenant::{Command, Tenants};
 
 /// Sessions per message (below the kernel's 253 descriptors).

@@ -20,8 +20,9 @@ use crate::instance::Trap;
 use crate::registry::PluginEntry;
 use crate::tenant::env::TenantEnv;
 use crate::tenant::incidents::Incidents;
+use crate::tenant::mailbox::Verdict;
 use crate::tenant::mailbox::{Command, TenantHandle};
-use crate::tenant::record::{TenantRecord, Verdict};
+use crate::tenant::record::TenantRecord;
 use crate::tenant::slot::{Failure, Refusal, Slot, Up};
 use crate::tenant::state::{Status, TenantShared};
 use crate::version::Version;
@@ -156,7 +157,7 @@ pub(super) enum End {
     /// Its data is being deleted: nothing is kept; `done` is answered.
     Erased(oneshot::Sender<()>),
     /// It moved to another node: its mailbox goes on, unanswered.
-    Moved(oneshot::Sender<super::record::Mailbox>),
+    Moved(oneshot::Sender<super::mailbox::MovedMailbox>),
 }
 
 /// What the task does next.

@@ -11,7 +11,8 @@ use crate::error::Rejection;
 use crate::session::Inbound;
 use crate::tenant::actor::{Actor, End};
 use crate::tenant::mailbox::Command;
-use crate::tenant::record::{StateRecord, TenantRecord, Verdict};
+use crate::tenant::mailbox::Verdict;
+use crate::tenant::record::{StateRecord, TenantRecord};
 
 /// How long a removed plugin's tenant waits for its closed sessions to
 /// disconnect before it ends anyway.

@@ -14,8 +14,24 @@ use crate::bindings::{ConnectRequest, HttpRequest, HttpResponse};
 use crate::error::Rejection;
 use crate::session::link::SessionLink;
 use crate::session::{Inbound, Mailbox};
-use crate::tenant::record::{TenantRecord, Verdict};
+use crate::tenant::record::TenantRecord;
 use crate::tenant::state::TenantShared;
+
+/// How a handover ended, for the old process's tenant tasks.
+pub enum Verdict {
+    /// Another node of the cluster has the tenant: the task ends, keeping
+    /// nothing, and hands its mailbox (with what is queued, in order) to
+    /// whoever forwards to the new owner.
+    Moved(tokio::sync::oneshot::Sender<MovedMailbox>),
+    /// The new process has the tenant: the task ends, keeping nothing.
+    TookOver,
+    /// The handover was called off: the task serves on.
+    CalledOff,
+}
+
+/// A tenant task's mailbox, handed on when the tenant moves to another node:
+/// the commands still queued, then the receiver.
+pub type MovedMailbox = (Vec<Command>, tokio::sync::mpsc::Receiver<Command>);
 
 /// A request to a tenant's task.
 pub enum Command {

@@ -85,6 +85,6 @@ mod supervisor;
 pub use actor::adopt;
 pub use directory::Tenants;
 pub use env::{Report, TenantEnv};
-pub use mailbox::{Command, TenantHandle};
+pub use mailbox::{Command, TenantHandle, Verdict};
 pub use open::Opener;
 pub use state::{Status, TenantShared};

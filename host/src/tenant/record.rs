@@ -17,25 +17,6 @@ use crate::tenant::state::{SessionEntry, TenantShared, TenantState};
 use crate::timers::Timers;
 use crate::topics::Topics;
 
-/// How a handover ended, for the old process's tenant tasks.
-pub enum Verdict {
-    /// Another node of the cluster has the tenant: the task ends, keeping
-    /// nothing, and hands its mailbox (with what is queued, in order) to
-    /// whoever forwards to the new owner.
-    Moved(tokio::sync::oneshot::Sender<Mailbox>),
-    /// The new process has the tenant: the task ends, keeping nothing.
-    TookOver,
-    /// The handover was called off: the task serves on.
-    CalledOff,
-}
-
-/// A tenant task's mailbox, handed on when the tenant moves to another node:
-/// the commands still queued, then the receiver.
-pub type Mailbox = (
-    Vec<crate::tenant::Command>,
-    tokio::sync::mpsc::Receiver<crate::tenant::Command>,
-);
-
 /// One tenant of one plugin, handed over.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantRecord {
