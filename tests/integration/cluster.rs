@@ -491,7 +491,8 @@ fn disconnect_message(tenant: &str, seq: u64) -> bytes::Bytes {
         out.extend((s.len() as u16).to_be_bytes());
         out.extend(s.as_bytes());
     }
-    for n in [1u64, 1, seq] {
+    // incarnation, start, token, seq
+    for n in [1u64, 1, 1, seq] {
         out.extend(n.to_be_bytes());
     }
     out.push(3);

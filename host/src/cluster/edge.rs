@@ -56,8 +56,11 @@ pub trait Node: Send + Sync + 'static {
         plugin: &str,
         dead: Owned,
     ) -> impl std::future::Future<Output = Result<Target, Rejection>> + Send;
-    /// The NATS connection, this node's name and incarnation.
-    fn client(&self) -> (&async_nats::Client, &str, u64);
+    /// The NATS connection, this node's name, incarnation and process
+    /// start number.
+    fn client(&self) -> (&async_nats::Client, &str, u64, u64);
+    /// The start number of `node`'s live process (0: not known).
+    fn start_of(&self, node: &str) -> u64;
     /// The subject of `node`.
     fn subject_of(&self, node: &str) -> String;
     /// New sessions of (tenant, plugin) should not come to this proxy (it
@@ -120,6 +123,8 @@ struct Task<N: Node> {
     /// The owner said it does not own the tenant: nothing more goes to it
     /// (the sessions' disconnects included: it does not know them).
     moved_away: bool,
+    /// The start number of the owner's process this proxy follows.
+    owner_start: u64,
 }
 
 /// How long an edge waits, paused, for the move to be confirmed or called
@@ -154,7 +159,7 @@ impl Proxy {
     ) -> Proxy {
         let shared = handle.shared().clone();
         let (news, heard) = mpsc::unbounded_channel();
-        let task = Task {
+        let mut task = Task {
             node,
             tenant: shared.name.clone(),
             plugin: shared.plugin.clone(),
@@ -170,13 +175,23 @@ impl Proxy {
             paused: None,
             early: Vec::new(),
             moved_away: false,
+            owner_start: 0,
         };
+        task.owner_start = task.target_start();
         tokio::spawn(task.run(queued, commands, heard, shared));
         Proxy { handle, news }
     }
 }
 
 impl<N: Node> Task<N> {
+    /// The start number of the target's live process, as the node knows it.
+    fn target_start(&self) -> u64 {
+        match &self.target {
+            Target::Remote { owned, .. } => self.node.start_of(&owned.owner.node),
+            Target::Local(_) => 0,
+        }
+    }
+
     async fn run(
         mut self,
         queued: Vec<Command>,
@@ -294,12 +309,13 @@ impl<N: Node> Task<N> {
             return;
         }
         self.sent += 1;
-        let (client, node, incarnation) = self.node.client();
+        let (client, node, incarnation, start) = self.node.client();
         let envelope = Envelope {
             tenant: self.tenant.clone(),
             plugin: self.plugin.clone(),
             node: node.to_owned(),
             incarnation,
+            start,
             token: owned.revision,
             seq: self.sent,
             body,
@@ -340,6 +356,31 @@ impl<N: Node> Task<N> {
             );
             return Handled::Gone;
         }
+        // From a process of the owner that handed over to a newer one (`baton
+        // upgrade`), which took the same subject: not this stream.
+        if envelope.start < self.owner_start {
+            return Handled::Done;
+        }
+        if envelope.start > self.owner_start && self.owner_start != 0 {
+            // The owner's process was replaced (`baton upgrade`): what the old
+            // one held for the sessions connected through it is gone, so
+            // they end (1012); a connect the new one answers is its own.
+            let answering: std::collections::HashSet<SessionId> = self
+                .pending
+                .values()
+                .filter_map(|(pending, _)| match pending {
+                    Pending::Connect(session, Some(_)) => Some(*session),
+                    _ => None,
+                })
+                .collect();
+            for (session, (link, _)) in &self.links {
+                if !answering.contains(session) {
+                    link.stop(close::SERVICE_RESTART, "the tenant's node restarted; connect again");
+                }
+            }
+            self.expected = envelope.seq;
+        }
+        self.owner_start = envelope.start;
         if envelope.token != owned.revision {
             // From the owner the tenant is moving to (held until the move is
             // confirmed), or from one this proxy no longer follows.
@@ -397,6 +438,7 @@ impl<N: Node> Task<N> {
                 tracing::info!(tenant = %self.tenant, to = %owned.owner.node, "the tenant moved: following it");
                 let subject = self.node.subject_of(&owned.owner.node);
                 self.target = Target::Remote { owned, subject };
+                self.owner_start = self.target_start();
                 self.sent = 0;
                 self.expected = 1;
                 return Handled::Replay(std::mem::take(&mut self.early));
@@ -452,6 +494,7 @@ impl<N: Node> Task<N> {
             }
         };
         self.target = target;
+        self.owner_start = self.target_start();
         self.sent = 0;
         self.expected = 1;
         let sessions: Vec<(SessionId, SessionLink, ConnectRequest)> = self

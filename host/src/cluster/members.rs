@@ -35,6 +35,9 @@ pub struct NodeInfo {
     pub admin_addr: String,
     /// When it started (Unix ms).
     pub started_ms: u64,
+    /// Its process's start number (`baton_starts`).
+    #[serde(default)]
+    pub start: u64,
     /// Open sessions on it (as an edge).
     pub sessions: usize,
     /// Tenants it owns.
@@ -153,6 +156,11 @@ impl Members {
         down
     }
 
+    /// The start number of `node`'s live process, if seen.
+    pub fn start_of(&self, node: &str) -> Option<u64> {
+        self.seen().get(node).map(|s| s.info.start)
+    }
+
     /// Forgets `node` at once (it said it leaves).
     pub fn left(&self, node: &str) -> Option<u64> {
         self.seen().remove(node).map(|s| s.info.incarnation)
@@ -253,6 +261,7 @@ mod tests {
             client_addr: String::new(),
             admin_addr: String::new(),
             started_ms: 0,
+            start: 0,
             sessions: 0,
             owned: 0,
         }

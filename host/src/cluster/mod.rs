@@ -68,6 +68,8 @@ pub struct Cluster {
     pub node: String,
     /// This start of it.
     pub incarnation: u64,
+    /// This process's start number (`baton_starts`).
+    start: u64,
     prefix: String,
     client: async_nats::Client,
     nodes: kv::Store,
@@ -201,6 +203,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node: node.clone(),
             incarnation,
+            start,
             prefix,
             client,
             nodes,
@@ -555,7 +558,7 @@ impl Cluster {
         RelayTo {
             client: self.client.clone(),
             edge_subject: self.subject(edge),
-            node: (self.node.clone(), self.incarnation),
+            node: (self.node.clone(), self.incarnation, self.start),
             token,
         }
     }
@@ -567,6 +570,7 @@ impl Cluster {
             plugin: envelope.plugin.clone(),
             node: self.node.clone(),
             incarnation: self.incarnation,
+            start: self.start,
             token: 0,
             seq: 0,
             body: Body::Moved,
@@ -582,6 +586,7 @@ impl Cluster {
             plugin: envelope.plugin.clone(),
             node: self.node.clone(),
             incarnation: self.incarnation,
+            start: self.start,
             token,
             seq: 1,
             body: Body::Reply {
@@ -636,6 +641,7 @@ impl Cluster {
             client_addr: self.addrs.0.clone(),
             admin_addr: self.addrs.1.clone(),
             started_ms: crate::clock::started_ms(),
+            start: self.start,
             sessions,
             owned,
         };
@@ -779,8 +785,12 @@ impl edge::Node for Cluster {
         Ok(Target::Remote { owned, subject })
     }
 
-    fn client(&self) -> (&async_nats::Client, &str, u64) {
-        (&self.client, &self.node, self.incarnation)
+    fn client(&self) -> (&async_nats::Client, &str, u64, u64) {
+        (&self.client, &self.node, self.incarnation, self.start)
+    }
+
+    fn start_of(&self, node: &str) -> u64 {
+        self.members.start_of(node).unwrap_or(0)
     }
 
     fn subject_of(&self, node: &str) -> String {

@@ -110,8 +110,8 @@ pub struct RelayTo {
     pub client: async_nats::Client,
     /// The edge's subject.
     pub edge_subject: String,
-    /// This node's name and incarnation.
-    pub node: (String, u64),
+    /// This node's name, incarnation and process start number.
+    pub node: (String, u64, u64),
     /// The ownership record revision the tenant is served under.
     pub token: u64,
 }
@@ -231,7 +231,7 @@ async fn publish(id: PeerId, relay: Arc<Relay>, mut outgoing: mpsc::UnboundedRec
     let RelayTo {
         client,
         edge_subject: subject,
-        node: (node, incarnation),
+        node: (node, incarnation, start),
         token,
     } = to;
     let mut seq = 0u64;
@@ -243,6 +243,7 @@ async fn publish(id: PeerId, relay: Arc<Relay>, mut outgoing: mpsc::UnboundedRec
             plugin: id.plugin.clone(),
             node: node.clone(),
             incarnation,
+            start,
             token,
             seq,
             body,

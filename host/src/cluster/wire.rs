@@ -27,6 +27,10 @@ pub struct Envelope {
     pub node: String,
     /// The sending node's incarnation.
     pub incarnation: u64,
+    /// The sending process's start number (`baton_starts`): it grows with
+    /// every start, `baton upgrade` included, so a message from a process
+    /// that handed over is told from its successor's.
+    pub start: u64,
     /// The owner token (ownership record revision) it was sent under.
     pub token: u64,
     /// Its place in the sender's stream for this tenant (0: outside any
@@ -136,6 +140,7 @@ impl Envelope {
         put_str(&mut out, &self.plugin);
         put_str(&mut out, &self.node);
         out.put_u64(self.incarnation);
+        out.put_u64(self.start);
         out.put_u64(self.token);
         out.put_u64(self.seq);
         match &self.body {
@@ -242,7 +247,7 @@ impl Envelope {
         let tenant = get_str(b)?;
         let plugin = get_str(b)?;
         let node = get_str(b)?;
-        let (incarnation, token, seq) = (get_u64(b)?, get_u64(b)?, get_u64(b)?);
+        let (incarnation, start, token, seq) = (get_u64(b)?, get_u64(b)?, get_u64(b)?, get_u64(b)?);
         let body = match get_u8(b)? {
             1 => Body::Connect {
                 request: get_u64(b)?,
@@ -307,6 +312,7 @@ impl Envelope {
             plugin,
             node,
             incarnation,
+            start,
             token,
             seq,
             body,
@@ -477,6 +483,7 @@ mod tests {
             plugin: "chat".into(),
             node: "n1".into(),
             incarnation: 7,
+            start: 3,
             token: 42,
             seq: 9,
             body,
