@@ -1019,6 +1019,10 @@ impl Cluster {
         if self.opener.tenants.get(&plugin, &tenant).is_some() {
             return Err("the tenant already runs here".into());
         }
+        let with_edges: HashSet<SessionId> = edges.iter().map(|(session, _, _)| *session).collect();
+        if record.sessions.iter().any(|(session, _)| !with_edges.contains(session)) {
+            return Err("a session of the tenant came without the node that holds it".into());
+        }
         let key = owner_key(&tenant, &plugin);
         let owned = self
             .write_owner(&key, self.me(), Some(from_revision))
@@ -1040,12 +1044,15 @@ impl Cluster {
             relay.1.insert(session);
             edge_of.insert(session, (node, incarnation));
         }
+        // Every session came with its edge (checked above).
         let link = |session: SessionId| -> SessionLink {
-            let edge = edge_of.get(&session).cloned().unwrap_or_default();
-            match relays.get(&edge) {
-                Some((relay, _)) => SessionLink::remote(session, relay.clone()),
-                // Not reachable: every session came with its edge.
-                None => SessionLink::remote(session, relays.values().next().map(|r| r.0.clone()).expect("an edge")),
+            let relay = edge_of
+                .get(&session)
+                .and_then(|edge| relays.get(edge))
+                .map(|(relay, _)| relay.clone() as Arc<dyn crate::session::link::Remote>);
+            match relay {
+                Some(relay) => SessionLink::remote(session, relay),
+                None => SessionLink::remote(session, Arc::new(Nowhere)),
             }
         };
         let env = self.opener.env.clone();
@@ -1090,6 +1097,19 @@ async fn serve_moves(cluster: std::sync::Weak<Cluster>, mut requests: async_nats
         let answer = serde_json::to_vec(&arrived).unwrap_or_default();
         let _ = cluster.client.publish(reply, answer.into()).await;
     }
+}
+
+/// Where the link of a session with no known edge pushes: nowhere (never
+/// used: a move's sessions all come with their edges).
+#[derive(Debug)]
+struct Nowhere;
+
+impl crate::session::link::Remote for Nowhere {
+    fn push(&self, _: &[SessionId], _: crate::session::link::Outbound) -> bool {
+        false
+    }
+
+    fn stop(&self, _: SessionId, _: u16, _: &str) {}
 }
 
 /// Reads this node's subscription, in order.
