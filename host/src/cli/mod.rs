@@ -5,6 +5,7 @@
 //! only on success.
 
 mod admin_client;
+mod cluster;
 mod scaffold;
 mod tenant;
 
@@ -195,7 +196,7 @@ pub fn main() -> ExitCode {
                 Command::Status { json, admin } => status(json, &admin).await,
                 Command::Rollback { name, admin } => rollback(&name, &admin).await,
                 Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
-                Command::Drain { node, admin } => drain(node, &admin).await,
+                Command::Drain { node, admin } => cluster::drain(node, &admin).await,
                 Command::Tenant { command } => tenant::run(command).await,
                 _ => unreachable!("handled above"),
             }
@@ -525,46 +526,6 @@ async fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> Result<()> {
         done.took_ms,
         done.cutover_ms
     );
-    Ok(())
-}
-
-async fn drain(node: Option<String>, admin: &AdminArgs) -> Result<()> {
-    let mut client = admin.client()?;
-    if let Some(node) = &node {
-        let cluster: crate::admin::ClusterView = client.get("/api/cluster").await?;
-        let Some(found) = cluster.nodes.iter().find(|n| &n.name == node) else {
-            bail!(
-                "no live node named {node:?} (live: {})",
-                cluster
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        };
-        client = AdminClient::new(&format!("http://{}", found.admin_addr), admin.token.clone())?;
-    }
-    let (status, body) = client.request("POST", "/api/cluster/drain").await?;
-    if status != 200 {
-        bail!("cannot drain: {}", error_text(&body));
-    }
-    let drained: crate::admin::DrainView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
-        "drained {}: {} tenants moved, {} stay",
-        drained.node,
-        drained.moved.len(),
-        drained.failed.len()
-    );
-    for (tenant, to) in &drained.moved {
-        println!("  {tenant} -> {to}");
-    }
-    for (tenant, why) in &drained.failed {
-        println!("  {tenant} stays: {why}");
-    }
-    if !drained.failed.is_empty() {
-        bail!("{} tenants could not move", drained.failed.len());
-    }
     Ok(())
 }
 

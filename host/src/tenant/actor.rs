@@ -39,14 +39,9 @@ pub(super) const MAKE_ROOM_IDLE: Duration = Duration::from_secs(1);
 /// none of those waits longer than this many commands under load.
 const BURST: u32 = 32;
 
-/// Starts the task of `tenant` for `plugin` (see [`crate::lanes`]).
-pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>) -> TenantHandle {
-    start(plugin, tenant, env, |_| {})
-}
-
-/// Starts the task of `tenant` for `plugin` as the owner the cluster
-/// recorded at revision `lease`.
-pub fn spawn_leased(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>, lease: u64) -> TenantHandle {
+/// Starts the task of `tenant` for `plugin` (see [`crate::lanes`]), in a
+/// cluster as the owner recorded at revision `lease` (0: no cluster).
+pub fn spawn(plugin: Arc<PluginEntry>, tenant: &str, env: Arc<TenantEnv>, lease: u64) -> TenantHandle {
     start(plugin, tenant, env, |actor| actor.shared.set_lease(lease))
 }
 

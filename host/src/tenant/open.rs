@@ -46,10 +46,7 @@ impl Opener {
                     "too many new tenants at once (admission.new_tenants_per_second); try again later".into(),
                 ));
             }
-            Ok(match lease {
-                0 => actor::spawn(entry.clone(), tenant, self.env.clone()),
-                lease => actor::spawn_leased(entry.clone(), tenant, self.env.clone(), lease),
-            })
+            Ok(actor::spawn(entry.clone(), tenant, self.env.clone(), lease))
         })?;
         match handle.shared().status() {
             Status::BackingOff => Err(Rejection::backing_off()),
