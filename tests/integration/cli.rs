@@ -20,14 +20,14 @@ fn baton(args: &[&str]) -> Output {
 
 /// Runs `baton` off the async runtime (the command may call back into a host
 /// running on it).
-async fn baton_async(args: &[&str]) -> Output {
+pub(crate) async fn baton_async(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     tokio::task::spawn_blocking(move || baton(&args.iter().map(String::as_str).collect::<Vec<_>>()))
         .await
         .expect("baton task")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

@@ -416,6 +416,91 @@ async fn a_file_dropped_on_one_node_swaps_in_on_all_three_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_waits_for_every_node_and_a_rollback_reaches_them_all() {
+    use crate::cli::{baton_async, text};
+
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    // `b` allows less memory than the settings below ask for: it refuses them.
+    let b = node_with(&nats, &db, "b", |config| {
+        config.runtime.max_memory_mib = 32;
+        config.limits.memory_mib = 32;
+    })
+    .await;
+    let (admin_a, admin_b) = (format!("http://{}", a.admin), format!("http://{}", b.admin));
+    let dir_a = a.deploy_dir();
+    let deploy = async |file: &str, admin: &str| {
+        let dir = dir_a.to_str().expect("path").to_owned();
+        baton_async(&[
+            "deploy",
+            file,
+            "--name",
+            "counter",
+            "--deploy-dir",
+            &dir,
+            "--admin",
+            admin,
+        ])
+        .await
+    };
+
+    let done = deploy(baton_test_plugins::COUNTER_V1, &admin_a).await;
+    assert!(done.status.success(), "{}{}", text(&done.stdout), text(&done.stderr));
+    assert!(text(&done.stdout).contains("node b: active"), "{}", text(&done.stdout));
+    let v1 = b.plugin("counter").await.current.expect("v1 on b").hash;
+
+    // A session on `b` whose count goes on through the deploy and rollback.
+    let mut client = b.connect("acme", "counter").await;
+    assert_eq!(client.ask_json("one").await["n"], 1);
+    let done = deploy(baton_test_plugins::COUNTER_V2, &admin_a).await;
+    assert!(done.status.success(), "{}{}", text(&done.stdout), text(&done.stderr));
+    assert!(text(&done.stdout).contains("node b: active"), "{}", text(&done.stdout));
+    let answer = client.ask_json("two").await;
+    assert_eq!(
+        (answer["v"].as_u64(), answer["n"].as_u64()),
+        (Some(2), Some(2)),
+        "{answer}"
+    );
+
+    // Rolled back on `b`: `a` follows, and the verdict says so.
+    let done = baton_async(&["rollback", "counter", "--admin", &admin_b]).await;
+    assert!(done.status.success(), "{}{}", text(&done.stdout), text(&done.stderr));
+    assert!(text(&done.stdout).contains("node a: active"), "{}", text(&done.stdout));
+    for host in [&a, &b] {
+        let current = host.plugin("counter").await.current.expect("current");
+        assert_eq!(current.hash, v1, "back on v1 everywhere");
+    }
+    let answer = client.ask_json("three").await;
+    assert_eq!(
+        (answer["v"].as_u64(), answer["n"].as_u64()),
+        (Some(1), Some(3)),
+        "{answer}"
+    );
+
+    // A node that cannot take a version keeps its own, and the deploy says so.
+    a.write_settings("counter", "[limits]\nmemory_mib = 64\n");
+    let done = deploy(baton_test_plugins::COUNTER_V2, &admin_a).await;
+    assert!(!done.status.success(), "b refused it: {}", text(&done.stdout));
+    let said = format!("{}{}", text(&done.stdout), text(&done.stderr));
+    assert!(
+        said.contains("node b: refused it") && said.contains("not current on 1 of 2 nodes (b)"),
+        "{said}"
+    );
+    assert_eq!(
+        b.plugin("counter").await.current.expect("current").hash,
+        v1,
+        "b keeps v1"
+    );
+    let answer = client.ask_json("four").await;
+    assert_eq!(
+        (answer["v"].as_u64(), answer["n"].as_u64()),
+        (Some(1), Some(4)),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_moves_tenants_live_with_no_session_closed() {
     use std::collections::BTreeSet;
     use std::sync::Arc;

@@ -309,6 +309,12 @@ impl Client {
         self.recv_text().await
     }
 
+    /// Sends `text` and returns the reply, which must be JSON.
+    pub async fn ask_json(&mut self, text: &str) -> serde_json::Value {
+        self.send_text(text).await;
+        self.recv_json().await
+    }
+
     /// This session's id, as the `chaos` plugin reports it.
     pub async fn session_id(&mut self) -> u64 {
         let reply = self.ask("session").await;

@@ -1,8 +1,13 @@
-//! `baton drain`: a cluster node's tenants moved to the others, live.
+//! The command line in a cluster: `baton drain` (a node's tenants moved to
+//! the others, live), and the verdict of a deploy or rollback waiting for
+//! every live node.
+
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use super::admin_client::{AdminArgs, AdminClient, error_text};
+use crate::admin::PluginView;
 
 /// Drains the node `node` names (the one whose admin API `admin` is, by
 /// default): every tenant it owns moves to the other nodes.
@@ -44,4 +49,74 @@ pub(super) async fn drain(node: Option<String>, admin: &AdminArgs) -> Result<()>
         bail!("{} tenants could not move", drained.failed.len());
     }
     Ok(())
+}
+
+/// After a deploy or rollback made `hash` the current version of `name` on
+/// the node `client` talks to (since `since_ms`): waits until every other
+/// live node of its cluster runs it too, or reports why a node does not (it
+/// could not compile it, say, and keeps its previous version). Nothing to
+/// wait for outside a cluster.
+pub(super) async fn wait_for_nodes(
+    client: &AdminClient,
+    token: Option<String>,
+    name: &str,
+    hash: &str,
+    since_ms: u64,
+    wait: Duration,
+) -> Result<()> {
+    let cluster: crate::admin::ClusterView = match client.request("GET", "/api/cluster").await? {
+        (200, body) => serde_json::from_value(body).context("admin API: unexpected answer")?,
+        _ => return Ok(()),
+    };
+    let deadline = Instant::now() + wait;
+    let mut failed = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.name != cluster.node) {
+        let other = AdminClient::new(&format!("http://{}", node.admin_addr), token.clone())?;
+        match node_verdict(&other, name, hash, since_ms, deadline).await {
+            Ok(generation) => println!("  node {}: active, generation {generation}", node.name),
+            Err(why) => {
+                println!("  node {}: {why}", node.name);
+                failed.push(node.name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{name}: not current on {} of {} nodes ({}); they keep their previous version",
+            failed.len(),
+            cluster.nodes.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Waits until `client`'s node runs `hash` as `name`'s current version (its
+/// generation there), or reports an error since `since_ms`, until `deadline`.
+async fn node_verdict(
+    client: &AdminClient,
+    name: &str,
+    hash: &str,
+    since_ms: u64,
+    deadline: Instant,
+) -> std::result::Result<u64, String> {
+    loop {
+        match client.request("GET", &format!("/api/plugins/{name}")).await {
+            Ok((200, body)) => {
+                let plugin: PluginView = serde_json::from_value(body).map_err(|e| format!("unexpected answer: {e}"))?;
+                if let Some(current) = plugin.current.as_ref().filter(|c| c.hash == hash) {
+                    return Ok(current.generation);
+                }
+                if let Some(error) = plugin.last_error.filter(|e| e.at_ms >= since_ms) {
+                    return Err(format!("refused it: {}: {}", error.what, error.error));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("unreachable: {e:#}")),
+        }
+        if Instant::now() > deadline {
+            return Err("did not take it in time; see `baton status` there".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -360,7 +360,11 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
         after_generation: before.map_or(0, |v| v.generation),
         since_ms: started_ms,
     };
-    waited.wait(&client, deploy_dir, Duration::from_secs(wait)).await
+    if waited.wait(&client, deploy_dir, Duration::from_secs(wait)).await? {
+        let wait = Duration::from_secs(wait);
+        cluster::wait_for_nodes(&client, admin.token.clone(), &name, &hash, started_ms, wait).await?;
+    }
+    Ok(())
 }
 
 /// A deploy the CLI waits for: the file of `hash` current for `name` with a
@@ -373,7 +377,9 @@ struct Activation<'a> {
 }
 
 impl Activation<'_> {
-    async fn wait(&self, client: &AdminClient, deploy_dir: &Path, wait: Duration) -> Result<()> {
+    /// Waits for the host's verdict: `true` once it runs the file, `false`
+    /// when no host answers (the file waits for the next one to start).
+    async fn wait(&self, client: &AdminClient, deploy_dir: &Path, wait: Duration) -> Result<bool> {
         let name = self.name;
         let deadline = Instant::now() + wait;
         loop {
@@ -383,7 +389,7 @@ impl Activation<'_> {
                         "no host confirmed it ({e:#}); the next host to start on {} loads it",
                         deploy_dir.display()
                     );
-                    return Ok(());
+                    return Ok(false);
                 }
                 Ok((200, body)) => {
                     let plugin: PluginView = serde_json::from_value(body).context("admin API: unexpected answer")?;
@@ -393,7 +399,7 @@ impl Activation<'_> {
                             "{name}: active, version {} generation {}",
                             current.short, current.generation
                         );
-                        return Ok(());
+                        return Ok(true);
                     }
                     if let Some(error) = plugin.last_error.filter(|e| e.at_ms >= self.since_ms) {
                         bail!("{name}: the host refused it: {}: {}", error.what, error.error);
@@ -488,10 +494,9 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
 }
 
 async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
-    let (status, body) = admin
-        .client()?
-        .request("POST", &format!("/api/plugins/{name}/rollback"))
-        .await?;
+    let client = admin.client()?;
+    let started_ms = crate::clock::unix_ms();
+    let (status, body) = client.request("POST", &format!("/api/plugins/{name}/rollback")).await?;
     if status != 200 {
         bail!("cannot roll back {name}: {}", error_text(&body));
     }
@@ -501,6 +506,11 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
         rolled.version.as_deref().unwrap_or("?"),
         rolled.generation.map_or("?".into(), |g| g.to_string())
     );
+    let plugin: PluginView = client.get(&format!("/api/plugins/{name}")).await?;
+    if let Some(current) = plugin.current {
+        let wait = Duration::from_secs(120);
+        cluster::wait_for_nodes(&client, admin.token.clone(), name, &current.hash, started_ms, wait).await?;
+    }
     Ok(())
 }
 

@@ -8,8 +8,9 @@
 //! own deploy folder, settings first, the file by rename, so its folder
 //! watcher deploys it with every check, as if it had been dropped there: a
 //! node that cannot compile it reports so and keeps its previous version.
-//! Each node migrates the tenants it owns. A removal deletes the record and
-//! the file on every node. A node that joins writes the cluster's versions
+//! Each node migrates the tenants it owns. A rollback is spread the same
+//! way (the version rolled back to becomes the record). A removal deletes
+//! the record and the file on every node. A node that joins writes the cluster's versions
 //! into its folder before it scans it, so a stale file there cannot
 //! overwrite what the cluster runs.
 
@@ -119,21 +120,27 @@ impl Deploys {
     /// Records a change of this node's folder for the others.
     async fn publish(&self, change: Published) -> anyhow::Result<()> {
         match change {
-            Published::Activated { name, wasm } => {
-                let bytes = tokio::fs::read(&wasm).await?;
-                let sha256 = VersionId::of(&bytes).hex();
+            Published::Activated {
+                name,
+                source,
+                sha256,
+                settings,
+            } => {
                 let known = self.versions.get(&name).await?;
                 let known = known.and_then(|v| serde_json::from_slice::<VersionRecord>(&v).ok());
                 if known.is_some_and(|k| k.sha256 == sha256) {
                     return Ok(());
                 }
+                let bytes = tokio::fs::read(&source).await?;
+                if VersionId::of(&bytes).hex() != sha256 {
+                    anyhow::bail!("{} changed since it was activated", source.display());
+                }
                 if self.artifacts.info(&sha256).await.is_err() {
                     self.artifacts.put(sha256.as_str(), &mut bytes.as_slice()).await?;
                 }
-                let settings = tokio::fs::read_to_string(wasm.with_extension("toml")).await.ok();
                 let record = VersionRecord {
                     sha256,
-                    settings,
+                    settings: Some(settings).filter(|s| !s.is_empty()),
                     from: self.node.clone(),
                 };
                 self.versions.put(&name, serde_json::to_vec(&record)?.into()).await?;

@@ -93,7 +93,12 @@ impl Artifacts {
 
     /// The original bytes of a version, if stored.
     pub fn original(&self, id: &VersionId) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.originals.join(format!("{}.wasm", id.hex())))
+        std::fs::read(self.original_path(id))
+    }
+
+    /// Where the original bytes of a version are kept.
+    pub fn original_path(&self, id: &VersionId) -> PathBuf {
+        self.originals.join(format!("{}.wasm", id.hex()))
     }
 
     /// A plugin's history (empty when it has none or it is unreadable).

@@ -49,12 +49,17 @@ pub use outcome::{DeployError, Outcome};
 /// A change of what is deployed from the deploy folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
-    /// `wasm` (with the settings beside it) became the current version of `name`.
+    /// The file at `source` became the current version of `name` (a deploy
+    /// from the folder, or a rollback to an earlier version).
     Activated {
         /// The plugin.
         name: String,
-        /// Its file.
-        wasm: PathBuf,
+        /// The version's bytes: the folder's file, or the kept original.
+        source: PathBuf,
+        /// Its SHA-256 (hex): a source changed since is not spread.
+        sha256: String,
+        /// The text of its `<name>.toml` (empty: none).
+        settings: String,
     },
     /// `name` was removed.
     Removed {
@@ -147,10 +152,7 @@ impl Deployer {
                 metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "activated")
                     .increment(1);
                 tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "version activated");
-                self.publish(Published::Activated {
-                    name: name.to_owned(),
-                    wasm: wasm.to_owned(),
-                });
+                self.publish_current(&entry, wasm.to_owned());
             }
             Ok(Outcome::Unchanged) => {
                 tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
@@ -355,6 +357,9 @@ impl Deployer {
         if result.is_ok() {
             entry.mark_rolled_back(&current.id.hex());
             self.persist(&entry);
+            if let Some(now) = entry.current() {
+                self.publish_current(&entry, self.artifacts.original_path(&now.id));
+            }
         }
         result
     }
@@ -385,6 +390,19 @@ impl Deployer {
     /// Sends every later [`Published`] change to `to`.
     pub fn publish_to(&self, to: mpsc::UnboundedSender<Published>) {
         let _ = self.published.set(to);
+    }
+
+    /// Tells whoever listens that `entry`'s current version, whose bytes
+    /// are at `source`, is the one to run.
+    fn publish_current(&self, entry: &PluginEntry, source: PathBuf) {
+        if let Some(current) = entry.current() {
+            self.publish(Published::Activated {
+                name: entry.name.clone(),
+                source,
+                sha256: current.id.hex(),
+                settings: entry.last_record().map(|r| r.settings).unwrap_or_default(),
+            });
+        }
     }
 
     fn publish(&self, change: Published) {
