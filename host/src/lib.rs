@@ -505,7 +505,8 @@ async fn stop_tenants(tenants: &Tenants) {
 
 /// Closes every session with 1001, `per_second` at most (in batches every
 /// 100 ms, as Phoenix's drainer does, so that clients do not reconnect in a
-/// storm), then waits until the tenants have seen them go.
+/// storm), then waits until the tenants have seen them go. A resumable
+/// session's client is told to resume elsewhere (`GOAWAY`, 1012).
 async fn close_sessions(tenants: &Tenants, per_second: usize) {
     let tenants = tenants.all();
     let links: Vec<_> = tenants.iter().flat_map(|t| t.shared().links()).collect();
@@ -514,11 +515,11 @@ async fn close_sessions(tenants: &Tenants, per_second: usize) {
     for chunk in links.chunks(batch) {
         pace.tick().await;
         for link in chunk {
-            link.stop(error::close::GOING_AWAY, "server shutting down");
+            link.detach(error::close::GOING_AWAY, "server shutting down");
         }
     }
     for tenant in &tenants {
-        tenant.shared().no_sessions().await;
+        tenant.shared().no_attached_sessions().await;
     }
 }
 

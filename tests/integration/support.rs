@@ -110,6 +110,11 @@ impl TestHost {
         }
     }
 
+    /// Stops the host gracefully (as SIGTERM does) and waits until it has.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
     /// Stops the host and starts a new one on the same folders.
     pub async fn restart(mut self) -> TestHost {
         self.shutdown().await;

@@ -27,7 +27,8 @@ use crate::bindings::{ConnectRequest, HttpResponse};
 use crate::error::{Rejection, close};
 use crate::session::Inbound;
 use crate::session::link::{Outbound, SessionId, SessionLink};
-use crate::tenant::{Command, TenantHandle, TenantShared};
+use crate::session::resumable::Refusal;
+use crate::tenant::{Command, Resumed, TenantHandle, TenantShared};
 
 /// How long a connect or request waits for the owner's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
@@ -79,7 +80,7 @@ pub struct Proxy {
 /// What a proxy hears besides its commands.
 pub enum News {
     /// A message from the owner.
-    Message(Envelope),
+    Message(Box<Envelope>),
     /// A node (in an incarnation) is down: if it is the owner, follow the
     /// new one.
     NodeDown(String, u64),
@@ -100,7 +101,17 @@ enum Handled {
 
 enum Pending {
     Connect(SessionId, Option<oneshot::Sender<Result<(), Rejection>>>),
+    Resume(SessionId, oneshot::Sender<Result<Resumed, (Refusal, String)>>),
     Http(oneshot::Sender<Result<HttpResponse, Rejection>>),
+}
+
+/// A session whose socket this node holds, as its proxy knows it.
+struct Local {
+    link: SessionLink,
+    request: ConnectRequest,
+    /// Whether it is resumable: its frames are numbered by the owner, which
+    /// keeps what the client has not acknowledged.
+    resumable: bool,
 }
 
 struct Task<N: Node> {
@@ -108,7 +119,7 @@ struct Task<N: Node> {
     tenant: String,
     plugin: String,
     target: Target,
-    links: HashMap<SessionId, (SessionLink, ConnectRequest)>,
+    links: HashMap<SessionId, Local>,
     pending: HashMap<u64, (Pending, Instant)>,
     next_request: u64,
     /// Numbering of what this proxy sends the owner.
@@ -125,11 +136,18 @@ struct Task<N: Node> {
     moved_away: bool,
     /// The start number of the owner's process this proxy follows.
     owner_start: u64,
+    /// The host shuts down: answered once the sessions' ends went to the
+    /// owner (or after a while).
+    shutting_down: Option<(oneshot::Sender<()>, Instant)>,
 }
 
 /// How long an edge waits, paused, for the move to be confirmed or called
 /// off before it sends again (to the owner it knows).
 const PAUSE_AT_MOST: Duration = Duration::from_secs(15);
+
+/// How long a proxy of a host shutting down waits for its sessions' ends to
+/// go to the owner.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 
 impl Proxy {
     /// Starts the proxy of (tenant, plugin) for the owner `target`, with a
@@ -143,7 +161,7 @@ impl Proxy {
     ) -> Proxy {
         let (sender, commands) = mpsc::channel(mailbox);
         let shared = Arc::new(TenantShared::new(tenant.to_owned(), plugin.to_owned(), None, None));
-        let handle = TenantHandle::new(shared, sender, inbound_bytes);
+        let handle = TenantHandle::new(shared, sender, inbound_bytes).stand_in();
         Proxy::take_over(node, handle, target, (Vec::new(), commands), Vec::new())
     }
 
@@ -155,8 +173,9 @@ impl Proxy {
         handle: TenantHandle,
         target: Target,
         (queued, commands): (Vec<Command>, mpsc::Receiver<Command>),
-        sessions: Vec<(SessionId, SessionLink, ConnectRequest)>,
+        sessions: Vec<(SessionId, SessionLink, ConnectRequest, bool)>,
     ) -> Proxy {
+        let handle = handle.stand_in();
         let shared = handle.shared().clone();
         let (news, heard) = mpsc::unbounded_channel();
         let mut task = Task {
@@ -166,7 +185,14 @@ impl Proxy {
             target,
             links: sessions
                 .into_iter()
-                .map(|(id, link, request)| (id, (link, request)))
+                .map(|(id, link, request, resumable)| {
+                    let local = Local {
+                        link,
+                        request,
+                        resumable,
+                    };
+                    (id, local)
+                })
                 .collect(),
             pending: HashMap::new(),
             next_request: 0,
@@ -176,6 +202,7 @@ impl Proxy {
             early: Vec::new(),
             moved_away: false,
             owner_start: 0,
+            shutting_down: None,
         };
         task.owner_start = task.target_start();
         tokio::spawn(task.run(queued, commands, heard, shared));
@@ -219,7 +246,7 @@ impl<N: Node> Task<N> {
                 },
                 news = heard.recv() => match news {
                     Some(News::Message(envelope)) => {
-                        if self.hear(envelope).await {
+                        if self.hear(*envelope).await {
                             self.node.forget(&self.tenant, &self.plugin, &shared);
                         }
                     }
@@ -228,6 +255,9 @@ impl<N: Node> Task<N> {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    if self.shutting_down.as_ref().is_some_and(|(_, since)| since.elapsed() > SHUTDOWN_WAIT) {
+                        break;
+                    }
                     if self.paused.is_some_and(|at| at.elapsed() > PAUSE_AT_MOST) {
                         tracing::warn!(tenant = %self.tenant, "a move of the tenant was neither confirmed nor called off: sending again");
                         self.paused = None;
@@ -244,6 +274,9 @@ impl<N: Node> Task<N> {
             }
         }
         self.end_all(close::GOING_AWAY, "the host is shutting down");
+        if let Some((done, _)) = self.shutting_down.take() {
+            let _ = done.send(());
+        }
         self.node.forget(&self.tenant, &self.plugin, &shared);
     }
 
@@ -251,30 +284,82 @@ impl<N: Node> Task<N> {
     async fn command(&mut self, command: Command) -> bool {
         if let Target::Local(handle) = &self.target {
             // Taken over here: the tenant's task takes the commands itself.
-            if let Command::Session(Inbound::Disconnect { session }) = &command {
+            if let Command::Session(Inbound::Disconnect { session, .. } | Inbound::Detached { session, .. }) = &command
+            {
                 self.links.remove(session);
             }
             return handle.mailbox().send(command).await.is_ok() || self.links.is_empty();
         }
         match command {
-            Command::Connect { link, request, reply } => {
+            Command::Connect {
+                link,
+                request,
+                token,
+                reply,
+            } => {
                 let session = link.id();
-                self.links.insert(session, (link, request.clone()));
+                let local = Local {
+                    link,
+                    request: request.clone(),
+                    resumable: token.is_some(),
+                };
+                self.links.insert(session, local);
                 let id = self.request(Pending::Connect(session, Some(reply)));
                 self.send(Body::Connect {
                     request: id,
                     session,
                     connect: request,
+                    token,
                 })
                 .await;
             }
-            Command::Session(Inbound::Frame { session, frame, held }) => {
-                self.send(Body::Frame { session, frame }).await;
+            Command::Resume {
+                session,
+                token,
+                received,
+                link,
+                reply,
+            } => {
+                let local = Local {
+                    link,
+                    request: ConnectRequest {
+                        tenant: self.tenant.clone(),
+                        path: String::new(),
+                        query: String::new(),
+                        headers: Vec::new(),
+                        resumed: false,
+                    },
+                    resumable: true,
+                };
+                self.links.insert(session, local);
+                let id = self.request(Pending::Resume(session, reply));
+                self.send(Body::ResumeSession {
+                    request: id,
+                    session,
+                    token,
+                    received,
+                })
+                .await;
+            }
+            Command::Session(Inbound::Frame {
+                session,
+                frame,
+                held,
+                seq,
+            }) => {
+                self.send(Body::Frame { session, frame, seq }).await;
                 drop(held);
             }
-            Command::Session(Inbound::Disconnect { session }) => {
+            Command::Session(Inbound::Disconnect { session, attachment }) => {
                 self.links.remove(&session);
-                self.send(Body::Disconnect { session }).await;
+                self.send(Body::Disconnect { session, attachment }).await;
+            }
+            Command::Session(Inbound::Detached { session, attachment }) => {
+                self.links.remove(&session);
+                self.send(Body::Detached { session, attachment }).await;
+            }
+            Command::Session(Inbound::Ack { session, upto }) => {
+                self.send(Body::Ack { session, upto }).await;
             }
             Command::Http { request, reply } => {
                 let id = self.request(Pending::Http(reply));
@@ -285,12 +370,16 @@ impl<N: Node> Task<N> {
                 .await;
             }
             Command::Shutdown { done } => {
+                // Resumable sessions are told to resume elsewhere; their
+                // ends still go to the owner, which keeps them.
                 self.end_all(close::GOING_AWAY, "the host is shutting down");
-                let _ = done.send(());
-                return false;
+                self.shutting_down = Some((done, Instant::now()));
             }
             // Hibernation, handovers and erasure are the owner's.
             Command::Hibernate | Command::Handover { .. } | Command::Erase { .. } => {}
+        }
+        if self.shutting_down.is_some() && self.links.is_empty() {
+            return false;
         }
         true
     }
@@ -373,9 +462,11 @@ impl<N: Node> Task<N> {
                     _ => None,
                 })
                 .collect();
-            for (session, (link, _)) in &self.links {
+            for (session, local) in &self.links {
                 if !answering.contains(session) {
-                    link.stop(close::SERVICE_RESTART, "the tenant's node restarted; connect again");
+                    local
+                        .link
+                        .stop(close::SERVICE_RESTART, "the tenant's node restarted; connect again");
                 }
             }
             self.expected = envelope.seq;
@@ -397,20 +488,44 @@ impl<N: Node> Task<N> {
         self.expected = envelope.seq + 1;
         match envelope.body {
             Body::Push { sessions, message } => {
-                for session in sessions {
-                    if let Some((link, _)) = self.links.get(&session) {
-                        link.push(Outbound::Frame(message.clone()));
+                for (session, seq) in sessions {
+                    if let Some(local) = self.links.get(&session) {
+                        local.link.push(match seq {
+                            0 => Outbound::Frame(message.clone()),
+                            seq => Outbound::Sequenced(seq, message.clone()),
+                        });
                     }
                 }
             }
-            Body::Close { session, code, reason } => {
-                if let Some((link, _)) = self.links.get(&session) {
-                    link.close(code, reason);
+            Body::Acked { session, upto } => {
+                if let Some(local) = self.links.get(&session) {
+                    local.link.confirm(upto);
                 }
             }
-            Body::Stop { session, code, reason } => {
-                if let Some((link, _)) = self.links.get(&session) {
-                    link.stop(code, &reason);
+            Body::Close { session, code, reason } => {
+                if let Some(local) = self.links.get(&session) {
+                    local.link.close(code, reason);
+                }
+            }
+            Body::Stop {
+                session,
+                code,
+                reason,
+                detach,
+            } => {
+                if let Some(local) = self.links.get(&session) {
+                    match detach {
+                        true => local.link.detach(code, &reason),
+                        false => local.link.stop(code, &reason),
+                    }
+                }
+            }
+            Body::SessionResumed { request, answer } => {
+                if let Some((Pending::Resume(session, reply), _)) = self.pending.remove(&request) {
+                    if answer.is_err() {
+                        self.links.remove(&session);
+                    }
+                    let _ = reply.send(answer);
                 }
             }
             Body::Pause => {
@@ -450,8 +565,10 @@ impl<N: Node> Task<N> {
                         match reply {
                             // A re-announced session the new owner refused.
                             None => {
-                                if let Some((link, _)) = self.links.get(&session) {
-                                    link.stop(close::POLICY, &close::bounded_reason(&rejection.to_string()));
+                                if let Some(local) = self.links.get(&session) {
+                                    local
+                                        .link
+                                        .stop(close::POLICY, &close::bounded_reason(&rejection.to_string()));
                                 }
                             }
                             Some(_) => {
@@ -468,7 +585,7 @@ impl<N: Node> Task<N> {
                         r.ok_or_else(|| Rejection::Internal("the owner answered a request without a response".into()))
                     }));
                 }
-                None => {}
+                Some((Pending::Resume(..), _)) | None => {}
             },
             _ => {}
         }
@@ -497,10 +614,26 @@ impl<N: Node> Task<N> {
         self.owner_start = self.target_start();
         self.sent = 0;
         self.expected = 1;
+        // What the dead owner kept of resumable sessions (the frames their
+        // clients had not acknowledged) died with it: they end, and their
+        // clients start afresh (a resume is refused).
+        let lost: Vec<SessionId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.resumable)
+            .map(|(id, _)| *id)
+            .collect();
+        for session in lost {
+            if let Some(local) = self.links.remove(&session) {
+                local
+                    .link
+                    .stop(close::SERVICE_RESTART, "the tenant's node went down; connect again");
+            }
+        }
         let sessions: Vec<(SessionId, SessionLink, ConnectRequest)> = self
             .links
             .iter()
-            .map(|(id, (link, request))| (*id, link.clone(), request.clone()))
+            .map(|(id, local)| (*id, local.link.clone(), local.request.clone()))
             .collect();
         tracing::info!(tenant = %self.tenant, sessions = sessions.len(), "re-announcing sessions to the tenant's new owner");
         for (session, link, mut request) in sessions {
@@ -511,6 +644,7 @@ impl<N: Node> Task<N> {
                         .ask(|reply| Command::Connect {
                             link: link.clone(),
                             request,
+                            token: None,
                             reply,
                         })
                         .await;
@@ -524,6 +658,7 @@ impl<N: Node> Task<N> {
                         request: id,
                         session,
                         connect: request,
+                        token: None,
                     })
                     .await;
                 }
@@ -539,6 +674,10 @@ impl<N: Node> Task<N> {
                     let _ = reply.send(Err(Rejection::Unavailable(reason.to_owned())));
                 }
                 Pending::Connect(..) => {}
+                Pending::Resume(session, reply) => {
+                    self.links.remove(&session);
+                    let _ = reply.send(Err((Refusal::Unavailable, reason.to_owned())));
+                }
                 Pending::Http(reply) => {
                     let _ = reply.send(Err(Rejection::Unavailable(reason.to_owned())));
                 }
@@ -557,12 +696,18 @@ impl<N: Node> Task<N> {
         for id in late {
             match self.pending.remove(&id) {
                 Some((Pending::Connect(session, reply), _)) => {
-                    if let Some((link, _)) = self.links.remove(&session) {
-                        link.stop(close::SERVICE_RESTART, "the tenant's owner did not answer");
+                    if let Some(local) = self.links.remove(&session) {
+                        local
+                            .link
+                            .stop(close::SERVICE_RESTART, "the tenant's owner did not answer");
                     }
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(Rejection::Unavailable("the tenant's owner did not answer".into())));
                     }
+                }
+                Some((Pending::Resume(session, reply), _)) => {
+                    self.links.remove(&session);
+                    let _ = reply.send(Err((Refusal::Unavailable, "the tenant's owner did not answer".into())));
                 }
                 Some((Pending::Http(reply), _)) => {
                     let _ = reply.send(Err(Rejection::Unavailable("the tenant's owner did not answer".into())));
@@ -572,9 +717,11 @@ impl<N: Node> Task<N> {
         }
     }
 
+    /// Closes every session's socket with `code`; resumable ones stay with
+    /// their owner, for their clients to resume (on any node).
     fn end_all(&mut self, code: u16, reason: &str) {
-        for (link, _) in self.links.values() {
-            link.stop(code, reason);
+        for local in self.links.values() {
+            local.link.detach(code, reason);
         }
     }
 }

@@ -29,7 +29,7 @@ impl Cluster {
             _ => {
                 let key = (envelope.tenant.clone(), envelope.plugin.clone());
                 if let Some(proxy) = self.lock_proxies().get(&key) {
-                    let _ = proxy.news.send(News::Message(envelope));
+                    let _ = proxy.news.send(News::Message(Box::new(envelope)));
                 }
             }
         }
@@ -98,7 +98,8 @@ impl Cluster {
             plugin: envelope.plugin.clone(),
         };
         let relay = Relay::start(&id, self.relay_to(&envelope.node, owned.revision));
-        Some(Arc::new(Peer::start(id, relay, handle, Default::default())))
+        let retain = self.config.resume.max_bytes;
+        Some(Arc::new(Peer::start(id, relay, handle, Default::default(), retain)))
     }
 
     /// Tells the edge that sent `envelope` this node does not own its tenant.

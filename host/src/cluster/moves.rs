@@ -53,6 +53,9 @@ pub struct Arrival {
     pub edges: Vec<(SessionId, String, u64)>,
 }
 
+/// Sessions whose sockets one edge holds, with each socket's number.
+type Attachments = HashMap<SessionId, u32>;
+
 /// What the target answers: its new revision, or why not.
 pub type Arrived = Result<u64, String>;
 
@@ -147,7 +150,9 @@ impl Cluster {
             .lock_peers()
             .iter()
             .filter(|((_, _, t, p), _)| t == tenant && p == plugin)
-            .flat_map(|((edge, inc, _, _), peer)| peer.session_ids().into_iter().map(|s| (s, (edge.clone(), *inc))))
+            .flat_map(|((edge, inc, _, _), peer)| {
+                peer.session_ids().into_iter().map(|(s, _)| (s, (edge.clone(), *inc)))
+            })
             .collect();
 
         // 1. The edges pause.
@@ -286,8 +291,14 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the ownership record changed meanwhile")?;
+        // The number of each resumable session's socket.
+        let attachments: HashMap<SessionId, u32> = record
+            .sessions
+            .iter()
+            .map(|(id, connect)| (*id, connect.resume.as_ref().map_or(0, |r| r.attachment)))
+            .collect();
         // A relay per edge, which the sessions' links push into.
-        let mut relays: HashMap<(String, u64), (Arc<Relay>, HashSet<SessionId>)> = HashMap::new();
+        let mut relays: HashMap<(String, u64), (Arc<Relay>, Attachments)> = HashMap::new();
         let mut edge_of: HashMap<SessionId, (String, u64)> = HashMap::new();
         for (session, node, incarnation) in edges {
             let relay = relays.entry((node.clone(), incarnation)).or_insert_with(|| {
@@ -296,9 +307,9 @@ impl Cluster {
                     tenant: tenant.clone(),
                     plugin: plugin.clone(),
                 };
-                (Relay::start(&id, self.relay_to(&node, owned.revision)), HashSet::new())
+                (Relay::start(&id, self.relay_to(&node, owned.revision)), HashMap::new())
             });
-            relay.1.insert(session);
+            relay.1.insert(session, attachments.get(&session).copied().unwrap_or(0));
             edge_of.insert(session, (node, incarnation));
         }
         // Every session came with its edge (checked above).
@@ -333,7 +344,8 @@ impl Cluster {
                 tenant: tenant.clone(),
                 plugin: plugin.clone(),
             };
-            let peer = Arc::new(Peer::start(id, relay, handle.clone(), sessions));
+            let retain = self.config.resume.max_bytes;
+            let peer = Arc::new(Peer::start(id, relay, handle.clone(), sessions, retain));
             self.lock_peers()
                 .insert((node, incarnation, tenant.clone(), plugin.clone()), peer);
         }
@@ -362,9 +374,9 @@ pub(super) async fn serve_moves(cluster: std::sync::Weak<Cluster>, mut requests:
 struct Nowhere;
 
 impl crate::session::link::Remote for Nowhere {
-    fn push(&self, _: &[SessionId], _: crate::session::link::Outbound) -> bool {
+    fn push(&self, _: &[(SessionId, u64)], _: crate::session::link::Outbound) -> bool {
         false
     }
 
-    fn stop(&self, _: SessionId, _: u16, _: &str) {}
+    fn stop(&self, _: SessionId, _: u16, _: &str, _: bool) {}
 }

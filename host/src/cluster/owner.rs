@@ -11,7 +11,7 @@
 //! to connects and requests. A gap either way ends the edge's sessions of
 //! the tenant with 1012; the edge's death ends them here at once.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,8 @@ use crate::bindings::HttpResponse;
 use crate::error::{Rejection, close};
 use crate::session::Inbound;
 use crate::session::link::{Outbound, Remote, SessionId, SessionLink};
+use crate::session::resumable::Refusal;
+use crate::session::retained::Retained;
 use crate::tenant::{Command, TenantHandle};
 
 /// Messages a relay holds for its edge at most: beyond, NATS is not taking
@@ -51,7 +53,9 @@ pub struct Peer {
     pub id: PeerId,
     inbound: mpsc::Sender<Envelope>,
     relay: Arc<Relay>,
-    sessions: Arc<Mutex<HashSet<SessionId>>>,
+    /// The edge's sessions of the tenant, with the number of the socket
+    /// each has there (a resumable session's; else 0).
+    sessions: Arc<Mutex<HashMap<SessionId, u32>>>,
     /// Answered when the edge says it paused.
     paused: Arc<Mutex<Option<oneshot::Sender<()>>>>,
 }
@@ -65,14 +69,16 @@ pub struct Relay {
 }
 
 impl Remote for Relay {
-    fn push(&self, sessions: &[SessionId], out: Outbound) -> bool {
+    fn push(&self, sessions: &[(SessionId, u64)], out: Outbound) -> bool {
+        let first = sessions.first().map_or(0, |(session, _)| *session);
         let body = match out {
-            Outbound::Frame(message) => Body::Push {
+            Outbound::Frame(message) | Outbound::Sequenced(_, message) => Body::Push {
                 sessions: sessions.to_vec(),
                 message,
             },
+            Outbound::Acked(upto) => Body::Acked { session: first, upto },
             Outbound::Close(code, reason) => Body::Close {
-                session: sessions.first().copied().unwrap_or_default(),
+                session: first,
                 code,
                 reason,
             },
@@ -80,11 +86,12 @@ impl Remote for Relay {
         self.send(body)
     }
 
-    fn stop(&self, session: SessionId, code: u16, reason: &str) {
+    fn stop(&self, session: SessionId, code: u16, reason: &str, detach: bool) {
         self.send(Body::Stop {
             session,
             code,
             reason: reason.to_owned(),
+            detach,
         });
     }
 }
@@ -133,8 +140,17 @@ impl Relay {
 impl Peer {
     /// Starts the peer of `id`, serving its messages to `handle` and its
     /// tenant's pushes through `relay`; `sessions` are the edge's sessions
-    /// the tenant has already (a tenant that moved here).
-    pub fn start(id: PeerId, relay: Arc<Relay>, handle: TenantHandle, sessions: HashSet<SessionId>) -> Peer {
+    /// the tenant has already, with their sockets' numbers (a tenant that
+    /// moved here).
+    /// A resumable session connecting through the edge retains at most
+    /// `retain_bytes` of unacknowledged frames.
+    pub fn start(
+        id: PeerId,
+        relay: Arc<Relay>,
+        handle: TenantHandle,
+        sessions: HashMap<SessionId, u32>,
+        retain_bytes: usize,
+    ) -> Peer {
         let (inbound, incoming) = mpsc::channel(PEER_BACKLOG);
         let sessions = Arc::new(Mutex::new(sessions));
         let paused = Arc::new(Mutex::new(None));
@@ -145,6 +161,7 @@ impl Peer {
             paused.clone(),
             incoming,
             handle,
+            retain_bytes,
         ));
         Peer {
             id,
@@ -177,8 +194,8 @@ impl Peer {
         });
     }
 
-    /// The edge's sessions of the tenant.
-    pub fn session_ids(&self) -> Vec<SessionId> {
+    /// The edge's sessions of the tenant, with their sockets' numbers.
+    pub fn session_ids(&self) -> Vec<(SessionId, u32)> {
         self.sessions()
     }
 
@@ -193,30 +210,32 @@ impl Peer {
     }
 
     /// Ends every session of the edge with `code`: the edge closes them and
-    /// says so (a gap, or the tenant moved).
+    /// says so (a gap, or the tenant moved). Resumable sessions only lose
+    /// their sockets: their clients resume them.
     pub fn end_sessions(&self, code: u16, reason: &str) {
-        for session in self.sessions() {
-            self.relay.stop(session, code, reason);
+        for (session, _) in self.sessions() {
+            self.relay.stop(session, code, reason, true);
         }
     }
 
-    /// The edge is down: its sessions leave the tenant now.
+    /// The edge is down: its sessions lost their sockets now (resumable ones
+    /// wait for their clients, the others leave the tenant).
     pub async fn edge_down(&self, handle: &TenantHandle) {
-        for session in self.sessions() {
+        for (session, attachment) in self.sessions() {
             let _ = handle
                 .mailbox()
-                .send(Command::Session(Inbound::Disconnect { session }))
+                .send(Command::Session(Inbound::Detached { session, attachment }))
                 .await;
         }
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    fn sessions(&self) -> Vec<SessionId> {
+    fn sessions(&self) -> Vec<(SessionId, u32)> {
         self.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .copied()
+            .map(|(id, attachment)| (*id, *attachment))
             .collect()
     }
 
@@ -258,10 +277,11 @@ async fn publish(id: PeerId, relay: Arc<Relay>, mut outgoing: mpsc::UnboundedRec
 async fn serve(
     id: PeerId,
     relay: Arc<Relay>,
-    sessions: Arc<Mutex<HashSet<SessionId>>>,
+    sessions: Arc<Mutex<HashMap<SessionId, u32>>>,
     paused: Arc<Mutex<Option<oneshot::Sender<()>>>>,
     mut incoming: mpsc::Receiver<Envelope>,
     handle: TenantHandle,
+    max_bytes: usize,
 ) {
     let mut expected: Option<u64> = None;
     let mailbox = handle.session_mailbox();
@@ -272,7 +292,7 @@ async fn serve(
             let ids: Vec<SessionId> = sessions
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .iter()
+                .keys()
                 .copied()
                 .collect();
             for session in ids {
@@ -280,6 +300,7 @@ async fn serve(
                     session,
                     close::SERVICE_RESTART,
                     "messages between cluster nodes were lost",
+                    true,
                 );
             }
         }
@@ -289,14 +310,19 @@ async fn serve(
                 request,
                 session,
                 connect,
+                token,
             } => {
-                let link = SessionLink::remote(session, relay.clone());
+                let mut link = SessionLink::remote(session, relay.clone());
+                if token.is_some() {
+                    link = link.retaining(Arc::new(Retained::new(1, max_bytes)));
+                }
                 let (reply, answer) = oneshot::channel();
                 let sent = handle
                     .mailbox()
                     .send(Command::Connect {
                         link,
                         request: connect,
+                        token,
                         reply,
                     })
                     .await;
@@ -308,25 +334,65 @@ async fn serve(
                 tokio::spawn(async move {
                     let answer = answer.await.unwrap_or_else(|_| Err(gone()));
                     if answer.is_ok() {
-                        sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session);
+                        sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(session, 0);
                     }
                     answer_with(&relay, request, answer.map(|()| None));
                 });
             }
-            Body::Frame { session, frame } => {
-                let delivered = mailbox.deliver(session, frame).await;
+            Body::ResumeSession {
+                request,
+                session,
+                token,
+                received,
+            } => {
+                let link = SessionLink::remote(session, relay.clone());
+                let (reply, answer) = oneshot::channel();
+                let command = Command::Resume {
+                    session,
+                    token,
+                    received,
+                    link,
+                    reply,
+                };
+                if handle.mailbox().send(command).await.is_err() {
+                    let answer = Err((Refusal::Unavailable, "the tenant's task ended; try again".into()));
+                    relay.send(Body::SessionResumed { request, answer });
+                    break;
+                }
+                let (relay, sessions) = (relay.clone(), sessions.clone());
+                tokio::spawn(async move {
+                    let answer = answer
+                        .await
+                        .unwrap_or_else(|_| Err((Refusal::Unavailable, "the tenant's task ended; try again".into())));
+                    if let Ok(resumed) = &answer {
+                        let mut sessions = sessions.lock().unwrap_or_else(|p| p.into_inner());
+                        sessions.insert(session, resumed.attachment);
+                    }
+                    relay.send(Body::SessionResumed { request, answer });
+                });
+            }
+            Body::Frame { session, frame, seq } => {
+                let delivered = mailbox.deliver(session, frame, seq).await;
                 if !delivered {
                     break;
                 }
             }
-            Body::Disconnect { session } => {
-                sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
-                if handle
+            Body::Ack { session, upto } => {
+                let _ = handle
                     .mailbox()
-                    .send(Command::Session(Inbound::Disconnect { session }))
-                    .await
-                    .is_err()
-                {
+                    .try_send(Command::Session(Inbound::Ack { session, upto }));
+            }
+            Body::Disconnect { session, attachment } => {
+                sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                let inbound = Inbound::Disconnect { session, attachment };
+                if handle.mailbox().send(Command::Session(inbound)).await.is_err() {
+                    break;
+                }
+            }
+            Body::Detached { session, attachment } => {
+                sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&session);
+                let inbound = Inbound::Detached { session, attachment };
+                if handle.mailbox().send(Command::Session(inbound)).await.is_err() {
                     break;
                 }
             }
@@ -357,9 +423,14 @@ async fn serve(
         }
     }
     // The tenant's task ended: the edge's sessions go with it.
-    let ids: Vec<SessionId> = sessions.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+    let ids: Vec<SessionId> = sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .map(|(id, _)| id)
+        .collect();
     for session in ids {
-        relay.stop(session, close::SERVICE_RESTART, "the tenant's task ended");
+        relay.stop(session, close::SERVICE_RESTART, "the tenant's task ended", false);
     }
 }
 

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse};
 use crate::error::Rejection;
 use crate::session::link::SessionId;
+use crate::session::resumable::{Refusal, Token};
+use crate::tenant::Resumed;
 
 /// One message between two nodes about one tenant.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,8 @@ pub enum Body {
         session: SessionId,
         /// The upgrade request.
         connect: ConnectRequest,
+        /// A resumable session's first token.
+        token: Option<Token>,
     },
     /// Edge → owner: a frame the client sent.
     Frame {
@@ -58,11 +62,55 @@ pub enum Body {
         session: SessionId,
         /// The frame.
         frame: Frame,
+        /// Its number (a resumable session's; else 0).
+        seq: u64,
     },
     /// Edge → owner: the session ended.
     Disconnect {
         /// The session.
         session: SessionId,
+        /// Which of its sockets.
+        attachment: u32,
+    },
+    /// Edge → owner: a resumable session lost its socket.
+    Detached {
+        /// The session.
+        session: SessionId,
+        /// Which of its sockets.
+        attachment: u32,
+    },
+    /// Edge → owner: the client has the session's frames up to `upto`.
+    Ack {
+        /// The session.
+        session: SessionId,
+        /// The last one it has.
+        upto: u64,
+    },
+    /// Edge → owner: a client resumes a session on a socket this edge
+    /// holds (answered by `SessionResumed`).
+    ResumeSession {
+        /// The request's number at the edge.
+        request: u64,
+        /// The session.
+        session: SessionId,
+        /// The token the client presented.
+        token: Token,
+        /// The last of the session's frames the client received.
+        received: u64,
+    },
+    /// Owner → edge: the answer to a `ResumeSession`.
+    SessionResumed {
+        /// The request's number at the edge.
+        request: u64,
+        /// Where the socket starts, or why not.
+        answer: Result<Resumed, (Refusal, String)>,
+    },
+    /// Owner → edge: the tenant has the client's frames up to `upto`.
+    Acked {
+        /// The session.
+        session: SessionId,
+        /// The last one it has.
+        upto: u64,
     },
     /// Edge → owner: a plain HTTP request (answered by a `Reply`).
     Http {
@@ -72,10 +120,11 @@ pub enum Body {
         http: HttpRequest,
     },
     /// Owner → edge: one frame for each of these sessions (a send, or a
-    /// publish encoded once per node).
+    /// publish encoded once per node), with each one's number (a resumable
+    /// session's; else 0).
     Push {
-        /// The sessions.
-        sessions: Vec<SessionId>,
+        /// The sessions and the frame's number for each.
+        sessions: Vec<(SessionId, u64)>,
         /// The frame.
         message: Message,
     },
@@ -88,7 +137,8 @@ pub enum Body {
         /// The reason.
         reason: String,
     },
-    /// Owner → edge: end the session now.
+    /// Owner → edge: end the session now (with `detach`, a resumable one
+    /// only loses its socket).
     Stop {
         /// The session.
         session: SessionId,
@@ -96,6 +146,8 @@ pub enum Body {
         code: u16,
         /// The reason.
         reason: String,
+        /// Whether a resumable session stays with its tenant.
+        detach: bool,
     },
     /// Owner → edge: the answer to a `Connect` (no response) or an `Http`.
     Reply {
@@ -148,15 +200,18 @@ impl Envelope {
                 request,
                 session,
                 connect,
+                token,
             } => {
                 out.put_u8(1);
                 out.put_u64(*request);
                 out.put_u64(*session);
+                put_token(&mut out, token.as_ref());
                 put_json(&mut out, &ConnectJson::from(connect));
             }
-            Body::Frame { session, frame } => {
+            Body::Frame { session, frame, seq } => {
                 out.put_u8(2);
                 out.put_u64(*session);
+                out.put_u64(*seq);
                 match frame {
                     Frame::Text(text) => {
                         out.put_u8(0);
@@ -168,9 +223,10 @@ impl Envelope {
                     }
                 }
             }
-            Body::Disconnect { session } => {
+            Body::Disconnect { session, attachment } => {
                 out.put_u8(3);
                 out.put_u64(*session);
+                out.put_u32(*attachment);
             }
             Body::Http { request, http } => {
                 out.put_u8(4);
@@ -180,8 +236,9 @@ impl Envelope {
             Body::Push { sessions, message } => {
                 out.put_u8(5);
                 out.put_u32(sessions.len() as u32);
-                for session in sessions {
+                for (session, seq) in sessions {
                     out.put_u64(*session);
+                    out.put_u64(*seq);
                 }
                 match message {
                     Message::Binary(bytes) => {
@@ -194,11 +251,23 @@ impl Envelope {
                     }
                 }
             }
-            Body::Close { session, code, reason } | Body::Stop { session, code, reason } => {
-                out.put_u8(if matches!(self.body, Body::Close { .. }) { 6 } else { 7 });
+            Body::Close { session, code, reason } => {
+                out.put_u8(6);
                 out.put_u64(*session);
                 out.put_u16(*code);
                 put_str(&mut out, reason);
+            }
+            Body::Stop {
+                session,
+                code,
+                reason,
+                detach,
+            } => {
+                out.put_u8(7);
+                out.put_u64(*session);
+                out.put_u16(*code);
+                put_str(&mut out, reason);
+                out.put_u8(u8::from(*detach));
             }
             Body::Reply { request, answer } => {
                 out.put_u8(8);
@@ -220,6 +289,45 @@ impl Envelope {
                 out.put_u64(*token);
             }
             Body::Resume => out.put_u8(13),
+            Body::Detached { session, attachment } => {
+                out.put_u8(14);
+                out.put_u64(*session);
+                out.put_u32(*attachment);
+            }
+            Body::Ack { session, upto } | Body::Acked { session, upto } => {
+                out.put_u8(if matches!(self.body, Body::Ack { .. }) { 15 } else { 16 });
+                out.put_u64(*session);
+                out.put_u64(*upto);
+            }
+            Body::ResumeSession {
+                request,
+                session,
+                token,
+                received,
+            } => {
+                out.put_u8(17);
+                out.put_u64(*request);
+                out.put_u64(*session);
+                out.put_slice(token);
+                out.put_u64(*received);
+            }
+            Body::SessionResumed { request, answer } => {
+                out.put_u8(18);
+                out.put_u64(*request);
+                match answer {
+                    Ok(resumed) => {
+                        out.put_u8(0);
+                        out.put_slice(&resumed.token);
+                        out.put_u64(resumed.last_in);
+                        out.put_u32(resumed.attachment);
+                    }
+                    Err((refusal, reason)) => {
+                        out.put_u8(1);
+                        out.put_u16(*refusal as u16);
+                        put_str(&mut out, reason);
+                    }
+                }
+            }
         }
         out.freeze()
     }
@@ -233,7 +341,7 @@ impl Envelope {
                 frame: Frame::Binary(b),
                 ..
             } => b.len(),
-            Body::Push { sessions, message } => message.len() + sessions.len() * 8,
+            Body::Push { sessions, message } => message.len() + sessions.len() * 16,
             _ => 256,
         }
     }
@@ -252,27 +360,32 @@ impl Envelope {
             1 => Body::Connect {
                 request: get_u64(b)?,
                 session: get_u64(b)?,
+                token: get_optional_token(b)?,
                 connect: get_json::<ConnectJson>(b)?.into(),
             },
             2 => {
                 let session = get_u64(b)?;
+                let seq = get_u64(b)?;
                 let frame = match get_u8(b)? {
                     0 => Frame::Text(String::from_utf8(b.to_vec()).map_err(|_| Malformed("text is not UTF-8"))?),
                     _ => Frame::Binary(b.to_vec()),
                 };
-                Body::Frame { session, frame }
+                Body::Frame { session, frame, seq }
             }
-            3 => Body::Disconnect { session: get_u64(b)? },
+            3 => Body::Disconnect {
+                session: get_u64(b)?,
+                attachment: get_u32(b)?,
+            },
             4 => Body::Http {
                 request: get_u64(b)?,
                 http: get_json::<HttpRequestJson>(b)?.into(),
             },
             5 => {
                 let count = get_u32(b)? as usize;
-                if b.remaining() < count.saturating_mul(8) {
+                if b.remaining() < count.saturating_mul(16) {
                     return Err(Malformed("short session list"));
                 }
-                let sessions = (0..count).map(|_| b.get_u64()).collect();
+                let sessions = (0..count).map(|_| (b.get_u64(), b.get_u64())).collect();
                 let message = match get_u8(b)? {
                     0 => {
                         Message::Text(Utf8Bytes::try_from(b.split_off(0)).map_err(|_| Malformed("text is not UTF-8"))?)
@@ -281,13 +394,17 @@ impl Envelope {
                 };
                 Body::Push { sessions, message }
             }
-            kind @ (6 | 7) => {
-                let (session, code, reason) = (get_u64(b)?, get_u16(b)?, get_str(b)?);
-                match kind {
-                    6 => Body::Close { session, code, reason },
-                    _ => Body::Stop { session, code, reason },
-                }
-            }
+            6 => Body::Close {
+                session: get_u64(b)?,
+                code: get_u16(b)?,
+                reason: get_str(b)?,
+            },
+            7 => Body::Stop {
+                session: get_u64(b)?,
+                code: get_u16(b)?,
+                reason: get_str(b)?,
+                detach: get_u8(b)? != 0,
+            },
             8 => {
                 let request = get_u64(b)?;
                 let answer: Result<Option<HttpResponseJson>, Rejection> = get_json(b)?;
@@ -305,6 +422,44 @@ impl Envelope {
                 token: get_u64(b)?,
             },
             13 => Body::Resume,
+            14 => Body::Detached {
+                session: get_u64(b)?,
+                attachment: get_u32(b)?,
+            },
+            15 => Body::Ack {
+                session: get_u64(b)?,
+                upto: get_u64(b)?,
+            },
+            16 => Body::Acked {
+                session: get_u64(b)?,
+                upto: get_u64(b)?,
+            },
+            17 => Body::ResumeSession {
+                request: get_u64(b)?,
+                session: get_u64(b)?,
+                token: get_token(b)?,
+                received: get_u64(b)?,
+            },
+            18 => {
+                let request = get_u64(b)?;
+                let answer = match get_u8(b)? {
+                    0 => Ok(Resumed {
+                        token: get_token(b)?,
+                        last_in: get_u64(b)?,
+                        attachment: get_u32(b)?,
+                    }),
+                    _ => {
+                        let refusal = match get_u16(b)? {
+                            400 => Refusal::Malformed,
+                            401 => Refusal::BadToken,
+                            404 => Refusal::Unknown,
+                            _ => Refusal::Unavailable,
+                        };
+                        Err((refusal, get_str(b)?))
+                    }
+                };
+                Body::SessionResumed { request, answer }
+            }
             _ => return Err(Malformed("unknown kind")),
         };
         Ok(Envelope {
@@ -323,6 +478,32 @@ impl Envelope {
 fn put_str(out: &mut BytesMut, s: &str) {
     out.put_u16(s.len().min(u16::MAX as usize) as u16);
     out.put_slice(&s.as_bytes()[..s.len().min(u16::MAX as usize)]);
+}
+
+fn put_token(out: &mut BytesMut, token: Option<&Token>) {
+    match token {
+        Some(token) => {
+            out.put_u8(1);
+            out.put_slice(token);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn get_token(b: &mut Bytes) -> Result<Token, Malformed> {
+    if b.remaining() < 16 {
+        return Err(Malformed("short token"));
+    }
+    let mut token = [0u8; 16];
+    b.copy_to_slice(&mut token);
+    Ok(token)
+}
+
+fn get_optional_token(b: &mut Bytes) -> Result<Option<Token>, Malformed> {
+    match get_u8(b)? {
+        0 => Ok(None),
+        _ => get_token(b).map(Some),
+    }
 }
 
 fn put_json<T: Serialize>(out: &mut BytesMut, value: &T) {
@@ -402,7 +583,7 @@ struct HttpRequestJson {
     path: String,
     query: String,
     headers: Vec<(String, String)>,
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "crate::text::base64_bytes")]
     body: Vec<u8>,
 }
 
@@ -434,7 +615,7 @@ impl From<HttpRequestJson> for HttpRequest {
 struct HttpResponseJson {
     status: u16,
     headers: Vec<(String, String)>,
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "crate::text::base64_bytes")]
     body: Vec<u8>,
 }
 
@@ -455,21 +636,6 @@ impl From<HttpResponseJson> for HttpResponse {
             headers: r.headers,
             body: r.body,
         }
-    }
-}
-
-mod base64_bytes {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        STANDARD.decode(text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -503,16 +669,58 @@ mod tests {
                     headers: vec![("x".into(), "y".into())],
                     resumed: true,
                 },
+                token: None,
+            },
+            Body::Connect {
+                request: 1,
+                session: 2,
+                connect: ConnectRequest {
+                    tenant: "acme".into(),
+                    path: "/".into(),
+                    query: String::new(),
+                    headers: vec![],
+                    resumed: false,
+                },
+                token: Some([7; 16]),
             },
             Body::Frame {
                 session: 3,
                 frame: Frame::Text("héllo".into()),
+                seq: 0,
             },
             Body::Frame {
                 session: 3,
                 frame: Frame::Binary(vec![0, 255, 7]),
+                seq: 12,
             },
-            Body::Disconnect { session: 4 },
+            Body::Disconnect {
+                session: 4,
+                attachment: 2,
+            },
+            Body::Detached {
+                session: 4,
+                attachment: 3,
+            },
+            Body::Ack { session: 4, upto: 99 },
+            Body::Acked { session: 4, upto: 98 },
+            Body::ResumeSession {
+                request: 3,
+                session: 4,
+                token: [9; 16],
+                received: 17,
+            },
+            Body::SessionResumed {
+                request: 3,
+                answer: Ok(Resumed {
+                    token: [1; 16],
+                    last_in: 5,
+                    attachment: 2,
+                }),
+            },
+            Body::SessionResumed {
+                request: 3,
+                answer: Err((Refusal::BadToken, "no".into())),
+            },
             Body::Http {
                 request: 5,
                 http: HttpRequest {
@@ -524,11 +732,11 @@ mod tests {
                 },
             },
             Body::Push {
-                sessions: vec![1, 2, 3],
+                sessions: vec![(1, 0), (2, 5), (3, 0)],
                 message: Message::text("hi"),
             },
             Body::Push {
-                sessions: vec![9],
+                sessions: vec![(9, 1)],
                 message: Message::binary(vec![1u8, 2]),
             },
             Body::Close {
@@ -540,6 +748,7 @@ mod tests {
                 session: 1,
                 code: 1012,
                 reason: "gap".into(),
+                detach: true,
             },
             Body::Reply {
                 request: 8,
@@ -577,7 +786,7 @@ mod tests {
     #[test]
     fn truncated_or_foreign_bytes_are_refused() {
         let bytes = envelope(Body::Push {
-            sessions: vec![1, 2],
+            sessions: vec![(1, 0), (2, 0)],
             message: Message::text("x"),
         })
         .encode();

@@ -106,6 +106,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Several hosts serving as one, on NATS.
     pub cluster: ClusterConfig,
+    /// Sessions that survive a lost socket (`baton.v1`).
+    pub resume: ResumeConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -204,6 +206,31 @@ impl Default for PersistConfig {
     }
 }
 
+/// Sessions of clients that speak `baton.v1` (`docs/protocol.md`): when
+/// such a session loses its socket, its tenant keeps it (presence,
+/// subscriptions, the frames its client has not acknowledged) for the client
+/// to resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// Seconds a session without a socket is kept; then it ends (the plugin
+    /// hears `on-disconnect`). Default 120.
+    pub window_secs: u32,
+    /// Bytes of unacknowledged frames kept per session (each frame counts
+    /// 64 bytes besides its payload). Beyond, a session with a socket is
+    /// closed as a slow consumer (1008) and one without ends. Default 1 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            window_secs: 120,
+            max_bytes: 1 << 20,
+        }
+    }
+}
+
 /// Graceful shutdown settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -288,6 +315,7 @@ impl Default for Config {
             persist: PersistConfig::default(),
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
+            resume: ResumeConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -415,6 +443,9 @@ impl Config {
             return Err(invalid(
                 "runtime.compile_memory_mib must be at least 128 and runtime.compile_timeout_secs > 0".into(),
             ));
+        }
+        if self.resume.window_secs == 0 || self.resume.max_bytes == 0 {
+            return Err(invalid("resume.window_secs and resume.max_bytes must be > 0".into()));
         }
         if self.admission.new_tenants_per_second == 0 || self.admission.new_tenants_burst == 0 {
             return Err(invalid(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::message::{Message, PluginRecord, SessionRecord, VersionRef};
+use super::message::{ContinuityRecord, Message, PluginRecord, SessionRecord, VersionRef};
 use super::wire::{Listener, MAX_FDS};
 use super::{FORMATS, Peer, SOCKET_VAR, TOKEN_VAR, socket_path};
 use crate::admin::{HostView, UpgradeRequest, UpgradeView};
@@ -391,6 +391,7 @@ impl<'a> Cutover<'a> {
                 tenant: s.tenant.clone(),
                 unread: s.unread().to_vec(),
                 quiet_ms: millis(s.quiet),
+                continuity: s.continuity.as_ref().map(ContinuityRecord::from),
             })
             .collect();
         let tenant_count = tenants.len();

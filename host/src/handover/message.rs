@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::registry::{ErrorReport, Event};
 use crate::session::link::SessionId;
+use crate::session::{Continuity, resumable};
 use crate::tenant::record::TenantRecord;
 
 /// One message of a handover.
@@ -130,6 +131,47 @@ pub struct SessionRecord {
     pub unread: Vec<u8>,
     /// Milliseconds since the client was last heard.
     pub quiet_ms: u64,
+    /// Its `baton.v1` state, if it speaks it.
+    #[serde(default)]
+    pub continuity: Option<ContinuityRecord>,
+}
+
+/// A `baton.v1` session's state in its socket's task, as it moves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContinuityRecord {
+    /// The last of the client's frames handed to the tenant.
+    pub last_in: u64,
+    /// The last of them the tenant confirmed.
+    pub confirmed: u64,
+    /// The acknowledgement last written to the client.
+    pub ack_written: u64,
+    /// The highest acknowledgement the client sent.
+    pub client_ack: u64,
+    /// Which of the session's sockets this is.
+    pub attachment: u32,
+}
+
+impl From<&Continuity> for ContinuityRecord {
+    fn from(c: &Continuity) -> ContinuityRecord {
+        ContinuityRecord {
+            last_in: c.last_in,
+            confirmed: c.confirmed,
+            ack_written: c.ack_written,
+            client_ack: c.client_ack,
+            attachment: c.attachment,
+        }
+    }
+}
+
+impl From<&ContinuityRecord> for Continuity {
+    fn from(r: &ContinuityRecord) -> Continuity {
+        let mut continuity = Continuity::new(None, r.last_in, r.attachment);
+        continuity.client_ack = r.client_ack;
+        continuity.ack_written = r.ack_written;
+        // What the client was owed an acknowledgement of, it gets at once.
+        continuity.confirm(r.confirmed, tokio::time::Instant::now() - resumable::ACK_DELAY);
+        continuity
+    }
 }
 
 impl Message {

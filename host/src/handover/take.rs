@@ -16,8 +16,8 @@ use crate::deploy::Deployer;
 use crate::listener::Listeners;
 use crate::registry::EventKind;
 use crate::server::{self, Clients, SessionTask};
-use crate::session::Inbound;
 use crate::session::link::{self, Outbox, QueueLimits, SessionId, SessionLink};
+use crate::session::{Continuity, Inbound};
 use crate::tenant::record::{StateRecord, TenantRecord};
 use crate::tenant::{self, Command, TenantHandle};
 use crate::version::Version;
@@ -199,7 +199,7 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
     };
     let tenant_count = tenants.len();
     let mut outboxes: HashMap<SessionId, Outbox> = HashMap::new();
-    let mut owners: HashMap<SessionId, TenantHandle> = HashMap::new();
+    let mut owners: HashMap<SessionId, (TenantHandle, u32)> = HashMap::new();
     for record in tenants {
         let entry = clients
             .opener
@@ -210,7 +210,14 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
             StateRecord::Live { version, .. } => versions.get(&(record.plugin.clone(), version.clone())).cloned(),
             _ => None,
         };
-        let ids: Vec<SessionId> = record.sessions.iter().map(|(id, _)| *id).collect();
+        // Sessions with a socket (which comes beside), and the number of it;
+        // detached ones wait for their clients as they did.
+        let ids: Vec<(SessionId, u32)> = record
+            .sessions
+            .iter()
+            .filter(|(_, c)| c.resume.as_ref().is_none_or(|r| r.detached_ms_left.is_none()))
+            .map(|(id, c)| (*id, c.resume.as_ref().map_or(0, |r| r.attachment)))
+            .collect();
         let (plugin, name) = (record.plugin.clone(), record.tenant.clone());
         let env = clients.opener.env.clone();
         let mut link = |id| {
@@ -228,13 +235,13 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
                 Ok::<_, std::convert::Infallible>(tenant::adopt(entry, record, version, &mut link, env, lease))
             })
             .unwrap_or_else(|never| match never {});
-        for id in ids {
-            owners.insert(id, handle.clone());
+        for (id, attachment) in ids {
+            owners.insert(id, (handle.clone(), attachment));
         }
     }
     let session_count = sessions.len();
     for (record, fd) in sessions {
-        let (Some(outbox), Some(owner)) = (outboxes.remove(&record.id), owners.remove(&record.id)) else {
+        let (Some(outbox), Some((owner, _))) = (outboxes.remove(&record.id), owners.remove(&record.id)) else {
             tracing::warn!(session = record.id, "a session came without its tenant; closing it");
             continue;
         };
@@ -242,15 +249,20 @@ pub async fn install(received: Received, clients: &Clients, deployer: &Deployer)
         let ws = server::adopted_socket(clients, tcp, &record.unread, &record.plugin, &record.tenant).await;
         let quiet = Duration::from_millis(record.quiet_ms);
         let task = SessionTask::adopted(clients, record.id, &record.plugin, &record.tenant, quiet);
-        tokio::spawn(task.run(ws, owner.session_mailbox(), outbox));
+        let continuity = record.continuity.as_ref().map(Continuity::from);
+        tokio::spawn(task.run(ws, owner.session_mailbox(), outbox, continuity));
     }
     // Sessions that ended while the old process paused their tenant: the
-    // tenant hears of it here, as it would have there.
-    for (id, owner) in owners {
+    // tenant hears of it here, as it would have there (a resumable one
+    // whose socket was lost then waits for its client).
+    for (id, (owner, attachment)) in owners {
         drop(outboxes.remove(&id));
         let _ = owner
             .mailbox()
-            .send(Command::from(Inbound::Disconnect { session: id }))
+            .send(Command::from(Inbound::Disconnect {
+                session: id,
+                attachment,
+            }))
             .await;
     }
     Ok((session_count, tenant_count))

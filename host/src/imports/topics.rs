@@ -13,6 +13,9 @@ use crate::instance::state::InstanceState;
 use crate::session::link::{Outbound, Remote, frame_len};
 use crate::topics::is_topic;
 
+/// Sessions and the number each gives one frame (0: a plain session).
+type Numbered = Vec<(u64, u64)>;
+
 impl Host for InstanceState {
     fn subscribe(&mut self, session: u64, topic: String) -> Result<(), Error> {
         if !is_topic(&topic) {
@@ -49,8 +52,8 @@ impl Host for InstanceState {
         let state = self.tenant.state();
         let mut queued = 0u32;
         // Subscribers on other nodes of a cluster, by their edge: one message
-        // per edge.
-        let mut remote: Vec<(&Arc<dyn Remote>, Vec<u64>)> = Vec::new();
+        // per edge, with each resumable session's number for the frame.
+        let mut remote: Vec<(&Arc<dyn Remote>, Numbered)> = Vec::new();
         for session in state.topics.subscribers(&topic) {
             if Some(session) == except {
                 continue;
@@ -60,10 +63,14 @@ impl Host for InstanceState {
             };
             match entry.link.remote_route() {
                 None => queued += u32::from(entry.link.push(message.clone())),
-                Some(edge) => match remote.iter_mut().find(|(e, _)| Arc::ptr_eq(e, edge)) {
-                    Some((_, sessions)) => sessions.push(session),
-                    None => remote.push((edge, vec![session])),
-                },
+                Some(edge) => {
+                    let Outbound::Frame(frame) = &message else { continue };
+                    let Some(seq) = entry.link.number(frame) else { continue };
+                    match remote.iter_mut().find(|(e, _)| Arc::ptr_eq(e, edge)) {
+                        Some((_, sessions)) => sessions.push((session, seq)),
+                        None => remote.push((edge, vec![(session, seq)])),
+                    }
+                }
             }
         }
         for (edge, sessions) in &remote {

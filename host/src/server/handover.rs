@@ -59,6 +59,8 @@ pub struct ParkedSession {
     pub tenant: String,
     /// How long the client has been quiet.
     pub quiet: Duration,
+    /// Its `baton.v1` state, if it speaks it.
+    pub continuity: Option<crate::session::Continuity>,
     pub(super) socket: Socket,
     pub(super) back: oneshot::Sender<Option<Socket>>,
 }

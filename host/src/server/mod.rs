@@ -53,14 +53,21 @@ use crate::bindings::{ConnectRequest, HttpRequest};
 use crate::config::HttpConfig;
 use crate::error::Rejection;
 use crate::listener::accept_until;
-use crate::session::Inbound;
-use crate::session::link::{self, QueueLimits, SessionLink};
+use crate::session::link::{self, QueueLimits, SessionId, SessionLink};
+use crate::session::resumable::{self, Offer, Refusal};
+use crate::session::retained::Retained;
 use crate::session::tap::Tap;
-use crate::tenant::{Command, TenantHandle};
+use crate::session::{Continuity, Inbound};
+use crate::tenant::{Command, Resumed, TenantHandle};
+use clients::Counted;
 pub use clients::{Clients, SessionCount};
 use clients::{max_frame_bytes, session_settings, ws_config};
+use futures_util::SinkExt;
+use handover::Socket;
 pub use handover::{Handover, ParkedSession, Parking};
 pub use task::{SessionTask, adopted_socket};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// An accepted connection until its first request is routed.
 struct Fresh {
@@ -236,35 +243,80 @@ async fn open_session(
     path: String,
 ) -> Result<Response<Body>, Rejection> {
     let accept = accept_key(&request)?;
+    let offer = Offer::of(
+        request
+            .headers()
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     let counted = clients.sessions.enter(plugin)?;
     let handle = tenant(clients, tenant_name, plugin).await?;
-
-    let id = link::next_id();
     let sessions = &clients.config.sessions;
     let limits = QueueLimits {
         frames: sessions.outbound_queue,
         bytes: sessions.outbound_queue_bytes,
     };
-    let (link, outbox) = SessionLink::new(id, limits);
-    let connect = ConnectRequest {
-        tenant: tenant_name.to_owned(),
-        path,
-        query: request.uri().query().unwrap_or("").to_owned(),
-        headers: headers_of(request.headers()),
-        resumed: false,
+    let window = clients.config.resume.window_secs;
+
+    let (id, outbox, continuity) = match offer {
+        Offer::Resume {
+            session,
+            token,
+            received,
+        } => {
+            let (link, outbox) = SessionLink::new(session, limits);
+            if handle.is_stand_in() {
+                link.confirm_remotely();
+            }
+            match resume(&handle, session, token, received, link).await {
+                Ok(resumed) => {
+                    let greeting = resumable::resumed(session, &resumed.token, window, resumed.last_in);
+                    let continuity = Continuity::new(Some(greeting), resumed.last_in, resumed.attachment);
+                    (session, outbox, Some(continuity))
+                }
+                Err((refusal, reason)) => return Ok(refuse_resume(request, accept, refusal, reason, counted)),
+            }
+        }
+        Offer::BadResume => {
+            let reason = "the resume value must be baton.resume.<session>.<token>.<received>".to_owned();
+            return Ok(refuse_resume(request, accept, Refusal::Malformed, reason, counted));
+        }
+        Offer::Plain | Offer::Fresh => {
+            let id = link::next_id();
+            let (mut link, outbox) = SessionLink::new(id, limits);
+            let token = (offer == Offer::Fresh).then(resumable::new_token);
+            if handle.is_stand_in() {
+                // The owner numbers and keeps the session's frames.
+                link.confirm_remotely();
+            } else if token.is_some() {
+                link = link.retaining(Arc::new(Retained::new(1, clients.config.resume.max_bytes)));
+            }
+            let connect = ConnectRequest {
+                tenant: tenant_name.to_owned(),
+                path,
+                query: request.uri().query().unwrap_or("").to_owned(),
+                headers: headers_of(request.headers()),
+                resumed: false,
+            };
+            handle
+                .ask(|reply| Command::Connect {
+                    link,
+                    request: connect,
+                    token,
+                    reply,
+                })
+                .await?;
+            let continuity = token.map(|token| Continuity::new(Some(resumable::welcome(id, &token, window)), 0, 0));
+            (id, outbox, continuity)
+        }
     };
-    handle
-        .ask(|reply| Command::Connect {
-            link,
-            request: connect,
-            reply,
-        })
-        .await?;
 
     // Accepted: finish the handshake and run the session.
     let upgrade = hyper::upgrade::on(&mut request);
     let mailbox = handle.session_mailbox();
     let ws_config = ws_config(sessions, max_frame_bytes(clients, plugin, tenant_name));
+    let v1 = continuity.is_some();
     let task = SessionTask {
         id,
         plugin: plugin.to_owned(),
@@ -275,37 +327,111 @@ async fn open_session(
     };
     let chunk = sessions.read_buffer_bytes;
     tokio::spawn(async move {
-        let socket = upgrade.await.map_err(|e| e.to_string()).and_then(|upgraded| {
-            hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
-                .map(|parts| (parts.io.into_inner(), parts.read_buf))
-                .map_err(|_| "not a TCP connection".to_owned())
-        });
-        match socket {
-            Ok((tcp, early)) => {
-                let tap = Tap::resume(tcp, &early[..], chunk);
-                // It holds on to hyper's whole read buffer otherwise.
-                drop(early);
-                let ws = WebSocketStream::from_raw_socket(tap, Role::Server, Some(ws_config)).await;
-                task.run(Box::new(ws), mailbox, outbox).await;
-            }
+        match upgraded_socket(upgrade, chunk, ws_config).await {
+            Ok(ws) => task.run(ws, mailbox, outbox, continuity).await,
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
-                let _ = mailbox
-                    .sender
-                    .send(Command::from(Inbound::Disconnect { session: id }))
-                    .await;
+                let attachment = continuity.as_ref().map_or(0, |c| c.attachment);
+                let last = match v1 {
+                    // The client may come back for it.
+                    true => Inbound::Detached {
+                        session: id,
+                        attachment,
+                    },
+                    false => Inbound::Disconnect {
+                        session: id,
+                        attachment,
+                    },
+                };
+                let _ = mailbox.sender.send(Command::from(last)).await;
                 let _ = task.handover.report(Parking::Gone(id));
             }
         }
     });
+    Ok(switching_protocols(accept, v1))
+}
 
+/// Asks the tenant to resume `session` on a new socket (`link`).
+async fn resume(
+    handle: &TenantHandle,
+    session: SessionId,
+    token: resumable::Token,
+    received: u64,
+    link: SessionLink,
+) -> Result<Resumed, (Refusal, String)> {
+    let unavailable = || (Refusal::Unavailable, "the tenant's task ended; try again".to_owned());
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = Command::Resume {
+        session,
+        token,
+        received,
+        link,
+        reply,
+    };
+    handle.mailbox().send(command).await.map_err(|_| unavailable())?;
+    answer.await.unwrap_or_else(|_| Err(unavailable()))
+}
+
+/// The socket of an upgraded connection, out of hyper, under a [`Tap`].
+async fn upgraded_socket(
+    upgrade: hyper::upgrade::OnUpgrade,
+    chunk: usize,
+    ws_config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+) -> Result<Socket, String> {
+    let upgraded = upgrade.await.map_err(|e| e.to_string())?;
+    let parts = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded)
+        .map_err(|_| "not a TCP connection".to_owned())?;
+    let tap = Tap::resume(parts.io.into_inner(), &parts.read_buf[..], chunk);
+    // It holds on to hyper's whole read buffer otherwise.
+    drop(parts.read_buf);
+    Ok(Box::new(
+        WebSocketStream::from_raw_socket(tap, Role::Server, Some(ws_config)).await,
+    ))
+}
+
+/// A refused resume: the handshake completes (a browser cannot read an
+/// HTTP status), the client reads why in one `REFUSED` message, and the
+/// socket closes.
+fn refuse_resume(
+    mut request: Request<Incoming>,
+    accept: header::HeaderValue,
+    refusal: Refusal,
+    reason: String,
+    counted: Counted,
+) -> Response<Body> {
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let _counted = counted;
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let refused = async {
+            ws.send(resumable::refused(refusal, &reason)).await?;
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "resume refused".into(),
+            }))
+            .await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), refused).await;
+    });
+    switching_protocols(accept, true)
+}
+
+/// The 101 that completes an accepted handshake.
+fn switching_protocols(accept: header::HeaderValue, v1: bool) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
     headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    Ok(response)
+    if v1 {
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::HeaderValue::from_static(resumable::PROTOCOL),
+        );
+    }
+    response
 }
 
 /// Checks the upgrade request and derives its `Sec-WebSocket-Accept`.

@@ -14,7 +14,7 @@ use super::clients::{Clients, Counted, max_frame_bytes, session_settings, ws_con
 use super::handover::{Handover, ParkedSession, Parking, Socket};
 use crate::session::link::{Outbox, SessionId};
 use crate::session::tap::Tap;
-use crate::session::{self, Ended, Mailbox, Parked, SessionSettings};
+use crate::session::{self, Continuity, Ended, Mailbox, Parked, SessionSettings};
 use crate::tenant::Command;
 
 /// One session's task: runs it until it ends; when a handover parks it,
@@ -55,12 +55,13 @@ impl SessionTask {
     /// Written so that no socket is held across an await of this function
     /// (only the inner session's future is): a session's task is its memory,
     /// and the compiler keeps every value live across an await in it.
-    pub async fn run(mut self, ws: Socket, mailbox: Mailbox<Command>, outbox: Outbox) {
+    pub async fn run(mut self, ws: Socket, mailbox: Mailbox<Command>, outbox: Outbox, continuity: Option<Continuity>) {
         let id = self.id;
-        let mut next = Some((ws, mailbox, outbox));
-        while let Some((ws, mailbox, outbox)) = next.take() {
+        let mut next = Some((ws, mailbox, outbox, continuity));
+        while let Some((ws, mailbox, outbox, continuity)) = next.take() {
             // Boxed: the loop around it would otherwise double its size.
-            let ended = Box::pin(session::run(ws, id, mailbox, outbox, self.settings.clone())).await;
+            let settings = self.settings.clone();
+            let ended = Box::pin(session::run(ws, id, mailbox, outbox, settings, continuity)).await;
             let parked = match ended {
                 Ended::Closed(ending) => {
                     tracing::debug!(session = id, ?ending, "session ended");
@@ -74,19 +75,20 @@ impl SessionTask {
                 mailbox,
                 outbox,
                 quiet,
+                continuity,
             } = parked;
-            let returned = match self.park(ws, quiet) {
+            let returned = match self.park(ws, quiet, continuity.clone()) {
                 Ok(returned) => returned,
                 // No handover runs (any more): run on.
                 Err(ws) => {
-                    next = Some((ws, mailbox, outbox));
+                    next = Some((ws, mailbox, outbox, continuity));
                     continue;
                 }
             };
             // None: the new process has it.
             if let Ok(Some(ws)) = returned.await {
                 self.settings.quiet = quiet;
-                next = Some((ws, mailbox, outbox));
+                next = Some((ws, mailbox, outbox, continuity));
             }
         }
     }
@@ -94,13 +96,19 @@ impl SessionTask {
     /// Hands the parked socket to the running handover; it comes back
     /// through the receiver (`None`: the new process has it), or at once
     /// when no handover runs.
-    fn park(&self, ws: Socket, quiet: Duration) -> Result<oneshot::Receiver<Option<Socket>>, Socket> {
+    fn park(
+        &self,
+        ws: Socket,
+        quiet: Duration,
+        continuity: Option<Continuity>,
+    ) -> Result<oneshot::Receiver<Option<Socket>>, Socket> {
         let (back, returned) = oneshot::channel();
         let record = ParkedSession {
             id: self.id,
             plugin: self.plugin.clone(),
             tenant: self.tenant.clone(),
             quiet,
+            continuity,
             socket: ws,
             back,
         };

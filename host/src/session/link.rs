@@ -18,6 +18,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use super::retained::{Overflow, Retained};
 use crate::bindings::Frame;
 use crate::error::close;
 
@@ -43,6 +44,12 @@ static NEXT: AtomicU64 = AtomicU64::new(1);
 pub enum Outbound {
     /// A data frame. Payloads are reference-counted: a broadcast encodes once.
     Frame(Message),
+    /// A data frame of a resumable session, with its sequence number (the
+    /// tenant keeps it until the client acknowledges it).
+    Sequenced(u64, Message),
+    /// The tenant (on another node) has the client's frames up to this
+    /// number: the session acknowledges them to the client.
+    Acked(u64),
     /// Close the session after the frames queued before this.
     Close(u16, String),
 }
@@ -51,8 +58,8 @@ impl Outbound {
     /// The payload bytes it holds (a close holds none).
     pub fn payload_bytes(&self) -> usize {
         match self {
-            Outbound::Frame(message) => message.len(),
-            Outbound::Close(..) => 0,
+            Outbound::Frame(message) | Outbound::Sequenced(_, message) => message.len(),
+            Outbound::Acked(_) | Outbound::Close(..) => 0,
         }
     }
 }
@@ -79,6 +86,9 @@ impl From<Frame> for Outbound {
 pub struct SessionLink {
     id: SessionId,
     route: Route,
+    /// The frames a resumable session's client has not acknowledged yet
+    /// (none for a plain session).
+    retained: Option<Arc<Retained>>,
 }
 
 /// Where a link's pushes go.
@@ -94,11 +104,14 @@ enum Route {
 /// (its *edge*): what their links do instead of queueing for a local task.
 /// Pushes keep their order, across all of that edge's sessions.
 pub trait Remote: Send + Sync + std::fmt::Debug {
-    /// Queues a frame for these sessions (one message for all of them);
-    /// returns whether it was queued.
-    fn push(&self, sessions: &[SessionId], out: Outbound) -> bool;
-    /// Ends `session` now.
-    fn stop(&self, session: SessionId, code: u16, reason: &str);
+    /// Queues a frame for these sessions (one message for all of them),
+    /// each with its sequence number (0: a plain session); returns whether
+    /// it was queued.
+    fn push(&self, sessions: &[(SessionId, u64)], out: Outbound) -> bool;
+    /// Ends `session` now; with `detach`, a resumable session keeps its
+    /// place with the tenant for its client to come back to (see
+    /// [`SessionLink::detach`]).
+    fn stop(&self, session: SessionId, code: u16, reason: &str, detach: bool);
 }
 
 /// The session task's end of a [`SessionLink`]: frames to write, and the stop
@@ -132,6 +145,10 @@ struct Shared {
     /// Something was pushed (or the queue was closed).
     ready: Signal,
     stop: Stop,
+    /// A resumable session's frame handed to the tenant is the tenant
+    /// having it (the tenant runs in this process); cleared when the tenant
+    /// is on another node, which confirms what it has (`Outbound::Acked`).
+    handoff_confirms: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -147,7 +164,9 @@ struct Queue {
 /// handing its sessions to another process asks of it.
 #[derive(Debug, Default)]
 pub(super) struct Stop {
-    close: OnceLock<(u16, String)>,
+    /// Code, reason, and whether a resumable session stays with its tenant
+    /// (detached) rather than ending.
+    close: OnceLock<(u16, String, bool)>,
     handover: std::sync::Mutex<Handover>,
     pub(super) notify: Signal,
 }
@@ -213,17 +232,25 @@ impl Stop {
 
     /// The code the session was stopped with (1001 if none was set).
     pub(super) fn code(&self) -> u16 {
-        self.close.get().map_or(close::GOING_AWAY, |(code, _)| *code)
+        self.close.get().map_or(close::GOING_AWAY, |(code, _, _)| *code)
     }
 
     /// The reason the session was stopped with.
     pub(super) fn reason(&self) -> String {
-        self.close.get().map(|(_, reason)| reason.clone()).unwrap_or_default()
+        self.close
+            .get()
+            .map(|(_, reason, _)| reason.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether a resumable session stays with its tenant, detached.
+    pub(super) fn detaches(&self) -> bool {
+        self.close.get().is_some_and(|(_, _, detach)| *detach)
     }
 
     /// Ends the session with this close code (the first call wins).
-    pub(super) fn stop(&self, code: u16, reason: &str) {
-        let _ = self.close.set((code, reason.to_owned()));
+    pub(super) fn stop(&self, code: u16, reason: &str, detach: bool) {
+        let _ = self.close.set((code, reason.to_owned(), detach));
         self.notify.notify_one();
     }
 }
@@ -239,13 +266,16 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, out: Outbound) -> Result<(), Refused> {
+    /// Queues `out` within the limits (`forced`: whatever its size, for a
+    /// resumed session's frames, which the retention bounds).
+    fn push(&self, out: Outbound, forced: bool) -> Result<(), Refused> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(Refused::Closed);
         }
         let len = out.payload_bytes();
-        let fits = queue.items.is_empty()
+        let fits = forced
+            || queue.items.is_empty()
             || (queue.items.len() < self.limits.frames.get() && queue.bytes + len <= self.limits.bytes);
         if !fits {
             return Err(Refused::Full(out));
@@ -267,10 +297,12 @@ impl SessionLink {
             limits,
             ready: Signal::default(),
             stop: Stop::default(),
+            handoff_confirms: AtomicBool::new(true),
         });
         let link = SessionLink {
             id,
             route: Route::Local(shared.clone()),
+            retained: None,
         };
         (link, Outbox { shared })
     }
@@ -280,6 +312,63 @@ impl SessionLink {
         SessionLink {
             id,
             route: Route::Remote(remote),
+            retained: None,
+        }
+    }
+
+    /// The same link, numbering and keeping what it pushes in `retained`
+    /// (a resumable session).
+    pub fn retaining(mut self, retained: Arc<Retained>) -> SessionLink {
+        self.retained = Some(retained);
+        self
+    }
+
+    /// What a resumable session keeps of its outbound frames (none for a
+    /// plain one).
+    pub fn retained(&self) -> Option<&Arc<Retained>> {
+        self.retained.as_ref()
+    }
+
+    /// The same link without what it retains: for a stand-in that relays
+    /// what another node numbered.
+    pub fn relaying(&self) -> SessionLink {
+        let mut link = self.clone();
+        link.retained = None;
+        link
+    }
+
+    /// The session's tenant is (now) on another node: what the session hands
+    /// on is confirmed by that node, not by the handing (see `Acked`).
+    pub fn confirm_remotely(&self) {
+        if let Route::Local(shared) = &self.route {
+            shared.handoff_confirms.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// For a publish to a remote session: numbers and keeps `message` if
+    /// the session is resumable (its number; 0 for a plain session), or
+    /// `None` when it did not fit (a slow client is stopped; a detached
+    /// session is left for its tenant to end).
+    pub fn number(&self, message: &Message) -> Option<u64> {
+        let Some(retained) = &self.retained else {
+            return Some(0);
+        };
+        match retained.keep(message) {
+            Ok(seq) => Some(seq),
+            Err(overflow) => {
+                self.overflowed(overflow);
+                None
+            }
+        }
+    }
+
+    fn overflowed(&self, overflow: Overflow) {
+        if overflow == Overflow::Attached {
+            metrics::counter!("baton_slow_consumer_closes_total").increment(1);
+            self.stop(
+                close::SLOW_CONSUMER,
+                "slow consumer: unacknowledged frames over resume.max_bytes",
+            );
         }
     }
 
@@ -301,18 +390,58 @@ impl SessionLink {
     /// keeping up: it is closed with 1008 rather than slowing the plugin or
     /// other sessions down. Returns whether the frame was queued.
     pub fn push(&self, out: Outbound) -> bool {
+        let (out, seq) = match (out, &self.retained) {
+            (Outbound::Frame(message), Some(retained)) => match retained.keep(&message) {
+                Ok(seq) => (Outbound::Sequenced(seq, message), seq),
+                Err(overflow) => {
+                    self.overflowed(overflow);
+                    return false;
+                }
+            },
+            (out, _) => (out, 0),
+        };
         let shared = match &self.route {
             Route::Local(shared) => shared,
-            Route::Remote(remote) => return remote.push(&[self.id], out),
+            Route::Remote(remote) => return remote.push(&[(self.id, seq)], out) || seq > 0,
         };
-        match shared.push(out) {
+        match shared.push(out, false) {
             Ok(()) => true,
             Err(Refused::Full(_)) => {
                 metrics::counter!("baton_slow_consumer_closes_total").increment(1);
                 self.stop(close::SLOW_CONSUMER, "slow consumer: outbound queue full");
                 false
             }
-            Err(Refused::Closed) => false,
+            // Detached: the frame is kept for the client to come back to.
+            Err(Refused::Closed) => seq > 0,
+        }
+    }
+
+    /// Queues frames a resumed session's client missed, ahead of anything
+    /// new, whatever the queue's limits (the retention bounded them).
+    pub fn replay(&self, frames: Vec<(u64, Message)>) {
+        for (seq, message) in frames {
+            let out = Outbound::Sequenced(seq, message);
+            match &self.route {
+                Route::Local(shared) => {
+                    let _ = shared.push(out, true);
+                }
+                Route::Remote(remote) => {
+                    remote.push(&[(self.id, seq)], out);
+                }
+            }
+        }
+    }
+
+    /// Tells the session that its tenant has its client's frames up to
+    /// `seq` (through a cluster node, whose session acknowledges them).
+    pub fn confirm(&self, seq: u64) {
+        match &self.route {
+            Route::Local(shared) => {
+                let _ = shared.push(Outbound::Acked(seq), true);
+            }
+            Route::Remote(remote) => {
+                remote.push(&[(self.id, 0)], Outbound::Acked(seq));
+            }
         }
     }
 
@@ -321,20 +450,32 @@ impl SessionLink {
         let shared = match &self.route {
             Route::Local(shared) => shared,
             Route::Remote(remote) => {
-                remote.push(&[self.id], Outbound::Close(code, reason));
+                remote.push(&[(self.id, 0)], Outbound::Close(code, reason));
                 return;
             }
         };
-        if let Err(Refused::Full(Outbound::Close(code, reason))) = shared.push(Outbound::Close(code, reason)) {
+        if let Err(Refused::Full(Outbound::Close(code, reason))) = shared.push(Outbound::Close(code, reason), false) {
             self.stop(code, &reason);
         }
     }
 
     /// Ends the session now, ahead of anything queued.
     pub fn stop(&self, code: u16, reason: &str) {
+        self.stop_with(code, reason, false);
+    }
+
+    /// Closes the session's socket now, but a resumable session stays with
+    /// its tenant, detached, for its client to resume (its client is told
+    /// to resume, and the close code is 1012); a plain session ends with
+    /// `code`. For a host that goes away, or messages lost between nodes.
+    pub fn detach(&self, code: u16, reason: &str) {
+        self.stop_with(code, reason, true);
+    }
+
+    fn stop_with(&self, code: u16, reason: &str, detach: bool) {
         match &self.route {
-            Route::Local(shared) => shared.stop.stop(code, reason),
-            Route::Remote(remote) => remote.stop(self.id, code, reason),
+            Route::Local(shared) => shared.stop.stop(code, reason, detach),
+            Route::Remote(remote) => remote.stop(self.id, code, reason, detach),
         }
     }
 
@@ -377,6 +518,12 @@ impl Outbox {
 
     pub(super) fn stop(&self) -> &Stop {
         &self.shared.stop
+    }
+
+    /// Whether handing a frame to the tenant confirms it (see
+    /// [`SessionLink::confirm_remotely`]).
+    pub(super) fn handoff_confirms(&self) -> bool {
+        self.shared.handoff_confirms.load(Ordering::Relaxed)
     }
 }
 

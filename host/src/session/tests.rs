@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 
 use super::*;
 use crate::session::link::{QueueLimits, SessionLink};
+use crate::session::retained;
 
 /// A fake socket: the test pushes what the client "sends" and reads what the
 /// session writes.
@@ -60,6 +61,15 @@ fn settings() -> SessionSettings {
 }
 
 fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Harness {
+    start_with(mailbox_len, queue_len, settings, None)
+}
+
+fn start_with(
+    mailbox_len: usize,
+    queue_len: usize,
+    settings: SessionSettings,
+    continuity: Option<Continuity>,
+) -> Harness {
     let (client, incoming) = mpsc::unbounded_channel();
     let (outgoing, written) = mpsc::unbounded_channel();
     let (mailbox_tx, mailbox) = mpsc::channel(mailbox_len);
@@ -75,7 +85,7 @@ fn start(mailbox_len: usize, queue_len: usize, settings: SessionSettings) -> Har
         budget_bytes: 1 << 20,
     };
     let task = tokio::spawn(async move {
-        run(ws, 7, to_tenant, outbox, settings)
+        run(ws, 7, to_tenant, outbox, settings, continuity)
             .await
             .closed()
             .expect("not parked")
@@ -132,7 +142,7 @@ async fn queued_frames_are_written_before_a_close() {
     assert_eq!(h.task.await.expect("task"), Ending::ServerClosed(4001));
     assert!(matches!(
         h.mailbox.recv().await,
-        Some(Inbound::Disconnect { session: 7 })
+        Some(Inbound::Disconnect { session: 7, .. })
     ));
 }
 
@@ -143,7 +153,7 @@ async fn a_client_close_ends_the_session_with_one_disconnect() {
     assert_eq!(h.task.await.expect("task"), Ending::ClientClosed(None));
     assert!(matches!(
         h.mailbox.recv().await,
-        Some(Inbound::Disconnect { session: 7 })
+        Some(Inbound::Disconnect { session: 7, .. })
     ));
     assert!(h.mailbox.recv().await.is_none(), "exactly one disconnect");
 }
@@ -205,4 +215,112 @@ async fn a_tenant_that_takes_nothing_gets_its_session_closed_with_1013() {
     }
     assert_eq!(close, Some(close::TRY_AGAIN_LATER));
     drop(h.mailbox);
+}
+
+/// A `baton.v1` session: its link retains what it sends.
+fn start_v1(last_in: u64) -> Harness {
+    let continuity = Continuity::new(Some(resumable::welcome(7, &[1; 16], 120)), last_in, 0);
+    let mut h = start_with(8, 64, settings(), Some(continuity));
+    h.link = h.link.clone().retaining(Arc::new(retained::Retained::new(1, 1 << 20)));
+    h
+}
+
+fn client_data(seq: u64, ack: u64, text: &str) -> Message {
+    let mut bytes = vec![1u8];
+    bytes.extend(seq.to_be_bytes());
+    bytes.extend(ack.to_be_bytes());
+    bytes.extend(text.as_bytes());
+    Message::binary(bytes)
+}
+
+fn binary(message: Option<Message>) -> Vec<u8> {
+    match message {
+        Some(Message::Binary(bytes)) => bytes.to_vec(),
+        other => panic!("expected a binary message, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_v1_session_greets_numbers_acknowledges_and_detaches() {
+    let mut h = start_v1(2);
+    assert_eq!(binary(h.written.recv().await)[0], 0x10, "the welcome comes first");
+
+    // Frames already taken (sent again after a resume) are dropped; new
+    // ones reach the tenant with their numbers, and so does the client's
+    // acknowledgement.
+    h.client.send(Ok(client_data(2, 0, "old"))).expect("send");
+    h.client.send(Ok(client_data(3, 1, "new"))).expect("send");
+    assert!(matches!(
+        h.mailbox.recv().await,
+        Some(Inbound::Ack { session: 7, upto: 1 })
+    ));
+    match h.mailbox.recv().await {
+        Some(Inbound::Frame { seq: 3, frame, .. }) => assert_eq!(frame, Frame::Text("new".into())),
+        other => panic!("expected frame 3, got {other:?}"),
+    }
+
+    // The tenant's frame goes out numbered, carrying the acknowledgement.
+    assert!(h.link.push(Outbound::Frame(Message::text("hi"))));
+    let data = binary(h.written.recv().await);
+    assert_eq!(data[0], 0x01);
+    assert_eq!(u64::from_be_bytes(data[1..9].try_into().expect("seq")), 1);
+    assert_eq!(u64::from_be_bytes(data[9..17].try_into().expect("ack")), 3);
+    assert_eq!(&data[17..], b"hi");
+
+    // A frame with nothing to carry its acknowledgement: one comes alone.
+    h.client.send(Ok(client_data(4, 1, "quiet"))).expect("send");
+    let _ = h.mailbox.recv().await;
+    let ack = binary(h.written.recv().await);
+    assert_eq!(ack, [&[0x03][..], &4u64.to_be_bytes()].concat());
+
+    // A heartbeat is answered.
+    let mut ping = vec![0x04];
+    ping.extend(1u64.to_be_bytes());
+    h.client.send(Ok(Message::binary(ping))).expect("send");
+    assert_eq!(binary(h.written.recv().await)[0], 0x05);
+
+    // The socket is lost: the session is detached, not disconnected.
+    drop(h.client);
+    assert_eq!(h.task.await.expect("task"), Ending::Dropped);
+    assert!(matches!(
+        h.mailbox.recv().await,
+        Some(Inbound::Detached {
+            session: 7,
+            attachment: 0
+        })
+    ));
+}
+
+#[tokio::test]
+async fn a_v1_session_refuses_text_and_gaps() {
+    let mut h = start_v1(0);
+    let _welcome = h.written.recv().await;
+    h.client.send(Ok(client_data(2, 0, "skips one"))).expect("send");
+    assert_eq!(close_code(h.written.recv().await.expect("close")), close::PROTOCOL);
+
+    let mut h = start_v1(0);
+    let _welcome = h.written.recv().await;
+    h.client.send(Ok(Message::text("plain"))).expect("send");
+    assert_eq!(close_code(h.written.recv().await.expect("close")), close::PROTOCOL);
+    h.client.send(Ok(Message::Close(None))).expect("client answers");
+    let _ = h.task.await;
+    assert!(
+        matches!(h.mailbox.recv().await, Some(Inbound::Disconnect { .. })),
+        "a broken protocol ends the session"
+    );
+}
+
+#[tokio::test]
+async fn a_v1_session_the_host_lets_go_is_told_to_resume() {
+    let mut h = start_v1(0);
+    let _welcome = h.written.recv().await;
+    h.link.detach(close::GOING_AWAY, "server shutting down");
+    assert_eq!(binary(h.written.recv().await), [0x13], "go away first");
+    assert_eq!(
+        close_code(h.written.recv().await.expect("close")),
+        close::SERVICE_RESTART
+    );
+    h.client.send(Ok(Message::Close(None))).expect("client answers");
+    let _ = h.task.await;
+    assert!(matches!(h.mailbox.recv().await, Some(Inbound::Detached { .. })));
 }

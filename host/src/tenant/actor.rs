@@ -58,7 +58,7 @@ pub fn adopt(
     lease: u64,
 ) -> TenantHandle {
     let tenant = record.tenant.clone();
-    let held = record.host_state(link);
+    let held = record.host_state(link, env.config.resume.max_bytes);
     env.first_look(&crate::storage::Namespace::new(&record.tenant, &record.plugin));
     start(plugin, &tenant, env, move |actor| {
         actor.shared.set_lease(lease);
@@ -376,12 +376,14 @@ impl Actor {
         let idle = self.env.config.hibernation.idle_secs;
         let idle_deadline = (idle > 0 && self.slot.is_running()).then(|| self.last_active + Duration::from_secs(idle));
         let checkpoint = self.checkpoint_due.filter(|_| self.slot.is_running());
+        let expiry = self.next_expiry();
         let deadlines = [
             removal_deadline,
             next_timer,
             idle_deadline,
             checkpoint,
             self.room_retry_at,
+            expiry,
         ];
         let first = deadlines.iter().flatten().min().copied();
         // A later deadline than the armed one moves it without a lock.
@@ -410,6 +412,8 @@ impl Actor {
                     self.checkpoint().await;
                 } else if due(self.room_retry_at) {
                     self.room_retry_at = None;
+                } else if due(expiry) {
+                    self.expire_detached().await;
                 }
             }
         }
@@ -420,7 +424,11 @@ impl Actor {
     async fn settle(&mut self, waited: Waited) -> Option<End> {
         match waited {
             Waited::Handled => None,
-            Waited::Shutdown(done) => Some(End::Shutdown(done)),
+            Waited::Shutdown(done) => {
+                // Nobody will resume them in this process.
+                self.end_detached().await;
+                Some(End::Shutdown(done))
+            }
             Waited::Erase(done) => {
                 self.close_all(close::POLICY, "tenant deleted").await;
                 Some(End::Erased(done))

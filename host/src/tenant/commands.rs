@@ -15,17 +15,43 @@ use crate::config::Limits;
 use crate::error::Rejection;
 use crate::instance::Trap;
 use crate::session::link::{SessionId, SessionLink};
+use crate::session::resumable::Token;
 use crate::session::{HeldBytes, Inbound};
 use crate::tenant::actor::{Actor, MAKE_ROOM_IDLE, Ready};
 use crate::tenant::mailbox::Command;
-use crate::tenant::state::SessionEntry;
+use crate::tenant::state::{Resume, SessionEntry};
 
 impl Actor {
     pub(super) async fn handle(&mut self, command: Command) {
         match command {
-            Command::Connect { link, request, reply } => self.on_connect(link, request, reply).await,
-            Command::Session(Inbound::Frame { session, frame, held }) => self.on_frame(session, frame, held).await,
-            Command::Session(Inbound::Disconnect { session }) => self.on_disconnect(session).await,
+            Command::Connect {
+                link,
+                request,
+                token,
+                reply,
+            } => self.on_connect(link, request, token, reply).await,
+            Command::Resume {
+                session,
+                token,
+                received,
+                link,
+                reply,
+            } => self.on_resume(session, token, received, link, reply),
+            Command::Session(Inbound::Frame {
+                session,
+                frame,
+                held,
+                seq,
+            }) => self.on_frame(session, frame, held, seq).await,
+            Command::Session(Inbound::Disconnect { session, attachment }) => {
+                if self.is_current(session, attachment) {
+                    self.on_disconnect(session).await;
+                }
+            }
+            Command::Session(Inbound::Detached { session, attachment }) => {
+                self.on_detached(session, attachment).await;
+            }
+            Command::Session(Inbound::Ack { session, upto }) => self.on_ack(session, upto),
             Command::Http { request, reply } => self.on_http(request, reply).await,
             Command::Hibernate => self.hibernate().await,
             // Handled by the main loop; a deferred one means the same.
@@ -42,6 +68,7 @@ impl Actor {
         &mut self,
         link: SessionLink,
         request: ConnectRequest,
+        token: Option<Token>,
         reply: oneshot::Sender<Result<(), Rejection>>,
     ) {
         if self.incidents.supervisor.backing_off() {
@@ -54,7 +81,14 @@ impl Actor {
         }
         match self.ensure_instance().await {
             Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::Connect { link, request, reply }),
+            Ready::No => {
+                return self.deferred = Some(Command::Connect {
+                    link,
+                    request,
+                    token,
+                    reply,
+                });
+            }
             Ready::Gone => {
                 let _ = reply.send(Err(Rejection::NotFound("plugin removed".into())));
                 return;
@@ -65,6 +99,7 @@ impl Actor {
         let entry = SessionEntry {
             link,
             request: request.clone(),
+            resume: token.map(Resume::new),
         };
         self.shared.state().sessions.insert(id, entry);
         let Some(instance) = self.slot.instance() else {
@@ -95,20 +130,33 @@ impl Actor {
     }
 
     /// A frame; its `held` bytes of the inbound budget are given back once it
-    /// is handled (a deferred frame keeps them).
-    async fn on_frame(&mut self, session: SessionId, frame: Frame, held: HeldBytes) {
+    /// is handled (a deferred frame keeps them). A resumable session's frame
+    /// (numbered `seq`) is taken once: one the tenant has already (sent
+    /// again after a resume, or by a socket that was replaced) is dropped.
+    async fn on_frame(&mut self, session: SessionId, frame: Frame, held: HeldBytes, seq: u64) {
         if !self.shared.state().sessions.contains_key(&session) {
             return;
         }
+        let defer = |frame, held| {
+            Some(Command::from(Inbound::Frame {
+                session,
+                frame,
+                held,
+                seq,
+            }))
+        };
         match self.ensure_instance().await {
             Ready::Yes => {}
-            Ready::No => return self.deferred = Some(Command::from(Inbound::Frame { session, frame, held })),
+            Ready::No => return self.deferred = defer(frame, held),
             // Its sessions close once the drain deadline passes.
             Ready::Gone => return,
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
-                return self.deferred = Some(Command::from(Inbound::Frame { session, frame, held }));
+                return self.deferred = defer(frame, held);
             }
+        }
+        if seq > 0 && !self.take_numbered(session, seq) {
+            return;
         }
         self.shared.count_in();
         if let Some(instance) = self.slot.instance()
@@ -119,7 +167,7 @@ impl Actor {
         self.deliver_presence().await;
     }
 
-    async fn on_disconnect(&mut self, session: SessionId) {
+    pub(super) async fn on_disconnect(&mut self, session: SessionId) {
         if !self.shared.state().sessions.contains_key(&session) {
             return;
         }
@@ -140,7 +188,8 @@ impl Actor {
             // The plugin must hear it once: wait for room.
             Ready::Full(_) => {
                 self.waiting_for_seat = true;
-                self.deferred = Some(Command::from(Inbound::Disconnect { session }));
+                let attachment = self.attachment_of(session);
+                self.deferred = Some(Command::from(Inbound::Disconnect { session, attachment }));
             }
         }
     }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::Rejection;
 use crate::session::Inbound;
+use crate::session::resumable::Refusal;
 use crate::tenant::actor::{Actor, End};
 use crate::tenant::mailbox::Command;
 use crate::tenant::mailbox::Verdict;
@@ -82,6 +83,7 @@ impl Actor {
     pub(super) async fn close_all(&mut self, code: u16, why: &'static str) {
         self.closing = true;
         self.publish();
+        self.end_detached().await;
         self.shared.stop_sessions(code, why);
         let deadline = Instant::now() + CLOSE_WAIT;
         let mut next = self.deferred.take();
@@ -94,8 +96,10 @@ impl Actor {
                 },
             };
             match command {
-                Command::Session(Inbound::Disconnect { session }) => {
-                    if self.shared.remove_session(session) {
+                Command::Session(
+                    Inbound::Disconnect { session, attachment } | Inbound::Detached { session, attachment },
+                ) => {
+                    if self.is_current(session, attachment) && self.shared.remove_session(session) {
                         self.call_disconnect(session).await;
                         self.deliver_presence().await;
                     }
@@ -109,8 +113,13 @@ impl Actor {
                 Command::Http { reply, .. } => {
                     let _ = reply.send(Err(Rejection::NotFound(why.into())));
                 }
+                Command::Resume { reply, .. } => {
+                    let _ = reply.send(Err((Refusal::Unknown, why.into())));
+                }
                 // Dropped: the handover is called off (the tenant is closing).
-                Command::Session(Inbound::Frame { .. }) | Command::Hibernate | Command::Handover { .. } => {}
+                Command::Session(Inbound::Frame { .. } | Inbound::Ack { .. })
+                | Command::Hibernate
+                | Command::Handover { .. } => {}
             }
         }
     }
@@ -126,6 +135,9 @@ fn answer_ended(command: Command) {
         }
         Command::Http { reply, .. } => {
             let _ = reply.send(Err(ended()));
+        }
+        Command::Resume { reply, .. } => {
+            let _ = reply.send(Err((Refusal::Unavailable, "the tenant's task ended; try again".into())));
         }
         Command::Shutdown { done } | Command::Erase { done } => {
             let _ = done.send(());

@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::bindings::{ConnectRequest, HttpRequest, HttpResponse};
 use crate::error::Rejection;
-use crate::session::link::SessionLink;
+use crate::session::link::{SessionId, SessionLink};
+use crate::session::resumable::{Refusal, Token};
 use crate::session::{Inbound, Mailbox};
 use crate::tenant::record::TenantRecord;
 use crate::tenant::state::TenantShared;
@@ -41,8 +42,25 @@ pub enum Command {
         link: SessionLink,
         /// The upgrade request.
         request: ConnectRequest,
+        /// A resumable session's first token (its link retains its frames).
+        token: Option<Token>,
         /// `Ok` if the plugin accepted the session.
         reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+    /// A client resumes a session on a new socket (whose link this is):
+    /// the plugin hears nothing; what the client missed is queued on the
+    /// new link, and the old socket, if the session still has one, is let go.
+    Resume {
+        /// The session.
+        session: SessionId,
+        /// The token the client presented.
+        token: Token,
+        /// The last of the session's frames the client received.
+        received: u64,
+        /// The new socket's link.
+        link: SessionLink,
+        /// Where the new socket starts, or why it may not.
+        reply: oneshot::Sender<Result<Resumed, (Refusal, String)>>,
     },
     /// What a session hands over: a frame, or its end.
     Session(Inbound),
@@ -85,6 +103,17 @@ impl From<Inbound> for Command {
     }
 }
 
+/// Where a resumed session's new socket starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The session's next token.
+    pub token: Token,
+    /// The last of the client's frames the tenant took.
+    pub last_in: u64,
+    /// The new socket's number among the session's sockets.
+    pub attachment: u32,
+}
+
 /// A tenant's mailbox and shared state.
 #[derive(Clone)]
 pub struct TenantHandle {
@@ -93,6 +122,9 @@ pub struct TenantHandle {
     /// Bytes of client frames the tenant holds at most.
     inbound: Arc<Semaphore>,
     inbound_bytes: u32,
+    /// A stand-in for a tenant on another node of a cluster: what a session
+    /// hands it is not yet the tenant's.
+    stand_in: bool,
 }
 
 impl std::fmt::Debug for TenantHandle {
@@ -110,7 +142,21 @@ impl TenantHandle {
             mailbox,
             inbound: Arc::new(Semaphore::new(inbound_bytes as usize)),
             inbound_bytes,
+            stand_in: false,
         }
+    }
+
+    /// The same handle, for a stand-in of a tenant on another node.
+    pub fn stand_in(mut self) -> TenantHandle {
+        self.stand_in = true;
+        self
+    }
+
+    /// Whether this is a stand-in of a tenant on another node: its sessions'
+    /// frames are confirmed by that node (see
+    /// [`SessionLink::confirm_remotely`]).
+    pub fn is_stand_in(&self) -> bool {
+        self.stand_in
     }
 
     /// Where a session of this tenant hands its frames.

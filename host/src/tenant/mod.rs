@@ -44,6 +44,15 @@
 //! is exported to the data folder (`shutdown.persist_state`) and imported by
 //! its first instance after the next start.
 //!
+//! **Resumable sessions** (`baton.v1`): a session whose socket is lost is
+//! *detached*, not closed: it keeps its subscriptions and presence, its
+//! link keeps numbering and retaining what the plugin sends, and the plugin
+//! hears nothing. A client that comes back with the session's token
+//! (`Command::Resume`) gets a new socket on the same session and what it
+//! missed; the tenant takes each of the client's frames once, by number.
+//! A session not resumed within `resume.window_secs` (or whose retained
+//! frames outgrow `resume.max_bytes`) ends then, as a disconnect.
+//!
 //! **Removal**: when the plugin is removed, the tenant keeps serving its open
 //! sessions for the drain deadline, then closes them with 1001 and ends once
 //! they are gone. A redeploy within the deadline migrates it as usual.
@@ -62,6 +71,7 @@
 //! - `incidents.rs`: how failures are reported and counted as restarts;
 //! - `actor.rs`: the task: its loop, what it does next, and its lifecycle;
 //! - `commands.rs`: the task's handler for each command;
+//! - `resume.rs`: resumable sessions detached, resumed and expired;
 //! - `ending.rs`: how the task ends or leaves (handover, a removed plugin's
 //!   sessions closed, what is still queued answered);
 //! - `lifecycle.rs`: a tenant's data as a whole, exported and deleted;
@@ -78,6 +88,7 @@ pub mod lifecycle;
 mod mailbox;
 mod open;
 pub mod record;
+mod resume;
 mod slot;
 pub mod state;
 mod supervisor;
@@ -85,6 +96,6 @@ mod supervisor;
 pub use actor::adopt;
 pub use directory::Tenants;
 pub use env::{Report, TenantEnv};
-pub use mailbox::{Command, TenantHandle, Verdict};
+pub use mailbox::{Command, Resumed, TenantHandle, Verdict};
 pub use open::Opener;
 pub use state::{Status, TenantShared};

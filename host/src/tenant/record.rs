@@ -5,15 +5,20 @@
 //! format is versioned by the `handover` module, and fields added later
 //! must have defaults so that a newer binary reads an older record.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::bindings::ConnectRequest;
 use crate::presence::{Entry, Presence};
 use crate::session::link::{SessionId, SessionLink};
-use crate::tenant::state::{SessionEntry, TenantShared, TenantState};
+use crate::session::resumable::{token_from_text, token_text};
+use crate::session::retained::Retained;
+use crate::tenant::state::{Resume, SessionEntry, TenantShared, TenantState};
 use crate::timers::Timers;
 use crate::topics::Topics;
 
@@ -87,6 +92,87 @@ pub struct ConnectRecord {
     pub query: String,
     /// The request's headers.
     pub headers: Vec<(String, String)>,
+    /// A resumable session's place with its tenant.
+    #[serde(default)]
+    pub resume: Option<ResumeRecord>,
+}
+
+/// A resumable session as it moves: its token and numbers, whether it has
+/// a socket, and the frames its client has not acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    /// Its token (base64url).
+    pub token: String,
+    /// Its current socket's number.
+    pub attachment: u32,
+    /// The last of the client's frames the tenant took.
+    pub last_in: u64,
+    /// Milliseconds left of its window, if it has no socket.
+    pub detached_ms_left: Option<u64>,
+    /// The number its next frame gets.
+    pub next_out: u64,
+    /// Frames its client has not acknowledged, oldest first.
+    pub retained: Vec<RetainedFrame>,
+}
+
+/// One frame a resumable session's client has not acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetainedFrame {
+    /// Its number.
+    pub seq: u64,
+    /// Whether it is binary (else text).
+    pub binary: bool,
+    /// Its payload.
+    #[serde(with = "crate::text::base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl ResumeRecord {
+    fn of(resume: &Resume, retained: &Retained, now: Instant) -> ResumeRecord {
+        let (next_out, kept) = retained.export();
+        ResumeRecord {
+            token: token_text(&resume.token),
+            attachment: resume.attachment,
+            last_in: resume.last_in,
+            detached_ms_left: resume
+                .detached_until
+                .map(|until| u64::try_from(until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)),
+            next_out,
+            retained: kept
+                .into_iter()
+                .map(|(seq, message)| RetainedFrame {
+                    seq,
+                    binary: matches!(message, Message::Binary(_)),
+                    data: message.into_data().to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The session's place with the tenant, and its retained frames.
+    fn restore(&self, now: Instant, max_bytes: usize) -> Option<(Resume, Retained)> {
+        let token = token_from_text(&self.token)?;
+        let frames = self
+            .retained
+            .iter()
+            .map(|f| {
+                let message = match f.binary {
+                    true => Message::binary(f.data.clone()),
+                    false => Message::text(String::from_utf8_lossy(&f.data).into_owned()),
+                };
+                (f.seq, message)
+            })
+            .collect();
+        let retained = Retained::restore(self.next_out, frames, max_bytes);
+        let resume = Resume {
+            token,
+            attachment: self.attachment,
+            last_in: self.last_in,
+            detached_until: self.detached_ms_left.map(|ms| now + Duration::from_millis(ms)),
+        };
+        retained.set_detached(resume.detached_until.is_some());
+        Some((resume, retained))
+    }
 }
 
 impl TenantRecord {
@@ -100,10 +186,15 @@ impl TenantRecord {
             .iter()
             .map(|(id, entry)| {
                 let request = &entry.request;
+                let resume = match (&entry.resume, entry.link.retained()) {
+                    (Some(resume), Some(retained)) => Some(ResumeRecord::of(resume, retained, now)),
+                    _ => None,
+                };
                 let record = ConnectRecord {
                     path: request.path.clone(),
                     query: request.query.clone(),
                     headers: request.headers.clone(),
+                    resume,
                 };
                 (*id, record)
             })
@@ -137,9 +228,11 @@ impl TenantRecord {
     }
 
     /// The host-held state this record describes, with `link` giving each
-    /// session's new link.
-    pub fn host_state(&self, mut link: impl FnMut(SessionId) -> SessionLink) -> TenantState {
+    /// session's new link (a resumable session's retains its frames, at
+    /// most `max_bytes`).
+    pub fn host_state(&self, mut link: impl FnMut(SessionId) -> SessionLink, max_bytes: usize) -> TenantState {
         let now = Instant::now();
+        let mut detached = HashMap::default();
         let sessions = self
             .sessions
             .iter()
@@ -151,13 +244,16 @@ impl TenantRecord {
                     headers: connect.headers.clone(),
                     resumed: false,
                 };
-                (
-                    *id,
-                    SessionEntry {
-                        link: link(*id),
-                        request,
-                    },
-                )
+                let mut link = link(*id);
+                let resume = connect.resume.as_ref().and_then(|r| r.restore(now, max_bytes));
+                let resume = resume.map(|(resume, retained)| {
+                    link = link.clone().retaining(Arc::new(retained));
+                    if let Some(until) = resume.detached_until {
+                        detached.insert(*id, until);
+                    }
+                    resume
+                });
+                (*id, SessionEntry { link, request, resume })
             })
             .collect();
         let presence = self
@@ -183,6 +279,7 @@ impl TenantRecord {
             presence: Presence::import(presence),
             timers: Timers::import(self.timer_next, timers, now),
             diffs: Vec::new(),
+            detached,
         }
     }
 }

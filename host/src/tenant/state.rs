@@ -19,10 +19,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use tokio::time::Instant;
+
 use crate::bindings::ConnectRequest;
 use crate::lanes::Lane;
 use crate::presence::{Diff, Presence};
 use crate::session::link::{SessionId, SessionLink};
+use crate::session::resumable::Token;
 use crate::sql::Sql;
 use crate::storage::{Namespace, Storage, StorageError};
 use crate::timers::Timers;
@@ -63,6 +66,36 @@ pub struct SessionEntry {
     pub link: SessionLink,
     /// Kept to re-announce the session to a fresh instance after a crash.
     pub request: ConnectRequest,
+    /// A resumable (`baton.v1`) session's place with its tenant.
+    pub resume: Option<Resume>,
+}
+
+/// What the tenant keeps of a resumable session besides its link (whose
+/// [`crate::session::retained::Retained`] holds the unacknowledged frames).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The token its client resumes it with (a new one after each resume).
+    pub token: Token,
+    /// Which of its sockets is the current one: 0 at first, one more at
+    /// each resume. What an older socket reports is ignored.
+    pub attachment: u32,
+    /// The last of the client's frames the tenant took (a frame sent again
+    /// after a resume, or by a replaced socket, is not taken twice).
+    pub last_in: u64,
+    /// Set while it has no socket: when it ends unless resumed.
+    pub detached_until: Option<Instant>,
+}
+
+impl Resume {
+    /// A new session's.
+    pub fn new(token: Token) -> Resume {
+        Resume {
+            token,
+            attachment: 0,
+            last_in: 0,
+            detached_until: None,
+        }
+    }
 }
 
 /// The host-held state of a tenant, behind one lock: every part of it is
@@ -82,6 +115,16 @@ pub struct TenantState {
     pub timers: Timers,
     /// Presence changes not yet handed to the plugin.
     pub diffs: Vec<(String, Diff)>,
+    /// Resumable sessions without a socket, and when each ends unless
+    /// resumed.
+    pub detached: HashMap<SessionId, Instant, rustc_hash::FxBuildHasher>,
+}
+
+impl TenantState {
+    /// Sessions that have a socket (here or on another node).
+    pub fn attached(&self) -> usize {
+        self.sessions.len() - self.detached.len()
+    }
 }
 
 /// Host-held state of one tenant of one plugin, shared by its task, its
@@ -92,7 +135,8 @@ pub struct TenantShared {
     /// The plugin's name.
     pub plugin: String,
     state: Mutex<TenantState>,
-    /// Notified when the last open session is removed.
+    /// Notified when the last open session is removed, or the last one
+    /// with a socket detached.
     sessions_gone: Notify,
     /// Durable storage (none during a deploy check).
     pub storage: Option<Arc<Storage>>,
@@ -198,13 +242,19 @@ impl TenantShared {
         self.state().sessions.get(&id).map(|e| e.link.clone())
     }
 
-    /// The sessions whose sockets this process holds, with their requests.
-    pub fn local_sessions(&self) -> Vec<(SessionId, SessionLink, ConnectRequest)> {
-        self.state()
+    /// The sessions whose sockets this process holds, with their requests
+    /// and whether each is resumable (for a stand-in relaying to another
+    /// node: their links retain nothing, and confirm nothing by handing).
+    pub fn local_sessions(&self) -> Vec<(SessionId, SessionLink, ConnectRequest, bool)> {
+        let state = self.state();
+        state
             .sessions
             .iter()
-            .filter(|(_, e)| e.link.remote_route().is_none())
-            .map(|(id, e)| (*id, e.link.clone(), e.request.clone()))
+            .filter(|(id, e)| e.link.remote_route().is_none() && !state.detached.contains_key(id))
+            .map(|(id, e)| {
+                e.link.confirm_remotely();
+                (*id, e.link.relaying(), e.request.clone(), e.resume.is_some())
+            })
             .collect()
     }
 
@@ -256,13 +306,50 @@ impl TenantShared {
         if state.sessions.remove(&id).is_none() {
             return false;
         }
+        state.detached.remove(&id);
         state.topics.remove_session(id);
         let diffs = state.presence.remove_session(id);
         state.diffs.extend(diffs);
-        if state.sessions.is_empty() {
+        if state.attached() == 0 {
             self.sessions_gone.notify_waiters();
         }
         true
+    }
+
+    /// A resumable session lost its socket: kept until `until`, its frames
+    /// retained. `false` if it was not open with a socket.
+    pub fn detach_session(&self, id: SessionId, until: Instant) -> bool {
+        let mut state = self.state();
+        let Some(entry) = state.sessions.get_mut(&id) else {
+            return false;
+        };
+        let (Some(resume), Some(retained)) = (entry.resume.as_mut(), entry.link.retained()) else {
+            return false;
+        };
+        if resume.detached_until.is_some() {
+            return false;
+        }
+        resume.detached_until = Some(until);
+        retained.set_detached(true);
+        state.detached.insert(id, until);
+        if state.attached() == 0 {
+            self.sessions_gone.notify_waiters();
+        }
+        true
+    }
+
+    /// Resolves once the tenant has no session with a socket (detached
+    /// sessions may remain).
+    pub async fn no_attached_sessions(&self) {
+        loop {
+            let gone = self.sessions_gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.state().attached() == 0 {
+                return;
+            }
+            gone.await;
+        }
     }
 
     /// Resolves once the tenant has no open session.
