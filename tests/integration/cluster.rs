@@ -223,6 +223,83 @@ async fn an_edge_killed_leaves_no_ghosts_after_down_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_resumes_on_another_node_after_its_edge_is_killed() {
+    use crate::v1_client::V1Client;
+
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    // `a` owns the tenant (its first session is there) and keeps what the
+    // resumable session's client has not acknowledged.
+    let a = node(&nats, &db, "a").await;
+    let mut publisher = a.connect("acme", "chaos").await;
+    let c = node(&nats, &db, "c").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut b = node_process(&nats, &db, "b", dir.path());
+    b.wait_version("chaos", |_| true).await;
+
+    let path = "/t/acme/chaos";
+    let mut client = V1Client::connect(&b.clients, path).await.expect("connect through b");
+    let session = client.state.session;
+    for (command, answer) in [("sub:feed", "subscribed"), ("track:room:ann", "tracked")] {
+        client.send_text(command).await.expect("send");
+        assert_eq!(client.recv_text().await.expect("answer"), answer);
+    }
+    for i in 0..20 {
+        client.send_text(&format!("echo:c{i}")).await.expect("send");
+        assert_eq!(client.recv_text().await.expect("echo"), format!("c{i}"));
+    }
+    // Frames in flight both ways when the edge dies.
+    for i in 20..30 {
+        client.send_text(&format!("echo:c{i}")).await.expect("send");
+    }
+    b.kill();
+    for j in 0..10 {
+        assert!(publisher.ask(&format!("pub:feed:s{j}")).await.starts_with("published:"));
+    }
+
+    // The client comes back on `c`: every frame once, in order, both ways.
+    let mut resumed = V1Client::resume(&c.clients.to_string(), path, client.state.clone())
+        .await
+        .expect("resumes on another node");
+    let (mut next_echo, mut next_feed) = (20, 0);
+    while next_echo < 30 || next_feed < 10 {
+        let text = resumed.recv_text().await.expect("a frame");
+        if let Some(i) = text.strip_prefix('c') {
+            assert_eq!(i.parse::<u32>().expect("number"), next_echo, "echoes once, in order");
+            next_echo += 1;
+        } else if let Some(j) = text.strip_prefix('s') {
+            assert_eq!(j.parse::<u32>().expect("number"), next_feed, "the feed once, in order");
+            next_feed += 1;
+        } else {
+            panic!("unexpected {text}");
+        }
+    }
+    resumed.send_text("members:room").await.expect("send");
+    assert_eq!(resumed.recv_text().await.expect("members"), "members:ann");
+
+    // Long after the dead edge is known to be down, the session is still
+    // there, never disconnected, its presence never left.
+    tokio::time::sleep(Duration::from_secs(DOWN_AFTER + 1)).await;
+    resumed.send_text("echo:still").await.expect("send");
+    assert_eq!(resumed.recv_text().await.expect("echo"), "still");
+    let seen = events(&a, "acme").await;
+    assert!(
+        !seen["disconnects"]
+            .as_array()
+            .expect("disconnects")
+            .contains(&Value::from(session)),
+        "no disconnect: {seen}"
+    );
+    let leaves = seen["presence"]
+        .as_array()
+        .expect("presence")
+        .iter()
+        .filter(|p| p[2] != serde_json::json!([]))
+        .count();
+    assert_eq!(leaves, 0, "no presence leave: {seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_killed_is_replaced_and_its_sessions_reannounced() {
     let nats = Nats::start();
     let db = baton_test_postgres::database();

@@ -559,3 +559,72 @@ async fn an_upgrade_on_postgres_carries_storage_and_sql_over() {
         .collect();
     assert_eq!(titles, ["before", "after"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_sessions_go_through_an_upgrade_with_or_without_a_socket() {
+    use crate::v1_client::V1Client;
+
+    let (_dir, mut host) = started(&[("chaos", CHAOS)], "").await;
+    let clients = host.clients.clone();
+    let path = "/t/acme/chaos";
+    // One session keeps its socket through the upgrade...
+    let mut attached = V1Client::connect(&clients, path).await.expect("connect");
+    attached.send_text("sub:feed").await.expect("send");
+    assert_eq!(attached.recv_text().await.expect("answer"), "subscribed");
+    // ...one has lost its socket before it, with frames waiting for it.
+    let mut detached = V1Client::connect(&clients, path).await.expect("connect");
+    let session = detached.state.session;
+    for command in ["sub:feed", "track:room:bob"] {
+        detached.send_text(command).await.expect("send");
+        detached.recv_text().await.expect("answer");
+    }
+    let state = detached.state.clone();
+    drop(detached);
+    let mut publisher = crate::support::connect_at(&clients, path).await.expect("publisher");
+    for j in 0..5 {
+        assert_eq!(publisher.ask(&format!("pub:feed:before{j}")).await, "published:2");
+    }
+    for j in 0..5 {
+        assert_eq!(attached.recv_text().await.expect("feed"), format!("before{j}"));
+    }
+
+    upgrade(&mut host, None).await;
+
+    // The attached one goes on, numbered as before.
+    attached.send_text("echo:after").await.expect("send");
+    assert_eq!(attached.recv_text().await.expect("answer"), "after");
+    // The detached one resumes in the new process and gets what it missed,
+    // then what follows.
+    let mut resumed = V1Client::resume(&clients, path, state)
+        .await
+        .expect("resumes after the upgrade");
+    for j in 0..5 {
+        assert_eq!(resumed.recv_text().await.expect("missed"), format!("before{j}"));
+    }
+    assert_eq!(publisher.ask("pub:feed:after").await, "published:2");
+    assert_eq!(resumed.recv_text().await.expect("feed"), "after");
+    assert_eq!(attached.recv_text().await.expect("feed"), "after");
+    resumed.send_text("members:room").await.expect("send");
+    assert_eq!(
+        resumed.recv_text().await.expect("answer"),
+        "members:bob",
+        "presence kept"
+    );
+    let events = chaos_events(&host, "acme").await;
+    assert!(
+        !events["disconnects"]
+            .as_array()
+            .expect("disconnects")
+            .contains(&serde_json::Value::from(session)),
+        "no disconnect: {events}"
+    );
+}
+
+/// What the `chaos` plugin recorded for `tenant`.
+async fn chaos_events(host: &HostProcess, tenant: &str) -> serde_json::Value {
+    let clients: std::net::SocketAddr = host.clients.parse().expect("address");
+    request(clients, "GET", &format!("/t/{tenant}/chaos/events"), b"", None)
+        .await
+        .expect("events")
+        .json()
+}

@@ -16,14 +16,22 @@ use super::members::{NodeInfo, Owned, Owner, owner_key};
 use super::node::Cluster;
 use super::owner::{Peer, PeerId, Relay};
 use super::wire::{Body, Envelope};
-use crate::error::{Rejection, close};
+use crate::error::close;
+use crate::session::resumable::Refusal;
 use crate::tenant::Command;
 
 impl Cluster {
     /// A message to this node.
     pub(super) async fn received(self: &Arc<Self>, envelope: Envelope) {
         match &envelope.body {
-            Body::Connect { .. } | Body::Frame { .. } | Body::Disconnect { .. } | Body::Http { .. } | Body::Paused => {
+            Body::Connect { .. }
+            | Body::Frame { .. }
+            | Body::Disconnect { .. }
+            | Body::Detached { .. }
+            | Body::Ack { .. }
+            | Body::ResumeSession { .. }
+            | Body::Http { .. }
+            | Body::Paused => {
                 self.from_edge(envelope).await;
             }
             _ => {
@@ -49,7 +57,11 @@ impl Cluster {
             // Mid-stream from an edge this process has no stream with (it
             // took over from another process by `baton upgrade`, or lost
             // the peer): the edge's sessions end (1012) and connect again.
-            None if !matches!(envelope.body, Body::Connect { .. } | Body::Http { .. }) => {
+            None if !matches!(
+                envelope.body,
+                Body::Connect { .. } | Body::Http { .. } | Body::ResumeSession { .. }
+            ) =>
+            {
                 self.moved(&envelope).await;
                 return;
             }
@@ -86,9 +98,18 @@ impl Cluster {
         let handle = match self.opener.open(&envelope.tenant, &envelope.plugin, owned.revision) {
             Ok(handle) => handle,
             Err(rejection) => {
-                if let Body::Connect { request, .. } | Body::Http { request, .. } = &envelope.body {
-                    self.answer_now(envelope, *request, rejection, owned.revision).await;
-                }
+                let answer = match &envelope.body {
+                    Body::Connect { request, .. } | Body::Http { request, .. } => Body::Reply {
+                        request: *request,
+                        answer: Err(rejection),
+                    },
+                    Body::ResumeSession { request, .. } => Body::SessionResumed {
+                        request: *request,
+                        answer: Err((Refusal::Unavailable, rejection.to_string())),
+                    },
+                    _ => return None,
+                };
+                self.answer_now(envelope, answer, owned.revision).await;
                 return None;
             }
         };
@@ -119,7 +140,7 @@ impl Cluster {
 
     /// Refuses a request outside any peer's stream (its tenant cannot open):
     /// the first message of the stream the edge expects.
-    pub(super) async fn answer_now(&self, envelope: &Envelope, request: u64, rejection: Rejection, token: u64) {
+    pub(super) async fn answer_now(&self, envelope: &Envelope, answer: Body, token: u64) {
         let reply = Envelope {
             tenant: envelope.tenant.clone(),
             plugin: envelope.plugin.clone(),
@@ -128,10 +149,7 @@ impl Cluster {
             start: self.start,
             token,
             seq: 1,
-            body: Body::Reply {
-                request,
-                answer: Err(rejection),
-            },
+            body: answer,
         };
         let _ = self.client.publish(self.subject(&envelope.node), reply.encode()).await;
     }

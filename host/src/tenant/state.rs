@@ -258,13 +258,15 @@ impl TenantShared {
             .collect()
     }
 
-    /// The links of the open sessions whose sockets this process holds.
+    /// The links of the open sessions whose sockets this process holds
+    /// (detached sessions have none).
     pub fn local_links(&self) -> Vec<SessionLink> {
-        self.state()
+        let state = self.state();
+        state
             .sessions
-            .values()
-            .filter(|e| e.link.remote_route().is_none())
-            .map(|e| e.link.clone())
+            .iter()
+            .filter(|(id, e)| e.link.remote_route().is_none() && !state.detached.contains_key(id))
+            .map(|(_, e)| e.link.clone())
             .collect()
     }
 
