@@ -63,9 +63,14 @@ fn check_loopback(url: &str) -> Result<()> {
 /// or reset connection twice (a listen backlog overflows under a burst of
 /// connects; that is the load generator's doing, not the server's answer).
 pub async fn connect_from(url: &str, source: Ipv4Addr) -> Result<Ws> {
+    connect_asking(url, source, None).await
+}
+
+/// As [`connect_from`], asking for the WebSocket subprotocols `protocols`.
+pub async fn connect_asking(url: &str, source: Ipv4Addr, protocols: Option<&str>) -> Result<Ws> {
     let mut attempt = 0;
     loop {
-        match connect_once(url, source).await {
+        match connect_once(url, source, protocols).await {
             Ok(ws) => return Ok(ws),
             Err(_) if attempt < 2 => {
                 attempt += 1;
@@ -76,7 +81,8 @@ pub async fn connect_from(url: &str, source: Ipv4Addr) -> Result<Ws> {
     }
 }
 
-async fn connect_once(url: &str, source: Ipv4Addr) -> Result<Ws> {
+async fn connect_once(url: &str, source: Ipv4Addr, protocols: Option<&str>) -> Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     check_loopback(url)?;
     let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
     let server: SocketAddr = authority.parse()?;
@@ -84,7 +90,13 @@ async fn connect_once(url: &str, source: Ipv4Addr) -> Result<Ws> {
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    let mut request = url.into_client_request()?;
+    if let Some(protocols) = protocols {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocols.parse()?);
+    }
+    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
     Ok(ws)
 }
 
@@ -140,6 +152,29 @@ pub struct EchoLoad {
     pub warmup: Duration,
 }
 
+/// How a load session speaks: the frames it sends, and which message
+/// answers one.
+pub trait Speaker: Send + 'static {
+    /// The `i`-th frame of the session.
+    fn frame(&mut self, i: u64) -> Message;
+    /// Whether `message` answers the last frame (others, such as a
+    /// protocol's acknowledgements, are skipped).
+    fn answers(&mut self, message: &Message) -> bool;
+}
+
+/// Plain text frames; any text message answers.
+pub struct Plain(pub fn(u64) -> String);
+
+impl Speaker for Plain {
+    fn frame(&mut self, i: u64) -> Message {
+        Message::text((self.0)(i))
+    }
+
+    fn answers(&mut self, message: &Message) -> bool {
+        matches!(message, Message::Text(_))
+    }
+}
+
 /// Round trips on already open sessions: each sends a frame and waits for
 /// the answer, in a loop. `frame(i)` makes the i-th frame of a session.
 pub async fn round_trips(
@@ -148,9 +183,20 @@ pub async fn round_trips(
     warmup: Duration,
     duration: Duration,
 ) -> Result<(Stats, Vec<Ws>)> {
+    let sessions = sessions.into_iter().map(|ws| (ws, Plain(frame))).collect();
+    let (stats, sessions) = round_trips_with(sessions, warmup, duration).await?;
+    Ok((stats, sessions.into_iter().map(|(ws, _)| ws).collect()))
+}
+
+/// Round trips as [`round_trips`], each session speaking as its [`Speaker`].
+pub async fn round_trips_with<S: Speaker>(
+    sessions: Vec<(Ws, S)>,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<(Stats, Vec<(Ws, S)>)> {
     let barrier = std::sync::Arc::new(Barrier::new(sessions.len() + 1));
     let mut tasks = Vec::with_capacity(sessions.len());
-    for mut ws in sessions {
+    for (mut ws, mut speaker) in sessions {
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).expect("histogram");
@@ -160,21 +206,28 @@ pub async fn round_trips(
             let (measure_from, end) = (start + warmup, start + warmup + duration);
             let mut i = 0;
             let mut failed = false;
-            loop {
+            'trips: loop {
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
-                if ws.send(Message::text(frame(i))).await.is_err() {
+                if ws.send(speaker.frame(i)).await.is_err() {
                     failed = true;
                     break;
                 }
                 i += 1;
-                match ws.next().await {
-                    Some(Ok(Message::Text(_))) => {}
-                    _ => {
-                        failed = true;
-                        break;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                            if speaker.answers(&message) {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        _ => {
+                            failed = true;
+                            break 'trips;
+                        }
                     }
                 }
                 if sent >= measure_from {
@@ -182,7 +235,7 @@ pub async fn round_trips(
                     histogram.record(sent.elapsed().as_micros() as u64).ok();
                 }
             }
-            (count, histogram, failed, ws)
+            (count, histogram, failed, ws, speaker)
         }));
     }
     barrier.wait().await;
@@ -190,11 +243,11 @@ pub async fn round_trips(
     let (mut count, mut errors) = (0, 0);
     let mut sessions = Vec::new();
     for task in tasks {
-        let (n, h, failed, ws) = task.await?;
+        let (n, h, failed, ws, speaker) = task.await?;
         count += n;
         total.add(&h).ok();
         errors += usize::from(failed);
-        sessions.push(ws);
+        sessions.push((ws, speaker));
     }
     Ok((Stats::of(&total, count, duration.as_secs_f64(), errors), sessions))
 }

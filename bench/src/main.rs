@@ -12,6 +12,7 @@ mod figures;
 mod load;
 mod report;
 mod servers;
+mod v1;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ struct Cli {
     /// Shorter runs with smaller counts (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage, cluster).
+    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage, cluster, resume).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report to this file (e.g. BENCHMARKS.md).
@@ -129,6 +130,9 @@ async fn suite(quick: bool, only: &[String], write: Option<PathBuf>) -> Result<(
     }
     if wanted("cluster") {
         figures::cluster::run(&mut report, scale).await?;
+    }
+    if wanted("resume") {
+        figures::resume::run(&mut report, scale).await?;
     }
     let text = report.render();
     println!("{text}");

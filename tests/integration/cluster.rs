@@ -657,8 +657,10 @@ fn disconnect_message(tenant: &str, seq: u64) -> bytes::Bytes {
     for n in [1u64, 1, 1, seq] {
         out.extend(n.to_be_bytes());
     }
+    // A disconnect of session 1, socket 0.
     out.push(3);
     out.extend(1u64.to_be_bytes());
+    out.extend(0u32.to_be_bytes());
     out.into()
 }
 

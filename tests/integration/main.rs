@@ -2,9 +2,11 @@
 //! against a real host (in this process, on ephemeral loopback ports), real
 //! WebSocket and HTTP clients, and the real plugins of `plugins/`.
 
+mod browser;
 mod capacity;
 mod channels;
 mod cli;
+mod clients;
 mod cluster;
 mod compiling;
 mod durability;
@@ -14,6 +16,7 @@ mod isolation;
 mod layering;
 mod limits;
 mod operations;
+mod proxy;
 mod resume;
 mod sessions;
 mod sql;

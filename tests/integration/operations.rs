@@ -2,14 +2,14 @@
 //! shutdown of the real binary on SIGTERM, and the live dashboard in a real
 //! headless Chromium.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_test_plugins::{COUNTER_V1, COUNTER_V2, ECHO};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::browser::Browser;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,127 +179,6 @@ async fn sigterm_closes_every_session_with_1001_and_exits_in_time() {
         signalled.elapsed() < Duration::from_secs(15),
         "exits within its deadline"
     );
-}
-
-/// A headless Chromium driven over the DevTools protocol.
-struct Browser {
-    child: std::process::Child,
-    port: u16,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn launch() -> Browser {
-        let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("Chromium is needed for the dashboard test: `apt-get install chromium` (scripts/test installs it)");
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut child = Command::new(binary)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chromium");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or("").to_owned());
-                }
-            }
-        });
-        let port = rx
-            .recv_timeout(DEADLINE)
-            .expect("Chromium's DevTools port")
-            .parse()
-            .expect("port");
-        Browser {
-            child,
-            port,
-            _profile: profile,
-        }
-    }
-
-    /// Opens `url` in a new tab and returns the tab's DevTools socket.
-    async fn open(&self, url: &str) -> Tab {
-        let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
-        // A fragment would end the DevTools URL: it goes encoded.
-        let url = url.replace('#', "%23");
-        let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None)
-            .await
-            .expect("new tab");
-        let target = response.json();
-        let socket = target["webSocketDebuggerUrl"].as_str().expect("tab socket").to_owned();
-        let (ws, _) = tokio_tungstenite::connect_async(socket).await.expect("DevTools socket");
-        Tab { ws, next: 0 }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Tab {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    next: u64,
-}
-
-impl Tab {
-    /// Evaluates a JavaScript expression in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> serde_json::Value {
-        self.next += 1;
-        let id = self.next;
-        let command = serde_json::json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": expression, "returnByValue": true } });
-        self.ws
-            .send(Message::text(command.to_string()))
-            .await
-            .expect("send to DevTools");
-        loop {
-            let message = tokio::time::timeout(DEADLINE, self.ws.next())
-                .await
-                .expect("DevTools answers")
-                .expect("open")
-                .expect("ok");
-            let reply: serde_json::Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
-            if reply["id"] == id {
-                return reply["result"]["result"]["value"].clone();
-            }
-        }
-    }
-
-    /// Waits until the page's text for `selector` contains `needle`.
-    async fn wait_text(&mut self, selector: &str, needle: &str) -> String {
-        let expression = format!("document.querySelector({selector:?})?.innerText ?? ''");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let text = self.eval(&expression).await.as_str().unwrap_or("").to_owned();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{selector} never showed {needle:?}; it shows {text:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

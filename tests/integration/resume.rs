@@ -10,73 +10,10 @@ use std::time::Duration;
 
 use baton_test_plugins::{CHAOS, ECHO};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
+use crate::proxy::Proxy;
 use crate::support::*;
 use crate::v1_client::{Continuity, Refused, V1Client};
-
-/// A loopback TCP proxy in front of the host whose connections can be cut
-/// (reset, as a network that fails would) at any moment.
-pub struct Proxy {
-    pub addr: String,
-    connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(to: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let connections: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = {
-            let connections = connections.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let to = to.clone();
-                    let pipe = tokio::spawn(async move {
-                        let Ok(server) = TcpStream::connect(&to).await else {
-                            return;
-                        };
-                        // Reset, not closed, when the pipe is dropped (as a
-                        // network that fails would); a zero linger does not
-                        // block the thread that drops it.
-                        let (mut client, mut server) = (reset_on_drop(client), reset_on_drop(server));
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    });
-                    connections.lock().expect("lock").push(pipe);
-                }
-            })
-        };
-        Proxy {
-            addr,
-            connections,
-            accept,
-        }
-    }
-
-    /// Cuts every connection through the proxy now.
-    pub fn cut(&self) {
-        for pipe in self.connections.lock().expect("lock").drain(..) {
-            pipe.abort();
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.cut();
-        self.accept.abort();
-    }
-}
-
-/// The same socket with `SO_LINGER` zero: dropped, it is reset (tokio's
-/// setter is deprecated for blocking on drop, which a zero linger does not).
-fn reset_on_drop(stream: TcpStream) -> TcpStream {
-    let std = stream.into_std().expect("std socket");
-    let _ = rustix::net::sockopt::set_socket_linger(&std, Some(Duration::ZERO));
-    TcpStream::from_std(std).expect("tokio socket")
-}
 
 async fn events(host: &TestHost, tenant: &str) -> Value {
     host.http("GET", &format!("/t/{tenant}/chaos/events"), b"").await.json()
@@ -288,7 +225,25 @@ async fn resume_tokens_are_single_use_and_bound_to_their_session() {
         .expect("read");
     assert_eq!(&refused.into_data()[..3], &[0x12, 0x01, 0x90], "REFUSED 400");
 
-    // The right token resumes once; replayed, it is refused.
+    // A resume whose answer is lost on the way (the client never read its
+    // new token): the same token works once more.
+    let offer = format!(
+        "baton.v1, baton.resume.{}.{}.{}",
+        first.session,
+        crate::v1_client::token_text(&first.token),
+        first.received
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+            .expect("request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", offer.parse().expect("header"));
+    let (lost, _) = tokio_tungstenite::connect_async(request).await.expect("handshake");
+    drop(lost);
+
+    // The right token resumes; once the client spoke on the new socket, the
+    // old token is refused.
     let mut resumed = V1Client::resume(&addr, path, first.clone()).await.expect("resumes");
     resumed.send_text("echo:two").await.expect("send");
     assert_eq!(resumed.recv_text().await.expect("answer"), "two");

@@ -16,9 +16,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Scale;
-use crate::load;
+use crate::load::{self, Speaker};
 use crate::report::{Report, Row, ratio};
-use crate::servers::{Server, which};
+use crate::servers::{Server as Process, which};
 
 /// Concurrent connections (each with one frame in flight).
 const CONNECTIONS: usize = 100;
@@ -84,8 +84,8 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
     let mut counts = Vec::new();
     for payload in [64usize, 4096] {
         eprintln!("frames: {payload} B, {frames} round trips under callgrind, native then baton");
-        let native = count(out, None, payload, frames).await?;
-        let baton = count(out, Some(&config), payload, frames).await?;
+        let native = count(out, Server::Native, payload, frames).await?;
+        let baton = count(out, Server::Baton(&config), payload, frames).await?;
         rows.push(Row::of([
             format!("{payload} B"),
             format!("{:.0}", native.per_frame),
@@ -94,6 +94,15 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         ]));
         counts.push((payload, native, baton));
     }
+    eprintln!("frames: 64 B, {frames} round trips under callgrind, baton with baton.v1");
+    let numbered = count(out, Server::BatonV1(&config), 64, frames).await?;
+    let plain = &counts[0].2;
+    rows.push(Row::of([
+        "64 B, baton.v1".to_owned(),
+        format!("{:.0}", counts[0].1.per_frame),
+        format!("{:.0}", numbered.per_frame),
+        ratio(numbered.per_frame, counts[0].1.per_frame),
+    ]));
     report.section(
         "Instructions per echoed frame",
         &format!(
@@ -106,6 +115,12 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
         &["frame", "native instr/frame", "baton instr/frame", "baton vs native"],
         rows,
     );
+    report.note(&format!(
+        "The resume protocol (`baton.v1`: numbered frames acknowledged both ways, each kept until the client \
+         acknowledges it) costs {:.0} instructions per echoed 64 B frame over plain frames ({:+.1} %).",
+        numbered.per_frame - plain.per_frame,
+        (numbered.per_frame / plain.per_frame - 1.0) * 100.0
+    ));
     let worst = counts
         .iter()
         .map(|(_, n, b)| b.per_frame / n.per_frame)
@@ -145,11 +160,24 @@ struct Counted {
     top: Vec<(f64, String)>,
 }
 
-/// Starts a server under callgrind (the native one, or baton with the echo
-/// plugin and `baton` as its configuration), runs `frames` counted round
-/// trips of `payload` bytes, and reads the dump.
-async fn count(dir: &Path, baton: Option<&str>, payload: usize, frames: usize) -> Result<Counted> {
-    let name = if baton.is_some() { "baton" } else { "native" };
+/// Which server a count runs, and how its clients speak.
+enum Server<'a> {
+    /// The native echo server.
+    Native,
+    /// baton with the echo plugin and this configuration, plain frames.
+    Baton(&'a str),
+    /// The same, the clients speaking `baton.v1`.
+    BatonV1(&'a str),
+}
+
+/// Starts a server under callgrind, runs `frames` counted round trips of
+/// `payload` bytes, and reads the dump.
+async fn count(dir: &Path, server: Server<'_>, payload: usize, frames: usize) -> Result<Counted> {
+    let name = match server {
+        Server::Native => "native",
+        Server::Baton(_) => "baton",
+        Server::BatonV1(_) => "baton-v1",
+    };
     let prefix = dir.join(format!("{name}-{payload}"));
     let out_file = format!("--callgrind-out-file={}.%p", prefix.display());
     let wrapper = [
@@ -159,21 +187,31 @@ async fn count(dir: &Path, baton: Option<&str>, payload: usize, frames: usize) -
         "--fair-sched=yes",
         out_file.as_str(),
     ];
-    let server = match baton {
-        Some(config) => Server::baton_under(&wrapper, &[("echo", baton_test_plugins::ECHO)], config).await?,
-        None => Server::native_under(&wrapper).await?,
+    let echo = [("echo", baton_test_plugins::ECHO)];
+    let (process, path) = match server {
+        Server::Native => (Process::native_under(&wrapper).await?, "/"),
+        Server::Baton(config) | Server::BatonV1(config) => {
+            (Process::baton_under(&wrapper, &echo, config).await?, "/t/bench/echo")
+        }
     };
-    let pid = server.pid()?;
-    let path = if name == "native" { "/" } else { "/t/bench/echo" };
-    let mut sessions = load::open(&server.url(path), CONNECTIONS, 1).await?;
-    let text = "x".repeat(payload);
-    round_trips(&mut sessions, &text, WARMUP).await?;
-    control(pid, &["-i", "on"])?;
-    control(pid, &["-z"])?;
-    round_trips(&mut sessions, &text, frames / CONNECTIONS).await?;
-    control(pid, &["-d", "frames"])?;
-    drop(sessions);
-    drop(server);
+    let pid = process.pid()?;
+    let url = process.url(path);
+    let frame: fn(u64) -> String = match payload {
+        64 => |_| "x".repeat(64),
+        _ => |_| "x".repeat(4096),
+    };
+    match server {
+        Server::BatonV1(_) => {
+            let mut sessions = crate::v1::open(&url, CONNECTIONS, frame).await?;
+            counted_round_trips(pid, &mut sessions, frames).await?;
+        }
+        _ => {
+            let sessions = load::open(&url, CONNECTIONS, 1).await?;
+            let mut sessions: Vec<_> = sessions.into_iter().map(|ws| (ws, load::Plain(frame))).collect();
+            counted_round_trips(pid, &mut sessions, frames).await?;
+        }
+    }
+    drop(process);
     let dump = newest_dump(dir, &prefix, pid)?;
     let total = totals(&dump)?;
     let top = profile(&dump, total)?;
@@ -183,14 +221,30 @@ async fn count(dir: &Path, baton: Option<&str>, payload: usize, frames: usize) -
     })
 }
 
+/// Warms up, then counts exactly `frames` round trips (spread over the
+/// sessions) in the server `pid`, and dumps the counters.
+async fn counted_round_trips<S: Speaker>(pid: u32, sessions: &mut [(load::Ws, S)], frames: usize) -> Result<()> {
+    round_trips(sessions, WARMUP).await?;
+    control(pid, &["-i", "on"])?;
+    control(pid, &["-z"])?;
+    round_trips(sessions, frames / CONNECTIONS).await?;
+    control(pid, &["-d", "frames"])
+}
+
 /// `rounds` round trips on every session, one frame in flight each.
-async fn round_trips(sessions: &mut [load::Ws], text: &str, rounds: usize) -> Result<()> {
-    let all = sessions.iter_mut().map(|ws| async move {
-        for _ in 0..rounds {
-            ws.send(Message::text(text)).await?;
-            match ws.next().await {
-                Some(Ok(Message::Text(_))) => {}
-                other => bail!("no echo: {other:?}"),
+async fn round_trips<S: Speaker>(sessions: &mut [(load::Ws, S)], rounds: usize) -> Result<()> {
+    let all = sessions.iter_mut().map(|(ws, speaker)| async move {
+        for i in 0..rounds {
+            ws.send(speaker.frame(i as u64)).await?;
+            loop {
+                match ws.next().await {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if speaker.answers(&message) {
+                            break;
+                        }
+                    }
+                    other => bail!("no echo: {other:?}"),
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ pub mod http;
 pub mod instances;
 pub mod memory;
 pub mod noisy;
+pub mod resume;
 pub mod storage;
 pub mod swap;
 pub mod upgrade;

@@ -149,6 +149,13 @@ pub struct ContinuityRecord {
     pub client_ack: u64,
     /// Which of the session's sockets this is.
     pub attachment: u32,
+    /// Whether the client spoke on it since its `RESUMED`.
+    #[serde(default = "yes")]
+    pub heard: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl From<&Continuity> for ContinuityRecord {
@@ -159,6 +166,7 @@ impl From<&Continuity> for ContinuityRecord {
             ack_written: c.ack_written,
             client_ack: c.client_ack,
             attachment: c.attachment,
+            heard: c.heard,
         }
     }
 }
@@ -168,8 +176,9 @@ impl From<&ContinuityRecord> for Continuity {
         let mut continuity = Continuity::new(None, r.last_in, r.attachment);
         continuity.client_ack = r.client_ack;
         continuity.ack_written = r.ack_written;
+        continuity.heard = r.heard;
         // What the client was owed an acknowledgement of, it gets at once.
-        continuity.confirm(r.confirmed, tokio::time::Instant::now() - resumable::ACK_DELAY);
+        continuity.confirm(r.confirmed, || tokio::time::Instant::now() - resumable::ACK_DELAY);
         continuity
     }
 }

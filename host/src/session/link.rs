@@ -149,6 +149,10 @@ struct Shared {
     /// having it (the tenant runs in this process); cleared when the tenant
     /// is on another node, which confirms what it has (`Outbound::Acked`).
     handoff_confirms: AtomicBool,
+    /// What the tenant keeps of a resumable session whose tenant is in this
+    /// process: the client's acknowledgements trim it from the socket's
+    /// task directly, without a command to the tenant.
+    retained: OnceLock<Arc<Retained>>,
 }
 
 #[derive(Debug, Default)]
@@ -298,6 +302,7 @@ impl SessionLink {
             ready: Signal::default(),
             stop: Stop::default(),
             handoff_confirms: AtomicBool::new(true),
+            retained: OnceLock::new(),
         });
         let link = SessionLink {
             id,
@@ -319,6 +324,9 @@ impl SessionLink {
     /// The same link, numbering and keeping what it pushes in `retained`
     /// (a resumable session).
     pub fn retaining(mut self, retained: Arc<Retained>) -> SessionLink {
+        if let Route::Local(shared) = &self.route {
+            let _ = shared.retained.set(retained.clone());
+        }
         self.retained = Some(retained);
         self
     }
@@ -524,6 +532,19 @@ impl Outbox {
     /// [`SessionLink::confirm_remotely`]).
     pub(super) fn handoff_confirms(&self) -> bool {
         self.shared.handoff_confirms.load(Ordering::Relaxed)
+    }
+
+    /// The client has its frames up to `upto`: trims what the tenant keeps
+    /// when it is in this process (`true`); `false` when the tenant must be
+    /// told (it is on another node).
+    pub(super) fn acknowledged(&self, upto: u64) -> bool {
+        match self.shared.retained.get() {
+            Some(retained) if self.handoff_confirms() => {
+                retained.acknowledged(upto);
+                true
+            }
+            _ => false,
+        }
     }
 }
 

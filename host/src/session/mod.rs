@@ -287,6 +287,11 @@ where
     // A parked session runs again: look at the handover step at once.
     stop.notify.notify_one();
     let greeting = continuity.as_mut().and_then(|c| c.greeting.take());
+    // When a standalone acknowledgement is due (`baton.v1` only): one timer,
+    // moved as the deadline moves, not one per turn of the loop.
+    let mut ack_alarm = continuity
+        .as_ref()
+        .map(|_| Box::pin(tokio::time::sleep(Duration::from_secs(86_400))));
 
     let exit = 'session: {
         if let Some(greeting) = greeting
@@ -301,6 +306,11 @@ where
                 let _ = report.send(id);
             }
             let ack_due = continuity.as_ref().and_then(|c| c.ack_due);
+            if let (Some(due), Some(alarm)) = (ack_due, ack_alarm.as_mut())
+                && alarm.deadline() != due
+            {
+                alarm.as_mut().reset(due);
+            }
             tokio::select! {
                 biased;
                 () = stop.notify.notified() => {
@@ -341,7 +351,7 @@ where
                 () = sleep_until_deadline(&waiting) => {
                     break Exit::detach(close::TRY_AGAIN_LATER, "tenant overloaded, try again later");
                 }
-                () = sleep_until_some(ack_due) => {
+                () = ack(&mut ack_alarm), if ack_due.is_some() => {
                     if let Some(continuity) = continuity.as_mut()
                         && sink.send(resumable::ack(continuity.written_ack())).await.is_err()
                     {
@@ -352,7 +362,7 @@ where
                     last_heard = Instant::now();
                     let read = match continuity.as_mut() {
                         None => read(message),
-                        Some(continuity) => read_v1(message, continuity, id, &mailbox),
+                        Some(continuity) => read_v1(message, continuity, id, &mailbox, &outbox),
                     };
                     match read {
                         // Room at once (the usual case): no second turn of the loop.
@@ -434,7 +444,7 @@ fn handed_on(continuity: Option<&mut Continuity>, outbox: &Outbox, seq: u64) {
     if let Some(continuity) = continuity
         && outbox.handoff_confirms()
     {
-        continuity.confirm(seq, Instant::now());
+        continuity.confirm(seq, Instant::now);
     }
 }
 
@@ -446,6 +456,7 @@ fn read_v1<T: From<Inbound>>(
     continuity: &mut Continuity,
     id: SessionId,
     mailbox: &Mailbox<T>,
+    outbox: &Outbox,
 ) -> Read {
     let bytes = match message {
         Some(Ok(Message::Binary(bytes))) => bytes,
@@ -458,24 +469,41 @@ fn read_v1<T: From<Inbound>>(
         Ok(heard) => heard,
         Err(violation) => return Read::Exit(Exit::close(close::PROTOCOL, violation.to_string())),
     };
-    let (ack, taken) = match heard {
-        FromClient::Data { seq, ack, frame } => (ack, continuity.take(seq, frame)),
-        FromClient::Ack(ack) => (ack, Ok(Heard::Nothing)),
-        FromClient::Ping(ack) => {
-            acked(continuity, ack, id, mailbox);
-            return Read::Answer(resumable::pong(continuity.written_ack()));
-        }
+    let (ack, piggyback) = match &heard {
+        FromClient::Data { ack, .. } => (*ack, true),
+        FromClient::Ack(ack) | FromClient::Ping(ack) => (*ack, false),
     };
-    acked(continuity, ack, id, mailbox);
-    match taken {
-        Ok(Heard::Frame(seq, frame)) => Read::Frame(seq, frame),
-        Ok(Heard::Nothing) => Read::Nothing,
-        Err(violation) => Read::Exit(Exit::close(close::PROTOCOL, violation.to_string())),
+    acked(continuity, ack, piggyback, id, mailbox, outbox);
+    if !continuity.heard {
+        // The first word on a resumed socket: the client has its new token.
+        continuity.heard = true;
+        let upto = continuity.client_ack;
+        let _ = mailbox.sender.try_send(T::from(Inbound::Ack { session: id, upto }));
+    }
+    match heard {
+        FromClient::Data { seq, frame, .. } => match continuity.take(seq, frame) {
+            Ok(Heard::Frame(seq, frame)) => Read::Frame(seq, frame),
+            Ok(Heard::Nothing) => Read::Nothing,
+            Err(violation) => Read::Exit(Exit::close(close::PROTOCOL, violation.to_string())),
+        },
+        FromClient::Ack(_) => Read::Nothing,
+        FromClient::Ping(_) => Read::Answer(resumable::pong(continuity.written_ack())),
     }
 }
 
-fn acked<T: From<Inbound>>(continuity: &mut Continuity, ack: u64, id: SessionId, mailbox: &Mailbox<T>) {
-    if let Some(upto) = continuity.client_acked(ack) {
+/// The client acknowledged our frames up to `ack`: what the tenant keeps is
+/// trimmed (here, or by a command to a tenant on another node).
+fn acked<T: From<Inbound>>(
+    continuity: &mut Continuity,
+    ack: u64,
+    piggyback: bool,
+    id: SessionId,
+    mailbox: &Mailbox<T>,
+    outbox: &Outbox,
+) {
+    if let Some(upto) = continuity.client_acked(ack, piggyback)
+        && !outbox.acknowledged(upto)
+    {
         let _ = mailbox.sender.try_send(T::from(Inbound::Ack { session: id, upto }));
     }
 }
@@ -526,7 +554,7 @@ fn encode(out: Outbound, continuity: Option<&mut Continuity>) -> Option<Message>
             Some(resumable::data(seq, continuity.written_ack(), &message))
         }
         (Outbound::Acked(seq), Some(continuity)) => {
-            continuity.confirm(seq, Instant::now());
+            continuity.confirm(seq, Instant::now);
             None
         }
         (Outbound::Frame(message), Some(continuity)) => {
@@ -702,12 +730,16 @@ where
 }
 
 async fn sleep_until_deadline(waiting: &Option<(u64, Frame, Instant)>) {
-    sleep_until_some(waiting.as_ref().map(|(_, _, deadline)| *deadline)).await;
+    match waiting {
+        Some((_, _, deadline)) => tokio::time::sleep_until(*deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Resolves when the acknowledgement alarm rings (never without one).
+async fn ack(alarm: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match alarm {
+        Some(alarm) => alarm.as_mut().await,
         None => std::future::pending().await,
     }
 }

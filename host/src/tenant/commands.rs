@@ -134,15 +134,16 @@ impl Actor {
     /// (numbered `seq`) is taken once: one the tenant has already (sent
     /// again after a resume, or by a socket that was replaced) is dropped.
     async fn on_frame(&mut self, session: SessionId, frame: Frame, held: HeldBytes, seq: u64) {
-        if !self.shared.state().sessions.contains_key(&session) {
+        if !self.take_frame(session, seq) {
             return;
         }
+        // Taken: if it waits, it waits as taken (number 0).
         let defer = |frame, held| {
             Some(Command::from(Inbound::Frame {
                 session,
                 frame,
                 held,
-                seq,
+                seq: 0,
             }))
         };
         match self.ensure_instance().await {
@@ -154,9 +155,6 @@ impl Actor {
                 self.waiting_for_seat = true;
                 return self.deferred = defer(frame, held);
             }
-        }
-        if seq > 0 && !self.take_numbered(session, seq) {
-            return;
         }
         self.shared.count_in();
         if let Some(instance) = self.slot.instance()

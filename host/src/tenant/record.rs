@@ -103,6 +103,9 @@ pub struct ConnectRecord {
 pub struct ResumeRecord {
     /// Its token (base64url).
     pub token: String,
+    /// The token of the last resume, while its client has not spoken since.
+    #[serde(default)]
+    pub previous: Option<String>,
     /// Its current socket's number.
     pub attachment: u32,
     /// The last of the client's frames the tenant took.
@@ -132,6 +135,7 @@ impl ResumeRecord {
         let (next_out, kept) = retained.export();
         ResumeRecord {
             token: token_text(&resume.token),
+            previous: resume.previous.as_ref().map(token_text),
             attachment: resume.attachment,
             last_in: resume.last_in,
             detached_ms_left: resume
@@ -166,6 +170,7 @@ impl ResumeRecord {
         let retained = Retained::restore(self.next_out, frames, max_bytes);
         let resume = Resume {
             token,
+            previous: self.previous.as_deref().and_then(token_from_text),
             attachment: self.attachment,
             last_in: self.last_in,
             detached_until: self.detached_ms_left.map(|ms| now + Duration::from_millis(ms)),

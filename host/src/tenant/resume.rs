@@ -34,16 +34,17 @@ impl Actor {
         resume.map_or(0, |r| r.attachment)
     }
 
-    /// Takes a resumable session's frame numbered `seq` if it is the next
-    /// one: `false` for one the tenant has already. A frame handed on
-    /// through another node is confirmed back to it (that node's socket
-    /// acknowledges it to the client).
-    pub(super) fn take_numbered(&mut self, session: SessionId, seq: u64) -> bool {
+    /// Whether a frame of `session` numbered `seq` (0: a plain session's, or
+    /// one taken before) is to be handled: not when the session is unknown,
+    /// nor a resumable session's frame the tenant has already. A frame
+    /// handed on through another node is confirmed back to it (that node's
+    /// socket acknowledges it to the client).
+    pub(super) fn take_frame(&mut self, session: SessionId, seq: u64) -> bool {
         let mut state = self.shared.state();
         let Some(entry) = state.sessions.get_mut(&session) else {
             return false;
         };
-        let Some(resume) = entry.resume.as_mut() else {
+        let Some(resume) = entry.resume.as_mut().filter(|_| seq > 0) else {
             return true;
         };
         if seq <= resume.last_in {
@@ -67,14 +68,17 @@ impl Actor {
     }
 
     /// The client has the session's frames up to `upto`: they are let go.
+    /// (The first acknowledgement on a resumed socket also proves the client
+    /// got its new token: the one before is no good any more.)
     pub(super) fn on_ack(&mut self, session: SessionId, upto: u64) {
-        if let Some(retained) = self
-            .shared
-            .state()
-            .sessions
-            .get(&session)
-            .and_then(|e| e.link.retained().cloned())
-        {
+        let mut state = self.shared.state();
+        let Some(entry) = state.sessions.get_mut(&session) else {
+            return;
+        };
+        if let Some(resume) = entry.resume.as_mut() {
+            resume.previous = None;
+        }
+        if let Some(retained) = entry.link.retained() {
             retained.acknowledged(upto);
         }
     }
@@ -142,7 +146,9 @@ impl Actor {
         let (Some(resume), Some(retained)) = (entry.resume.as_mut(), entry.link.retained().cloned()) else {
             return Err(unknown());
         };
-        if !same_token(&resume.token, &token) {
+        let current = same_token(&resume.token, &token);
+        let retried = resume.previous.as_ref().is_some_and(|p| same_token(p, &token));
+        if !current && !retried {
             return Err((Refusal::BadToken, "not this session's token".into()));
         }
         if resume.detached_until.is_none() {
@@ -154,6 +160,9 @@ impl Actor {
                 .stop(close::POLICY, "the session was resumed on another connection");
         }
         resume.attachment += 1;
+        if current {
+            resume.previous = Some(resume.token);
+        }
         resume.token = new_token();
         resume.detached_until = None;
         let resumed = Resumed {

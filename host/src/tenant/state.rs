@@ -76,6 +76,10 @@ pub struct SessionEntry {
 pub struct Resume {
     /// The token its client resumes it with (a new one after each resume).
     pub token: Token,
+    /// The token the last resume used, good once more until the client
+    /// speaks on the new socket: if `RESUMED` (with the new token) was lost
+    /// on the way, the client can only present this one.
+    pub previous: Option<Token>,
     /// Which of its sockets is the current one: 0 at first, one more at
     /// each resume. What an older socket reports is ignored.
     pub attachment: u32,
@@ -91,6 +95,7 @@ impl Resume {
     pub fn new(token: Token) -> Resume {
         Resume {
             token,
+            previous: None,
             attachment: 0,
             last_in: 0,
             detached_until: None,

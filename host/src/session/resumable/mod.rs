@@ -294,6 +294,9 @@ pub fn goaway() -> Message {
 /// unacknowledged, or after [`ACK_DELAY`], unless a data frame carried them.
 const ACK_EVERY: u64 = 32;
 
+/// See [`Continuity::client_acked`].
+const FORWARD_EVERY: u64 = 16;
+
 /// See [`ACK_EVERY`].
 pub const ACK_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -318,6 +321,10 @@ pub struct Continuity {
     pub attachment: u32,
     /// When a standalone acknowledgement is due.
     pub ack_due: Option<Instant>,
+    /// Whether the client has spoken on this socket since a `RESUMED`
+    /// (which proves it got the new token: its tenant is told, and the token
+    /// before stops working).
+    pub heard: bool,
 }
 
 /// What a message from the client means for the session.
@@ -334,6 +341,7 @@ impl Continuity {
     /// has the client's frames up to `last_in`.
     pub fn new(greeting: Option<Message>, last_in: u64, attachment: u32) -> Continuity {
         Continuity {
+            heard: attachment == 0,
             greeting,
             last_in,
             confirmed: last_in,
@@ -358,25 +366,31 @@ impl Continuity {
         Ok(Heard::Frame(seq, frame))
     }
 
-    /// The client acknowledged our frames up to `ack`: `Some` when that is
-    /// news for the tenant.
-    pub fn client_acked(&mut self, ack: u64) -> Option<u64> {
-        (ack > self.client_ack).then(|| {
+    /// The client acknowledged our frames up to `ack`: `Some` when the
+    /// tenant should hear it. An acknowledgement riding on a data frame
+    /// (`piggyback`) is passed on only every [`FORWARD_EVERY`] frames, so an
+    /// echo does not cost the tenant a second command per frame; what it
+    /// keeps meanwhile is bounded by that, and a resume trims it anyway.
+    pub fn client_acked(&mut self, ack: u64, piggyback: bool) -> Option<u64> {
+        let news = ack > self.client_ack && (!piggyback || ack - self.client_ack >= FORWARD_EVERY);
+        news.then(|| {
             self.client_ack = ack;
             ack
         })
     }
 
     /// The tenant has the client's frames up to `seq`: acknowledge them soon.
-    pub fn confirm(&mut self, seq: u64, now: Instant) {
+    /// `now` is asked for only when a deadline is set (the clock is not
+    /// free, and most frames find one set already).
+    pub fn confirm(&mut self, seq: u64, now: impl FnOnce() -> Instant) {
         if seq <= self.confirmed {
             return;
         }
         self.confirmed = seq;
         if self.confirmed - self.ack_written >= ACK_EVERY {
-            self.ack_due = Some(now);
+            self.ack_due = Some(now());
         } else if self.ack_due.is_none() {
-            self.ack_due = Some(now + ACK_DELAY);
+            self.ack_due = Some(now() + ACK_DELAY);
         }
     }
 

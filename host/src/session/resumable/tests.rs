@@ -177,10 +177,10 @@ fn frames_are_taken_once_in_order() {
 fn acknowledgements_wait_a_little_or_for_enough_frames() {
     let now = Instant::now();
     let mut state = Continuity::new(Some(goaway()), 0, 0);
-    state.confirm(1, now);
+    state.confirm(1, || now);
     assert_eq!(state.ack_due, Some(now + ACK_DELAY), "not at once");
     assert_eq!(state.written_ack(), 1, "a data frame carried it");
     assert_eq!(state.ack_due, None);
-    state.confirm(1 + ACK_EVERY, now);
+    state.confirm(1 + ACK_EVERY, || now);
     assert_eq!(state.ack_due, Some(now), "many frames: at once");
 }
