@@ -66,8 +66,9 @@ impl Browser {
     /// Opens `url` in a new tab and returns the tab's DevTools socket.
     pub async fn open(&self, url: &str) -> Tab {
         let addr = format!("127.0.0.1:{}", self.port).parse().expect("addr");
-        // A fragment would end the DevTools URL: it goes encoded.
-        let url = url.replace('#', "%23");
+        // The page's URL is the DevTools request's whole query: a fragment
+        // or an `&` of its own would end it, so they go encoded.
+        let url = url.replace('#', "%23").replace('&', "%26");
         let response = request(addr, "PUT", &format!("/json/new?{url}"), b"", None)
             .await
             .expect("new tab");

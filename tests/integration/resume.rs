@@ -264,6 +264,43 @@ async fn resume_tokens_are_single_use_and_bound_to_their_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_going_away_can_come_back_and_one_closing_cannot() {
+    let host = TestHost::start(&[("chaos", CHAOS)]).await;
+    let addr = host.clients.to_string();
+    let path = "/t/acme/chaos";
+    // 1001, as a browser reloading the page closes it: the session waits.
+    let mut client = V1Client::connect(&addr, path).await.expect("connect");
+    let session = client.state.session;
+    client.send_text("echo:one").await.expect("send");
+    assert_eq!(client.recv_text().await.expect("answer"), "one");
+    let state = client.state.clone();
+    client.close_with(Some(1001)).await;
+    let mut back = V1Client::resume(&addr, path, state)
+        .await
+        .expect("the reloaded page resumes");
+    back.send_text("echo:two").await.expect("send");
+    assert_eq!(back.recv_text().await.expect("answer"), "two");
+    assert!(
+        !events(&host, "acme").await["disconnects"]
+            .to_string()
+            .contains(&session.to_string())
+    );
+    // 1000: the session ends at once.
+    let state = back.state.clone();
+    back.close_with(Some(1000)).await;
+    eventually("the plugin hears the end", async || {
+        events(&host, "acme").await["disconnects"]
+            .as_array()
+            .is_some_and(|d| d.contains(&Value::from(session)))
+    })
+    .await;
+    match V1Client::resume(&addr, path, state).await {
+        Err(Refused::Refused(404, _)) => {}
+        other => panic!("expected 404, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_while_the_old_socket_lingers_takes_the_session_over() {
     let host = TestHost::start(&[("chaos", CHAOS)]).await;
     let addr = host.clients.to_string();

@@ -222,8 +222,18 @@ impl V1Client {
     }
 
     /// Ends the session as a client does: a close frame.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.close_with(None).await;
+    }
+
+    /// Closes the socket with a close frame of `code`.
+    pub async fn close_with(mut self, code: Option<u16>) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        let frame = code.map(|code| CloseFrame {
+            code: code.into(),
+            reason: "".into(),
+        });
+        let _ = self.ws.close(frame).await;
         while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.ws.next()).await {}
     }
 }

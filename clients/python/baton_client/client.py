@@ -615,6 +615,9 @@ class BatonClient:
                     self._next_seq = first.ack + 1
                 self._restored = False
                 self._host_acked(first.ack)
+                # A word at once proves we have the new token: the host stops
+                # taking the one we used (docs/protocol.md, section 2).
+                await ws.send(p.encode(p.Ack(self._received)))
                 log.info("baton: session %s resumed (the host has our frames up to %s)", first.session, first.ack)
             elif not resuming and isinstance(first, p.Welcome):
                 self._session = first.session

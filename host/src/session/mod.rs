@@ -410,9 +410,17 @@ where
         exit => exit,
     };
     // A resumable session whose socket was lost, or that the host let go
-    // for a while, stays with its tenant.
-    let detached =
-        continuity.is_some() && matches!(exit, Exit::Dropped | Exit::Close { detach: true, .. } | Exit::Yield);
+    // for a while, stays with its tenant; so does one whose client said it
+    // is going away (1001: a browser reloading or leaving the page, which a
+    // reloaded page resumes).
+    let detached = continuity.is_some()
+        && matches!(
+            exit,
+            Exit::Dropped
+                | Exit::Close { detach: true, .. }
+                | Exit::Yield
+                | Exit::ClientClosed(Some(close::GOING_AWAY))
+        );
     let exit = match exit {
         // Its client is told to come back at once (to any node).
         Exit::Close { detach: true, .. } if detached => {
