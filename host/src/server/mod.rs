@@ -331,18 +331,8 @@ async fn open_session(
             Ok(ws) => task.run(ws, mailbox, outbox, continuity).await,
             Err(e) => {
                 tracing::debug!(session = id, "upgrade failed: {e}");
-                let attachment = continuity.as_ref().map_or(0, |c| c.attachment);
-                let last = match v1 {
-                    // The client may come back for it.
-                    true => Inbound::Detached {
-                        session: id,
-                        attachment,
-                    },
-                    false => Inbound::Disconnect {
-                        session: id,
-                        attachment,
-                    },
-                };
+                // A resumable session's client may come back for it.
+                let last = Inbound::end(id, continuity.as_ref(), v1);
                 let _ = mailbox.sender.send(Command::from(last)).await;
                 let _ = task.handover.report(Parking::Gone(id));
             }

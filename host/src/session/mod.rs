@@ -164,6 +164,19 @@ pub enum Inbound {
     },
 }
 
+impl Inbound {
+    /// What a socket of `session` says at its end: `Detached` when its
+    /// resumable session stays with the tenant, else `Disconnect`; either
+    /// naming the socket (`continuity`'s attachment, 0 for a plain session).
+    pub fn end(session: SessionId, continuity: Option<&Continuity>, detached: bool) -> Inbound {
+        let attachment = continuity.map_or(0, |c| c.attachment);
+        match detached {
+            true => Inbound::Detached { session, attachment },
+            false => Inbound::Disconnect { session, attachment },
+        }
+    }
+}
+
 /// Why the session's loop ended.
 enum Exit {
     /// The client sent a close frame (already answered by the codec).
@@ -430,17 +443,7 @@ where
         exit => exit,
     };
     let ending = end(exit, &mut sink, &mut stream, &settings).await;
-    let attachment = continuity.as_ref().map_or(0, |c| c.attachment);
-    let last = match detached {
-        true => Inbound::Detached {
-            session: id,
-            attachment,
-        },
-        false => Inbound::Disconnect {
-            session: id,
-            attachment,
-        },
-    };
+    let last = Inbound::end(id, continuity.as_ref(), detached);
     // The plugin must hear of every disconnect: wait for mailbox room.
     let _ = mailbox.sender.send(T::from(last)).await;
     Ended::Closed(ending)
