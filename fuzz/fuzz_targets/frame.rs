@@ -6,7 +6,10 @@
 //! fuzzer), and keep answering: every 64 inputs a fresh session must get its
 //! echo back.
 //!
-//! Input: the first byte's low bit picks raw bytes (1) or frames (0). A
+//! Input: the first byte's low bit picks raw bytes (1) or frames (0), and
+//! its second bit opens the session speaking `baton.v1` (its messages, and
+//! the session detached rather than ended when the client goes: a window of
+//! one second, so they do not pile up). A
 //! frame is a header byte (FIN, RSV, opcode as sent), a length byte (high bit:
 //! send unmasked; 126: a two-byte length follows) and the payload. The host
 //! compiles through `$BATON_COMPILER` (a `baton` binary of the same build of
@@ -53,6 +56,7 @@ fn host() -> &'static Host {
         config.runtime.max_instances = 16;
         // Small frames, so that inputs reach the size limit (1009) too.
         config.limits.max_frame_bytes = 4096;
+        config.resume.window_secs = 1;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -77,12 +81,14 @@ fn host() -> &'static Host {
     })
 }
 
-/// Opens a session: the upgrade, answered 101.
-async fn open(clients: SocketAddr) -> Option<TcpStream> {
+/// Opens a session: the upgrade, answered 101 (asking for `baton.v1`
+/// when `v1`).
+async fn open(clients: SocketAddr, v1: bool) -> Option<TcpStream> {
     let mut socket = TcpStream::connect(clients).await.ok()?;
+    let protocol = if v1 { "Sec-WebSocket-Protocol: baton.v1\r\n" } else { "" };
     let request = format!(
         "GET /t/fuzz/echo HTTP/1.1\r\nHost: {clients}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
     );
     socket.write_all(request.as_bytes()).await.ok()?;
     let mut head = Vec::new();
@@ -137,7 +143,7 @@ fn wire(data: &[u8]) -> Vec<u8> {
 
 /// Whether a fresh session gets its echo back.
 async fn echoes(clients: SocketAddr) -> bool {
-    let Some(mut socket) = open(clients).await else {
+    let Some(mut socket) = open(clients, false).await else {
         return false;
     };
     let mut out = Vec::new();
@@ -154,8 +160,9 @@ fuzz_target!(|data: &[u8]| {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let host = host();
     let bytes = wire(data);
+    let v1 = data.first().is_some_and(|mode| mode & 2 == 2);
     host.runtime.block_on(async {
-        let mut socket = open(host.clients).await.expect("the host accepts a valid upgrade");
+        let mut socket = open(host.clients, v1).await.expect("the host accepts a valid upgrade");
         // The host may close early (a protocol error): then writing fails.
         let _ = socket.write_all(&bytes).await;
         let _ = socket.shutdown().await;
