@@ -16,6 +16,9 @@
 //!   the accept loop both listeners share; the rate of new tenants; giving
 //!   freed memory back to the system after a burst.
 //! - `bindings`: the one `bindgen!` of the `wit/` world.
+//! - [`audit`]: the append-only log of every change of what runs, and who
+//!   asked for it; `health`: what a version's calls came to (a rollout's
+//!   health gate compares versions by it).
 //! - `storage`, `timers`: durable key-value storage per tenant (redb or
 //!   PostgreSQL, with owner fencing) and a tenant's pending timers.
 //! - `sql`: plugins' own SQL, each tenant in a PostgreSQL schema and role of
@@ -60,6 +63,7 @@
 
 pub mod admin;
 mod admission;
+pub mod audit;
 mod bindings;
 pub mod cli;
 mod clock;
@@ -69,6 +73,7 @@ pub mod config;
 mod deploy;
 mod error;
 mod handover;
+mod health;
 mod imports;
 mod instance;
 mod lanes;
@@ -157,7 +162,14 @@ async fn host(
     let runtime = Runtime::new(&config.runtime)?;
     let registry = Arc::new(Registry::default());
     let tenants = Arc::new(Tenants::default());
-    let deployer = Arc::new(Deployer::new(runtime.clone(), registry.clone(), config.clone())?);
+    let audit = Arc::new(audit::Audit::new(&config.data_dir));
+    let deployer = Deployer::new(
+        runtime.clone(),
+        registry.clone(),
+        tenants.clone(),
+        audit.clone(),
+        config.clone(),
+    )?;
     // Taking over: the old process's versions first, then (after its
     // cut-over) its tenants and sessions; the storage is free only then.
     let received = match &takeover {
@@ -277,6 +289,7 @@ async fn host(
         upgrades.clone(),
         (storage.clone(), sql.clone()),
         cluster.clone(),
+        audit.clone(),
     );
     let admin_task = tokio::spawn(admin::serve(listeners.admin, admin, stopped.clone()));
     let trim_task = tokio::spawn(trim::run(stopped));
@@ -291,6 +304,7 @@ async fn host(
         admin_accepting,
         listeners: listener_fds,
         handed_over,
+        audit: audit.clone(),
     });
     let upgrade_task = tokio::spawn(handover::give::serve(giver, upgrade_requests));
     let signal_task = upgrade_on_signal.then(|| tokio::spawn(upgrade_on_sigusr2(upgrades)));
@@ -390,7 +404,11 @@ async fn upgrade_on_sigusr2(upgrades: mpsc::Sender<admin::UpgradeRequest>) {
         tracing::info!("SIGUSR2: upgrading");
         let (reply, answer) = tokio::sync::oneshot::channel();
         if upgrades
-            .send(admin::UpgradeRequest { binary: None, reply })
+            .send(admin::UpgradeRequest {
+                binary: None,
+                who: "signal (SIGUSR2)".into(),
+                reply,
+            })
             .await
             .is_err()
         {
@@ -417,13 +435,14 @@ fn admin_of(
     upgrades: mpsc::Sender<admin::UpgradeRequest>,
     (storage, sql): (Arc<storage::Storage>, Option<Arc<sql::Sql>>),
     cluster: Option<Arc<cluster::Cluster>>,
+    audit: Arc<audit::Audit>,
 ) -> Arc<admin::Admin> {
     Arc::new(admin::Admin {
         registry: registry.clone(),
         tenants: tenants.clone(),
         deployer: deployer.clone(),
         guard: admin::Guard {
-            token: config.admin_token.clone(),
+            tokens: config.admin_tokens(),
             hosts: config.admin_hosts.clone(),
         },
         header_read_timeout: Duration::from_millis(config.http.header_read_timeout_ms),
@@ -434,6 +453,9 @@ fn admin_of(
         storage,
         sql,
         cluster,
+        audit,
+        max_file_bytes: usize::try_from(config.swap.max_file_mib << 20).unwrap_or(usize::MAX),
+        series: Arc::default(),
     })
 }
 

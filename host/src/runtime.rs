@@ -130,6 +130,17 @@ impl Runtime {
             .any(|(name, _)| name.split('@').next() == Some(interface))
     }
 
+    /// The names of what `component` imports and exports.
+    pub fn interface(
+        &self,
+        component: &Component,
+    ) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
+        let ty = component.component_type();
+        let imports = ty.imports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        let exports = ty.exports(&self.engine).map(|(name, _)| name.to_owned()).collect();
+        (imports, exports)
+    }
+
     /// A short hash of everything that makes this engine's compiled code
     /// loadable (see [`compatibility_hash`]).
     pub fn compatibility_hash(&self) -> String {

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::bindings::PluginCorePre;
 use crate::bindings::baton::plugin::types::Migration;
 use crate::config::{Limits, PluginSettings};
+use crate::health::Health;
 use crate::instance::state::InstanceState;
 use crate::runtime::{EpochTicker, hex};
 
@@ -111,6 +112,9 @@ pub struct Version {
     pub in_flight: AtomicUsize,
     /// Tenant instances running this version right now.
     pub tenants: AtomicUsize,
+    /// What its calls came to, across its tenants (a rollout's health gate
+    /// compares versions by it).
+    pub health: Health,
     /// When it stopped being current.
     retired: OnceLock<Instant>,
     drain: Duration,
@@ -165,6 +169,7 @@ impl Version {
             loaded_at: SystemTime::now(),
             in_flight: AtomicUsize::new(0),
             tenants: AtomicUsize::new(0),
+            health: Health::default(),
             retired: OnceLock::new(),
             drain,
             ticker,

@@ -92,11 +92,36 @@ pub struct Tab {
 }
 
 impl Tab {
-    /// Evaluates a JavaScript expression in the page and returns its value.
+    /// Evaluates a JavaScript expression in the page (a promise is awaited)
+    /// and returns its value.
     pub async fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        self.call("Runtime.evaluate", params).await["result"]["value"].clone()
+    }
+
+    /// A PNG of what the page shows of `selector`'s element, base64.
+    pub async fn screenshot(&mut self, selector: &str) -> String {
+        let rect = self
+            .eval(&format!(
+                "(() => {{ const r = document.querySelector({selector:?}).getBoundingClientRect(); \
+                 return [r.left + scrollX, r.top + scrollY, r.width, r.height]; }})()"
+            ))
+            .await;
+        let [x, y, width, height] = [0, 1, 2, 3].map(|i| rect[i].as_f64().expect("a rectangle"));
+        let params = serde_json::json!({
+            "format": "png",
+            "captureBeyondViewport": true,
+            "clip": { "x": x, "y": y, "width": width, "height": height, "scale": 1 },
+        });
+        let shot = self.call("Page.captureScreenshot", params).await;
+        shot["data"].as_str().expect("a PNG").to_owned()
+    }
+
+    /// Sends one DevTools command and returns its result.
+    pub async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         self.next += 1;
         let id = self.next;
-        let command = serde_json::json!({ "id": id, "method": "Runtime.evaluate", "params": { "expression": expression, "returnByValue": true } });
+        let command = serde_json::json!({ "id": id, "method": method, "params": params });
         self.ws
             .send(Message::text(command.to_string()))
             .await
@@ -109,7 +134,8 @@ impl Tab {
                 .expect("ok");
             let reply: serde_json::Value = serde_json::from_str(message.to_text().expect("text")).expect("JSON");
             if reply["id"] == id {
-                return reply["result"]["result"]["value"].clone();
+                assert!(reply["error"].is_null(), "{method}: {}", reply["error"]);
+                return reply["result"].clone();
             }
         }
     }

@@ -18,6 +18,7 @@ mod limits;
 mod operations;
 mod proxy;
 mod resume;
+mod rollouts;
 mod sessions;
 mod sql;
 mod startup;

@@ -3,13 +3,17 @@
 //! headless Chromium.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use baton::admin::{EventKind, SeriesView};
 use baton_test_plugins::{COUNTER_V1, COUNTER_V2, ECHO};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::browser::Browser;
+use crate::hot_swap::stream_until;
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +210,96 @@ async fn the_dashboard_shows_plugins_and_updates_live_after_a_swap() {
     );
     let timeline = tab.wait_text("#events", "generation 2").await;
     assert!(timeline.matches("swap").count() >= 2, "{timeline}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_charts_each_version_with_the_rollout_marked_and_shows_the_audit_log() {
+    // Three streaming tenants, one of them in a canary.
+    let host = TestHost::start(&[("counter", COUNTER_V1)]).await;
+    let v1 = host.wait_current("counter").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = Vec::new();
+    for tenant in ["steady", "also", "early"] {
+        let client = host.connect(tenant, "counter").await;
+        running.push(tokio::spawn(stream_until(client, stop.clone(), 4)));
+    }
+    // A canary of v2 for one of the two tenants.
+    host.write_settings("counter", "[rollout]\ntenants = [\"early\"]\n");
+    host.drop_file("counter", &plugin_bytes(COUNTER_V2));
+    wait_for("the canary runs", async || host.plugin("counter").await.rollout).await;
+
+    let browser = Browser::launch();
+    let mut tab = browser.open(&format!("http://{}/", host.admin)).await;
+    let row = tab.wait_text("tr[data-plugin=counter]", "for tenants early").await;
+    assert!(row.contains(&format!("gen {v1}")), "{row}");
+    tab.wait_text("tr[data-tenant='counter/early']", "canary").await;
+    tab.wait_text("#audit", "canary").await;
+    // Two lines with points to draw, and the canary marked on the time axis.
+    let drawn = "[...document.querySelectorAll('#chart-frames polyline')]\
+        .filter((l) => l.getAttribute('points').split(' ').length >= 3).length";
+    wait_for("both versions are charted", async || {
+        (tab.eval(drawn).await.as_u64() >= Some(2)).then_some(())
+    })
+    .await;
+    // The figures behind them: two sessions on v1, one on the canary, both
+    // busy.
+    let series: SeriesView = host.admin_view("/api/series").await;
+    for (generation, sessions) in [(v1, 2), (v1 + 1, 1)] {
+        let line = series.lines.iter().find(|l| l.generation == generation).expect("a line per version");
+        let last = line.points.last().expect("points");
+        assert_eq!(last.sessions, sessions, "{line:?}");
+        assert!(last.frames_in_per_s > 0.0 && last.calls_per_s > 0.0 && last.p99_us > 0, "{line:?}");
+    }
+    assert!(series.marks.iter().any(|m| m.kind == EventKind::Canary), "{:?}", series.marks);
+    let marks = tab.eval("document.querySelectorAll('#chart-frames line.mark').length").await;
+    assert!(marks.as_u64() >= Some(1), "the canary is marked: {marks}");
+
+    // What the browser really drew: each version's colour is on the chart
+    // (of sessions: v1 has two, the canary one, so the lines do not cover
+    // each other).
+    let png = tab.screenshot("#chart-sessions").await;
+    let found = tab
+        .eval(&format!(
+            "(async () => {{
+                const image = new Image();
+                image.src = 'data:image/png;base64,{png}';
+                await image.decode();
+                const canvas = document.createElement('canvas');
+                [canvas.width, canvas.height] = [image.width, image.height];
+                const context = canvas.getContext('2d');
+                context.drawImage(image, 0, 0);
+                const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
+                const near = (hex, i) => [1, 3, 5].every((at, k) =>
+                    Math.abs(parseInt(hex.slice(at, at + 2), 16) - pixels[i + k]) < 24);
+                // Per line: the pixels of its colour, and how long it is.
+                const found = {{}};
+                for (const [line, hex] of colours) {{
+                    let count = 0;
+                    for (let i = 0; i < pixels.length; i += 4) if (near(hex, i)) count++;
+                    const drawn = document.querySelector(`#chart-sessions polyline[data-line='${{line}}']`);
+                    const xy = drawn.getAttribute('points').split(' ').map((p) => p.split(',').map(Number));
+                    let length = 0;
+                    for (let k = 1; k < xy.length; k++) length += Math.hypot(xy[k][0] - xy[k - 1][0], xy[k][1] - xy[k - 1][1]);
+                    found[line] = [count, Math.round(length)];
+                }}
+                return found;
+            }})()"
+        ))
+        .await;
+    let lines = found.as_object().expect("pixels and length per line");
+    assert!(lines.len() >= 2, "{found}");
+    for (line, figures) in lines {
+        let (pixels, length) = (figures[0].as_u64().unwrap_or(0), figures[1].as_u64().unwrap_or(0));
+        // A line 2.5 px wide covers at least its length in pixels of its
+        // own colour (its anti-aliased edges aside).
+        assert!(length >= 10 && pixels >= length, "{line} is drawn: {found}");
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for stream in running {
+        let (answered, _) = stream.await.expect("stream");
+        assert!(answered > 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

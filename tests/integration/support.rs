@@ -185,6 +185,13 @@ impl TestHost {
             .expect("admin request")
     }
 
+    /// A request with a body to the admin listener, with the admin token.
+    pub async fn admin_body(&self, method: &str, path: &str, body: &[u8]) -> Response {
+        request(self.admin, method, path, body, self.config.admin_token.as_deref())
+            .await
+            .expect("admin request")
+    }
+
     /// The admin view of one plugin.
     pub async fn plugin(&self, name: &str) -> PluginView {
         self.admin_view(&format!("/api/plugins/{name}")).await

@@ -11,11 +11,16 @@
 //!    comes from another site (`Sec-Fetch-Site` other than `same-origin` or
 //!    `none`) or another origin (`Origin` other than this listener's).
 //!    Clients that send neither header (the CLI, scripts) are not browsers.
-//! 3. **Token**: when `admin_token` is set, `Authorization: Bearer <token>`
-//!    (the scheme in any case), compared in constant time; never from the
-//!    query string, which ends up in logs and browser history. The dashboard
-//!    page itself (`GET /`) holds no data and is served without it; its
-//!    script sends the header.
+//! 3. **Token**: when `admin_token` or `admin_tokens` are set,
+//!    `Authorization: Bearer <token>` with one of them (the scheme in any
+//!    case), compared in constant time; never from the query string, which
+//!    ends up in logs and browser history. The dashboard page itself
+//!    (`GET /`) holds no data and is served without it; its script sends
+//!    the header.
+//!
+//! A request that passes says who made it ([`Caller`]): the name of its
+//! token (`admin` for `admin_token`), and whether the `baton` CLI sent it
+//! (it says so in `X-Baton-Client`). The audit log records it.
 
 use std::net::SocketAddr;
 
@@ -26,16 +31,37 @@ use crate::error::Rejection;
 
 /// What the checks compare requests with.
 pub struct Guard {
-    /// The bearer token, if one is required.
-    pub token: Option<String>,
+    /// The bearer tokens, by name; none: no token is required.
+    pub tokens: Vec<(String, String)>,
     /// Host names accepted beside the loopback names and the listener's own
     /// address.
     pub hosts: Vec<String>,
 }
 
+/// Who made a request that passed the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The name of the token it carried (none when no token is required).
+    pub token: Option<String>,
+    /// Whether the `baton` command line sent it.
+    pub cli: bool,
+}
+
+impl Caller {
+    /// How the audit log names it: `ops`, `cli (ops)`, `cli`, `admin api`.
+    pub fn who(&self) -> String {
+        match (&self.token, self.cli) {
+            (Some(name), true) => format!("cli ({name})"),
+            (Some(name), false) => name.clone(),
+            (None, true) => "cli".into(),
+            (None, false) => "admin api".into(),
+        }
+    }
+}
+
 impl Guard {
-    /// Checks `request`, which arrived on `local`.
-    pub fn check<B>(&self, request: &Request<B>, local: SocketAddr) -> Result<(), Rejection> {
+    /// Checks `request`, which arrived on `local`; says who made it.
+    pub fn check<B>(&self, request: &Request<B>, local: SocketAddr) -> Result<Caller, Rejection> {
         let host = request
             .uri()
             .authority()
@@ -53,13 +79,17 @@ impl Guard {
             ));
         }
         let public = request.method() == Method::GET && request.uri().path() == "/";
-        if let Some(token) = &self.token
-            && !public
-            && !bearer_matches(request, token)
-        {
-            return Err(Rejection::Unauthorized("missing or wrong bearer token".into()));
+        let cli = request.headers().get("x-baton-client").is_some_and(|v| v == "cli");
+        if self.tokens.is_empty() || public {
+            return Ok(Caller { token: None, cli });
         }
-        Ok(())
+        match self.tokens.iter().find(|(_, token)| bearer_matches(request, token)) {
+            Some((name, _)) => Ok(Caller {
+                token: Some(name.clone()),
+                cli,
+            }),
+            None => Err(Rejection::Unauthorized("missing or wrong bearer token".into())),
+        }
     }
 
     fn names_this_listener(&self, host: &str, local: SocketAddr) -> bool {
@@ -122,7 +152,7 @@ mod tests {
 
     fn guard(token: Option<&str>) -> Guard {
         Guard {
-            token: token.map(str::to_owned),
+            tokens: token.map(|t| ("admin".to_owned(), t.to_owned())).into_iter().collect(),
             hosts: vec!["admin.example".into()],
         }
     }
@@ -186,5 +216,25 @@ mod tests {
         assert!(get("/api/status", &[("authorization", "Basic s3cret")]).is_err());
         assert!(get("/api/status?token=s3cret", &[]).is_err());
         assert!(get("/", &[]).is_ok(), "the page holds no data");
+    }
+
+    #[test]
+    fn a_request_says_whose_token_it_carries_and_whether_the_cli_sent_it() {
+        let local = LOCAL.parse().expect("addr");
+        let guard = Guard {
+            tokens: vec![("ops".into(), "one".into()), ("ci".into(), "two".into())],
+            hosts: Vec::new(),
+        };
+        let caller = |headers: &[(&str, &str)]| {
+            let mut all = vec![("host", LOCAL)];
+            all.extend_from_slice(headers);
+            guard.check(&request("POST", "/api/plugins/x/promote", &all), local).map(|c| c.who())
+        };
+        assert_eq!(caller(&[("authorization", "Bearer two")]).expect("ci"), "ci");
+        assert_eq!(
+            caller(&[("authorization", "Bearer one"), ("x-baton-client", "cli")]).expect("ops"),
+            "cli (ops)"
+        );
+        assert!(caller(&[("authorization", "Bearer three")]).is_err());
     }
 }

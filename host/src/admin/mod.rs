@@ -24,7 +24,13 @@
 //!   not and why);
 //! - `GET /api/stream`: the same as server-sent events, twice a second (the
 //!   dashboard's feed);
-//! - `POST /api/plugins/{name}/rollback`: makes the previous version current;
+//! - `GET /api/series`: frames/s, sessions and call p99 of each plugin
+//!   version over the last ten minutes, with the swaps, rollouts and
+//!   rollbacks to mark (the dashboard's charts, `series.rs`);
+//! - `POST /api/plugins/{name}/rollback`, `/promote`, `PUT|DELETE
+//!   /api/plugins/{name}/pins/{tenant}`, `POST /api/plugins/{name}/check`,
+//!   `GET /api/audit`, `GET /api/tenants/{tenant}`: rollouts, pins, dry
+//!   runs, the audit log and a tenant's usage (`rollouts.rs`);
 //! - `POST /api/upgrade` (body `{"binary": "/path"}`, optional): hands every
 //!   listener, session and tenant to a new baton process (see
 //!   `crate::handover`); answers once the new process serves, with an
@@ -43,7 +49,10 @@
 //! (`/#token=…`, never sent to the server), keeps it in the tab's session
 //! storage and sends it as a header when it reads `/api/stream`.
 
+mod context;
 mod guard;
+mod rollouts;
+mod series;
 mod view;
 
 use std::convert::Infallible;
@@ -64,55 +73,23 @@ use tokio::sync::watch;
 
 pub use crate::cluster::moves::DrainView;
 pub use crate::cluster::{ClusterView, NodeView};
-use crate::deploy::{Deployer, Outcome};
 use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
-use crate::registry::Registry;
-use crate::tenant::{Tenants, lifecycle};
+use crate::tenant::lifecycle;
+pub(crate) use context::{Admin, UpgradeRequest};
 pub(crate) use guard::Guard;
+pub use crate::audit::{Action as AuditAction, Entry as AuditEntry};
+pub use crate::deploy::{DryRun, InterfaceDiff, TenantTrial};
+pub use crate::tenant::usage::UsageView;
+pub use series::{Line as SeriesLine, Mark as SeriesMark, Point as SeriesPoint, SeriesView};
 pub use view::{
-    Activation, ErrorReport, Event, EventKind, HostView, Origin, PluginView, RollbackView, Status, StatusView,
-    TenantView, Totals, UpgradeView, VersionRecord, VersionView,
+    Activation, ErrorReport, Event, EventKind, HostView, Origin, PinView, PluginView, RollbackView, RolloutView,
+    Status, StatusView, TenantDetailView, TenantPluginView, TenantView, Totals, UpgradeView, VersionRecord,
+    VersionView,
 };
 
 fn not_a_node() -> Rejection {
     Rejection::NotFound("this host is not a node of a cluster".into())
-}
-
-/// A request to upgrade baton, for whoever runs handovers.
-pub(crate) struct UpgradeRequest {
-    /// The binary to start (its own path when `None`).
-    pub binary: Option<std::path::PathBuf>,
-    /// How it went: the new process serves, or why the old one serves on.
-    pub reply: tokio::sync::oneshot::Sender<Result<UpgradeView, String>>,
-}
-
-/// What the admin listener needs.
-pub(crate) struct Admin {
-    /// The plugins.
-    pub registry: Arc<Registry>,
-    /// Their tenants.
-    pub tenants: Arc<Tenants>,
-    /// For rollbacks.
-    pub deployer: Arc<Deployer>,
-    /// Host, cross-site and token checks.
-    pub guard: Guard,
-    /// Request headers must arrive within this.
-    pub header_read_timeout: Duration,
-    /// Renders `/metrics`.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-    /// Turns true at shutdown (ends event streams).
-    pub shutdown: watch::Receiver<bool>,
-    /// False while a handover has the new process accept instead.
-    pub accepting: watch::Receiver<bool>,
-    /// Where `POST /api/upgrade` goes.
-    pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
-    /// Tenants' data, for export and delete.
-    pub storage: Arc<crate::storage::Storage>,
-    /// Tenants' SQL schemas, for export and delete.
-    pub sql: Option<Arc<crate::sql::Sql>>,
-    /// The cluster this host is a node of, if any.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Serves the admin API until `shutdown` turns true.
@@ -122,6 +99,11 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(admin.header_read_timeout);
+    let sampler = tokio::spawn(admin.series.clone().run(
+        admin.registry.clone(),
+        admin.tenants.clone(),
+        shutdown.clone(),
+    ));
     let mut accepting = admin.accepting.clone();
     accept_until(&listener, "admin", &mut shutdown, &mut accepting, None, |stream, _| {
         let Ok(local) = stream.local_addr() else {
@@ -138,14 +120,16 @@ pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown
         });
     })
     .await;
+    sampler.abort();
 }
 
 type Body = BoxBody<Bytes, Infallible>;
 
 async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Incoming>) -> Response<Body> {
-    if let Err(rejection) = admin.guard.check(&request, local) {
-        return full(rejection.into_response());
-    }
+    let caller = match admin.guard.check(&request, local) {
+        Ok(caller) => caller,
+        Err(rejection) => return full(rejection.into_response()),
+    };
     let path = request.uri().path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let answer = match (request.method(), segments.as_slice()) {
@@ -164,6 +148,7 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
             None => Err(not_a_node()),
         },
         (&Method::GET, ["api", "stream"]) => return stream(admin),
+        (&Method::GET, ["api", "series"]) => Ok(json(&admin.series.view(&admin.registry))),
         (&Method::GET, ["api", "plugins"]) => {
             let plugins: Vec<PluginView> = admin
                 .registry
@@ -177,8 +162,22 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
             Some(entry) => Ok(json(&PluginView::of(&entry, &admin.tenants, true))),
             None => Err(Rejection::NotFound(format!("no plugin named {name:?}"))),
         },
-        (&Method::POST, ["api", "plugins", name, "rollback"]) => rollback(admin, name).await,
-        (&Method::POST, ["api", "upgrade"]) => upgrade(admin, request).await,
+        (&Method::POST, ["api", "plugins", name, "rollback"]) => rollouts::rollback(admin, name, &caller).await,
+        (&Method::POST, ["api", "plugins", name, "promote"]) => rollouts::promote(admin, name, &caller).await,
+        (&Method::PUT, ["api", "plugins", name, "pins", tenant]) => {
+            let (name, tenant) = (name.to_string(), tenant.to_string());
+            rollouts::pin(admin, &name, &tenant, request, &caller).await
+        }
+        (&Method::DELETE, ["api", "plugins", name, "pins", tenant]) => {
+            rollouts::unpin(admin, name, tenant, &caller).await
+        }
+        (&Method::POST, ["api", "plugins", name, "check"]) => {
+            let name = name.to_string();
+            rollouts::check(admin, &name, request).await
+        }
+        (&Method::GET, ["api", "audit"]) => rollouts::audit(admin, request.uri().query()).await,
+        (&Method::GET, ["api", "tenants", tenant]) => rollouts::tenant(admin, tenant),
+        (&Method::POST, ["api", "upgrade"]) => upgrade(admin, request, &caller).await,
         (&Method::GET, ["api", "tenants", tenant, "export"]) => export_tenant(admin, tenant).await,
         (&Method::DELETE, ["api", "tenants", tenant]) => {
             let force = request
@@ -201,22 +200,6 @@ fn dashboard() -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/html; charset=utf-8"),
     );
     response
-}
-
-async fn rollback(admin: &Admin, name: &str) -> Result<Response<Full<Bytes>>, Rejection> {
-    let view = match admin.deployer.rollback(name).await? {
-        Outcome::Activated { version, generation } => RollbackView {
-            plugin: name.to_owned(),
-            version: Some(version),
-            generation: Some(generation),
-        },
-        Outcome::Unchanged => RollbackView {
-            plugin: name.to_owned(),
-            version: None,
-            generation: None,
-        },
-    };
-    Ok(json(&view))
 }
 
 async fn export_tenant(admin: &Admin, tenant: &str) -> Result<Response<Full<Bytes>>, Rejection> {
@@ -246,7 +229,7 @@ fn lifecycle_rejection(e: lifecycle::LifecycleError) -> Rejection {
     }
 }
 
-async fn upgrade(admin: &Admin, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Rejection> {
+async fn upgrade(admin: &Admin, request: Request<Incoming>, caller: &guard::Caller) -> Result<Response<Full<Bytes>>, Rejection> {
     #[derive(serde::Deserialize, Default)]
     struct Body {
         binary: Option<std::path::PathBuf>,
@@ -264,6 +247,7 @@ async fn upgrade(admin: &Admin, request: Request<Incoming>) -> Result<Response<F
     let (reply, answer) = tokio::sync::oneshot::channel();
     let request = UpgradeRequest {
         binary: body.binary,
+        who: caller.who(),
         reply,
     };
     admin

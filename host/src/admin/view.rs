@@ -34,6 +34,12 @@ pub struct PluginView {
     pub sessions: usize,
     /// The last error, if any.
     pub last_error: Option<ErrorReport>,
+    /// The rollout running: its canary and the tenants it takes.
+    #[serde(default)]
+    pub rollout: Option<RolloutView>,
+    /// Tenants held on a version whatever is deployed.
+    #[serde(default)]
+    pub pins: Vec<PinView>,
     /// Every activation, oldest first (detail view only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<VersionRecord>>,
@@ -63,6 +69,65 @@ pub struct VersionView {
     pub tenants: usize,
     /// Calls running on it.
     pub in_flight: usize,
+}
+
+/// A rollout: a version some tenants get first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutView {
+    /// The canary's hash.
+    pub hash: String,
+    /// Its first 12 digits.
+    pub short: String,
+    /// Its generation.
+    pub generation: u64,
+    /// The tenants it takes: `tenants a, b`, `5 %`, `tenants a and 25 %`.
+    pub selection: String,
+    /// The share of tenants it takes by hash (0: named ones only).
+    pub percent: u8,
+    /// Whether its health gate moves it on by itself.
+    pub auto: bool,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
+    /// The tenants with a task it takes now, by name.
+    pub tenants: Vec<String>,
+}
+
+/// A pinned tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PinView {
+    /// The tenant.
+    pub tenant: String,
+    /// Its version's hash.
+    pub hash: String,
+    /// Its first 12 digits.
+    pub short: String,
+    /// Its generation.
+    pub generation: u64,
+}
+
+/// One tenant across plugins (`GET /api/tenants/{tenant}`): its tasks, and
+/// what it used of each version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantDetailView {
+    /// The tenant.
+    pub tenant: String,
+    /// Its tasks, one per plugin it uses.
+    pub plugins: Vec<TenantPluginView>,
+}
+
+/// One tenant's use of one plugin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantPluginView {
+    /// The plugin.
+    pub plugin: String,
+    /// Its task, as the plugin view shows it.
+    pub task: TenantView,
+    /// Pinned to this version (hash), if pinned.
+    pub pinned: Option<String>,
+    /// Whether the rollout running takes it.
+    pub in_rollout: bool,
+    /// What it used of each version it ran in this process.
+    pub usage: Vec<crate::tenant::usage::UsageView>,
 }
 
 /// One tenant of a plugin.
@@ -199,26 +264,33 @@ impl PluginView {
     /// The view of one plugin; `detail` adds history and events.
     pub(crate) fn of(entry: &PluginEntry, tenants: &Tenants, detail: bool) -> PluginView {
         let current = entry.current();
-        let mut tenants: Vec<TenantView> = tenants
-            .of_plugin(&entry.name)
+        let mut tenants: Vec<TenantView> = tenants.of_plugin(&entry.name).iter().map(TenantView::of).collect();
+        tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        let placement = entry.placement();
+        let rollout = placement.canary.as_ref().map(|canary| RolloutView {
+            hash: canary.version.id.hex(),
+            short: canary.version.id.short(),
+            generation: canary.version.generation,
+            selection: canary.selection.describe(),
+            percent: canary.selection.percent(),
+            auto: canary.version.settings.rollout.as_ref().is_some_and(|r| r.auto),
+            since_ms: canary.since_ms,
+            tenants: tenants
+                .iter()
+                .map(|t| t.tenant.clone())
+                .filter(|t| canary.selection.contains(t) && !placement.pins.contains_key(t))
+                .collect(),
+        });
+        let pins = placement
+            .pins
             .iter()
-            .map(|t| {
-                let s = t.shared();
-                TenantView {
-                    tenant: s.name.clone(),
-                    status: s.status(),
-                    generation: s.generation(),
-                    instance: s.instance_number(),
-                    restarts: s.restarts(),
-                    sessions: s.session_count(),
-                    frames_in: s.frames_in(),
-                    frames_out: s.frames_out(),
-                    mailbox: t.mailbox_depth(),
-                    migrated_at_ms: s.migrated_at_ms(),
-                }
+            .map(|(tenant, version)| PinView {
+                tenant: tenant.clone(),
+                hash: version.id.hex(),
+                short: version.id.short(),
+                generation: version.generation,
             })
             .collect();
-        tenants.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         PluginView {
             name: entry.name.clone(),
             current: current.as_deref().map(|v| VersionView::of(v, Some(v))),
@@ -230,8 +302,53 @@ impl PluginView {
             sessions: tenants.iter().map(|t| t.sessions).sum(),
             tenants,
             last_error: entry.last_error(),
+            rollout,
+            pins,
             history: detail.then(|| entry.history()),
             events: detail.then(|| entry.events()),
+        }
+    }
+}
+
+impl TenantView {
+    /// The view of one tenant task.
+    pub(crate) fn of(t: &crate::tenant::TenantHandle) -> TenantView {
+        let s = t.shared();
+        TenantView {
+            tenant: s.name.clone(),
+            status: s.status(),
+            generation: s.generation(),
+            instance: s.instance_number(),
+            restarts: s.restarts(),
+            sessions: s.session_count(),
+            frames_in: s.frames_in(),
+            frames_out: s.frames_out(),
+            mailbox: t.mailbox_depth(),
+            migrated_at_ms: s.migrated_at_ms(),
+        }
+    }
+}
+
+impl TenantDetailView {
+    /// Everything about `tenant` this host runs.
+    pub(crate) fn of(tenant: &str, registry: &Registry, tenants: &Tenants) -> TenantDetailView {
+        let mut plugins = Vec::new();
+        for entry in registry.all() {
+            let Some(handle) = tenants.get(&entry.name, tenant) else {
+                continue;
+            };
+            let placement = entry.placement();
+            plugins.push(TenantPluginView {
+                plugin: entry.name.clone(),
+                task: TenantView::of(&handle),
+                pinned: placement.pins.get(tenant).map(|v| v.id.hex()),
+                in_rollout: placement.canary.as_ref().is_some_and(|c| c.selection.contains(tenant)),
+                usage: handle.shared().usages.views(),
+            });
+        }
+        TenantDetailView {
+            tenant: tenant.to_owned(),
+            plugins,
         }
     }
 }

@@ -50,6 +50,26 @@ impl AdminClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, serde_json::Value)> {
+        let body = match body {
+            Some(body) => Some(("application/json", Bytes::from(serde_json::to_vec(body)?))),
+            None => None,
+        };
+        self.exchange(method, path, body).await
+    }
+
+    /// Sends a request with raw bytes (a `.wasm` file); `Ok((status,
+    /// body))` for any answer.
+    pub async fn send_bytes(&self, method: &str, path: &str, bytes: Vec<u8>) -> Result<(u16, serde_json::Value)> {
+        self.exchange(method, path, Some(("application/wasm", Bytes::from(bytes))))
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<(u16, serde_json::Value)> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&self.authority))
             .await
             .map_err(|_| Unreachable::Connect(self.authority.clone(), std::io::ErrorKind::TimedOut.into()))?
@@ -59,14 +79,16 @@ impl AdminClient {
         let mut request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, &self.authority);
+            .header(http::header::HOST, &self.authority)
+            // The audit log says the command line asked.
+            .header("x-baton-client", "cli");
         if let Some(token) = &self.token {
             request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
         let bytes = match body {
-            Some(body) => {
-                request = request.header(http::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(body)?)
+            Some((kind, bytes)) => {
+                request = request.header(http::header::CONTENT_TYPE, kind);
+                bytes
             }
             None => Bytes::new(),
         };

@@ -6,6 +6,7 @@
 
 mod admin_client;
 mod cluster;
+mod rollout;
 mod scaffold;
 mod tenant;
 
@@ -33,10 +34,17 @@ pub struct Cli {
 enum Command {
     /// Serve sessions and run the plugins of the deploy folder.
     Serve(ServeArgs),
-    /// Say whether a file is a valid plugin for this host, and why not.
+    /// Say whether a file is a valid plugin for this host, and why not;
+    /// with --against, try it on the live state of a running plugin's
+    /// tenants (a dry run: nobody switches).
     Check {
         /// The component to check.
         file: PathBuf,
+        /// A plugin of the running host to try it as.
+        #[arg(long, value_name = "NAME")]
+        against: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Check a plugin, place it in the deploy folder atomically, and wait until
     /// the host has activated it (or says why not).
@@ -52,6 +60,55 @@ enum Command {
         /// How long to wait for the host, in seconds (0: do not wait).
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Some tenants first: `tenants=a,b` or `percent=N` (a stable hash
+        /// of tenant names), or both (repeat the flag); the others stay on
+        /// the current version until `baton promote`.
+        #[arg(long, value_name = "SPEC")]
+        canary: Vec<String>,
+        /// With --canary: move on by itself while healthy (25 %, then every
+        /// tenant, a minute each), roll back when not.
+        #[arg(long)]
+        auto: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a plugin's rollout (its canary) every tenant's version.
+    Promote {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Hold a tenant on a version through deploys, rollbacks and restarts.
+    Pin {
+        /// The plugin.
+        name: String,
+        /// The tenant.
+        tenant: String,
+        /// The version: a hash (or its first digits) or a generation
+        /// [default: the one the tenant runs now].
+        version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Let a pinned tenant follow deploys again.
+    Unpin {
+        /// The plugin.
+        name: String,
+        /// The tenant.
+        tenant: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Every deploy, rollout step, promotion, rollback, pin, removal and
+    /// upgrade, with who asked and how it went.
+    Audit {
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only entries after this number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -63,7 +120,8 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Make the previous version of a plugin current again.
+    /// Make the previous version of a plugin current again (or, during a
+    /// rollout, return its canary tenants to the current version).
     Rollback {
         /// The plugin.
         name: String,
@@ -182,7 +240,11 @@ pub fn main() -> ExitCode {
         } => {
             return crate::compiler::worker(&runtime, &engine, &output);
         }
-        Command::Check { file } => check(&file).map(|report| println!("{report}")),
+        Command::Check {
+            file,
+            against: None,
+            admin: _,
+        } => check(&file).map(|report| println!("{report}")),
         Command::New { name, dir, sdk } => new(&name, &dir, sdk),
         command => block_on(async move {
             match command {
@@ -191,8 +253,30 @@ pub fn main() -> ExitCode {
                     name,
                     deploy_dir,
                     wait,
+                    canary,
+                    auto,
                     admin,
-                } => deploy(&file, name, &deploy_dir, wait, &admin).await,
+                } => {
+                    let rollout = rollout::rollout_table(&canary, auto);
+                    match rollout {
+                        Ok(rollout) => deploy(&file, name, &deploy_dir, wait, rollout, &admin).await,
+                        Err(e) => Err(e),
+                    }
+                }
+                Command::Check {
+                    file,
+                    against: Some(name),
+                    admin,
+                } => rollout::check_against(&file, &name, &admin).await,
+                Command::Promote { name, admin } => rollout::promote(&name, &admin).await,
+                Command::Pin {
+                    name,
+                    tenant,
+                    version,
+                    admin,
+                } => rollout::pin(&name, &tenant, version, &admin).await,
+                Command::Unpin { name, tenant, admin } => rollout::unpin(&name, &tenant, &admin).await,
+                Command::Audit { json, since, admin } => rollout::audit(json, since, &admin).await,
                 Command::Status { json, admin } => status(json, &admin).await,
                 Command::Rollback { name, admin } => rollback(&name, &admin).await,
                 Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
@@ -321,7 +405,14 @@ fn check(file: &Path) -> Result<String> {
     Ok(report.trim_end().to_owned())
 }
 
-async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64, admin: &AdminArgs) -> Result<()> {
+async fn deploy(
+    file: &Path,
+    name: Option<String>,
+    deploy_dir: &Path,
+    wait: u64,
+    rollout: Option<String>,
+    admin: &AdminArgs,
+) -> Result<()> {
     let name = match name {
         Some(name) => name,
         None => file
@@ -342,6 +433,9 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     let before: Option<PluginView> = client.get(&format!("/api/plugins/{name}")).await.ok();
     let started_ms = crate::clock::unix_ms();
     std::fs::create_dir_all(deploy_dir)?;
+    // The settings first: the host reads them with the file.
+    let canary = rollout.is_some();
+    rollout::write_rollout(deploy_dir, &name, rollout.as_deref())?;
     let target = deploy_dir.join(format!("{name}.wasm"));
     crate::deploy::artifacts::write_atomically(&target, &bytes)
         .with_context(|| format!("cannot write {}", target.display()))?;
@@ -349,6 +443,7 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     if wait == 0 {
         return Ok(());
     }
+    let rollout_before = before.as_ref().and_then(|p| p.rollout.clone());
     let before = before.and_then(|p| p.current);
     if before.as_ref().is_some_and(|v| v.hash == hash) {
         println!("{name}: this file is already the current version");
@@ -357,8 +452,11 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     let waited = Activation {
         name: &name,
         hash: &hash,
-        after_generation: before.map_or(0, |v| v.generation),
+        after_generation: before
+            .map_or(0, |v| v.generation)
+            .max(rollout_before.map_or(0, |r| r.generation)),
         since_ms: started_ms,
+        canary,
     };
     if waited.wait(&client, deploy_dir, Duration::from_secs(wait)).await? {
         let wait = Duration::from_secs(wait);
@@ -367,13 +465,15 @@ async fn deploy(file: &Path, name: Option<String>, deploy_dir: &Path, wait: u64,
     Ok(())
 }
 
-/// A deploy the CLI waits for: the file of `hash` current for `name` with a
-/// generation above `after_generation`, or an error reported since `since_ms`.
+/// A deploy the CLI waits for: the file of `hash` current (or the canary,
+/// for a `canary` deploy) for `name` with a generation above
+/// `after_generation`, or an error reported since `since_ms`.
 struct Activation<'a> {
     name: &'a str,
     hash: &'a str,
     after_generation: u64,
     since_ms: u64,
+    canary: bool,
 }
 
 impl Activation<'_> {
@@ -394,6 +494,20 @@ impl Activation<'_> {
                 Ok((200, body)) => {
                     let plugin: PluginView = serde_json::from_value(body).context("admin API: unexpected answer")?;
                     let activated = |c: &VersionView| c.hash == self.hash && c.generation > self.after_generation;
+                    if let Some(rollout) = plugin
+                        .rollout
+                        .filter(|r| self.canary && r.hash == self.hash && r.generation > self.after_generation)
+                    {
+                        println!(
+                            "{name}: canary, version {} generation {} for {} ({} tenants now); `baton promote {name}` \
+                             moves everyone, `baton rollback {name}` ends it",
+                            rollout.short,
+                            rollout.generation,
+                            rollout.selection,
+                            rollout.tenants.len()
+                        );
+                        return Ok(true);
+                    }
                     if let Some(current) = plugin.current.filter(activated) {
                         println!(
                             "{name}: active, version {} generation {}",
@@ -450,6 +564,25 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
         ]);
     }
     print!("{}", table(&rows));
+    for plugin in &status.plugins {
+        if let Some(rollout) = &plugin.rollout {
+            println!(
+                "\n{}: rollout of version {} (generation {}) to {}{}: {} tenants on it",
+                plugin.name,
+                rollout.short,
+                rollout.generation,
+                rollout.selection,
+                if rollout.auto { ", automatic" } else { "" },
+                rollout.tenants.len()
+            );
+        }
+        for pin in &plugin.pins {
+            println!(
+                "{}: {} pinned to version {} (generation {})",
+                plugin.name, pin.tenant, pin.short, pin.generation
+            );
+        }
+    }
     if let Some(cluster) = &status.cluster {
         let health = match (cluster.connected, cluster.fenced) {
             (false, _) => "NATS unreachable",
@@ -573,7 +706,7 @@ fn one_line(text: &str, max: usize) -> String {
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
-fn clock(ms: u64) -> String {
+pub(super) fn clock(ms: u64) -> String {
     let secs = ms / 1000;
     format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
 }

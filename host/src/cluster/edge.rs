@@ -375,8 +375,11 @@ impl<N: Node> Task<N> {
                 self.end_all(close::GOING_AWAY, "the host is shutting down");
                 self.shutting_down = Some((done, Instant::now()));
             }
-            // Hibernation, handovers and erasure are the owner's.
+            // Hibernation, handovers, erasure and dry runs are the owner's.
             Command::Hibernate | Command::Handover { .. } | Command::Erase { .. } => {}
+            Command::Try { reply, .. } => {
+                let _ = reply.send(crate::tenant::Trial::Skipped("its owner is another node".into()));
+            }
         }
         if self.shutting_down.is_some() && self.links.is_empty() {
             return false;

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use cluster::ClusterConfig;
 use layers::{env_layer, merge};
 pub use limits::{Limits, LimitsOverride};
-pub use plugin::{Capabilities, PluginSettings};
+pub use plugin::{Capabilities, PluginSettings, RolloutSettings};
 pub use runtime::RuntimeConfig;
 pub use sessions::SessionConfig;
 pub use storage::{SqlConfig, StorageBackend, StorageConfig};
@@ -66,6 +66,10 @@ pub struct Config {
     /// allowed only while `admin_listen` is a loopback address. An empty or
     /// blank token counts as none.
     pub admin_token: Option<String>,
+    /// More bearer tokens for the admin listener, by name (the audit log
+    /// records which one asked for a change; `admin_token` is named
+    /// `admin`). Default: none.
+    pub admin_tokens: BTreeMap<String, String>,
     /// Names the admin listener answers to besides `localhost`, `127.0.0.1`,
     /// `[::1]` and its own address (e.g. the name a proxy forwards). Other
     /// `Host`s get 421. Default: none.
@@ -297,6 +301,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_token: None,
+            admin_tokens: BTreeMap::new(),
             admin_hosts: Vec::new(),
             deploy_dir: PathBuf::from("deploy"),
             data_dir: PathBuf::from("data"),
@@ -428,7 +433,16 @@ impl Config {
                 .check(self.runtime.max_memory_mib)
                 .map_err(|e| invalid(format!("tenant_limits.{tenant}: {e}")))?;
         }
-        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+        if let Some((name, _)) = self
+            .admin_tokens
+            .iter()
+            .find(|(name, token)| !crate::names::is_plugin(name) || token.trim().is_empty())
+        {
+            return Err(invalid(format!(
+                "admin_tokens.{name}: a name of [a-z0-9_-] and a token that is not blank"
+            )));
+        }
+        if self.admin_token.is_none() && self.admin_tokens.is_empty() && !self.admin_listen.ip().is_loopback() {
             return Err(invalid(format!(
                 "admin_listen = {} is not a loopback address: set admin_token to expose the admin API",
                 self.admin_listen
@@ -480,6 +494,16 @@ impl Config {
         }
     }
 
+    /// The admin listener's bearer tokens by name (`admin_token` is
+    /// `admin`); none: no token is required.
+    pub fn admin_tokens(&self) -> Vec<(String, String)> {
+        self.admin_token
+            .iter()
+            .map(|token| ("admin".to_owned(), token.clone()))
+            .chain(self.admin_tokens.iter().map(|(n, t)| (n.clone(), t.clone())))
+            .collect()
+    }
+
     /// The effective configuration as TOML (for `--print-config`).
     /// The admin token and the passwords of the database and NATS are
     /// redacted.
@@ -487,6 +511,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.admin_token.is_some() {
             shown.admin_token = Some("(redacted)".into());
+        }
+        for token in shown.admin_tokens.values_mut() {
+            *token = "(redacted)".into();
         }
         shown.storage.postgres_url = shown.storage.url_for_display();
         shown.cluster.nats_url = shown.cluster.url_for_display();

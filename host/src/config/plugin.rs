@@ -17,6 +17,82 @@ pub struct PluginSettings {
     pub config: toml::Table,
     /// What the plugin may reach beyond the baton API. Default: nothing.
     pub capabilities: Capabilities,
+    /// How a new version reaches the tenants: with this table, some tenants
+    /// first (a canary); without it, all at once.
+    pub rollout: Option<RolloutSettings>,
+}
+
+/// A rollout: which tenants get a new version first, and (with `auto`) how
+/// it moves on to the others, gated on its health compared with the
+/// current version's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RolloutSettings {
+    /// Tenants that get the new version first.
+    pub tenants: Vec<String>,
+    /// This percent of the tenants get it first (a stable hash of each
+    /// name, so the same ones stay in), besides `tenants`.
+    pub percent: u8,
+    /// Move on by itself: every `step_secs` that the canary was healthy, to
+    /// the next of `steps`, then promote; roll the canary back when it is
+    /// not.
+    pub auto: bool,
+    /// The percent of tenants at each later step (the last 100: promote).
+    pub steps: Vec<u8>,
+    /// How long each step must stay healthy, in seconds.
+    pub step_secs: u64,
+    /// The canary is judged only once its tenants made this many calls in a
+    /// step (fewer: the step waits).
+    pub min_calls: u64,
+    /// Traps per call the canary may have beyond the current version's.
+    pub max_trap_rate: f64,
+    /// Plugin errors per call (HTTP 5xx from `on-http`, refused connects)
+    /// the canary may have beyond the current version's.
+    pub max_error_rate: f64,
+    /// The canary's call latency p99 may be at most this times the current
+    /// version's (and 5 ms more).
+    pub max_p99_ratio: f64,
+}
+
+impl Default for RolloutSettings {
+    fn default() -> Self {
+        RolloutSettings {
+            tenants: Vec::new(),
+            percent: 0,
+            auto: false,
+            steps: vec![25, 100],
+            step_secs: 60,
+            min_calls: 20,
+            max_trap_rate: 0.001,
+            max_error_rate: 0.01,
+            max_p99_ratio: 2.0,
+        }
+    }
+}
+
+impl RolloutSettings {
+    /// Checks what a settings file cannot express in types.
+    fn check(&self) -> Result<(), String> {
+        if self.tenants.is_empty() && self.percent == 0 {
+            return Err("[rollout] needs tenants or a percent: which tenants get a new version first".into());
+        }
+        if self.percent > 100 || self.steps.iter().any(|s| *s > 100) {
+            return Err("[rollout] percents are at most 100".into());
+        }
+        if !self.steps.windows(2).all(|w| w[0] < w[1]) {
+            return Err("[rollout] steps must grow".into());
+        }
+        if self.auto && self.steps.last() != Some(&100) {
+            return Err("[rollout] steps must end at 100 with auto (the last step promotes)".into());
+        }
+        if let Some(bad) = self.tenants.iter().find(|t| !crate::names::is_tenant(t)) {
+            return Err(format!("[rollout] tenant {bad:?} is not a tenant name"));
+        }
+        if self.step_secs == 0 || self.max_p99_ratio < 1.0 || self.max_trap_rate < 0.0 || self.max_error_rate < 0.0 {
+            return Err("[rollout] step_secs > 0, max_p99_ratio ≥ 1, rates ≥ 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// Capabilities granted to a plugin. Everything is denied unless listed here.
@@ -35,7 +111,11 @@ pub struct Capabilities {
 impl PluginSettings {
     /// Parses a plugin's settings file text.
     pub fn parse(text: &str) -> Result<PluginSettings, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let settings: PluginSettings = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(rollout) = &settings.rollout {
+            rollout.check()?;
+        }
+        Ok(settings)
     }
 
     /// The `[config]` table as JSON, for `init`.
@@ -56,5 +136,20 @@ mod tests {
         assert_eq!(s.config_json(), r#"{"greeting":"hi"}"#);
         let err = PluginSettings::parse("[limit]\nmemory_mib = 8").expect_err("typo");
         assert!(err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn a_rollout_needs_its_first_tenants_and_growing_steps() {
+        let s = PluginSettings::parse("[rollout]\npercent = 5\nauto = true\n").expect("valid");
+        let rollout = s.rollout.expect("a rollout");
+        assert_eq!((rollout.percent, rollout.steps.as_slice()), (5, &[25, 100][..]));
+        for bad in [
+            "[rollout]\nauto = true\n",
+            "[rollout]\npercent = 5\nsteps = [50, 25, 100]\n",
+            "[rollout]\npercent = 5\nauto = true\nsteps = [50]\n",
+            "[rollout]\ntenants = ['Bad Name']\n",
+        ] {
+            assert!(PluginSettings::parse(bad).is_err(), "{bad}");
+        }
     }
 }

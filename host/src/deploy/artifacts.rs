@@ -28,13 +28,49 @@ pub struct Artifacts {
     engine: String,
 }
 
-/// A plugin's persisted history.
+/// A plugin's persisted history, and what runs besides its current version.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct History {
     /// The last generation handed out.
     pub generation: u64,
     /// Activations, oldest first.
     pub records: Vec<VersionRecord>,
+    /// The rollout running, if one.
+    #[serde(default)]
+    pub canary: Option<CanaryRecord>,
+    /// Pinned tenants and their versions.
+    #[serde(default)]
+    pub pins: std::collections::BTreeMap<String, KeptVersion>,
+}
+
+/// A rollout as kept: its version and the tenants it takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryRecord {
+    /// The canary.
+    #[serde(flatten)]
+    pub version: KeptVersion,
+    /// The tenants it takes.
+    pub selection: crate::registry::Selection,
+}
+
+/// A version kept running besides the current one: its hash and the
+/// generation it ran as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptVersion {
+    /// Its hash (hex).
+    pub hash: String,
+    /// Its generation.
+    pub generation: u64,
+}
+
+impl KeptVersion {
+    /// How `version` is kept.
+    pub fn of(version: &crate::version::Version) -> KeptVersion {
+        KeptVersion {
+            hash: version.id.hex(),
+            generation: version.generation,
+        }
+    }
 }
 
 impl Artifacts {

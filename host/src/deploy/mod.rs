@@ -22,10 +22,22 @@
 //!   way, and may stay if the older version refuses their state).
 //! - **Automatic rollback**: a version whose instances crash-loop while an
 //!   earlier version worked is marked failed and the earlier one made current.
+//!
+//! A version whose settings have a `[rollout]` table reaches some tenants
+//! first (`rollout.rs`: canaries, promotion, the health gate, pins), tried
+//! beforehand on their live state (`dry_run.rs`). Every change of what runs
+//! goes into the audit log (`crate::audit`) with who asked for it.
+//!
+//! What runs is also kept in the plugin's history file (current version,
+//! rollout, pins), so a restart brings back what ran before it: the folder's
+//! files are deployed only when their bytes are new to the history.
 
 pub mod artifacts;
+mod dry_run;
 pub mod folder;
 mod outcome;
+mod pins;
+mod rollout;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -36,15 +48,16 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::audit::{Action, Audit, Record};
 use crate::compiler::Compiler;
 use crate::config::{Config, PluginSettings};
 use crate::instance::Instance;
 use crate::registry::{Activation, EventKind, PluginEntry, Registry};
 use crate::runtime::{LoadError, Runtime};
-use crate::tenant::{Report, TenantShared};
+use crate::tenant::{Report, TenantShared, Tenants};
 use crate::version::{Build, Origin, Version, VersionId};
-use artifacts::{Artifacts, History};
-pub use outcome::{DeployError, Outcome};
+use artifacts::{Artifacts, CanaryRecord, History, KeptVersion};
+pub use outcome::{DeployError, DryRun, InterfaceDiff, Outcome, TenantTrial};
 
 /// A change of what is deployed from the deploy folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,20 +96,34 @@ pub struct Deployer {
     /// Told of every file that became current and every removal (a
     /// cluster spreads them to its other nodes).
     published: std::sync::OnceLock<mpsc::UnboundedSender<Published>>,
+    /// The tenant tasks (for dry runs, and to name a rollout's tenants).
+    tenants: Arc<Tenants>,
+    /// Where every change of what runs is recorded.
+    audit: Arc<Audit>,
+    /// Itself, for the tasks it starts (a rollout's health gate).
+    me: std::sync::Weak<Deployer>,
 }
 
 /// A checked version, not yet current.
+#[derive(Clone)]
 struct Candidate {
     version: Arc<Version>,
     settings_text: String,
 }
 
 impl Deployer {
-    /// A deployer over the host's runtime and registry.
-    pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>, config: Arc<Config>) -> std::io::Result<Deployer> {
+    /// A deployer over the host's runtime, registry and tenant tasks,
+    /// recording to `audit`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        tenants: Arc<Tenants>,
+        audit: Arc<Audit>,
+        config: Arc<Config>,
+    ) -> std::io::Result<Arc<Deployer>> {
         let engine = runtime.compatibility_hash();
         let artifacts = Artifacts::open(&config.data_dir, engine.clone())?;
-        Ok(Deployer {
+        Ok(Arc::new_cyclic(|me| Deployer {
             compiler: Compiler::new(&config.runtime, engine),
             compiling: Semaphore::new(config.runtime.compile_concurrency.get()),
             runtime,
@@ -106,7 +133,10 @@ impl Deployer {
             locks: Mutex::new(HashMap::new()),
             frozen: Arc::default(),
             published: std::sync::OnceLock::new(),
-        })
+            tenants,
+            audit,
+            me: me.clone(),
+        }))
     }
 
     /// The registry entry of `name`, with its persisted history restored the
@@ -116,7 +146,9 @@ impl Deployer {
             return entry;
         }
         let entry = self.registry.entry(name);
-        let History { generation, records } = self.artifacts.history(name);
+        let History {
+            generation, records, ..
+        } = self.artifacts.history(name);
         entry.restore(generation, records);
         entry
     }
@@ -131,7 +163,7 @@ impl Deployer {
     pub async fn deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
         let result = self.try_deploy_file(name, wasm).await;
         if let Err(error) = &result {
-            self.report_failure(name, wasm, error);
+            self.report_failure(name, wasm, error).await;
         }
         result
     }
@@ -154,6 +186,13 @@ impl Deployer {
                 tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "version activated");
                 self.publish_current(&entry, wasm.to_owned());
             }
+            Ok(Outcome::Canary { version, generation }) => {
+                metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "canary")
+                    .increment(1);
+                tracing::info!(plugin = name, %version, generation, file = %wasm.display(), "deployed as a canary");
+                // Spread with its settings: every node starts the same rollout.
+                self.publish_canary(&entry, wasm.to_owned());
+            }
             Ok(Outcome::Unchanged) => {
                 tracing::debug!(plugin = name, file = %wasm.display(), "unchanged, ignored");
             }
@@ -163,7 +202,7 @@ impl Deployer {
     }
 
     /// Reports a failed deploy of `wasm`: the current version keeps serving.
-    pub fn report_failure(&self, name: &str, wasm: &Path, error: &DeployError) {
+    pub async fn report_failure(&self, name: &str, wasm: &Path, error: &DeployError) {
         metrics::counter!("baton_deploys_total", "plugin" => name.to_owned(), "outcome" => "failed").increment(1);
         tracing::error!(plugin = name, file = %wasm.display(), "deploy failed, current version keeps serving: {error}");
         self.entry(name).report_error(
@@ -172,6 +211,15 @@ impl Deployer {
             wasm.display().to_string(),
             error.to_string(),
         );
+        let hash = tokio::fs::read(wasm).await.ok().map(|b| VersionId::of(&b).hex());
+        let record = Record {
+            who: "deploy folder".into(),
+            plugin: Some(name.to_owned()),
+            version: hash,
+            outcome: format!("refused: {error}"),
+            ..Record::default()
+        };
+        self.audit.record(Action::DeployFailed, record).await;
     }
 
     async fn deploy_locked(&self, entry: &Arc<PluginEntry>, wasm: &Path) -> Result<Outcome, DeployError> {
@@ -202,10 +250,10 @@ impl Deployer {
             }
         };
         let id = VersionId::of(&bytes);
-        if let Some(current) = entry.current()
-            && current.id == id
-            && entry.last_record().is_some_and(|r| r.settings == settings_text)
-        {
+        let running = |version: &Version| {
+            version.id == id && entry.history().iter().rev().find(|r| r.hash == version.id.hex()).is_some_and(|r| r.settings == settings_text)
+        };
+        if entry.current().is_some_and(|v| running(&v)) || entry.canary().is_some_and(|c| running(&c.version)) {
             return Ok(Outcome::Unchanged);
         }
         let settings = PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
@@ -216,7 +264,7 @@ impl Deployer {
         let candidate = self
             .prepare(entry, id, Some(bytes), settings, settings_text, generation)
             .await?;
-        Ok(self.activate(entry, candidate, Activation::Deploy))
+        Ok(self.place(entry, candidate, Activation::Deploy, "deploy folder").await)
     }
 
     /// Compiles (or loads from cache), links, and checks `init`.
@@ -330,18 +378,32 @@ impl Deployer {
         outcome
     }
 
+    /// Keeps `entry`'s history, rollout and pins in the data folder.
     fn persist(&self, entry: &PluginEntry) {
         let (generation, records) = entry.snapshot();
-        if let Err(e) = self
-            .artifacts
-            .save_history(&entry.name, &History { generation, records })
-        {
+        let placement = entry.placement();
+        let history = History {
+            generation,
+            records,
+            canary: placement.canary.as_ref().map(|c| CanaryRecord {
+                version: KeptVersion::of(&c.version),
+                selection: c.selection.clone(),
+            }),
+            pins: placement
+                .pins
+                .iter()
+                .map(|(tenant, version)| (tenant.clone(), KeptVersion::of(version)))
+                .collect(),
+        };
+        if let Err(e) = self.artifacts.save_history(&entry.name, &history) {
             tracing::warn!(plugin = %entry.name, "cannot save history: {e}");
         }
     }
 
-    /// Makes the previous version of `name` current again.
-    pub async fn rollback(&self, name: &str) -> Result<Outcome, DeployError> {
+    /// `baton rollback NAME`, asked by `who`: ends a rollout that runs (its
+    /// tenants go back to the current version), or makes the version before
+    /// the current one current.
+    pub async fn rollback(&self, name: &str, who: &str) -> Result<Outcome, DeployError> {
         let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
@@ -353,14 +415,32 @@ impl Deployer {
         let Some(current) = entry.current() else {
             return Err(DeployError::Rollback(format!("{name} is not deployed")));
         };
-        let result = self.roll_back_to_previous(&entry, Activation::Rollback).await;
-        if result.is_ok() {
-            entry.mark_rolled_back(&current.id.hex());
-            self.persist(&entry);
-            if let Some(now) = entry.current() {
-                self.publish_current(&entry, self.artifacts.original_path(&now.id));
-            }
+        if entry.canary().is_some() {
+            let why = "an operator rolled the rollout back";
+            return self
+                .end_rollout(&entry, Activation::Rollback, why, who)
+                .await
+                .ok_or_else(|| DeployError::Rollback(format!("{name} has no rollout")));
         }
+        let result = self.roll_back_to_previous(&entry, Activation::Rollback).await;
+        let mut record = Record {
+            who: who.to_owned(),
+            plugin: Some(name.to_owned()),
+            from: Some(current.id.hex()),
+            ..Record::default()
+        };
+        match &result {
+            Ok(_) => {
+                entry.mark_rolled_back(&current.id.hex());
+                self.persist(&entry);
+                if let Some(now) = entry.current() {
+                    self.publish_current(&entry, self.artifacts.original_path(&now.id));
+                    record.version = Some(now.id.hex());
+                }
+            }
+            Err(e) => record.outcome = format!("failed: {e}"),
+        }
+        self.audit.record(Action::Rollback, record).await;
         result
     }
 
@@ -396,13 +476,26 @@ impl Deployer {
     /// are at `source`, is the one to run.
     fn publish_current(&self, entry: &PluginEntry, source: PathBuf) {
         if let Some(current) = entry.current() {
-            self.publish(Published::Activated {
-                name: entry.name.clone(),
-                source,
-                sha256: current.id.hex(),
-                settings: entry.last_record().map(|r| r.settings).unwrap_or_default(),
-            });
+            self.publish_version(entry, &current, source);
         }
+    }
+
+    /// As [`Deployer::publish_current`], for the canary of a rollout.
+    fn publish_canary(&self, entry: &PluginEntry, source: PathBuf) {
+        if let Some(canary) = entry.canary() {
+            self.publish_version(entry, &canary.version, source);
+        }
+    }
+
+    fn publish_version(&self, entry: &PluginEntry, version: &Version, source: PathBuf) {
+        let hash = version.id.hex();
+        let settings = entry.history().into_iter().rev().find(|r| r.hash == hash).map(|r| r.settings);
+        self.publish(Published::Activated {
+            name: entry.name.clone(),
+            source,
+            sha256: hash,
+            settings: settings.unwrap_or_default(),
+        });
     }
 
     fn publish(&self, change: Published) {
@@ -419,12 +512,22 @@ impl Deployer {
         if let Some(entry) = self.registry.get(name)
             && entry.current().is_some()
         {
+            let from = entry.current().map(|v| v.id.hex());
+            entry.end_canary(EventKind::Removed, "the plugin was removed".into());
             entry.remove();
             tracing::info!(
                 plugin = name,
                 "plugin removed; its sessions close after the drain deadline"
             );
             self.publish(Published::Removed { name: name.to_owned() });
+            self.persist(&entry);
+            let record = Record {
+                who: "deploy folder".into(),
+                plugin: Some(name.to_owned()),
+                from,
+                ..Record::default()
+            };
+            self.audit.record(Action::Remove, record).await;
         }
     }
 
@@ -466,6 +569,11 @@ impl Deployer {
         let _thawed = self.frozen.read().await;
         let lock = self.lock(&entry.name);
         let _guard = lock.lock().await;
+        if entry.canary().is_some_and(|c| c.version.generation == generation) {
+            // A canary that fails: its tenants go back, nobody else ever ran it.
+            self.end_rollout(&entry, activation, &why, "baton").await;
+            return;
+        }
         let Some(current) = entry.current().filter(|v| v.generation == generation) else {
             return; // Already dealt with, or superseded.
         };
@@ -485,7 +593,8 @@ impl Deployer {
             what.clone(),
             format!("{why}; rolling back to the previous version"),
         );
-        if let Err(error) = self.roll_back_to_previous(&entry, activation).await {
+        let rolled = self.roll_back_to_previous(&entry, activation).await;
+        if let Err(error) = &rolled {
             let consequence = match activation {
                 Activation::Withdrawal => "the tenant stays on its version",
                 _ => "the tenant is backing off",
@@ -498,6 +607,20 @@ impl Deployer {
             );
         }
         self.persist(&entry);
+        let record = Record {
+            who: "baton".into(),
+            plugin: Some(entry.name.clone()),
+            version: entry.current().map(|v| v.id.hex()),
+            from: Some(current.id.hex()),
+            outcome: rolled.err().map(|e| format!("failed: {e}")).unwrap_or_default(),
+            detail: why,
+            ..Record::default()
+        };
+        let action = match activation {
+            Activation::Withdrawal => Action::Withdrawal,
+            _ => Action::AutoRollback,
+        };
+        self.audit.record(action, record).await;
     }
 
     /// Stops every deploy, rollback and removal until the guard is dropped
@@ -571,15 +694,58 @@ impl Deployer {
         };
         let mut tasks = tokio::task::JoinSet::new();
         for (name, path) in files {
-            if unseen_only && self.seen(&name, &path).await {
-                continue;
-            }
             let deployer = self.clone();
             tasks.spawn(async move {
-                let _ = deployer.deploy_file(&name, &path).await;
+                // The pins and rollout that ran, read before a deploy below
+                // saves a history without them.
+                let kept = deployer.artifacts.history(&name);
+                // After a handover the old process's versions are current
+                // already; at a start, a rollout that ran comes back with its
+                // base version rather than the folder's canary for everyone.
+                let deploy = match unseen_only {
+                    true => !deployer.seen(&name, &path).await,
+                    false => !deployer.resume_rollout(&name, &path).await,
+                };
+                if deploy {
+                    let _ = deployer.deploy_file(&name, &path).await;
+                }
+                // The pins, and the rollout if it is the one that ran.
+                let entry = deployer.entry(&name);
+                deployer.restore_placement(&entry, kept, unseen_only || !deploy).await;
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// At a start: when the folder's file of `name` is the canary of the
+    /// rollout that ran (its history says so), makes the version the
+    /// rollout started from current again (the canary then comes back with
+    /// its tenants). `false` when there was no such rollout.
+    async fn resume_rollout(&self, name: &str, path: &Path) -> bool {
+        let History { canary, records, .. } = self.artifacts.history(name);
+        let Some(canary) = canary else { return false };
+        let Ok(bytes) = tokio::fs::read(path).await else { return false };
+        if VersionId::of(&bytes).hex() != canary.version.hash {
+            return false;
+        }
+        let Some(base) = records
+            .iter()
+            .rev()
+            .find(|r| r.activation.is_current() && r.hash != canary.version.hash && r.failed.is_none())
+        else {
+            return false;
+        };
+        let entry = self.entry(name);
+        match self.load_version(&entry, &base.hash.clone(), Some(base.generation)).await {
+            Ok(version) => {
+                entry.adopt(Some(version), Vec::new(), None);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(plugin = name, "the rollout that ran cannot resume: {e}");
+                false
+            }
+        }
     }
 }
 

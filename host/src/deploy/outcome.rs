@@ -1,7 +1,9 @@
 //! What a deploy did ([`Outcome`]), or why it failed ([`DeployError`]), and
-//! how a failure answers the admin API.
+//! how a failure answers the admin API; what a dry run found ([`DryRun`]).
 
 use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::Rejection;
 use crate::instance::StartError;
@@ -92,8 +94,72 @@ pub enum Outcome {
         /// Its generation.
         generation: u64,
     },
-    /// The file and settings are those of the current version: nothing to do.
+    /// The version now runs for some tenants first (a rollout's canary).
+    Canary {
+        /// Its short hash.
+        version: String,
+        /// Its generation.
+        generation: u64,
+    },
+    /// The file and settings are those of the current version (or of the
+    /// canary): nothing to do.
     Unchanged,
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DryRun {
+    /// The version tried (its hash).
+    pub version: String,
+    /// Each tenant tried, by name.
+    pub tenants: Vec<TenantTrial>,
+    /// How its interface differs from the current version's (a check).
+    pub interface: Option<InterfaceDiff>,
+}
+
+/// One tenant's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantTrial {
+    /// The tenant.
+    pub tenant: String,
+    /// `takes`, `refuses` (`import-state` refused), `traps` (in `init` or
+    /// `import-state`), `fails` (`init` failed), or `skipped` (not tried:
+    /// no room, or the live instance could not export its state).
+    pub outcome: String,
+    /// Why, when not `takes`.
+    pub detail: String,
+}
+
+/// How a file's interface differs from the current version's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceDiff {
+    /// Imports it has that the current version has not.
+    pub imports_added: Vec<String>,
+    /// Imports the current version has that it has not.
+    pub imports_removed: Vec<String>,
+    /// Exports it has that the current version has not.
+    pub exports_added: Vec<String>,
+    /// Exports the current version has that it has not.
+    pub exports_removed: Vec<String>,
+    /// Capabilities it needs that the plugin's settings do not grant.
+    pub capabilities_missing: Vec<String>,
+}
+
+impl DryRun {
+    /// The first tenant that would not take the version, and why.
+    pub fn refusal(&self) -> Option<String> {
+        self.tenants
+            .iter()
+            .find(|t| matches!(t.outcome.as_str(), "refuses" | "traps" | "fails"))
+            .map(|t| {
+                let what = match t.outcome.as_str() {
+                    "refuses" => "refuses its state",
+                    "traps" => "traps",
+                    _ => "fails to start",
+                };
+                format!("tenant {} {what} on it: {}", t.tenant, t.detail)
+            })
+    }
 }
 
 #[cfg(test)]

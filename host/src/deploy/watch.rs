@@ -162,7 +162,7 @@ async fn examine(deployer: &Deployer, name: &str, wasm: &Path, settle: Duration)
         // fails: report only once the file has stopped changing for longer
         // (a change meanwhile starts a new examination, which aborts this).
         if wait_stable(wasm, settle * REPORT_AFTER_SETTLES).await {
-            deployer.report_failure(name, wasm, &error);
+            deployer.report_failure(name, wasm, &error).await;
         }
     }
 }

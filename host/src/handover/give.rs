@@ -55,6 +55,8 @@ pub struct Giver {
     /// Turned true once another process took over: the host then ends
     /// without closing anything.
     pub handed_over: watch::Sender<bool>,
+    /// Where the upgrade is recorded.
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Serves upgrade requests, one at a time, until one succeeds (or the host
@@ -74,6 +76,19 @@ pub async fn serve(giver: Arc<Giver>, mut requests: mpsc::Receiver<UpgradeReques
             ),
             Err(reason) => tracing::error!("upgrade failed, this process serves on: {reason}"),
         }
+        let record = crate::audit::Record {
+            who: request.who.clone(),
+            outcome: result.as_ref().err().map(|e| format!("failed, this process serves on: {e}")).unwrap_or_default(),
+            detail: match &result {
+                Ok(view) => format!(
+                    "baton {} (pid {}) to baton {} (pid {}): {} sessions, {} tenants",
+                    view.from.version, view.from.pid, view.to.version, view.to.pid, view.sessions, view.tenants
+                ),
+                Err(_) => String::new(),
+            },
+            ..crate::audit::Record::default()
+        };
+        giver.audit.record(crate::audit::Action::Upgrade, record).await;
         let handed = result.is_ok();
         let _ = request.reply.send(result);
         if handed {

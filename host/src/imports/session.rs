@@ -17,6 +17,7 @@ impl Host for InstanceState {
         let link = self.tenant.session(session).ok_or(Error::UnknownSession)?;
         if link.push(Outbound::from(frame)) {
             self.tenant.count_out(1);
+            self.usage.frames_out(1);
         }
         Ok(())
     }

@@ -81,6 +81,7 @@ impl Host for InstanceState {
         drop(remote);
         drop(state);
         self.tenant.count_out(u64::from(queued));
+        self.usage.frames_out(u64::from(queued));
         Ok(queued)
     }
 

@@ -143,6 +143,11 @@ impl Instance {
         self.number
     }
 
+    /// What its tenant used of its version.
+    pub fn usage(&self) -> &crate::tenant::usage::Usage {
+        &self.store.data().usage
+    }
+
     /// Runs one call with a fresh CPU budget and classifies its failure.
     async fn call<R>(
         &mut self,
@@ -159,9 +164,12 @@ impl Instance {
             let _running = self.version.ticker().running();
             f(&self.plugin, &mut self.store).await
         };
-        self.version
-            .call_histogram(name)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        self.version.call_histogram(name).record(took.as_secs_f64());
+        self.version.health.call(took, result.is_err());
+        let state = self.store.data();
+        state.usage.call(took);
+        state.usage.memory(state.limiter.memory_peak as u64);
         if ran_long(&self.store) {
             tokio::task::yield_now().await;
         }
@@ -328,6 +336,9 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
         version: version.id.short(),
         max_bytes: limits.max_log_bytes,
     });
+    let usage = tenant
+        .usages
+        .of(&tenant.plugin, &tenant.name, version.id.short(), version.generation);
     let state = InstanceState {
         wasi: wasi_ctx(version, &tags),
         table: ResourceTable::new(),
@@ -337,6 +348,7 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
         tenant,
         tags,
         schema_change: None,
+        usage,
     };
     let mut store = Store::new(version.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);

@@ -36,6 +36,8 @@ pub struct InstanceState {
     /// The schema change this instance's start opened (its version's
     /// migrations): its SQL runs inside it until the slot commits.
     pub(crate) schema_change: Option<crate::sql::SchemaChange>,
+    /// What the tenant used of this version, counted into by this instance.
+    pub(crate) usage: Arc<crate::tenant::usage::Usage>,
 }
 
 impl WasiView for InstanceState {
@@ -96,6 +98,8 @@ pub(super) struct Limiter {
     /// Set when a memory growth was refused: the abort that usually follows is
     /// then reported as a memory-limit fault.
     pub(super) memory_denied: bool,
+    /// The largest linear memory the instance was allowed, in bytes.
+    pub(super) memory_peak: usize,
 }
 
 impl Limiter {
@@ -107,6 +111,7 @@ impl Limiter {
             tables: limits.tables,
             memories: limits.memories,
             memory_denied: false,
+            memory_peak: 0,
         }
     }
 }
@@ -115,6 +120,9 @@ impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let allowed = desired <= self.memory;
         self.memory_denied |= !allowed;
+        if allowed {
+            self.memory_peak = self.memory_peak.max(desired);
+        }
         Ok(allowed)
     }
 

@@ -28,6 +28,10 @@ pub enum Activation {
     /// The version before it could not take over a tenant's state and was
     /// withdrawn.
     Withdrawal,
+    /// A file was deployed to some tenants first (a rollout's canary).
+    Canary,
+    /// A rollout's canary became every tenant's version.
+    Promote,
 }
 
 impl Activation {
@@ -38,7 +42,14 @@ impl Activation {
             Activation::Rollback => "rollback",
             Activation::AutoRollback => "auto_rollback",
             Activation::Withdrawal => "withdrawal",
+            Activation::Canary => "canary",
+            Activation::Promote => "promote",
         }
+    }
+
+    /// Whether it made the version every tenant's (a canary did not).
+    pub fn is_current(self) -> bool {
+        self != Activation::Canary
     }
 }
 
@@ -68,6 +79,16 @@ pub enum EventKind {
     Removed,
     /// baton itself was upgraded: a new process took the plugin over.
     Upgrade,
+    /// A version was deployed to some tenants first (a canary).
+    Canary,
+    /// A rollout's canary took more tenants.
+    RolloutStep,
+    /// A rollout's canary became every tenant's version.
+    Promote,
+    /// A tenant was pinned to a version.
+    Pin,
+    /// A tenant's pin was lifted.
+    Unpin,
 }
 
 impl EventKind {
@@ -85,6 +106,11 @@ impl EventKind {
             EventKind::RestoreFailed => "restore_failed",
             EventKind::Removed => "removed",
             EventKind::Upgrade => "upgrade",
+            EventKind::Canary => "canary",
+            EventKind::RolloutStep => "rollout_step",
+            EventKind::Promote => "promote",
+            EventKind::Pin => "pin",
+            EventKind::Unpin => "unpin",
         }
     }
 }
@@ -96,6 +122,8 @@ impl From<Activation> for EventKind {
             Activation::Rollback => EventKind::Rollback,
             Activation::AutoRollback => EventKind::AutoRollback,
             Activation::Withdrawal => EventKind::Withdrawal,
+            Activation::Canary => EventKind::Canary,
+            Activation::Promote => EventKind::Promote,
         }
     }
 }

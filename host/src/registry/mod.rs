@@ -14,8 +14,15 @@
 //! soon as its last tenant has migrated away; the registry keeps only a weak
 //! reference to list it while it drains, and a [`VersionRecord`] for history
 //! and rollback.
+//!
+//! Besides the current version, a plugin may have a *canary* (a newer
+//! version some tenants get first, during a rollout) and *pins* (tenants
+//! held on a version): its [`Placement`], also one `ArcSwap`, read on every
+//! step of every tenant task through [`PluginEntry::target_for`]. Every
+//! change of it wakes the plugin's tenants as a swap does.
 
 mod book;
+mod placement;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,12 +35,15 @@ use crate::clock::unix_ms;
 use crate::version::Version;
 use book::Book;
 pub use book::{Activation, ErrorReport, Event, EventKind, VersionRecord};
+pub use placement::{Canary, Placement, Selection};
 
 /// One plugin: its current version and history.
 pub struct PluginEntry {
     /// The plugin's name.
     pub name: String,
     current: ArcSwapOption<Version>,
+    /// A canary and pins: where tenants run besides `current`.
+    placement: ArcSwap<Placement>,
     changed: Notify,
     generation: AtomicU64,
     /// Set while a file of a plugin without a current version is checked.
@@ -46,6 +56,7 @@ impl PluginEntry {
         PluginEntry {
             name,
             current: ArcSwapOption::empty(),
+            placement: ArcSwap::default(),
             changed: Notify::new(),
             generation: AtomicU64::new(0),
             loading: AtomicBool::new(false),
@@ -58,8 +69,26 @@ impl PluginEntry {
         self.current.load_full()
     }
 
-    /// Resolves on the next change of the current version. Create it (and
-    /// `enable` it) before reading [`PluginEntry::current`] to miss nothing.
+    /// The version `tenant` should run now: its pin, the canary if the
+    /// canary takes it, else the current version; `None` when the plugin
+    /// was removed. Never locks.
+    pub fn target_for(&self, tenant: &str) -> Option<Arc<Version>> {
+        self.placement.load().target(tenant, self.current())
+    }
+
+    /// The canary and the pins.
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.load_full()
+    }
+
+    /// The canary of the rollout running, if one.
+    pub fn canary(&self) -> Option<Canary> {
+        self.placement.load().canary.clone()
+    }
+
+    /// Resolves on the next change of the current version or the placement.
+    /// Create it (and `enable` it) before reading [`PluginEntry::target_for`]
+    /// to miss nothing.
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
         self.changed.notified()
     }
@@ -84,6 +113,117 @@ impl PluginEntry {
     /// Makes `version` current, retiring the one it replaces. `settings` is
     /// the settings file text it was loaded with (kept for rollback).
     pub fn activate(&self, version: Arc<Version>, activation: Activation, settings: String) {
+        self.record_activation(&version, activation, settings, "every tenant");
+        self.generation.fetch_max(version.generation, Ordering::Relaxed);
+        if let Some(old) = self.current.swap(Some(version)) {
+            old.retire();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Starts a rollout: `version` for the tenants `selection` takes, the
+    /// others staying on the current version (a canary already running is
+    /// replaced, its tenants moving to this one or back).
+    pub fn start_canary(&self, version: Arc<Version>, selection: Selection, settings: String) {
+        self.record_activation(&version, Activation::Canary, settings, &selection.describe());
+        self.generation.fetch_max(version.generation, Ordering::Relaxed);
+        let canary = Canary {
+            version,
+            selection,
+            since_ms: unix_ms(),
+        };
+        let old = self.replace_placement(|p| p.canary = Some(canary.clone()));
+        if let Some(old) = &old.canary {
+            old.version.retire();
+        }
+    }
+
+    /// A rollout's next step: the canary takes the tenants of `selection`.
+    pub fn widen_canary(&self, selection: Selection) {
+        let Some(canary) = self.canary() else { return };
+        let detail = format!("now {}", selection.describe());
+        self.record_event(EventKind::RolloutStep, Some(canary.version.id.short()), detail);
+        self.replace_placement(|p| {
+            if let Some(canary) = &mut p.canary {
+                canary.selection = selection.clone();
+            }
+        });
+    }
+
+    /// Ends a rollout with every tenant on the canary: it becomes current.
+    /// Returns the version promoted.
+    pub fn promote(&self, settings: String) -> Option<Arc<Version>> {
+        let canary = self.canary()?;
+        self.record_activation(&canary.version, Activation::Promote, settings, "every tenant");
+        self.replace_placement(|p| p.canary = None);
+        if let Some(old) = self.current.swap(Some(canary.version.clone())) {
+            old.retire();
+        }
+        self.changed.notify_waiters();
+        Some(canary.version)
+    }
+
+    /// Ends a rollout without it: the canary's tenants go back to the
+    /// current version. `kind` says why (an operator's rollback, an
+    /// automatic one, a withdrawal). Returns the canary ended.
+    pub fn end_canary(&self, kind: EventKind, detail: String) -> Option<Canary> {
+        let canary = self.canary()?;
+        self.record_event(kind, Some(canary.version.id.short()), detail);
+        self.replace_placement(|p| p.canary = None);
+        canary.version.retire();
+        Some(canary)
+    }
+
+    /// Holds `tenant` on `version` whatever is deployed, until unpinned.
+    pub fn pin(&self, tenant: &str, version: Arc<Version>) {
+        self.book().add_live(&version);
+        let detail = format!("tenant {tenant} on generation {}", version.generation);
+        self.record_event(EventKind::Pin, Some(version.id.short()), detail);
+        self.replace_placement(|p| {
+            p.pins.insert(tenant.to_owned(), version.clone());
+        });
+    }
+
+    /// Lets `tenant` follow deploys again; `false` if it was not pinned.
+    pub fn unpin(&self, tenant: &str) -> bool {
+        if !self.placement.load().pins.contains_key(tenant) {
+            return false;
+        }
+        self.record_event(EventKind::Unpin, None, format!("tenant {tenant}"));
+        self.replace_placement(|p| {
+            p.pins.remove(tenant);
+        });
+        true
+    }
+
+    /// At a start or after a handover: the rollout and pins kept with the
+    /// history, put back without a new record.
+    pub fn restore_placement(&self, placement: Placement) {
+        {
+            let mut book = self.book();
+            for version in placement.pins.values().chain(placement.canary.iter().map(|c| &c.version)) {
+                book.add_live(version);
+            }
+        }
+        self.placement.store(Arc::new(placement));
+        self.changed.notify_waiters();
+    }
+
+    /// Replaces the placement with `change` applied to a copy; returns the
+    /// one it replaced. Tenants are woken to follow.
+    fn replace_placement(&self, change: impl Fn(&mut Placement)) -> Arc<Placement> {
+        let old = self.placement.rcu(|placement| {
+            let mut placement = Placement::clone(placement);
+            change(&mut placement);
+            placement
+        });
+        self.changed.notify_waiters();
+        old
+    }
+
+    /// Records that `version` became current (or a canary) in the history,
+    /// the live versions, the events and the metrics.
+    fn record_activation(&self, version: &Arc<Version>, activation: Activation, settings: String, whom: &str) {
         let record = VersionRecord {
             hash: version.id.hex(),
             generation: version.generation,
@@ -93,15 +233,15 @@ impl PluginEntry {
             rolled_back: false,
             settings,
         };
+        let detail = match whom {
+            "every tenant" => format!("generation {}", version.generation),
+            whom => format!("generation {}, {whom}", version.generation),
+        };
         {
             let mut book = self.book();
-            book.add_live(&version);
+            book.add_live(version);
             book.history.push(record);
-            book.push_event(self.event(
-                activation.into(),
-                Some(version.id.short()),
-                format!("generation {}", version.generation),
-            ));
+            book.push_event(self.event(activation.into(), Some(version.id.short()), detail));
         }
         metrics::counter!(
             "baton_activations_total",
@@ -109,11 +249,6 @@ impl PluginEntry {
             "activation" => activation.as_str(),
         )
         .increment(1);
-        self.generation.fetch_max(version.generation, Ordering::Relaxed);
-        if let Some(old) = self.current.swap(Some(version)) {
-            old.retire();
-        }
-        self.changed.notify_waiters();
     }
 
     /// In a process that took over from another (`baton upgrade`): makes
@@ -237,7 +372,10 @@ impl PluginEntry {
             .iter()
             .rev()
             .find(|r| {
-                Some(&r.hash) != current.as_ref() && r.failed.is_none() && (include_rolled_back || !r.rolled_back)
+                r.activation.is_current()
+                    && Some(&r.hash) != current.as_ref()
+                    && r.failed.is_none()
+                    && (include_rolled_back || !r.rolled_back)
             })
             .cloned()
     }

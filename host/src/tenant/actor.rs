@@ -245,7 +245,7 @@ impl Actor {
             }
             if matches!(step, Step::Wait | Step::WaitBackoff(_) | Step::WaitSeat) {
                 changed.as_mut().enable();
-                if self.plugin.current().map(|v| v.generation) != self.seen_current {
+                if self.target().map(|v| v.generation) != self.seen_current {
                     continue;
                 }
             }
@@ -289,8 +289,14 @@ impl Actor {
         self.finish(end).await;
     }
 
+    /// The version this tenant should run now: the plugin's current one,
+    /// unless a rollout's canary takes it or it is pinned.
+    pub(super) fn target(&self) -> Option<Arc<Version>> {
+        self.plugin.target_for(&self.shared.name)
+    }
+
     fn next_step(&mut self) -> Step {
-        let current = self.plugin.current();
+        let current = self.target();
         self.seen_current = current.as_ref().map(|v| v.generation);
         match current {
             Some(current) => {
@@ -530,7 +536,7 @@ impl Actor {
 
     /// One attempt at bringing an instance up, reporting what went wrong.
     async fn bring_up_once(&mut self) -> Attempt {
-        let Some(result) = self.slot.bring_up(self.plugin.current()).await else {
+        let Some(result) = self.slot.bring_up(self.target()).await else {
             return Attempt::Nothing;
         };
         match result {

@@ -54,6 +54,7 @@ impl Actor {
             Command::Session(Inbound::Ack { session, upto }) => self.on_ack(session, upto),
             Command::Http { request, reply } => self.on_http(request, reply).await,
             Command::Hibernate => self.hibernate().await,
+            Command::Try { version, reply } => self.on_try(version, reply).await,
             // Handled by the main loop; a deferred one means the same.
             Command::Shutdown { done } | Command::Erase { done } => {
                 let _ = done.send(());
@@ -107,7 +108,10 @@ impl Actor {
         };
         let answer = match instance.on_connect(id, &request).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Rejection::Refused(reason)),
+            Ok(Err(reason)) => {
+                instance.version().health.error();
+                Err(Rejection::Refused(reason))
+            }
             Err(trap) => {
                 self.shared.remove_session(id);
                 let _ = reply.send(Err(crash_rejection(&trap)));
@@ -158,7 +162,10 @@ impl Actor {
         }
         self.shared.count_in();
         if let Some(instance) = self.slot.instance()
-            && let Err(trap) = instance.on_frame(session, &frame).await
+            && let Err(trap) = {
+                instance.usage().frame_in();
+                instance.on_frame(session, &frame).await
+            }
         {
             self.crashed(trap).await;
         }
@@ -210,8 +217,16 @@ impl Actor {
             return;
         };
         let answer = match instance.on_http(&request).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(message)) => Err(Rejection::PluginFailed(message)),
+            Ok(Ok(response)) => {
+                if response.status >= 500 {
+                    instance.version().health.error();
+                }
+                Ok(response)
+            }
+            Ok(Err(message)) => {
+                instance.version().health.error();
+                Err(Rejection::PluginFailed(message))
+            }
             Err(trap) => {
                 let _ = reply.send(Err(crash_rejection(&trap)));
                 self.crashed(trap).await;
@@ -240,8 +255,24 @@ impl Actor {
         }
     }
 
+    /// A dry run: `version` tried on this tenant's live state (see
+    /// [`crate::tenant::Trial`]). The live instance trapping while it
+    /// exports its state is its own crash, handled as one.
+    async fn on_try(&mut self, version: Arc<crate::version::Version>, reply: oneshot::Sender<crate::tenant::Trial>) {
+        match self.slot.trial(version, &self.env.migrations).await {
+            Ok(trial) => {
+                let _ = reply.send(trial);
+            }
+            Err(trap) => {
+                let why = format!("its live instance trapped exporting its state: {}", trap.kind.as_str());
+                let _ = reply.send(crate::tenant::Trial::Skipped(why));
+                self.crashed(trap).await;
+            }
+        }
+    }
+
     fn current_limits(&self) -> Arc<Limits> {
-        match self.slot.running_version().cloned().or_else(|| self.plugin.current()) {
+        match self.slot.running_version().cloned().or_else(|| self.target()) {
             Some(version) => self.env.limits(&version, &self.shared.name),
             None => Arc::new(self.env.config.limits.clone()),
         }

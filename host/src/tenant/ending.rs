@@ -12,7 +12,7 @@ use crate::session::Inbound;
 use crate::session::resumable::Refusal;
 use crate::tenant::actor::{Actor, End};
 use crate::tenant::mailbox::Command;
-use crate::tenant::mailbox::Verdict;
+use crate::tenant::mailbox::{Trial, Verdict};
 use crate::tenant::record::{StateRecord, TenantRecord};
 
 /// How long a removed plugin's tenant waits for its closed sessions to
@@ -116,6 +116,9 @@ impl Actor {
                 Command::Resume { reply, .. } => {
                     let _ = reply.send(Err((Refusal::Unknown, why.into())));
                 }
+                Command::Try { reply, .. } => {
+                    let _ = reply.send(Trial::Skipped(why.into()));
+                }
                 // Dropped: the handover is called off (the tenant is closing).
                 Command::Session(Inbound::Frame { .. } | Inbound::Ack { .. })
                 | Command::Hibernate
@@ -138,6 +141,9 @@ fn answer_ended(command: Command) {
         }
         Command::Resume { reply, .. } => {
             let _ = reply.send(Err((Refusal::Unavailable, "the tenant's task ended; try again".into())));
+        }
+        Command::Try { reply, .. } => {
+            let _ = reply.send(Trial::Skipped("the tenant's task ended".into()));
         }
         Command::Shutdown { done } | Command::Erase { done } => {
             let _ = done.send(());

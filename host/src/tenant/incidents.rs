@@ -42,6 +42,7 @@ impl Incidents {
 
     /// An instance of `version` trapped (and was dropped).
     pub fn crashed(&mut self, version: &Version, trap: &Trap) {
+        version.health.restart();
         tracing::error!(
             version = %version.id, kind = trap.kind.as_str(), "plugin trapped: {}", trap.backtrace
         );

@@ -17,6 +17,7 @@ use crate::session::resumable::{Refusal, Token};
 use crate::session::{Inbound, Mailbox};
 use crate::tenant::record::TenantRecord;
 use crate::tenant::state::TenantShared;
+use crate::version::Version;
 
 /// How a handover ended, for the old process's tenant tasks.
 pub enum Verdict {
@@ -74,6 +75,14 @@ pub enum Command {
     /// The pool needs room: hibernate if idle (a plugin that cannot export
     /// its state stays awake).
     Hibernate,
+    /// A dry run: try `version` on the tenant's live state in a scratch
+    /// instance (`init`, `import-state`), switching nothing.
+    Try {
+        /// The version to try.
+        version: Arc<Version>,
+        /// How it went.
+        reply: oneshot::Sender<Trial>,
+    },
     /// `baton upgrade`: once everything before this is handled, answer with
     /// the tenant's record and wait for the verdict, running nothing: end
     /// when the new process took over, serve on when it was called off (or
@@ -100,6 +109,35 @@ pub enum Command {
 impl From<Inbound> for Command {
     fn from(inbound: Inbound) -> Command {
         Command::Session(inbound)
+    }
+}
+
+/// How a version tried on a tenant's live state did (a dry run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trial {
+    /// `init` and `import-state` succeeded.
+    Takes,
+    /// `import-state` refused the state, for this reason.
+    Refuses(String),
+    /// `init` or `import-state` trapped.
+    Traps(String),
+    /// `init` failed.
+    Fails(String),
+    /// Not tried (no room in the pool, or the live instance could not
+    /// export its state), for this reason.
+    Skipped(String),
+}
+
+impl Trial {
+    /// Its name in reports (`takes`, `refuses`, ...) and its detail.
+    pub fn parts(self) -> (&'static str, String) {
+        match self {
+            Trial::Takes => ("takes", String::new()),
+            Trial::Refuses(why) => ("refuses", why),
+            Trial::Traps(why) => ("traps", why),
+            Trial::Fails(why) => ("fails", why),
+            Trial::Skipped(why) => ("skipped", why),
+        }
     }
 }
 

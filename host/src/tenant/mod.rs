@@ -59,7 +59,7 @@
 //!
 //! The files, each a type with its own state, bottom up:
 //! - `state.rs`: [`TenantShared`], the host-held state, and the published
-//!   [`Status`];
+//!   [`Status`]; `usage.rs`: what the tenant used of each version;
 //! - `mailbox.rs`: [`Command`] and [`TenantHandle`] (what sessions and
 //!   requests send; a session's `Inbound` converts into a command);
 //! - `directory.rs`: [`Tenants`], which tasks exist, by plugin and tenant;
@@ -92,10 +92,11 @@ mod resume;
 mod slot;
 pub mod state;
 mod supervisor;
+pub mod usage;
 
 pub use actor::adopt;
 pub use directory::Tenants;
 pub use env::{Report, TenantEnv};
-pub use mailbox::{Command, Resumed, TenantHandle, Verdict};
+pub use mailbox::{Command, Resumed, TenantHandle, Trial, Verdict};
 pub use open::Opener;
 pub use state::{Status, TenantShared};

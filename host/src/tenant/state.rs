@@ -26,6 +26,7 @@ use crate::lanes::Lane;
 use crate::presence::{Diff, Presence};
 use crate::session::link::{SessionId, SessionLink};
 use crate::session::resumable::Token;
+use crate::tenant::usage::Usages;
 use crate::sql::Sql;
 use crate::storage::{Namespace, Storage, StorageError};
 use crate::timers::Timers;
@@ -171,6 +172,8 @@ pub struct TenantShared {
     /// Whether the tenant's task should be off the socket workers (a long
     /// call runs; see [`crate::lanes`]).
     pub lane: Arc<Lane>,
+    /// What it used of each version it ran.
+    pub usages: Usages,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -196,6 +199,7 @@ impl TenantShared {
             frames_out: AtomicU64::new(0),
             last_active_ms: AtomicU64::new(process_ms()),
             lane: Arc::default(),
+            usages: Usages::default(),
             migrated_at_ms: AtomicU64::new(0),
             frames_in_metric: metrics::counter!("baton_frames_in_total", "plugin" => plugin.clone()),
             frames_out_metric: metrics::counter!("baton_frames_out_total", "plugin" => plugin.clone()),

@@ -17,6 +17,9 @@ struct Settings {
     fail_init: Option<String>,
     panic_in_init: bool,
     refuse_import: bool,
+    /// Panic in every this many frames (0: never): a version that fails on
+    /// a share of its traffic, for rollout tests.
+    trap_every: u64,
 }
 
 /// What the plugin remembers (carried across swaps, lost in a crash).
@@ -38,6 +41,7 @@ struct Chaos {
     /// Random per instance: tells instances apart.
     instance: u64,
     refuse_import: bool,
+    trap_every: u64,
 }
 
 impl Plugin for Chaos {
@@ -53,6 +57,7 @@ impl Plugin for Chaos {
             state: State::default(),
             instance: RandomState::new().hash_one(0u8),
             refuse_import: settings.refuse_import,
+            trap_every: settings.trap_every,
         })
     }
 
@@ -70,6 +75,9 @@ impl Plugin for Chaos {
 
     fn on_frame(&mut self, session: Session, frame: Frame) {
         self.state.frames += 1;
+        if self.trap_every > 0 && self.state.frames % self.trap_every == 0 {
+            panic!("chaos: configured to panic in every {} frames", self.trap_every);
+        }
         let text = match &frame {
             Frame::Text(text) => text.as_str(),
             Frame::Binary(_) => {

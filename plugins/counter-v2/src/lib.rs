@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 struct Settings {
     fail_init: Option<String>,
     refuse_import: bool,
+    /// Refuse the state of a tenant that counted more frames than this.
+    refuse_total_above: Option<u64>,
 }
 
 /// State layout 2.
@@ -69,6 +71,7 @@ impl VersionedState for State {
 struct Counter {
     state: State,
     refuse_import: bool,
+    refuse_total_above: Option<u64>,
 }
 
 impl Plugin for Counter {
@@ -80,6 +83,7 @@ impl Plugin for Counter {
         Ok(Counter {
             state: State::default(),
             refuse_import: settings.refuse_import,
+            refuse_total_above: settings.refuse_total_above,
         })
     }
 
@@ -118,7 +122,11 @@ impl Plugin for Counter {
         if self.refuse_import {
             return Err(format!("configured to refuse the state of {from_version}"));
         }
-        self.state.restore_into(state)
+        self.state.restore_into(state)?;
+        if let Some(limit) = self.refuse_total_above.filter(|limit| self.state.total > *limit) {
+            return Err(format!("a total of {} frames is above {limit}", self.state.total));
+        }
+        Ok(())
     }
 }
 

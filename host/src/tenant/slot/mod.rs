@@ -21,9 +21,11 @@
 //! slot starts gets the next number of the tenant. The state kept at the last
 //! host shutdown is looked for once, before the tenant's first instance.
 //!
-//! Files: `kept.rs` (the state kept in the storage and carried by a handover).
+//! Files: `kept.rs` (the state kept in the storage and carried by a
+//! handover), `trial.rs` (a version tried on the tenant's state: a dry run).
 
 mod kept;
+mod trial;
 
 use std::sync::Arc;
 
