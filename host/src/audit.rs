@@ -5,16 +5,18 @@
 //!
 //! Each entry is written and synced to disk before the change it records is
 //! reported done, so a crash never loses an entry of a change that was
-//! reported. The log is append-only through every interface: the admin API
-//! and the CLI read it (`GET /api/audit`, `baton audit`), nothing rewrites or
-//! deletes it, and `baton upgrade` hands it to the new process as a file
-//! (the old one stops writing before the new one starts). A last line cut
-//! short by a crash is skipped when reading, and the next entry starts on a
-//! line of its own.
+//! reported. (A log that cannot be written, a full disk say, is reported in
+//! the log and `baton_audit_errors_total`; the change itself goes on.) The
+//! log is append-only through every interface: the admin API and the CLI
+//! read it (`GET /api/audit`, `baton audit`), nothing rewrites or deletes
+//! it. Around `baton upgrade` both processes append: each append holds a
+//! lock on the file and numbers its entry after the last one in the file,
+//! so numbers stay unique and in order. A last line cut short by a crash is
+//! skipped when reading, and the next entry starts on a line of its own.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -96,13 +98,17 @@ pub struct Record {
     pub detail: String,
 }
 
+/// At most this many tenants are named in one entry (a step of a rollout
+/// over many tenants says how many more).
+const MAX_TENANTS: usize = 1_000;
+
 /// The audit log of one host.
 pub struct Audit {
     path: PathBuf,
     /// One append at a time in this process. (Another process appends only
     /// around `baton upgrade`, one after the other: each append reads the
     /// last number from the file itself.)
-    appending: Mutex<()>,
+    appending: Arc<Mutex<()>>,
 }
 
 impl Audit {
@@ -110,7 +116,7 @@ impl Audit {
     pub fn new(data_dir: &Path) -> Audit {
         Audit {
             path: data_dir.join("audit.log"),
-            appending: Mutex::new(()),
+            appending: Arc::default(),
         }
     }
 
@@ -118,7 +124,11 @@ impl Audit {
     /// be written is reported (the change itself goes on: refusing a
     /// rollback because the disk is full would be worse).
     pub async fn record(&self, action: Action, record: Record) -> Option<Entry> {
-        match tokio::task::block_in_place(|| self.append(action, record)) {
+        let (path, appending) = (self.path.clone(), self.appending.clone());
+        let appended = tokio::task::spawn_blocking(move || append(&path, &appending, action, record))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match appended {
             Ok(entry) => Some(entry),
             Err(e) => {
                 tracing::error!(path = %self.path.display(), "cannot append to the audit log: {e}");
@@ -128,53 +138,68 @@ impl Audit {
         }
     }
 
-    fn append(&self, action: Action, record: Record) -> std::io::Result<Entry> {
-        let _one = self.appending.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, whole) = last_entry(&self.path)?;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        let entry = Entry {
-            seq: last + 1,
-            at_ms: unix_ms(),
-            who: record.who,
-            action,
-            plugin: record.plugin,
-            version: record.version,
-            from: record.from,
-            tenants: record.tenants,
-            outcome: if record.outcome.is_empty() {
-                "ok".into()
-            } else {
-                record.outcome
-            },
-            detail: record.detail,
-        };
-        let mut line = Vec::new();
-        // A line a crash cut short ends here; this entry starts afresh.
-        if !whole {
-            line.push(b'\n');
-        }
-        serde_json::to_writer(&mut line, &entry).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        file.write_all(&line)?;
-        file.sync_data()?;
-        Ok(entry)
-    }
-
-    /// Entries after `since` (0: from the first), the last `limit` of them,
-    /// oldest first.
-    pub async fn entries(&self, since: u64, limit: usize) -> std::io::Result<Vec<Entry>> {
+    /// Oldest first: with `since`, the first `limit` entries after it (to
+    /// page forward from the last one read); without, the last `limit`.
+    pub async fn entries(&self, since: Option<u64>, limit: usize) -> std::io::Result<Vec<Entry>> {
         let path = self.path.clone();
-        let entries = tokio::task::spawn_blocking(move || read_entries(&path))
+        let mut entries = tokio::task::spawn_blocking(move || read_entries(&path))
             .await
             .map_err(std::io::Error::other)??;
-        let mut after: Vec<Entry> = entries.into_iter().filter(|e| e.seq > since).collect();
-        let skip = after.len().saturating_sub(limit);
-        after.drain(..skip);
-        Ok(after)
+        match since {
+            Some(since) => {
+                entries.retain(|e| e.seq > since);
+                entries.truncate(limit);
+            }
+            None => {
+                let skip = entries.len().saturating_sub(limit);
+                entries.drain(..skip);
+            }
+        }
+        Ok(entries)
     }
+}
+
+/// Appends an entry to the log at `path`, one at a time (`appending` in
+/// this process, a lock on the file between the two processes of a
+/// handover), and syncs it to disk.
+fn append(path: &Path, appending: &Mutex<()>, action: Action, mut record: Record) -> std::io::Result<Entry> {
+    let _one = appending.lock().unwrap_or_else(|p| p.into_inner());
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    file.lock()?;
+    let (last, whole) = last_entry(path)?;
+    if record.tenants.len() > MAX_TENANTS {
+        let more = record.tenants.len() - MAX_TENANTS;
+        record.tenants.truncate(MAX_TENANTS);
+        let sep = if record.detail.is_empty() { "" } else { "; " };
+        record.detail = format!("{}{sep}and {more} more tenants", record.detail);
+    }
+    let entry = Entry {
+        seq: last + 1,
+        at_ms: unix_ms(),
+        who: record.who,
+        action,
+        plugin: record.plugin,
+        version: record.version,
+        from: record.from,
+        tenants: record.tenants,
+        outcome: if record.outcome.is_empty() {
+            "ok".into()
+        } else {
+            record.outcome
+        },
+        detail: record.detail,
+    };
+    let mut line = Vec::new();
+    // A line a crash cut short ends here; this entry starts afresh.
+    if !whole {
+        line.push(b'\n');
+    }
+    serde_json::to_writer(&mut line, &entry).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    file.write_all(&line)?;
+    file.sync_data()?;
+    file.unlock()?;
+    Ok(entry)
 }
 
 /// Every readable entry of the log at `path` (none when it does not exist).
@@ -184,9 +209,11 @@ fn read_entries(path: &Path) -> std::io::Result<Vec<Entry>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    // Lines as bytes: a line a crash cut in the middle of a character is
+    // skipped like any other torn line.
     let mut entries = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        if let Ok(entry) = serde_json::from_slice::<Entry>(&line?) {
             entries.push(entry);
         }
     }
@@ -203,24 +230,34 @@ fn last_entry(path: &Path) -> std::io::Result<(u64, bool)> {
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
-    let tail = len.min(64 << 10);
-    file.seek(SeekFrom::Start(len - tail))?;
-    let mut bytes = Vec::with_capacity(tail as usize);
-    file.read_to_end(&mut bytes)?;
-    let whole = bytes.last().is_none_or(|b| *b == b'\n');
-    let last = bytes
-        .split(|b| *b == b'\n')
-        .rev()
-        .find_map(|line| serde_json::from_slice::<Entry>(line).ok())
-        .map_or(0, |e| e.seq);
-    Ok((last, whole))
+    // The tail, four times longer each time it holds no whole entry.
+    let mut tail = len.min(64 << 10);
+    loop {
+        file.seek(SeekFrom::Start(len - tail))?;
+        let mut bytes = Vec::with_capacity(tail as usize);
+        file.read_to_end(&mut bytes)?;
+        let whole = bytes.last().is_none_or(|b| *b == b'\n');
+        let mut lines = bytes.split(|b| *b == b'\n');
+        if tail < len {
+            lines.next(); // Cut by the window: not a whole line.
+        }
+        let last = lines
+            .rev()
+            .find_map(|line| serde_json::from_slice::<Entry>(line).ok())
+            .map(|e| e.seq);
+        match last {
+            Some(seq) => return Ok((seq, whole)),
+            None if tail == len => return Ok((0, whole)),
+            None => tail = len.min(tail * 4),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[tokio::test]
     async fn entries_are_numbered_kept_and_read_back_after_a_torn_line() {
         let dir = tempfile::tempdir().expect("dir");
         let audit = Audit::new(dir.path());
@@ -244,9 +281,30 @@ mod tests {
         let audit = Audit::new(dir.path());
         let third = audit.record(Action::Promote, deploy("baton")).await.expect("written");
         assert_eq!(third.seq, 3);
-        let all = audit.entries(0, 100).await.expect("read");
+        let all = audit.entries(None, 100).await.expect("read");
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(all[1].who, "ops");
-        assert_eq!(audit.entries(1, 1).await.expect("read")[0].action, Action::Promote);
+        // Paging forward, and the last ones.
+        assert_eq!(audit.entries(Some(1), 1).await.expect("read")[0].action, Action::Pin);
+        assert_eq!(audit.entries(None, 1).await.expect("read")[0].action, Action::Promote);
+
+        // An entry longer than the tail read at first, and a torn character.
+        let many = Record {
+            tenants: (0..5_000).map(|i| format!("tenant-with-a-long-name-{i:05}")).collect(),
+            detail: "x".repeat(100_000),
+            ..deploy("baton")
+        };
+        let long = audit.record(Action::RolloutStep, many).await.expect("written");
+        assert_eq!(long.tenants.len(), MAX_TENANTS);
+        assert!(long.detail.ends_with("and 4000 more tenants"), "{}", long.detail);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("audit.log"))
+            .expect("open");
+        file.write_all(b"{\"seq\":5,\"who\":\"\xc3").expect("write");
+        let next = audit.record(Action::Unpin, deploy("ops")).await.expect("written");
+        assert_eq!(next.seq, 5);
+        let all = audit.entries(None, 100).await.expect("read");
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     }
 }

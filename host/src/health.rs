@@ -39,7 +39,9 @@ impl Default for Health {
 
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Health").field("calls", &self.calls).finish_non_exhaustive()
+        f.debug_struct("Health")
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -179,14 +181,20 @@ mod tests {
         assert_eq!((window.calls, window.traps, window.errors), (200, 2, 1));
         assert!((window.trap_rate() - 0.01).abs() < 1e-9);
         let p99 = window.p99();
-        assert!(p99 >= Duration::from_micros(100) && p99 < Duration::from_micros(130), "{p99:?}");
+        assert!(
+            p99 >= Duration::from_micros(100) && p99 < Duration::from_micros(130),
+            "{p99:?}"
+        );
     }
 
     #[test]
     fn buckets_are_a_fifth_wide_or_less() {
         for us in [1u64, 3, 7, 100, 1_000, 12_345, 1_000_000] {
             let edge = upper_edge(bucket(Duration::from_micros(us)));
-            assert!(edge >= us && (edge as f64) <= us as f64 * 1.25 + 1.0, "{us} µs in a bucket up to {edge}");
+            assert!(
+                edge >= us && (edge as f64) <= us as f64 * 1.25 + 1.0,
+                "{us} µs in a bucket up to {edge}"
+            );
         }
     }
 }

@@ -25,6 +25,16 @@ pub fn is_tenant(s: &str) -> bool {
     is_name(s)
 }
 
+/// Where `tenant` falls among all names, in basis points (0 to 9,999):
+/// the first eight bytes of the SHA-256 of the name. A rollout by percent
+/// takes the tenants below its share; computed once per tenant task.
+pub fn share_of(tenant: &str) -> u16 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(tenant.as_bytes());
+    let head = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (head % 10_000) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,10 @@ fn every_command_has_help() {
         &["deploy"],
         &["status"],
         &["rollback"],
+        &["promote"],
+        &["pin"],
+        &["unpin"],
+        &["audit"],
         &["new"],
     ] {
         let mut args = command.to_vec();
@@ -188,6 +192,107 @@ async fn deploy_status_and_rollback_against_a_running_host() {
     let output = deploy(baton_test_plugins::WRONG_WORLD, "other").await;
     assert_eq!(output.status.code(), Some(1));
     assert!(!Path::new(deploy_dir).join("other.wasm").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_pin_dry_run_promote_and_audit_through_the_binary() {
+    let host = TestHost::start(&[("counter", COUNTER_V1)]).await;
+    host.wait_current("counter").await;
+    let admin = format!("http://{}", host.admin);
+    let deploy_dir = host.deploy_dir();
+    let deploy_dir = deploy_dir.to_str().expect("path");
+    let mut clients = Vec::new();
+    for tenant in ["early", "held", "late"] {
+        let mut client = host.connect(tenant, "counter").await;
+        client.ask("hi").await;
+        clients.push(client);
+    }
+
+    // A file the CLI checks against the live tenants: all take it.
+    let output = baton_async(&["check", COUNTER_V2, "--against", "counter", "--admin", &admin]).await;
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}{}", text(&output.stderr));
+    assert!(
+        said.contains("3 tenants (nobody switched)") && said.contains("held"),
+        "{said}"
+    );
+    let output = baton_async(&["check", COUNTER_V2, "--against", "nope", "--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(1));
+
+    // Pin one, deploy a canary for another.
+    let output = baton_async(&["pin", "counter", "held", "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("held pinned to version"),
+        "{}",
+        text(&output.stdout)
+    );
+    let output = baton_async(&[
+        "deploy",
+        COUNTER_V2,
+        "--name",
+        "counter",
+        "--deploy-dir",
+        deploy_dir,
+        "--canary",
+        "tenants=early",
+        "--admin",
+        &admin,
+    ])
+    .await;
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}{}", text(&output.stderr));
+    assert!(said.contains("counter: canary"), "{said}");
+    let settings = std::fs::read_to_string(host.deploy_dir().join("counter.toml")).expect("settings");
+    assert!(settings.contains("tenants = [\"early\"]"), "{settings}");
+    let answers: Vec<String> = futures_util::future::join_all(clients.iter_mut().map(|c| c.ask("x"))).await;
+    assert!(
+        answers[0].contains("\"v\":2") && answers[1].contains("\"v\":1") && answers[2].contains("\"v\":1"),
+        "{answers:?}"
+    );
+
+    let output = baton_async(&["status", "--admin", &admin]).await;
+    let table = text(&output.stdout);
+    assert!(
+        table.contains("rollout of version") && table.contains("held pinned to version"),
+        "{table}"
+    );
+
+    // Promote: everyone but the pinned tenant; unpin: it follows.
+    let output = baton_async(&["promote", "counter", "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("promoted"), "{}", text(&output.stdout));
+    let answers: Vec<String> = futures_util::future::join_all(clients.iter_mut().map(|c| c.ask("y"))).await;
+    assert!(
+        answers[1].contains("\"v\":1") && answers[2].contains("\"v\":2"),
+        "{answers:?}"
+    );
+    let output = baton_async(&["unpin", "counter", "held", "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = baton_async(&["unpin", "counter", "held", "--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(1), "not pinned any more");
+    let output = baton_async(&["promote", "counter", "--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(1), "no rollout to promote");
+
+    // The audit log names the CLI and lists it all, in order.
+    let output = baton_async(&["audit", "--admin", &admin]).await;
+    let log = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let order = ["deploy", "pin", "canary", "promote", "unpin"];
+    let mut at = 0;
+    for line in log.lines() {
+        if at < order.len() && line.contains(&format!(" {} ", order[at])) {
+            at += 1;
+        }
+    }
+    assert_eq!(at, order.len(), "{log}");
+    assert!(log.contains("cli"), "{log}");
+    let output = baton_async(&["audit", "--json", "--since", "1", "--admin", &admin]).await;
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert!(
+        entries.as_array().is_some_and(|e| e.len() >= 4 && e[0]["seq"] == 2),
+        "{entries}"
+    );
 }
 
 #[test]

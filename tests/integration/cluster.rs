@@ -734,3 +734,92 @@ async fn an_owner_upgraded_keeps_its_tenants_and_their_storage() {
     let mut again = b.connect("acme", "chaos").await;
     assert_eq!(again.ask("get:k").await, "value:after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_runs_on_every_node_and_its_end_promotion_and_pins_reach_them_all() {
+    use crate::cli::{baton_async, text};
+    use baton_test_plugins::{COUNTER_V1, COUNTER_V2};
+
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let a = node(&nats, &db, "a").await;
+    let b = node(&nats, &db, "b").await;
+    let admin_a = format!("http://{}", a.admin);
+    let dir = a.deploy_dir().to_str().expect("path").to_owned();
+    let deploy = async |file: &str, canary: bool| {
+        let mut args = vec![
+            "deploy",
+            file,
+            "--name",
+            "counter",
+            "--deploy-dir",
+            &dir,
+            "--admin",
+            &admin_a,
+        ];
+        if canary {
+            args.extend(["--canary", "tenants=early"]);
+        }
+        baton_async(&args).await
+    };
+    let said = |done: &std::process::Output| format!("{}{}", text(&done.stdout), text(&done.stderr));
+
+    let done = deploy(COUNTER_V1, false).await;
+    assert!(done.status.success(), "{}", said(&done));
+    let v1 = b.plugin("counter").await.current.expect("v1 on b").hash;
+    let canary_on = async |host: &TestHost| host.plugin("counter").await.rollout.map(|r| r.selection);
+
+    // The canary runs on both nodes; ending it on `a` ends it on `b`.
+    let done = deploy(COUNTER_V2, true).await;
+    assert!(
+        done.status.success() && said(&done).contains("node b: active"),
+        "{}",
+        said(&done)
+    );
+    for host in [&a, &b] {
+        assert_eq!(canary_on(host).await.as_deref(), Some("tenants early"));
+    }
+    let done = baton_async(&["rollback", "counter", "--admin", &admin_a]).await;
+    assert!(
+        done.status.success() && said(&done).contains("node b: done"),
+        "{}",
+        said(&done)
+    );
+    for host in [&a, &b] {
+        let view = host.plugin("counter").await;
+        assert_eq!(
+            (view.rollout.is_none(), view.current.expect("current").hash),
+            (true, v1.clone())
+        );
+    }
+
+    // The same canary again reaches `b` (the cluster forgot the ended one),
+    // and so do a pin and a promotion.
+    let done = deploy(COUNTER_V2, true).await;
+    assert!(
+        done.status.success() && said(&done).contains("node b: active"),
+        "{}",
+        said(&done)
+    );
+    let done = baton_async(&["pin", "counter", "frozen", "--admin", &admin_a]).await;
+    assert!(
+        done.status.success() && said(&done).contains("node b: done"),
+        "{}",
+        said(&done)
+    );
+    let done = baton_async(&["promote", "counter", "--admin", &admin_a]).await;
+    assert!(
+        done.status.success() && said(&done).contains("node b: done"),
+        "{}",
+        said(&done)
+    );
+    for host in [&a, &b] {
+        let view = host.plugin("counter").await;
+        assert!(view.rollout.is_none());
+        assert_ne!(view.current.expect("current").hash, v1, "v2 everywhere");
+        assert_eq!(
+            view.pins.first().map(|p| (p.tenant.as_str(), p.hash.as_str())),
+            Some(("frozen", v1.as_str()))
+        );
+    }
+}

@@ -305,7 +305,7 @@ async fn rollback_returns_tenants_to_the_previous_version_with_their_state() {
     let host = TestHost::start(&[("counter", COUNTER_V1)]).await;
     let response = host.admin("POST", "/api/plugins/counter/rollback", None).await;
     assert_eq!(response.status, 409, "nothing to roll back to: {}", response.text());
-    assert_eq!(host.admin("POST", "/api/plugins/nope/rollback", None).await.status, 409);
+    assert_eq!(host.admin("POST", "/api/plugins/nope/rollback", None).await.status, 404);
 
     let mut client = host.connect("acme", "counter").await;
     for n in 1..=3 {

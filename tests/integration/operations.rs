@@ -245,13 +245,26 @@ async fn the_dashboard_charts_each_version_with_the_rollout_marked_and_shows_the
     // busy.
     let series: SeriesView = host.admin_view("/api/series").await;
     for (generation, sessions) in [(v1, 2), (v1 + 1, 1)] {
-        let line = series.lines.iter().find(|l| l.generation == generation).expect("a line per version");
+        let line = series
+            .lines
+            .iter()
+            .find(|l| l.generation == generation)
+            .expect("a line per version");
         let last = line.points.last().expect("points");
         assert_eq!(last.sessions, sessions, "{line:?}");
-        assert!(last.frames_in_per_s > 0.0 && last.calls_per_s > 0.0 && last.p99_us > 0, "{line:?}");
+        assert!(
+            last.frames_in_per_s > 0.0 && last.calls_per_s > 0.0 && last.p99_us > 0,
+            "{line:?}"
+        );
     }
-    assert!(series.marks.iter().any(|m| m.kind == EventKind::Canary), "{:?}", series.marks);
-    let marks = tab.eval("document.querySelectorAll('#chart-frames line.mark').length").await;
+    assert!(
+        series.marks.iter().any(|m| m.kind == EventKind::Canary),
+        "{:?}",
+        series.marks
+    );
+    let marks = tab
+        .eval("document.querySelectorAll('#chart-frames line.mark').length")
+        .await;
     assert!(marks.as_u64() >= Some(1), "the canary is marked: {marks}");
 
     // What the browser really drew: each version's colour is on the chart

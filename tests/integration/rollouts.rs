@@ -59,17 +59,29 @@ async fn a_canary_moves_exactly_its_tenants_with_their_state_and_promote_moves_t
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
     let rollout = wait_for("the canary runs", async || host.plugin("counter").await.rollout).await;
     assert_eq!(rollout.selection, "tenants t3, t7");
-    assert_eq!(host.plugin("counter").await.current.expect("current").generation, v1, "v1 stays current");
+    assert_eq!(
+        host.plugin("counter").await.current.expect("current").generation,
+        v1,
+        "v1 stays current"
+    );
     let canary = rollout.generation;
     wait_for("exactly t3 and t7 run the canary", async || {
         let all = generations(&host, "counter").await;
-        let on_canary: Vec<&str> = all.iter().filter(|(_, g)| *g == canary).map(|(t, _)| t.as_str()).collect();
+        let on_canary: Vec<&str> = all
+            .iter()
+            .filter(|(_, g)| *g == canary)
+            .map(|(t, _)| t.as_str())
+            .collect();
         (on_canary == ["t3", "t7"]).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for tenant in ["t0", "t5", "t9"] {
-        assert_eq!(versions_run(&host, "counter", tenant).await.len(), 1, "{tenant} never ran v2");
+        assert_eq!(
+            versions_run(&host, "counter", tenant).await.len(),
+            1,
+            "{tenant} never ran v2"
+        );
     }
     assert_eq!(versions_run(&host, "counter", "t3").await.len(), 2);
 
@@ -78,7 +90,11 @@ async fn a_canary_moves_exactly_its_tenants_with_their_state_and_promote_moves_t
     assert_eq!(promoted.status, 200, "{}", promoted.text());
     crate::hot_swap::all_tenants_current(&host, "counter").await;
     let view = host.plugin("counter").await;
-    assert_eq!(view.current.expect("current").generation, canary, "the canary is current");
+    assert_eq!(
+        view.current.expect("current").generation,
+        canary,
+        "the canary is current"
+    );
     assert!(view.rollout.is_none());
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
@@ -124,13 +140,21 @@ async fn a_canary_that_traps_is_rolled_back_for_its_tenants_only() {
         view.rollout.is_none().then_some(view)
     })
     .await;
-    assert_eq!(judged.current.expect("current").generation, base, "the base version serves on");
+    assert_eq!(
+        judged.current.expect("current").generation,
+        base,
+        "the base version serves on"
+    );
     let events = host.plugin("chaos").await.events.expect("events");
     let rolled = events
         .iter()
         .find(|e| e.kind == baton::admin::EventKind::AutoRollback)
         .expect("an automatic rollback in the timeline");
-    assert!(rolled.detail.contains("traps"), "the reason, with figures: {}", rolled.detail);
+    assert!(
+        rolled.detail.contains("traps"),
+        "the reason, with figures: {}",
+        rolled.detail
+    );
     for tenant in ["a", "b"] {
         let ran = versions_run(&host, "chaos", tenant).await;
         assert!(!ran.contains(&canary_hash), "{tenant} never ran the canary: {ran:?}");
@@ -140,6 +164,16 @@ async fn a_canary_that_traps_is_rolled_back_for_its_tenants_only() {
     assert_eq!((last.action, last.who.as_str()), (AuditAction::AutoRollback, "baton"));
     assert!(last.detail.contains("traps/call"), "{}", last.detail);
     assert_eq!(last.tenants, ["canary"]);
+
+    // The rolled-back file is still in the folder: a restart does not give
+    // it to every tenant.
+    drop(clients);
+    let host = host.restart().await;
+    host.wait_current("chaos").await;
+    let view = host.plugin("chaos").await;
+    let current = view.current.expect("a current version");
+    assert_ne!(current.short, canary_hash, "the base version serves after the restart");
+    assert!(view.rollout.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,17 +235,33 @@ async fn a_pin_survives_a_deploy_a_rollback_and_a_restart() {
     assert_eq!(pinned.status, 200, "{}", pinned.text());
 
     host.drop_file("counter", &plugin_bytes(COUNTER_V2));
-    let v2 = host.wait_generation_above("counter", v1).await.current.expect("v2").generation;
+    let v2 = host
+        .wait_generation_above("counter", v1)
+        .await
+        .current
+        .expect("v2")
+        .generation;
     let mut other = host.connect("other", "counter").await;
     assert!(other.ask("b").await.contains("\"v\":2"));
-    assert!(frozen.ask("c").await.contains("\"v\":1"), "the pinned tenant stays on v1");
+    assert!(
+        frozen.ask("c").await.contains("\"v\":1"),
+        "the pinned tenant stays on v1"
+    );
 
     let rolled = host.admin_body("POST", "/api/plugins/counter/rollback", b"").await;
     assert_eq!(rolled.status, 200, "{}", rolled.text());
     let back = host.plugin("counter").await.current.expect("v1 again").generation;
     host.drop_file("counter", &byte_different(&plugin_bytes(COUNTER_V2), 3));
-    let v3 = host.wait_generation_above("counter", back.max(v2)).await.current.expect("v3").generation;
-    assert!(frozen.ask("d").await.contains("\"v\":1"), "still v1 after a rollback and a deploy");
+    let v3 = host
+        .wait_generation_above("counter", back.max(v2))
+        .await
+        .current
+        .expect("v3")
+        .generation;
+    assert!(
+        frozen.ask("d").await.contains("\"v\":1"),
+        "still v1 after a rollback and a deploy"
+    );
     drop((frozen, other));
 
     let host = host.restart().await;
@@ -247,7 +297,12 @@ async fn a_dry_run_names_the_tenant_that_would_refuse_and_switches_nobody() {
     // tenant that counted more than 3 frames.
     let v0 = host.wait_current("counter").await;
     host.write_settings("counter", "[config]\nrefuse_total_above = 3\n");
-    let v1 = host.wait_generation_above("counter", v0).await.current.expect("v1").generation;
+    let v1 = host
+        .wait_generation_above("counter", v0)
+        .await
+        .current
+        .expect("v1")
+        .generation;
     let mut small = host.connect("small", "counter").await;
     small.ask("1").await;
     let mut big = host.connect("big", "counter").await;
@@ -308,7 +363,11 @@ async fn the_audit_log_keeps_every_change_in_order_and_cannot_be_changed() {
         AuditAction::Remove,
     ];
     assert_eq!(actions, expected, "{before:?}");
-    assert!(before.windows(2).all(|w| w[1].seq == w[0].seq + 1 && w[1].at_ms >= w[0].at_ms));
+    assert!(
+        before
+            .windows(2)
+            .all(|w| w[1].seq == w[0].seq + 1 && w[1].at_ms >= w[0].at_ms)
+    );
     assert_eq!(before[0].who, "deploy folder");
     assert_eq!(before[2].who, "admin api");
 
@@ -323,7 +382,10 @@ async fn the_audit_log_keeps_every_change_in_order_and_cannot_be_changed() {
     assert_eq!(&after[..before.len()], &before[..]);
     host.drop_file("counter", &plugin_bytes(COUNTER_V1));
     eventually("a new entry follows", async || {
-        audit(&host).await.last().is_some_and(|e| e.seq == before.len() as u64 + 1)
+        audit(&host)
+            .await
+            .last()
+            .is_some_and(|e| e.seq == before.len() as u64 + 1)
     })
     .await;
 }
@@ -347,7 +409,11 @@ async fn a_tenants_use_of_each_version_is_counted() {
     assert_eq!(usage.len(), 2, "one per version: {usage:?}");
     assert_eq!((usage[0].frames_in, usage[1].frames_in), (5, 3), "{usage:?}");
     assert_eq!(usage[0].frames_out, 5);
-    assert!(usage.iter().all(|u| u.calls >= u.frames_in && u.busy_us > 0 && u.memory_peak_bytes > 0));
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.calls >= u.frames_in && u.busy_us > 0 && u.memory_peak_bytes > 0)
+    );
     let metrics = host.admin("GET", "/metrics", None).await.text();
     let line = format!(
         "baton_tenant_frames_total{{plugin=\"counter\",tenant=\"billed\",version=\"{}\",direction=\"in\"}}",

@@ -57,4 +57,3 @@ pub(crate) struct Admin {
     /// The dashboard's charts (sampled while the listener serves).
     pub series: Arc<Series>,
 }
-

@@ -228,7 +228,9 @@ mod tests {
         let caller = |headers: &[(&str, &str)]| {
             let mut all = vec![("host", LOCAL)];
             all.extend_from_slice(headers);
-            guard.check(&request("POST", "/api/plugins/x/promote", &all), local).map(|c| c.who())
+            guard
+                .check(&request("POST", "/api/plugins/x/promote", &all), local)
+                .map(|c| c.who())
         };
         assert_eq!(caller(&[("authorization", "Bearer two")]).expect("ci"), "ci");
         assert_eq!(

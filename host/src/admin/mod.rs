@@ -71,16 +71,16 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::audit::{Action as AuditAction, Entry as AuditEntry};
 pub use crate::cluster::moves::DrainView;
 pub use crate::cluster::{ClusterView, NodeView};
+pub use crate::deploy::{DryRun, InterfaceDiff, TenantTrial};
 use crate::error::{Rejection, json_response};
 use crate::listener::accept_until;
 use crate::tenant::lifecycle;
+pub use crate::tenant::usage::UsageView;
 pub(crate) use context::{Admin, UpgradeRequest};
 pub(crate) use guard::Guard;
-pub use crate::audit::{Action as AuditAction, Entry as AuditEntry};
-pub use crate::deploy::{DryRun, InterfaceDiff, TenantTrial};
-pub use crate::tenant::usage::UsageView;
 pub use series::{Line as SeriesLine, Mark as SeriesMark, Point as SeriesPoint, SeriesView};
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PinView, PluginView, RollbackView, RolloutView,
@@ -162,7 +162,9 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
             Some(entry) => Ok(json(&PluginView::of(&entry, &admin.tenants, true))),
             None => Err(Rejection::NotFound(format!("no plugin named {name:?}"))),
         },
-        (&Method::POST, ["api", "plugins", name, "rollback"]) => rollouts::rollback(admin, name, &caller).await,
+        (&Method::POST, ["api", "plugins", name, "rollback"]) => {
+            rollouts::rollback(admin, name, request.uri().query(), &caller).await
+        }
         (&Method::POST, ["api", "plugins", name, "promote"]) => rollouts::promote(admin, name, &caller).await,
         (&Method::PUT, ["api", "plugins", name, "pins", tenant]) => {
             let (name, tenant) = (name.to_string(), tenant.to_string());
@@ -229,7 +231,11 @@ fn lifecycle_rejection(e: lifecycle::LifecycleError) -> Rejection {
     }
 }
 
-async fn upgrade(admin: &Admin, request: Request<Incoming>, caller: &guard::Caller) -> Result<Response<Full<Bytes>>, Rejection> {
+async fn upgrade(
+    admin: &Admin,
+    request: Request<Incoming>,
+    caller: &guard::Caller,
+) -> Result<Response<Full<Bytes>>, Rejection> {
     #[derive(serde::Deserialize, Default)]
     struct Body {
         binary: Option<std::path::PathBuf>,

@@ -4,14 +4,17 @@
 //!
 //! - `POST /api/plugins/{name}/promote`: the rollout's canary becomes every
 //!   tenant's version (after a dry run of the tenants not on it yet);
-//! - `POST /api/plugins/{name}/rollback`: ends the rollout running, or makes
-//!   the previous version current;
+//! - `POST /api/plugins/{name}/rollback[?rollout=HASH]`: ends the rollout
+//!   running, or makes the previous version current (with `rollout`: ends
+//!   the rollout of that canary, and nothing else, 409 without one);
 //! - `PUT /api/plugins/{name}/pins/{tenant}` (body `{"version": "…"}`,
 //!   optional: a hash, its first digits, or a generation),
 //!   `DELETE /api/plugins/{name}/pins/{tenant}`: pins;
 //! - `POST /api/plugins/{name}/check` (body: a `.wasm` file): a dry run on
 //!   the live state of the plugin's tenants, switching nobody;
-//! - `GET /api/audit[?since=N&limit=M]`: the audit log, oldest first;
+//! - `GET /api/audit[?since=N&limit=M]`: the audit log, oldest first: the
+//!   first `M` entries after number `N`, or without `since` the last `M`
+//!   (default 1,000);
 //! - `GET /api/tenants/{tenant}`: the tenant's tasks and usage.
 
 use bytes::Bytes;
@@ -20,10 +23,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::guard::Caller;
 use super::context::Admin;
+use super::guard::Caller;
 use super::view::{PinView, RollbackView, TenantDetailView};
-use crate::deploy::Outcome;
+use crate::deploy::{DeployError, Outcome};
 use crate::error::{Rejection, json_response};
 
 type Answer = Result<http::Response<Full<Bytes>>, Rejection>;
@@ -53,18 +56,26 @@ pub(super) async fn promote(admin: &Admin, name: &str, caller: &Caller) -> Answe
     Ok(json(&outcome_view(name, outcome)))
 }
 
-pub(super) async fn rollback(admin: &Admin, name: &str, caller: &Caller) -> Answer {
-    let outcome = admin.deployer.rollback(name, &caller.who()).await?;
+pub(super) async fn rollback(admin: &Admin, name: &str, query: Option<&str>, caller: &Caller) -> Answer {
+    let only_rollout = query.unwrap_or("").split('&').find_map(|p| p.strip_prefix("rollout="));
+    let outcome = admin.deployer.rollback(name, only_rollout, &caller.who()).await?;
     Ok(json(&outcome_view(name, outcome)))
 }
 
 /// The body of a pin: the version, if not the tenant's own now.
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PinBody {
     version: Option<String>,
 }
 
-pub(super) async fn pin(admin: &Admin, name: &str, tenant: &str, request: Request<Incoming>, caller: &Caller) -> Answer {
+pub(super) async fn pin(
+    admin: &Admin,
+    name: &str,
+    tenant: &str,
+    request: Request<Incoming>,
+    caller: &Caller,
+) -> Answer {
     let body = read_body(request, 64 << 10).await?;
     let body: PinBody = match body.is_empty() {
         true => PinBody::default(),
@@ -85,7 +96,9 @@ pub(super) async fn pin(admin: &Admin, name: &str, tenant: &str, request: Reques
 
 pub(super) async fn unpin(admin: &Admin, name: &str, tenant: &str, caller: &Caller) -> Answer {
     match admin.deployer.unpin(name, tenant, &caller.who()).await? {
-        true => Ok(json(&serde_json::json!({ "plugin": name, "tenant": tenant, "unpinned": true }))),
+        true => Ok(json(
+            &serde_json::json!({ "plugin": name, "tenant": tenant, "unpinned": true }),
+        )),
         false => Err(Rejection::NotFound(format!("{tenant} is not pinned on {name}"))),
     }
 }
@@ -93,7 +106,18 @@ pub(super) async fn unpin(admin: &Admin, name: &str, tenant: &str, caller: &Call
 pub(super) async fn check(admin: &Admin, name: &str, request: Request<Incoming>) -> Answer {
     let max = admin.max_file_bytes;
     let bytes = read_body(request, max).await?;
-    let report = admin.deployer.check_against(name, bytes.to_vec()).await?;
+    let report = admin
+        .deployer
+        .check_against(name, bytes.to_vec())
+        .await
+        .map_err(|e| match e {
+            // The file's fault, not the host's.
+            DeployError::Load(_)
+            | DeployError::Init(_)
+            | DeployError::Settings { .. }
+            | DeployError::TooLarge { .. } => Rejection::BadRequest(e.to_string()),
+            other => other.into(),
+        })?;
     Ok(json(&report))
 }
 
@@ -104,7 +128,7 @@ pub(super) async fn audit(admin: &Admin, query: Option<&str>) -> Answer {
             .split('&')
             .find_map(|p| p.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok())
     };
-    let since = number("since").unwrap_or(0);
+    let since = number("since");
     let limit = number("limit").unwrap_or(1000).min(10_000) as usize;
     let entries = admin
         .audit
@@ -126,5 +150,8 @@ async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Reje
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|_| Rejection::TooLarge(format!("request body above {max} bytes")))
+        .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+            true => Rejection::TooLarge(format!("request body above {max} bytes")),
+            false => Rejection::BadRequest(format!("the request body could not be read: {e}")),
+        })
 }

@@ -106,7 +106,12 @@ struct Before {
 
 impl Series {
     /// Samples `registry` and `tenants` every [`EVERY`] until `shutdown`.
-    pub async fn run(self: Arc<Self>, registry: Arc<Registry>, tenants: Arc<Tenants>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        tenants: Arc<Tenants>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut before = Before::default();
         let mut ticks = tokio::time::interval(EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,7 +138,10 @@ impl Series {
                 let health = version.health.snapshot();
                 // A version first seen now counted from zero since the last
                 // sample.
-                let window = before.health.get(&key).map_or(health.clone(), |earlier| health.since(earlier));
+                let window = before
+                    .health
+                    .get(&key)
+                    .map_or(health.clone(), |earlier| health.since(earlier));
                 let mut point = blank(at_ms);
                 if let Some(seconds) = seconds {
                     point.calls_per_s = window.calls as f64 / seconds;

@@ -1,6 +1,8 @@
 //! The command line in a cluster: `baton drain` (a node's tenants moved to
-//! the others, live), and the verdict of a deploy or rollback waiting for
-//! every live node.
+//! the others, live), the verdict of a deploy or rollback waiting for every
+//! live node, and the operator's rollout commands (`promote`, `pin`,
+//! `unpin`, ending a rollout) asked of every live node: each node runs the
+//! rollout for the tenants it owns.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,46 @@ pub(super) async fn drain(node: Option<String>, admin: &AdminArgs) -> Result<()>
     Ok(())
 }
 
+/// Sends `method path` (with `body`) to every live node of the cluster but
+/// the one `client` talks to, and prints each node's answer; fails if one
+/// refused. Nothing to do outside a cluster.
+pub(super) async fn on_other_nodes(
+    client: &AdminClient,
+    token: Option<String>,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<()> {
+    let cluster: crate::admin::ClusterView = match client.request("GET", "/api/cluster").await? {
+        (200, body) => serde_json::from_value(body).context("admin API: unexpected answer")?,
+        _ => return Ok(()),
+    };
+    let mut failed = Vec::new();
+    for node in cluster.nodes.iter().filter(|n| n.name != cluster.node) {
+        let other = AdminClient::new(&format!("http://{}", node.admin_addr), token.clone())?;
+        match other.send(method, path, body).await {
+            Ok((200, _)) => println!("  node {}: done", node.name),
+            Ok((_, answer)) => {
+                println!("  node {}: {}", node.name, error_text(&answer));
+                failed.push(node.name.clone());
+            }
+            Err(e) => {
+                println!("  node {}: unreachable: {e:#}", node.name);
+                failed.push(node.name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "not done on {} of {} nodes ({})",
+            failed.len(),
+            cluster.nodes.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// After a deploy or rollback made `hash` the current version of `name` on
 /// the node `client` talks to (since `since_ms`): waits until every other
 /// live node of its cluster runs it too, or reports why a node does not (it
@@ -91,8 +133,9 @@ pub(super) async fn wait_for_nodes(
     Ok(())
 }
 
-/// Waits until `client`'s node runs `hash` as `name`'s current version (its
-/// generation there), or reports an error since `since_ms`, until `deadline`.
+/// Waits until `client`'s node runs `hash` as `name`'s current version or
+/// its rollout's canary (its generation there), or reports an error since
+/// `since_ms`, until `deadline`.
 async fn node_verdict(
     client: &AdminClient,
     name: &str,
@@ -106,6 +149,10 @@ async fn node_verdict(
                 let plugin: PluginView = serde_json::from_value(body).map_err(|e| format!("unexpected answer: {e}"))?;
                 if let Some(current) = plugin.current.as_ref().filter(|c| c.hash == hash) {
                     return Ok(current.generation);
+                }
+                // A canary deploy: the file runs for the rollout's tenants.
+                if let Some(rollout) = plugin.rollout.as_ref().filter(|r| r.hash == hash) {
+                    return Ok(rollout.generation);
                 }
                 if let Some(error) = plugin.last_error.filter(|e| e.at_ms >= since_ms) {
                     return Err(format!("refused it: {}: {}", error.what, error.error));

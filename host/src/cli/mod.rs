@@ -106,9 +106,10 @@ enum Command {
         /// Print the admin API's JSON.
         #[arg(long)]
         json: bool,
-        /// Only entries after this number.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// The entries after this number (at most 1,000; page on from the
+        /// last one shown) [default: the last 1,000].
+        #[arg(long)]
+        since: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -629,6 +630,10 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
 async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
     let client = admin.client()?;
     let started_ms = crate::clock::unix_ms();
+    let rollout = match client.request("GET", &format!("/api/plugins/{name}")).await? {
+        (200, body) => serde_json::from_value::<PluginView>(body).ok().and_then(|p| p.rollout),
+        _ => None,
+    };
     let (status, body) = client.request("POST", &format!("/api/plugins/{name}/rollback")).await?;
     if status != 200 {
         bail!("cannot roll back {name}: {}", error_text(&body));
@@ -639,6 +644,13 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
         rolled.version.as_deref().unwrap_or("?"),
         rolled.generation.map_or("?".into(), |g| g.to_string())
     );
+    if let Some(rollout) = rollout {
+        // A rollout ended: its tenants went back on this node; the other
+        // nodes end theirs too.
+        println!("{name}: the rollout of version {} ended", rollout.short);
+        let path = format!("/api/plugins/{name}/rollback?rollout={}", rollout.hash);
+        return cluster::on_other_nodes(&client, admin.token.clone(), "POST", &path, None).await;
+    }
     let plugin: PluginView = client.get(&format!("/api/plugins/{name}")).await?;
     if let Some(current) = plugin.current {
         let wait = Duration::from_secs(120);

@@ -130,7 +130,8 @@ pub(super) async fn promote(name: &str, admin: &AdminArgs) -> Result<()> {
         view.version.as_deref().unwrap_or("?"),
         view.generation.map_or("?".into(), |g| g.to_string())
     );
-    Ok(())
+    let path = format!("/api/plugins/{name}/promote");
+    super::cluster::on_other_nodes(&admin.client()?, admin.token.clone(), "POST", &path, None).await
 }
 
 /// `baton pin NAME TENANT [VERSION]`.
@@ -148,7 +149,10 @@ pub(super) async fn pin(name: &str, tenant: &str, version: Option<String>, admin
         "{name}: {tenant} pinned to version {} (generation {})",
         pin.short, pin.generation
     );
-    Ok(())
+    // The same version (by hash) on every node: generations differ per node.
+    let body = serde_json::json!({ "version": pin.hash });
+    let path = format!("/api/plugins/{name}/pins/{tenant}");
+    super::cluster::on_other_nodes(&admin.client()?, admin.token.clone(), "PUT", &path, Some(&body)).await
 }
 
 /// `baton unpin NAME TENANT`.
@@ -161,7 +165,8 @@ pub(super) async fn unpin(name: &str, tenant: &str, admin: &AdminArgs) -> Result
         bail!("cannot unpin {tenant} on {name}: {}", error_text(&body));
     }
     println!("{name}: {tenant} follows deploys again");
-    Ok(())
+    let path = format!("/api/plugins/{name}/pins/{tenant}");
+    super::cluster::on_other_nodes(&admin.client()?, admin.token.clone(), "DELETE", &path, None).await
 }
 
 /// `baton check FILE --against NAME`: a dry run on the running host; fails
@@ -217,14 +222,21 @@ pub(super) async fn check_against(file: &Path, name: &str, admin: &AdminArgs) ->
 }
 
 /// `baton audit`.
-pub(super) async fn audit(json: bool, since: u64, admin: &AdminArgs) -> Result<()> {
-    let entries: Vec<AuditEntry> = admin.client()?.get(&format!("/api/audit?since={since}")).await?;
+pub(super) async fn audit(json: bool, since: Option<u64>, admin: &AdminArgs) -> Result<()> {
+    let path = match since {
+        Some(since) => format!("/api/audit?since={since}"),
+        None => "/api/audit".to_owned(),
+    };
+    let entries: Vec<AuditEntry> = admin.client()?.get(&path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
     for e in &entries {
-        let version = e.version.as_deref().map_or("-".to_owned(), |v| v.chars().take(12).collect());
+        let version = e
+            .version
+            .as_deref()
+            .map_or("-".to_owned(), |v| v.chars().take(12).collect());
         let tenants = match e.tenants.is_empty() {
             true => String::new(),
             false => format!(" tenants {}", e.tenants.join(",")),
@@ -233,7 +245,10 @@ pub(super) async fn audit(json: bool, since: u64, admin: &AdminArgs) -> Result<(
             "{:>5} {} {:<14} {:<12} {:<12} {:<12} {}{}{}",
             e.seq,
             super::clock(e.at_ms),
-            format!("{:?}", e.action).to_lowercase(),
+            serde_json::to_value(e.action)
+                .ok()
+                .and_then(|a| a.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             e.plugin.as_deref().unwrap_or("-"),
             version,
             e.who,

@@ -44,7 +44,8 @@ pub struct RolloutSettings {
     /// The canary is judged only once its tenants made this many calls in a
     /// step (fewer: the step waits).
     pub min_calls: u64,
-    /// Traps per call the canary may have beyond the current version's.
+    /// Traps per call the canary may have beyond the current version's (and
+    /// restarts per call, likewise).
     pub max_trap_rate: f64,
     /// Plugin errors per call (HTTP 5xx from `on-http`, refused connects)
     /// the canary may have beyond the current version's.

@@ -44,15 +44,21 @@ impl Deployer {
             async move {
                 let tenant = handle.shared().name.clone();
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                let sent = handle.mailbox().send(Command::Try { version, reply }).await.is_ok();
-                let trial = match sent {
-                    true => tokio::time::timeout(TRIAL_WITHIN, answer)
+                // The whole exchange is bounded: a tenant whose mailbox is
+                // full (waiting for a seat in the pool, say) is skipped
+                // rather than holding up the deploy lock.
+                let asked = async {
+                    handle
+                        .mailbox()
+                        .send(Command::Try { version, reply })
                         .await
-                        .map_err(|_| "no answer in time".to_owned())
-                        .and_then(|a| a.map_err(|_| "its task ended".to_owned())),
-                    false => Err("its task ended".to_owned()),
+                        .map_err(|_| "its task ended".to_owned())?;
+                    answer.await.map_err(|_| "its task ended".to_owned())
                 };
-                let trial = trial.unwrap_or_else(Trial::Skipped);
+                let trial = tokio::time::timeout(TRIAL_WITHIN, asked)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {} s", TRIAL_WITHIN.as_secs())))
+                    .unwrap_or_else(Trial::Skipped);
                 let (outcome, detail) = trial.parts();
                 TenantTrial {
                     tenant,
@@ -82,17 +88,16 @@ impl Deployer {
         let entry = self
             .registry
             .deployed(name)
-            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?} is deployed")))?;
+            .ok_or_else(|| DeployError::NotFound(format!("no plugin named {name:?} is deployed")))?;
         let current = entry
             .current()
             .ok_or_else(|| DeployError::Rollback(format!("{name} is not deployed")))?;
         let settings_text = entry.last_record().map(|r| r.settings).unwrap_or_default();
-        let settings = crate::config::PluginSettings::parse(&settings_text).map_err(|message| {
-            DeployError::Settings {
+        let settings =
+            crate::config::PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
                 path: format!("{name}.toml").into(),
                 message,
-            }
-        })?;
+            })?;
         let id = VersionId::of(&bytes);
         // A capability the settings do not grant is reported below, not
         // refused: the check is about the file.

@@ -153,6 +153,15 @@ impl Deployer {
         entry
     }
 
+    /// Refuses a plugin the registry never heard of, before a lock is made
+    /// for its name (the admin API passes names from its paths).
+    fn known(&self, name: &str) -> Result<(), DeployError> {
+        match self.registry.get(name) {
+            Some(_) => Ok(()),
+            None => Err(DeployError::NotFound(format!("no plugin named {name:?}"))),
+        }
+    }
+
     fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_owned()).or_default().clone()
@@ -251,7 +260,13 @@ impl Deployer {
         };
         let id = VersionId::of(&bytes);
         let running = |version: &Version| {
-            version.id == id && entry.history().iter().rev().find(|r| r.hash == version.id.hex()).is_some_and(|r| r.settings == settings_text)
+            version.id == id
+                && entry
+                    .history()
+                    .iter()
+                    .rev()
+                    .find(|r| r.hash == version.id.hex())
+                    .is_some_and(|r| r.settings == settings_text)
         };
         if entry.current().is_some_and(|v| running(&v)) || entry.canary().is_some_and(|c| running(&c.version)) {
             return Ok(Outcome::Unchanged);
@@ -402,8 +417,11 @@ impl Deployer {
 
     /// `baton rollback NAME`, asked by `who`: ends a rollout that runs (its
     /// tenants go back to the current version), or makes the version before
-    /// the current one current.
-    pub async fn rollback(&self, name: &str, who: &str) -> Result<Outcome, DeployError> {
+    /// the current one current. With `only_rollout` (a canary's hash), ends
+    /// the rollout of that version and nothing else (another node of a
+    /// cluster ending the same rollout).
+    pub async fn rollback(&self, name: &str, only_rollout: Option<&str>, who: &str) -> Result<Outcome, DeployError> {
+        self.known(name)?;
         let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
@@ -411,10 +429,17 @@ impl Deployer {
             .registry
             .get(name)
             .filter(|e| e.current().is_some())
-            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?} is deployed")))?;
+            .ok_or_else(|| DeployError::NotFound(format!("no plugin named {name:?} is deployed")))?;
         let Some(current) = entry.current() else {
             return Err(DeployError::Rollback(format!("{name} is not deployed")));
         };
+        if let Some(hash) = only_rollout
+            && entry.canary().is_none_or(|c| c.version.id.hex() != hash)
+        {
+            return Err(DeployError::Rollback(format!(
+                "{name} has no rollout of version {hash}"
+            )));
+        }
         if entry.canary().is_some() {
             let why = "an operator rolled the rollout back";
             return self
@@ -489,7 +514,12 @@ impl Deployer {
 
     fn publish_version(&self, entry: &PluginEntry, version: &Version, source: PathBuf) {
         let hash = version.id.hex();
-        let settings = entry.history().into_iter().rev().find(|r| r.hash == hash).map(|r| r.settings);
+        let settings = entry
+            .history()
+            .into_iter()
+            .rev()
+            .find(|r| r.hash == hash)
+            .map(|r| r.settings);
         self.publish(Published::Activated {
             name: entry.name.clone(),
             source,
@@ -548,13 +578,28 @@ impl Deployer {
                 plugin,
                 tenant,
                 generation,
+                from,
                 reason,
-            } => (
-                plugin,
-                generation,
-                Activation::Withdrawal,
-                format!("tenant {tenant} could not migrate: {reason}"),
-            ),
+            } => {
+                // Only a move forward from the version this one replaced is
+                // the deploy's (or the rollout's) doing: a tenant that cannot
+                // go back after a rollout ends, or forward from a pin, stays
+                // where it is, reported, and the version serves the others.
+                let backwards = from >= generation;
+                let not_from_replaced = matches!(
+                    (plugin.replaced(generation), plugin.hash_of(from)),
+                    (Some(replaced), Some(ran)) if replaced != ran
+                );
+                if backwards || not_from_replaced {
+                    return;
+                }
+                (
+                    plugin,
+                    generation,
+                    Activation::Withdrawal,
+                    format!("tenant {tenant} could not migrate: {reason}"),
+                )
+            }
             Report::CrashLoop {
                 plugin,
                 tenant,
@@ -577,7 +622,12 @@ impl Deployer {
         let Some(current) = entry.current().filter(|v| v.generation == generation) else {
             return; // Already dealt with, or superseded.
         };
-        if activation == Activation::Withdrawal && entry.activation_of(generation) != Some(Activation::Deploy) {
+        if activation == Activation::Withdrawal
+            && !matches!(
+                entry.activation_of(generation),
+                Some(Activation::Deploy | Activation::Promote)
+            )
+        {
             // Only forward rollouts are withdrawn; a rollback that a tenant
             // refuses leaves that tenant where it is.
             return;
@@ -643,7 +693,7 @@ impl Deployer {
         current: bool,
     ) -> Result<Arc<Version>, DeployError> {
         let entry = self.entry(name);
-        let id = VersionId::parse(hash).ok_or_else(|| DeployError::Rollback(format!("bad version hash {hash:?}")))?;
+        let id = VersionId::parse(hash).ok_or_else(|| DeployError::Invalid(format!("bad version hash {hash:?}")))?;
         let settings_text = entry
             .history()
             .into_iter()
@@ -696,56 +746,19 @@ impl Deployer {
         for (name, path) in files {
             let deployer = self.clone();
             tasks.spawn(async move {
-                // The pins and rollout that ran, read before a deploy below
-                // saves a history without them.
-                let kept = deployer.artifacts.history(&name);
-                // After a handover the old process's versions are current
-                // already; at a start, a rollout that ran comes back with its
-                // base version rather than the folder's canary for everyone.
+                // After a handover the old process's versions (and pins and
+                // rollouts) are in place already; at a start, what ran comes
+                // back from the history first.
                 let deploy = match unseen_only {
                     true => !deployer.seen(&name, &path).await,
-                    false => !deployer.resume_rollout(&name, &path).await,
+                    false => deployer.start_from_history(&name, &path).await,
                 };
                 if deploy {
                     let _ = deployer.deploy_file(&name, &path).await;
                 }
-                // The pins, and the rollout if it is the one that ran.
-                let entry = deployer.entry(&name);
-                deployer.restore_placement(&entry, kept, unseen_only || !deploy).await;
             });
         }
         while tasks.join_next().await.is_some() {}
-    }
-
-    /// At a start: when the folder's file of `name` is the canary of the
-    /// rollout that ran (its history says so), makes the version the
-    /// rollout started from current again (the canary then comes back with
-    /// its tenants). `false` when there was no such rollout.
-    async fn resume_rollout(&self, name: &str, path: &Path) -> bool {
-        let History { canary, records, .. } = self.artifacts.history(name);
-        let Some(canary) = canary else { return false };
-        let Ok(bytes) = tokio::fs::read(path).await else { return false };
-        if VersionId::of(&bytes).hex() != canary.version.hash {
-            return false;
-        }
-        let Some(base) = records
-            .iter()
-            .rev()
-            .find(|r| r.activation.is_current() && r.hash != canary.version.hash && r.failed.is_none())
-        else {
-            return false;
-        };
-        let entry = self.entry(name);
-        match self.load_version(&entry, &base.hash.clone(), Some(base.generation)).await {
-            Ok(version) => {
-                entry.adopt(Some(version), Vec::new(), None);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(plugin = name, "the rollout that ran cannot resume: {e}");
-                false
-            }
-        }
     }
 }
 

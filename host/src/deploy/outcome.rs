@@ -34,9 +34,16 @@ pub enum DeployError {
     /// `init` failed in a fresh instance.
     #[error(transparent)]
     Init(#[from] StartError),
-    /// No version to roll back to, or no such plugin.
+    /// Nothing to do it to: no version to roll back to, no rollout to
+    /// promote.
     #[error("{0}")]
     Rollback(String),
+    /// No such plugin or version.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name or version that cannot be one.
+    #[error("{0}")]
+    Invalid(String),
     /// A file of the deploy folder is a symbolic link: links are not
     /// followed, so that nothing outside the folder is read.
     #[error("{path} is a symbolic link; copy or move the file into the deploy folder instead")]
@@ -79,6 +86,8 @@ impl From<DeployError> for Rejection {
     fn from(error: DeployError) -> Rejection {
         match error {
             DeployError::Rollback(message) => Rejection::Conflict(message),
+            DeployError::NotFound(message) => Rejection::NotFound(message),
+            DeployError::Invalid(message) => Rejection::BadRequest(message),
             other => Rejection::Internal(other.to_string()),
         }
     }

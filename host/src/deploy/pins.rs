@@ -4,34 +4,43 @@
 //! is pinned to it; pins are kept with the plugin's history and come back
 //! at the next start, as does a rollout that was running.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::audit::{Action, Record};
 use crate::deploy::artifacts::History;
 use crate::deploy::{DeployError, Deployer};
-use crate::registry::{Canary, PluginEntry};
+use crate::registry::{Activation, Canary, Placement, PluginEntry};
 use crate::version::{Version, VersionId};
 
 impl Deployer {
     /// Holds `tenant` of `name` on `version` (a hash, or its first digits,
     /// or a generation; by default the version it runs now, else the
     /// current one), asked by `who`.
-    pub async fn pin(&self, name: &str, tenant: &str, version: Option<&str>, who: &str) -> Result<Arc<Version>, DeployError> {
+    pub async fn pin(
+        &self,
+        name: &str,
+        tenant: &str,
+        version: Option<&str>,
+        who: &str,
+    ) -> Result<Arc<Version>, DeployError> {
         if !crate::names::is_tenant(tenant) {
-            return Err(DeployError::Rollback(format!("{tenant:?} is not a tenant name")));
+            return Err(DeployError::Invalid(format!("{tenant:?} is not a tenant name")));
         }
+        self.known(name)?;
         let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self
             .registry
             .deployed(name)
-            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?} is deployed")))?;
+            .ok_or_else(|| DeployError::NotFound(format!("no plugin named {name:?} is deployed")))?;
         let version = match version {
             Some(wanted) => self.find_version(&entry, wanted).await?,
-            None => self.running_version(&entry, tenant).or_else(|| entry.current()).ok_or_else(|| {
-                DeployError::Rollback(format!("{name} is not deployed"))
-            })?,
+            None => self
+                .running_version(&entry, tenant)
+                .or_else(|| entry.current())
+                .ok_or_else(|| DeployError::Rollback(format!("{name} is not deployed")))?,
         };
         entry.pin(tenant, version.clone());
         self.persist(&entry);
@@ -50,13 +59,14 @@ impl Deployer {
     /// Lets `tenant` of `name` follow deploys again, asked by `who`;
     /// `false` if it was not pinned.
     pub async fn unpin(&self, name: &str, tenant: &str, who: &str) -> Result<bool, DeployError> {
+        self.known(name)?;
         let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self
             .registry
             .get(name)
-            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?}")))?;
+            .ok_or_else(|| DeployError::NotFound(format!("no plugin named {name:?}")))?;
         let was = entry.placement().pins.get(tenant).map(|v| v.id.hex());
         if !entry.unpin(tenant) {
             return Ok(false);
@@ -92,7 +102,7 @@ impl Deployer {
                     || wanted.parse::<u64>().is_ok_and(|g| g == r.generation)
             })
             .cloned()
-            .ok_or_else(|| DeployError::Rollback(format!("{} has no version {wanted:?}", entry.name)))?;
+            .ok_or_else(|| DeployError::NotFound(format!("{} has no version {wanted:?}", entry.name)))?;
         self.load_version(entry, &record.hash, Some(record.generation)).await
     }
 
@@ -114,14 +124,13 @@ impl Deployer {
             .find(|r| generation.is_none_or(|g| r.generation == g))
             .or_else(|| of_hash().next())
             .cloned()
-            .ok_or_else(|| DeployError::Rollback(format!("{} has no version {hash}", entry.name)))?;
-        let id = VersionId::parse(hash).ok_or_else(|| DeployError::Rollback(format!("bad version hash {hash:?}")))?;
-        let settings = crate::config::PluginSettings::parse(&record.settings).map_err(|message| {
-            DeployError::Settings {
+            .ok_or_else(|| DeployError::NotFound(format!("{} has no version {hash}", entry.name)))?;
+        let id = VersionId::parse(hash).ok_or_else(|| DeployError::Invalid(format!("bad version hash {hash:?}")))?;
+        let settings =
+            crate::config::PluginSettings::parse(&record.settings).map_err(|message| DeployError::Settings {
                 path: format!("{}.toml", entry.name).into(),
                 message,
-            }
-        })?;
+            })?;
         let candidate = self
             .prepare(entry, id, None, settings, record.settings.clone(), record.generation)
             .await?;
@@ -129,46 +138,150 @@ impl Deployer {
         Ok(candidate.version)
     }
 
-    /// At a start (or after a handover): the pins the plugin's history
-    /// `kept`, and `with_canary` the rollout it kept, back in place over its
-    /// current version; a version that cannot be loaded any more is left
-    /// out, with a log line.
-    pub(super) async fn restore_placement(&self, entry: &Arc<PluginEntry>, kept: History, with_canary: bool) {
-        let History { canary, pins, .. } = kept;
-        let mut restored = crate::registry::Placement::default();
-        if let Some(kept) = canary.filter(|_| with_canary)
-            && entry.current().is_some_and(|c| c.id.hex() != kept.version.hash)
-        {
-            match self.load_version(entry, &kept.version.hash, Some(kept.version.generation)).await {
+    /// At a start, before the folder's file of `name` is deployed: the
+    /// pins that were in place come back, and when the file is one this host
+    /// ran but did not keep (the canary of a rollout that was running, a
+    /// canary that ended without promotion, a version rolled back or
+    /// withdrawn), the version that was current comes back instead of the
+    /// file going to every tenant (with the rollout that was running, if the
+    /// file is its canary). Placement goes in before the current version, so
+    /// that no tenant starts on a version it should not run. `true` when the
+    /// folder's file is to be deployed.
+    pub(super) async fn start_from_history(&self, name: &str, path: &Path) -> bool {
+        let lock = self.lock(name);
+        let _guard = lock.lock().await;
+        let entry = self.entry(name);
+        let kept = self.artifacts.history(name);
+        let Ok(bytes) = tokio::fs::read(path).await else {
+            return true; // The deploy reports it.
+        };
+        let hash = VersionId::of(&bytes).hex();
+        let running_canary = kept.canary.as_ref().is_some_and(|c| c.version.hash == hash);
+        let not_kept = kept
+            .records
+            .iter()
+            .rev()
+            .find(|r| r.hash == hash)
+            .is_some_and(|r| r.failed.is_some() || r.rolled_back || r.activation == Activation::Canary);
+        let base = match running_canary || not_kept {
+            true => kept
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.activation.is_current() && r.hash != hash && r.failed.is_none() && !r.rolled_back)
+                .cloned(),
+            false => None,
+        };
+        let base = match base {
+            Some(record) => match self.load_version(&entry, &record.hash, Some(record.generation)).await {
+                Ok(version) => Some(version),
+                Err(e) => {
+                    tracing::warn!(plugin = name, "the version that was current cannot be loaded: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let placement = self
+            .kept_placement(&entry, &kept, running_canary && base.is_some())
+            .await;
+        self.install_placement(&entry, placement).await;
+        let Some(base) = base else {
+            return true;
+        };
+        if !running_canary {
+            tracing::warn!(
+                plugin = name,
+                file = %path.display(),
+                "the folder's file is a version this host rolled back or withdrew; version {} (generation {}) \
+                 serves, as before the restart; drop a new file to deploy",
+                base.id.short(),
+                base.generation
+            );
+        }
+        entry.adopt(Some(base), Vec::new(), None);
+        self.resume_gate(&entry);
+        false
+    }
+
+    /// After a handover, once the old process's current version is adopted:
+    /// its pins and rollout (kept in the history it wrote), before any
+    /// tenant is installed.
+    pub async fn restore_after_handover(&self, name: &str) {
+        let entry = self.entry(name);
+        let kept = self.artifacts.history(name);
+        let with_canary = match (&kept.canary, entry.current()) {
+            (Some(canary), Some(current)) => canary.version.hash != current.id.hex(),
+            _ => false,
+        };
+        let placement = self.kept_placement(&entry, &kept, with_canary).await;
+        self.install_placement(&entry, placement).await;
+        self.resume_gate(&entry);
+    }
+
+    /// The pins `kept` in a plugin's history, and `with_canary` its rollout,
+    /// their versions loaded. A pin whose version cannot be loaded any more
+    /// is dropped, with a log line and an audit entry.
+    async fn kept_placement(&self, entry: &PluginEntry, kept: &History, with_canary: bool) -> Placement {
+        let mut placement = Placement::default();
+        if let Some(canary) = kept.canary.as_ref().filter(|_| with_canary) {
+            match self
+                .load_version(entry, &canary.version.hash, Some(canary.version.generation))
+                .await
+            {
                 Ok(version) => {
-                    restored.canary = Some(Canary {
+                    placement.canary = Some(Canary {
                         version,
-                        selection: kept.selection,
+                        selection: canary.selection.clone(),
                         since_ms: crate::clock::unix_ms(),
                     });
                 }
                 Err(e) => tracing::warn!(plugin = %entry.name, "the rollout that ran is not resumed: {e}"),
             }
         }
-        for (tenant, kept) in pins {
-            match self.load_version(entry, &kept.hash, Some(kept.generation)).await {
+        for (tenant, pinned) in &kept.pins {
+            match self.load_version(entry, &pinned.hash, Some(pinned.generation)).await {
                 Ok(version) => {
-                    restored.pins.insert(tenant, version);
+                    placement.pins.insert(tenant.clone(), version);
                 }
-                Err(e) => tracing::warn!(plugin = %entry.name, %tenant, "a pin is not restored: {e}"),
+                Err(e) => {
+                    tracing::error!(plugin = %entry.name, %tenant, "a pin is dropped: its version cannot be loaded: {e}");
+                    let record = Record {
+                        who: "baton".into(),
+                        plugin: Some(entry.name.clone()),
+                        version: Some(pinned.hash.clone()),
+                        tenants: vec![tenant.clone()],
+                        outcome: "failed".into(),
+                        detail: format!("the pinned version cannot be loaded: {e}"),
+                        ..Record::default()
+                    };
+                    self.audit.record(Action::Unpin, record).await;
+                }
             }
         }
-        let auto = restored
-            .canary
-            .as_ref()
-            .and_then(|c| c.version.settings.rollout.clone().filter(|r| r.auto).map(|r| (c.version.generation, r)));
-        if restored.canary.is_some() || !restored.pins.is_empty() {
-            entry.restore_placement(restored);
-            self.persist(entry);
-            tracing::info!(plugin = %entry.name, "the rollout and pins that ran are back");
+        placement
+    }
+
+    /// Puts `placement` in place (and in the history) if it holds anything.
+    async fn install_placement(&self, entry: &PluginEntry, placement: Placement) {
+        if placement.canary.is_none() && placement.pins.is_empty() {
+            return;
         }
-        if let Some((generation, plan)) = auto {
-            self.start_gate(entry, generation, plan);
+        tracing::info!(
+            plugin = %entry.name,
+            rollout = placement.canary.is_some(),
+            pins = placement.pins.len(),
+            "the rollout and pins that ran are back"
+        );
+        entry.restore_placement(placement);
+        self.persist(entry);
+    }
+
+    /// Starts the health gate of `entry`'s automatic rollout, if one runs.
+    fn resume_gate(&self, entry: &Arc<PluginEntry>) {
+        let Some(canary) = entry.canary() else { return };
+        if let Some(plan) = canary.version.settings.rollout.clone().filter(|r| r.auto) {
+            self.start_gate(entry, canary.version.generation, plan);
         }
     }
 }

@@ -18,8 +18,9 @@
 //!
 //! Rollouts, pins and promotions act on this host's tenants (in a cluster,
 //! on the tenants each node owns: a `[rollout]` table spreads with the file,
-//! and selections are the same on every node; `promote`, `pin` and `unpin`
-//! are asked of each node).
+//! and selections are the same on every node; the CLI asks each node to
+//! promote, pin, unpin or end a rollout, and the end of a rollout publishes
+//! the current version again).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -55,11 +56,13 @@ impl Deployer {
         };
         let Some(rollout) = canary else {
             let from = current.map(|v| v.id.hex());
-            // A deploy for everyone ends a rollout that ran.
+            let outcome = self.activate(entry, candidate.clone(), activation);
+            // A deploy for everyone ends a rollout that ran (after the
+            // activation: its tenants go straight to the new version).
             if let Some(canary) = entry.end_canary(EventKind::Swap, "a version for every tenant was deployed".into()) {
                 tracing::info!(plugin = %entry.name, canary = %canary.version.id, "the rollout ends: a version for every tenant");
+                self.persist(entry);
             }
-            let outcome = self.activate(entry, candidate.clone(), activation);
             let action = match activation {
                 Activation::Rollback => Action::Rollback,
                 Activation::AutoRollback => Action::AutoRollback,
@@ -75,7 +78,11 @@ impl Deployer {
         tracing::info!(plugin = %entry.name, %version.id, tenants = %selection.describe(), "deployed as a canary");
         let from = current.map(|v| v.id.hex());
         let tenants = rollout.tenants.clone();
-        let detail = format!("{}{}", selection.describe(), if rollout.auto { ", automatic" } else { "" });
+        let detail = format!(
+            "{}{}",
+            selection.describe(),
+            if rollout.auto { ", automatic" } else { "" }
+        );
         entry.start_canary(version.clone(), selection, settings_text);
         self.persist(entry);
         self.audit_version(Action::Canary, who, entry, &version, from, tenants, detail)
@@ -98,13 +105,14 @@ impl Deployer {
     /// after a dry run of the tenants not on it yet (any that would refuse
     /// its state makes the promotion fail, and the rollout stays as it is).
     pub async fn promote(&self, name: &str, who: &str) -> Result<Outcome, DeployError> {
+        self.known(name)?;
         let _thawed = self.frozen.read().await;
         let lock = self.lock(name);
         let _guard = lock.lock().await;
         let entry = self
             .registry
             .get(name)
-            .ok_or_else(|| DeployError::Rollback(format!("no plugin named {name:?} is deployed")))?;
+            .ok_or_else(|| DeployError::NotFound(format!("no plugin named {name:?} is deployed")))?;
         let canary = entry
             .canary()
             .ok_or_else(|| DeployError::Rollback(format!("{name} has no rollout to promote")))?;
@@ -177,13 +185,22 @@ impl Deployer {
             entry.report_error(
                 kind,
                 Some(canary.version.id.short()),
-                format!("canary {} (generation {})", canary.version.id.short(), canary.version.generation),
+                format!(
+                    "canary {} (generation {})",
+                    canary.version.id.short(),
+                    canary.version.generation
+                ),
                 format!("{why}; its tenants go back to the current version"),
             );
         }
         entry.end_canary(kind, detail);
         self.persist(entry);
         tracing::warn!(plugin = %entry.name, canary = %canary.version.id, "rollout rolled back: {why}");
+        // What every tenant runs is the current version again: a node of a
+        // cluster that starts now must not join the ended rollout.
+        if let Some(current) = entry.current() {
+            self.publish_current(entry, self.artifacts.original_path(&current.id));
+        }
         let current = entry.current().map(|v| v.id.hex());
         let tenants = self.holders(entry, &canary.selection);
         let record = Record {
@@ -318,7 +335,13 @@ fn judge(canary: &Snapshot, current: &Snapshot, plan: &RolloutSettings) -> Resul
         canary.p99().as_secs_f64() * 1000.0,
         current.p99().as_secs_f64() * 1000.0,
     );
-    let restarts = |s: &Snapshot| if s.calls == 0 { 0.0 } else { s.restarts as f64 / s.calls as f64 };
+    let restarts = |s: &Snapshot| {
+        if s.calls == 0 {
+            0.0
+        } else {
+            s.restarts as f64 / s.calls as f64
+        }
+    };
     let slower = current.calls > 0
         && canary.p99() > (current.p99().mul_f64(plan.max_p99_ratio)).max(current.p99() + Duration::from_millis(5));
     let unhealthy = if canary.trap_rate() > current.trap_rate() + plan.max_trap_rate {
@@ -374,19 +397,28 @@ async fn gate(deployer: Weak<Deployer>, entry: Arc<PluginEntry>, generation: u64
             true => Duration::from_secs(plan.step_secs) - waited,
             false => RECHECK,
         };
-        tokio::time::sleep(period).await;
-        waited += period;
+        // A change of placement or current version (the rollout ended, say)
+        // wakes the gate early: it does not keep the versions alive idly.
+        let slept = std::time::Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = entry.changed() => {}
+        }
+        waited += slept.elapsed();
         let Some(this) = deployer.upgrade() else { return };
         if entry.canary().is_none_or(|c| c.version.generation != generation) {
             return;
         }
+        if slept.elapsed() < period {
+            continue;
+        }
         let canary_window = canary.version.health.snapshot().since(&c0);
         let current_window = current.health.snapshot().since(&b0);
-        let verdict = judge(&canary_window, &current_window, &plan);
-        if verdict.is_ok() && canary_window.calls < plan.min_calls {
+        if canary_window.calls < plan.min_calls {
             tracing::debug!(plugin = %entry.name, calls = canary_window.calls, "the canary's step waits for more calls");
             continue;
         }
+        let verdict = judge(&canary_window, &current_window, &plan);
         match verdict {
             Err(why) => {
                 let _thawed = this.frozen.read().await;

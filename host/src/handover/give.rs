@@ -78,7 +78,11 @@ pub async fn serve(giver: Arc<Giver>, mut requests: mpsc::Receiver<UpgradeReques
         }
         let record = crate::audit::Record {
             who: request.who.clone(),
-            outcome: result.as_ref().err().map(|e| format!("failed, this process serves on: {e}")).unwrap_or_default(),
+            outcome: result
+                .as_ref()
+                .err()
+                .map(|e| format!("failed, this process serves on: {e}"))
+                .unwrap_or_default(),
             detail: match &result {
                 Ok(view) => format!(
                     "baton {} (pid {}) to baton {} (pid {}): {} sessions, {} tenants",

@@ -107,7 +107,8 @@ fn listener(fd: OwnedFd) -> std::io::Result<tokio::net::TcpListener> {
 
 impl TakeOver {
     /// Loads the current version of every plugin of the old process, with
-    /// its generation, events and last error, and says ready.
+    /// its generation, events and last error, its pins and rollout, and says
+    /// ready.
     pub async fn load_plugins(&self, deployer: &Deployer) -> Result<(), String> {
         let (old_version, old_pid) = &self.from;
         let detail = format!(
@@ -128,6 +129,8 @@ impl TakeOver {
                 }
                 None => None,
             };
+            // Pins and a rollout, before any tenant arrives.
+            deployer.restore_after_handover(&plugin.name).await;
             entry.record_event(EventKind::Upgrade, short, detail.clone());
         }
         self.peer.send(&Message::Ready, &[]).await

@@ -72,8 +72,8 @@ impl PluginEntry {
     /// The version `tenant` should run now: its pin, the canary if the
     /// canary takes it, else the current version; `None` when the plugin
     /// was removed. Never locks.
-    pub fn target_for(&self, tenant: &str) -> Option<Arc<Version>> {
-        self.placement.load().target(tenant, self.current())
+    pub fn target_for(&self, tenant: &str, share: u16) -> Option<Arc<Version>> {
+        self.placement.load().target(tenant, share, self.current())
     }
 
     /// The canary and the pins.
@@ -155,11 +155,13 @@ impl PluginEntry {
     pub fn promote(&self, settings: String) -> Option<Arc<Version>> {
         let canary = self.canary()?;
         self.record_activation(&canary.version, Activation::Promote, settings, "every tenant");
+        // Current first: in between, the canary's tenants target it either
+        // way, never the version it replaces.
+        let old = self.current.swap(Some(canary.version.clone()));
         self.replace_placement(|p| p.canary = None);
-        if let Some(old) = self.current.swap(Some(canary.version.clone())) {
+        if let Some(old) = old {
             old.retire();
         }
-        self.changed.notify_waiters();
         Some(canary.version)
     }
 
@@ -201,7 +203,11 @@ impl PluginEntry {
     pub fn restore_placement(&self, placement: Placement) {
         {
             let mut book = self.book();
-            for version in placement.pins.values().chain(placement.canary.iter().map(|c| &c.version)) {
+            for version in placement
+                .pins
+                .values()
+                .chain(placement.canary.iter().map(|c| &c.version))
+            {
                 book.add_live(version);
             }
         }
@@ -347,6 +353,27 @@ impl PluginEntry {
             .rev()
             .find(|r| r.generation == generation)
             .map(|r| r.activation)
+    }
+
+    /// The hash of the version that was current before `generation` became
+    /// current or a canary (none for a first version).
+    pub fn replaced(&self, generation: u64) -> Option<String> {
+        let book = self.book();
+        let first = book.history.iter().position(|r| r.generation == generation)?;
+        book.history[..first]
+            .iter()
+            .rev()
+            .find(|r| r.activation.is_current())
+            .map(|r| r.hash.clone())
+    }
+
+    /// The hash of the version of `generation`, if the history has it.
+    pub fn hash_of(&self, generation: u64) -> Option<String> {
+        let book = self.book();
+        book.history
+            .iter()
+            .find(|r| r.generation == generation)
+            .map(|r| r.hash.clone())
     }
 
     /// The last generation handed out and the history, for persisting.

@@ -4,15 +4,16 @@
 //!
 //! A tenant's target is its pin, else the canary if the canary's selection
 //! takes it, else the current version ([`Placement::target`]). A selection
-//! by percent hashes the tenant's name (SHA-256), so the same tenants stay
-//! in a canary through every step, every restart and on every node.
+//! by percent hashes the tenant's name (SHA-256, [`share_of`]), so the same
+//! tenants stay in a canary through every step, every restart and on every
+//! node; a tenant task computes its share once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::names::share_of;
 use crate::version::Version;
 
 /// Which tenants a canary takes.
@@ -30,10 +31,16 @@ pub enum Selection {
 impl Selection {
     /// Whether the selection takes `tenant`.
     pub fn contains(&self, tenant: &str) -> bool {
+        self.takes(tenant, share_of(tenant))
+    }
+
+    /// Whether the selection takes `tenant`, whose [`share_of`] is `share`.
+    pub fn takes(&self, tenant: &str, share: u16) -> bool {
+        let below = |percent: u8| u32::from(share) < u32::from(percent) * 100;
         match self {
             Selection::Tenants(tenants) => tenants.contains(tenant),
-            Selection::Percent(percent) => in_percent(tenant, *percent),
-            Selection::Both(tenants, percent) => tenants.contains(tenant) || in_percent(tenant, *percent),
+            Selection::Percent(percent) => below(*percent),
+            Selection::Both(tenants, percent) => tenants.contains(tenant) || below(*percent),
         }
     }
 
@@ -69,17 +76,6 @@ impl Selection {
     }
 }
 
-/// Whether `tenant` falls in the first `percent` of all names: the first 8
-/// bytes of its SHA-256, in basis points.
-fn in_percent(tenant: &str, percent: u8) -> bool {
-    if percent >= 100 {
-        return true;
-    }
-    let digest = Sha256::digest(tenant.as_bytes());
-    let head = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
-    head % 10_000 < u64::from(percent) * 100
-}
-
 /// A version some tenants get before the others.
 #[derive(Clone)]
 pub struct Canary {
@@ -101,15 +97,16 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// The version `tenant` should run, given the plugin's `current` one:
-    /// none when the plugin was removed (whatever the pins say).
-    pub fn target(&self, tenant: &str, current: Option<Arc<Version>>) -> Option<Arc<Version>> {
+    /// The version `tenant` (whose [`share_of`] is `share`) should run,
+    /// given the plugin's `current` one: none when the plugin was removed
+    /// (whatever the pins say).
+    pub fn target(&self, tenant: &str, share: u16, current: Option<Arc<Version>>) -> Option<Arc<Version>> {
         let current = current?;
         if let Some(pinned) = self.pins.get(tenant) {
             return Some(pinned.clone());
         }
         match &self.canary {
-            Some(canary) if canary.selection.contains(tenant) => Some(canary.version.clone()),
+            Some(canary) if canary.selection.takes(tenant, share) => Some(canary.version.clone()),
             _ => Some(current),
         }
     }
@@ -122,6 +119,7 @@ mod tests {
     #[test]
     fn a_percent_takes_about_that_share_and_always_the_same_names() {
         let names: Vec<String> = (0..10_000).map(|i| format!("tenant-{i}")).collect();
+        let in_percent = |name: &str, percent: u8| Selection::Percent(percent).contains(name);
         let five = names.iter().filter(|n| in_percent(n, 5)).count();
         assert!((400..600).contains(&five), "{five} of 10,000 at 5 %");
         // Widening keeps everyone already in.

@@ -292,7 +292,7 @@ impl Actor {
     /// The version this tenant should run now: the plugin's current one,
     /// unless a rollout's canary takes it or it is pinned.
     pub(super) fn target(&self) -> Option<Arc<Version>> {
-        self.plugin.target_for(&self.shared.name)
+        self.plugin.target_for(&self.shared.name, self.shared.share)
     }
 
     fn next_step(&mut self) -> Step {

@@ -15,8 +15,8 @@ use crate::version::Version;
 /// What a tenant task reports to the deployer.
 #[derive(Debug)]
 pub enum Report {
-    /// The tenant could not move to a newly current version; it stays on its
-    /// old one.
+    /// The tenant could not move to the version it should run; it stays on
+    /// its old one.
     MigrationFailed {
         /// The plugin.
         plugin: Arc<PluginEntry>,
@@ -24,6 +24,8 @@ pub enum Report {
         tenant: String,
         /// The generation it could not move to.
         generation: u64,
+        /// The generation it runs.
+        from: u64,
         /// Why.
         reason: String,
     },

@@ -127,6 +127,7 @@ impl Incidents {
             plugin: self.plugin.clone(),
             tenant: self.shared.name.clone(),
             generation: target.generation,
+            from: self.shared.generation(),
             reason,
         });
     }

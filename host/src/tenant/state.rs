@@ -26,9 +26,9 @@ use crate::lanes::Lane;
 use crate::presence::{Diff, Presence};
 use crate::session::link::{SessionId, SessionLink};
 use crate::session::resumable::Token;
-use crate::tenant::usage::Usages;
 use crate::sql::Sql;
 use crate::storage::{Namespace, Storage, StorageError};
+use crate::tenant::usage::Usages;
 use crate::timers::Timers;
 use crate::topics::Topics;
 
@@ -174,6 +174,8 @@ pub struct TenantShared {
     pub lane: Arc<Lane>,
     /// What it used of each version it ran.
     pub usages: Usages,
+    /// Where its name falls for rollouts by percent ([`crate::names::share_of`]).
+    pub share: u16,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -184,6 +186,7 @@ impl TenantShared {
     pub fn new(name: String, plugin: String, storage: Option<Arc<Storage>>, sql: Option<Arc<Sql>>) -> TenantShared {
         TenantShared {
             namespace: Namespace::new(&name, &plugin),
+            share: crate::names::share_of(&name),
             sql,
             owner: Mutex::new(None),
             lease: AtomicU64::new(0),
@@ -210,7 +213,9 @@ impl TenantShared {
     /// The stand-in tenant of a deploy check: no sessions, no storage, never
     /// shared.
     pub fn for_check(plugin: &str) -> Arc<TenantShared> {
-        Arc::new(TenantShared::new("(deploy check)".into(), plugin.into(), None, None))
+        let mut shared = TenantShared::new("(deploy check)".into(), plugin.into(), None, None);
+        shared.usages = Usages::unreported();
+        Arc::new(shared)
     }
 
     /// The storage and this task's owner token in it. The task claims it

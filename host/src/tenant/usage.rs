@@ -39,6 +39,19 @@ struct Metrics {
     memory_peak: metrics::Gauge,
 }
 
+impl Metrics {
+    /// Handles that record nothing.
+    fn none() -> Metrics {
+        Metrics {
+            calls: metrics::Counter::noop(),
+            busy: metrics::Counter::noop(),
+            frames_in: metrics::Counter::noop(),
+            frames_out: metrics::Counter::noop(),
+            memory_peak: metrics::Gauge::noop(),
+        }
+    }
+}
+
 /// A usage as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageView {
@@ -61,8 +74,8 @@ pub struct UsageView {
 
 impl Usage {
     /// The usage of `version` (short hash, generation) by `tenant` of
-    /// `plugin`.
-    pub fn new(plugin: &str, tenant: &str, version: String, generation: u64) -> Usage {
+    /// `plugin`, in Prometheus if `reported`.
+    pub fn new(plugin: &str, tenant: &str, version: String, generation: u64, reported: bool) -> Usage {
         let labels = [
             ("plugin", plugin.to_owned()),
             ("tenant", tenant.to_owned()),
@@ -81,12 +94,15 @@ impl Usage {
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             memory_peak: AtomicU64::new(0),
-            metrics: Metrics {
-                calls: metrics::counter!("baton_tenant_calls_total", &labels),
-                busy: metrics::counter!("baton_tenant_call_microseconds_total", &labels),
-                frames_in: metrics::counter!("baton_tenant_frames_total", &with("in")),
-                frames_out: metrics::counter!("baton_tenant_frames_total", &with("out")),
-                memory_peak: metrics::gauge!("baton_tenant_memory_peak_bytes", &labels),
+            metrics: match reported {
+                true => Metrics {
+                    calls: metrics::counter!("baton_tenant_calls_total", &labels),
+                    busy: metrics::counter!("baton_tenant_call_microseconds_total", &labels),
+                    frames_in: metrics::counter!("baton_tenant_frames_total", &with("in")),
+                    frames_out: metrics::counter!("baton_tenant_frames_total", &with("out")),
+                    memory_peak: metrics::gauge!("baton_tenant_memory_peak_bytes", &labels),
+                },
+                false => Metrics::none(),
             },
         }
     }
@@ -134,26 +150,42 @@ impl Usage {
     }
 }
 
-/// A tenant's usages, one per version it ran, oldest first.
+/// A tenant's usages, one per version (and generation: a version rolled
+/// back to counts anew) it ran, oldest first.
 #[derive(Default)]
-pub struct Usages(std::sync::Mutex<Vec<Arc<Usage>>>);
+pub struct Usages {
+    usages: std::sync::Mutex<Vec<Arc<Usage>>>,
+    /// Not in Prometheus (the stand-in tenant of deploy checks and dry runs).
+    unreported: bool,
+}
 
 impl Usages {
+    /// Usages kept out of Prometheus.
+    pub fn unreported() -> Usages {
+        Usages {
+            usages: std::sync::Mutex::default(),
+            unreported: true,
+        }
+    }
+
     /// The usage of version `version` (short hash) of `generation`, made
     /// at its first use.
     pub fn of(&self, plugin: &str, tenant: &str, version: String, generation: u64) -> Arc<Usage> {
-        let mut usages = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(usage) = usages.iter().find(|u| u.version == version) {
+        let mut usages = self.usages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(usage) = usages
+            .iter()
+            .find(|u| u.version == version && u.generation == generation)
+        {
             return usage.clone();
         }
-        let usage = Arc::new(Usage::new(plugin, tenant, version, generation));
+        let usage = Arc::new(Usage::new(plugin, tenant, version, generation, !self.unreported));
         usages.push(usage.clone());
         usage
     }
 
     /// Every usage, as the admin API shows it.
     pub fn views(&self) -> Vec<UsageView> {
-        self.0
+        self.usages
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()

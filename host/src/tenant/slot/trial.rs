@@ -19,7 +19,9 @@ impl Slot {
             Held::Running(instance) => match instance.export_state().await? {
                 Ok(state) => Some((instance.version().id.hex(), state)),
                 Err(reason) => {
-                    return Ok(Trial::Skipped(format!("its live instance cannot export its state: {reason}")));
+                    return Ok(Trial::Skipped(format!(
+                        "its live instance cannot export its state: {reason}"
+                    )));
                 }
             },
             Held::Hibernated { version, state } => Some((version.id.hex(), state.clone())),
