@@ -29,8 +29,10 @@
 //! goes into the audit log (`crate::audit`) with who asked for it.
 //!
 //! What runs is also kept in the plugin's history file (current version,
-//! rollout, pins), so a restart brings back what ran before it: the folder's
-//! files are deployed only when their bytes are new to the history.
+//! rollout, pins), so a restart brings back what ran before it: the rollout
+//! and pins, and the version that was current rather than a folder file
+//! this host rolled back, withdrew or ended as a canary (`pins.rs`). After a
+//! handover, only folder files new to the history are deployed.
 
 pub mod artifacts;
 mod dry_run;

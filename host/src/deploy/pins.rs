@@ -1,8 +1,13 @@
 //! Pins (`baton pin NAME TENANT [VERSION]`, `baton unpin`): a tenant held on
 //! a version through deploys, rollouts, rollbacks and restarts (a customer
 //! in its quarter-end freeze). A pinned version stays loaded while a tenant
-//! is pinned to it; pins are kept with the plugin's history and come back
-//! at the next start, as does a rollout that was running.
+//! is pinned to it; pins are kept with the plugin's history.
+//!
+//! Also what comes back from that history at a start
+//! ([`Deployer::start_from_history`]) or after a handover: pins, a rollout
+//! that was running (with its gate), and the version that was current when
+//! the folder's file is one this host rolled back. Placement goes in before
+//! the current version, so that no tenant starts where it should not run.
 
 use std::path::Path;
 use std::sync::Arc;
