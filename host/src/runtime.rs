@@ -7,10 +7,11 @@
 //!   `runtime.epoch_tick_ms` while guest code runs, and asleep while none
 //!   does: at each tick a running call yields, and its CPU deadline and drain
 //!   deadline are checked (see [`crate::instance`]);
-//! - the pooling allocator, sized by `runtime.max_instances`: instantiation
-//!   takes pre-reserved slots, and a dropped instance's memory is returned to
-//!   the kernel. Every pool cap is set explicitly (wasmtime's defaults are
-//!   permissive);
+//! - the pooling allocator, sized by `runtime.max_instances` seats: an
+//!   instance takes one or more seats by what its component needs
+//!   ([`Runtime::seats_for`]), instantiation takes pre-reserved slots, and a
+//!   dropped instance's memory is returned to the kernel. Every pool cap is
+//!   set explicitly (wasmtime's defaults are permissive);
 //! - WASI p2 linked with nothing granted (see [`crate::instance`]).
 //!
 //! The host does not compile deployed files with this engine: a separate
@@ -30,6 +31,21 @@ use crate::bindings::PluginCorePre;
 use crate::config::RuntimeConfig;
 use crate::instance::state::InstanceState;
 
+/// The release of the plugin WIT (`wit/plugin.wit`) this host provides.
+pub const WIT_VERSION: &str = "0.1.3";
+
+/// The packages whose interfaces this host links: WASI p2 (with nothing
+/// granted) and the plugin WIT.
+const PROVIDED: &[&str] = &[
+    "baton:plugin/",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+];
+
 /// Why a file is not a plugin this host can run.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -43,6 +59,10 @@ pub enum LoadError {
     /// A cached compiled artifact could not be used.
     #[error("compiled artifact unusable: {0}")]
     Artifact(String),
+    /// One instance of it needs more than the instance pool gives one
+    /// component.
+    #[error("does not fit the instance pool: {0}")]
+    Pool(String),
     /// Compiling the file went over its memory or time budget (see
     /// [`crate::compiler`]).
     #[error("refused: {0}")]
@@ -95,7 +115,7 @@ impl Runtime {
     /// Compiles a component in this process. Blocking and CPU-heavy, and
     /// unbounded: only for files the user asked to check, never for deploys.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
-        Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+        Component::new(&self.engine, bytes).map_err(|e| load_error(e, LoadError::Compile))
     }
 
     /// Loads a component compiled by this engine configuration earlier.
@@ -108,7 +128,7 @@ impl Runtime {
         // compatibility hash) and wrote atomically into its own data folder.
         #[expect(unsafe_code, reason = "wasmtime's only way to load precompiled code")]
         let component = unsafe { Component::deserialize_file(&self.engine, path) };
-        component.map_err(|e| LoadError::Artifact(format!("{e:#}")))
+        component.map_err(|e| load_error(e, LoadError::Artifact))
     }
 
     /// Checks a component against the world and links it: its imports must be
@@ -117,8 +137,45 @@ impl Runtime {
         let pre = self
             .linker
             .instantiate_pre(component)
-            .map_err(|e| LoadError::World(format!("{e:#}")))?;
+            .map_err(|e| LoadError::World(self.explain_unlinked(component, format!("{e:#}"))))?;
         PluginCorePre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))
+    }
+
+    /// Says which imports of `component` this host does not provide, and
+    /// what to do about the usual ones, before wasmtime's own `message`.
+    fn explain_unlinked(&self, component: &Component, message: String) -> String {
+        let (imports, _) = self.interface(component);
+        let foreign: Vec<&str> = imports
+            .iter()
+            .map(String::as_str)
+            .filter(|name| !PROVIDED.iter().any(|package| name.starts_with(package)))
+            .collect();
+        let newer: Vec<&str> = imports
+            .iter()
+            .map(String::as_str)
+            .filter(|name| name.starts_with("baton:plugin/") && !name.ends_with(WIT_VERSION))
+            .filter(|name| message.contains(*name))
+            .collect();
+        let mut why = String::new();
+        if !foreign.is_empty() {
+            why.push_str(&format!("it imports {}, which baton does not provide", foreign.join(", ")));
+            if foreign.iter().any(|name| name.starts_with("wasi:http/")) {
+                why.push_str(
+                    " (a plugin answers HTTP through `on-http`; JavaScript built with jco or \
+                     componentize-js imports wasi:http unless its `http` and `fetch-event` features are \
+                     disabled: see README, \"Writing a plugin in Python or JavaScript\")",
+                );
+            }
+            why.push_str("; ");
+        }
+        if !newer.is_empty() {
+            why.push_str(&format!(
+                "it imports {}, from a later release of the plugin WIT than this host's \
+                 (baton:plugin@{WIT_VERSION}): upgrade baton or build against this host's WIT; ",
+                newer.join(", ")
+            ));
+        }
+        why + &message
     }
 
     /// Whether `component` imports `interface` (e.g. `baton:plugin/sql`) at
@@ -141,10 +198,33 @@ impl Runtime {
         (imports, exports)
     }
 
+    /// The seats of the pool one instance of `component` takes: one, or
+    /// more for a component with more memories or tables than a [`seat`]
+    /// holds.
+    pub fn seats_for(&self, component: &Component) -> Result<u32, LoadError> {
+        let needs = component.resources_required().ok_or_else(|| {
+            LoadError::Pool("it instantiates modules it imports, so what it needs cannot be known".into())
+        })?;
+        let memories = needs.num_memories.div_ceil(seat::MEMORIES);
+        let tables = needs.num_tables.div_ceil(seat::TABLES);
+        Ok(memories.max(tables).max(1))
+    }
+
     /// A short hash of everything that makes this engine's compiled code
     /// loadable (see [`compatibility_hash`]).
     pub fn compatibility_hash(&self) -> String {
         compatibility_hash(&self.engine)
+    }
+}
+
+/// What a failed compile or load means: a component over the pool's
+/// per-component limits (checked as it loads), or `otherwise`.
+fn load_error(error: wasmtime::Error, otherwise: fn(String) -> LoadError) -> LoadError {
+    let message = format!("{error:#}");
+    if message.contains("pooling allocator") {
+        LoadError::Pool(message)
+    } else {
+        otherwise(message)
     }
 }
 
@@ -155,11 +235,12 @@ impl Runtime {
 pub fn engine_config(config: &RuntimeConfig) -> Config {
     let wasm_stack = config.max_wasm_stack_kib << 10;
     let mut wasm = Config::new();
-    // Plugins' initial memories are small: copying them in is cheaper
-    // than mapping a copy-on-write image, whose mmap contends for the
-    // process's memory-map lock when many tenants start at once (a swap
-    // migrates every tenant; measured: 1,000 tenants ~25% faster).
-    wasm.memory_init_cow(false)
+    // Initial memories are mapped copy-on-write from one image per module:
+    // a Python plugin's 11 MB image is shared by all its tenants instead of
+    // copied into each. (Copying was ~25% faster for a swap of 1,000 small
+    // Rust tenants, whose mmaps contend for the process's memory-map lock;
+    // sharing is what lets large plugins have many tenants.)
+    wasm.memory_init_cow(true)
         .wasm_component_model(true)
         .epoch_interruption(true)
         .max_wasm_stack(wasm_stack)
@@ -175,25 +256,51 @@ pub fn compile_engine(config: &RuntimeConfig) -> anyhow::Result<Engine> {
     Ok(Engine::new(&engine_config(config))?)
 }
 
-/// The instance pool, sized by `runtime.max_instances`.
+/// What one *seat* of the instance pool holds: a plugin whose instance
+/// needs more (a Python component has 14 core modules) takes several seats
+/// ([`Runtime::seats_for`]). `runtime.max_instances` is the pool's size in
+/// seats.
+pub mod seat {
+    /// Linear memories per seat (a Rust plugin has one, plus one in
+    /// wit-component's adapter).
+    pub const MEMORIES: u32 = 2;
+    /// Tables per seat.
+    pub const TABLES: u32 = 4;
+    /// Core instances per seat. Core instances are only counted by the
+    /// pool (no memory is reserved for them), so this is generous: memories
+    /// and tables decide how many seats a component takes.
+    pub const CORE_INSTANCES: u32 = 32;
+}
+
+/// Most of each resource one component instance may have: a component
+/// with more is refused when it is loaded, with the reason.
+mod per_component {
+    pub const CORE_INSTANCES: u32 = 64;
+    pub const MEMORIES: u32 = 16;
+    pub const TABLES: u32 = 64;
+}
+
+/// The instance pool: `runtime.max_instances` seats, each [`seat`]'s worth
+/// of memories, tables and core instances.
 fn pool_config(config: &RuntimeConfig) -> anyhow::Result<PoolingAllocationConfig> {
     let max_memory = usize::try_from(config.max_memory_mib << 20)?;
-    let instances = config.max_instances;
+    let seats = config.max_instances;
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_component_instances(instances)
-        // A Rust plugin is one main module plus wit-component's two shims.
-        .total_core_instances(instances.saturating_mul(4))
-        .max_core_instances_per_component(32)
-        .total_memories(instances.saturating_mul(2))
-        .max_memories_per_component(4)
+    // Every instance takes a seat at least, so the pool never holds more
+    // component instances than seats.
+    pool.total_component_instances(seats)
+        .total_core_instances(seats.saturating_mul(seat::CORE_INSTANCES))
+        .max_core_instances_per_component(per_component::CORE_INSTANCES)
+        .total_memories(seats.saturating_mul(seat::MEMORIES))
+        .max_memories_per_component(per_component::MEMORIES)
         .max_memories_per_module(1)
-        .total_tables(instances.saturating_mul(4))
-        .max_tables_per_component(32)
+        .total_tables(seats.saturating_mul(seat::TABLES))
+        .max_tables_per_component(per_component::TABLES)
         .max_tables_per_module(4)
         .table_elements(20_000)
         .max_memory_size(max_memory)
         // One async call per instance at a time, plus deploy checks.
-        .total_stacks(instances)
+        .total_stacks(seats)
         // A freed slot gives all its memory back (hibernation and swaps
         // must really release memory), in batches (below).
         .linear_memory_keep_resident(0)
@@ -332,6 +439,12 @@ impl Drop for Running<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wit_version_is_the_wit_files() {
+        let wit = include_str!("../../wit/plugin.wit");
+        assert!(wit.contains(&format!("package baton:plugin@{WIT_VERSION};")));
+    }
 
     #[test]
     fn the_ticker_ticks_only_while_guest_code_runs() {

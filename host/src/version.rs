@@ -91,6 +91,9 @@ pub struct Build {
     pub generation: u64,
     /// Linked and type-checked against the world.
     pub pre: PluginCorePre<InstanceState>,
+    /// Seats of the instance pool one instance takes
+    /// ([`crate::runtime::Runtime::seats_for`]).
+    pub seats: u32,
     /// The plugin's `<name>.toml` as read with this file.
     pub settings: PluginSettings,
     /// The host's default limits with the plugin's settings applied.

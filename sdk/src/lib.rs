@@ -157,6 +157,14 @@ pub fn now_ms() -> u64 {
     __private::baton::plugin::clock::now_ms()
 }
 
+/// The name of the tenant this instance serves (`/t/{tenant}/...`), the
+/// same for the instance's whole life; empty in an instance the host runs
+/// only to check a deploy. Needs a host of `baton:plugin@0.1.3` or later: a
+/// plugin that calls it is refused by older hosts.
+pub fn tenant_name() -> String {
+    __private::baton::plugin::tenant::name()
+}
+
 /// Identifies a timer.
 pub type TimerId = u64;
 

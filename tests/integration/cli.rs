@@ -79,6 +79,20 @@ fn check_says_what_a_plugin_is_or_why_not() {
     assert!(text(&output.stderr).contains("does not match the baton:plugin world"));
     let output = baton(&["check", "/no/such/file.wasm"]);
     assert_eq!(output.status.code(), Some(1));
+
+    // `baton check FILE | head -0`: the reader is gone before the report.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["check", ECHO])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = text(&output.stderr);
+    assert!(!stderr.contains("panicked"), "a closed stdout ends it quietly: {stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
 
 #[test]

@@ -47,6 +47,12 @@ async fn invalid_files_are_reported_and_skipped() {
             .map(|e| e.error.as_str())
             .expect("error text");
         assert!(error.contains(why), "{name}: {error}");
+        if name == "proxy" {
+            assert!(
+                error.contains("it imports wasi:http/") && error.contains("which baton does not provide"),
+                "the refusal names the interface: {error}"
+            );
+        }
         assert!(
             plugin
                 .last_error

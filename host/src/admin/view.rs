@@ -69,6 +69,9 @@ pub struct VersionView {
     pub tenants: usize,
     /// Calls running on it.
     pub in_flight: usize,
+    /// Seats of the instance pool one of its instances takes.
+    #[serde(default)]
+    pub seats: u32,
 }
 
 /// A rollout: a version some tenants get first.
@@ -256,6 +259,7 @@ impl VersionView {
             current: current.is_some_and(|c| c.generation == v.generation),
             tenants: v.tenants.load(Ordering::Relaxed),
             in_flight: v.in_flight.load(Ordering::Relaxed),
+            seats: v.seats,
         }
     }
 }

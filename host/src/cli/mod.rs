@@ -232,6 +232,9 @@ impl ServeArgs {
 /// Runs the command line; the exit code is 0 only on success.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::CompileWorker { .. }) {
+        end_quietly_on_a_closed_pipe();
+    }
     let result = match cli.command {
         Command::Serve(args) => return serve(args),
         Command::CompileWorker {
@@ -290,6 +293,20 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+/// A command's output may go to a pipe whose reader leaves early
+/// (`baton check FILE | head`): the command then ends quietly, as other
+/// command-line tools do, instead of panicking in `println!` (Rust ignores
+/// SIGPIPE, so writes fail instead). Not for `serve`, where a client's closed
+/// socket must only fail that write.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: sets a signal's disposition to the default, before any other
+    // thread of this process exists; no handler runs Rust code.
+    #[expect(unsafe_code, reason = "no safe wrapper restores a signal's default disposition")]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
@@ -425,13 +442,23 @@ async fn deploy(
     if !crate::names::is_plugin(&name) {
         bail!("{name:?} is not a plugin name: use [a-z0-9][a-z0-9_-]*, at most 63 bytes (pass --name)");
     }
-    let report = check(file)?;
-    eprintln!("{}", report.lines().next().unwrap_or_default());
-    let bytes = std::fs::read(file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let hash = VersionId::of(&bytes).hex();
-
     let client = admin.client()?;
-    let before: Option<PluginView> = client.get(&format!("/api/plugins/{name}")).await.ok();
+    let answer = client.request("GET", &format!("/api/plugins/{name}")).await;
+    // A running host checks the file as it loads it, compiling it once (a
+    // Python plugin takes 10-20 s), and this waits for its verdict. With no
+    // host to answer, or no wait for one, it is checked here.
+    if answer.is_err() || wait == 0 {
+        let report = check(file)?;
+        eprintln!("{}", report.lines().next().unwrap_or_default());
+    } else {
+        eprintln!("{}: sha256 {hash}; the host checks it", file.display());
+    }
+    let before: Option<PluginView> = match answer {
+        Ok((200, body)) => serde_json::from_value(body).ok(),
+        _ => None,
+    };
     let started_ms = crate::clock::unix_ms();
     std::fs::create_dir_all(deploy_dir)?;
     // The settings first: the host reads them with the file.

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Live instances the pool holds at most (tenant instances of every
-    /// plugin and version, plus deploy checks). A reserve of it is kept free
+    /// Seats of the instance pool: live instances it holds at most (tenant
+    /// instances of every plugin and version, plus deploy checks). An
+    /// instance of a Rust plugin takes one seat; one of a larger component
+    /// takes one per 2 linear memories or 4 tables it has (a Python plugin
+    /// takes 4; `baton status` shows each version's). A reserve is kept free
     /// of tenants for migrations and deploy checks (see
     /// [`RuntimeConfig::reserved_instances`]); a new tenant beyond the rest
     /// gets 503. Default 1000.

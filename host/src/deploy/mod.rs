@@ -324,7 +324,17 @@ impl Deployer {
             }
         }
         let pre = self.runtime.prepare(&component)?;
+        let seats = self.runtime.seats_for(&component)?;
+        let room = self.config.runtime.tenant_instances();
+        if seats as usize > room {
+            return Err(DeployError::Load(LoadError::Pool(format!(
+                "one instance needs {seats} seats of the pool, and tenants have {room} \
+                 (runtime.max_instances = {})",
+                self.config.runtime.max_instances
+            ))));
+        }
         let build = Build {
+            seats,
             plugin: entry.name.clone(),
             id,
             generation,
@@ -360,6 +370,8 @@ impl Deployer {
             let path = cached.clone();
             match blocking(move || runtime.deserialize(&path)).await {
                 Ok(component) => return Ok((component, Origin::Cache)),
+                // The artifact is fine; the component is too large for the pool.
+                Err(error @ LoadError::Pool(_)) => return Err(error.into()),
                 Err(error) => {
                     tracing::warn!(path = %cached.display(), "recompiling: {error}");
                     self.artifacts.discard_compiled(&id);

@@ -12,6 +12,7 @@ mod presence;
 mod session;
 mod sql;
 mod storage;
+mod tenant;
 mod timers;
 mod topics;
 

@@ -346,8 +346,12 @@ impl Actor {
     /// now and then.
     async fn wait_for_seat(&mut self, changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) {
         let seats = self.env.seats.clone();
+        let wanted = match self.slot.version().cloned().or_else(|| self.target()) {
+            Some(version) => self.slot.seats_missing(&version).max(1),
+            None => 1,
+        };
         tokio::select! {
-            seat = seats.acquire_owned() => {
+            seat = seats.acquire_many_owned(wanted) => {
                 if let Ok(seat) = seat {
                     self.slot.give_seat(seat);
                 }

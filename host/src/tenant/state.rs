@@ -176,6 +176,9 @@ pub struct TenantShared {
     pub usages: Usages,
     /// Where its name falls for rollouts by percent ([`crate::names::share_of`]).
     pub share: u16,
+    /// The stand-in of a deploy check or dry run ([`TenantShared::for_check`]),
+    /// not a tenant: a plugin asking its tenant's name gets an empty string.
+    pub stand_in: bool,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -187,6 +190,7 @@ impl TenantShared {
         TenantShared {
             namespace: Namespace::new(&name, &plugin),
             share: crate::names::share_of(&name),
+            stand_in: false,
             sql,
             owner: Mutex::new(None),
             lease: AtomicU64::new(0),
@@ -215,6 +219,7 @@ impl TenantShared {
     pub fn for_check(plugin: &str) -> Arc<TenantShared> {
         let mut shared = TenantShared::new("(deploy check)".into(), plugin.into(), None, None);
         shared.usages = Usages::unreported();
+        shared.stand_in = true;
         Arc::new(shared)
     }
 

@@ -230,29 +230,47 @@ impl Slot {
         self.seat = None;
     }
 
-    /// Hands the slot a seat its task waited for.
+    /// Hands the slot seats its task waited for.
     pub fn give_seat(&mut self, seat: OwnedSemaphorePermit) {
-        self.seat.get_or_insert(seat);
+        match &mut self.seat {
+            Some(held) => held.merge(seat),
+            None => self.seat = Some(seat),
+        }
     }
 
-    /// Takes a seat for an instance about to be brought up, if none is held.
-    fn take_seat(&mut self) -> Result<(), Failure> {
-        if self.seat.is_some() {
-            return Ok(());
+    /// The seats an instance of `version` needs beyond those the slot
+    /// holds (0 when it holds enough).
+    pub fn seats_missing(&self, version: &Version) -> u32 {
+        let held = self.seat.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        (version.seats as usize).saturating_sub(held) as u32
+    }
+
+    /// Holds exactly the seats an instance of `version` takes: more are
+    /// taken if there is room, extra ones are given back.
+    fn fit_seat(&mut self, version: &Version) -> Result<(), Failure> {
+        let wanted = version.seats as usize;
+        let missing = self.seats_missing(version);
+        if missing > 0 {
+            let more = self.env.seats.clone().try_acquire_many_owned(missing).map_err(|_| {
+                let runtime = &self.env.config.runtime;
+                Failure::Capacity {
+                    why: format!(
+                        "the instance pool is full: {} of its {} seats hold tenant instances \
+                         (runtime.max_instances = {}, {} kept for migrations and deploy checks; \
+                         an instance of this plugin takes {wanted})",
+                        runtime.tenant_instances() - self.env.seats.available_permits(),
+                        runtime.tenant_instances(),
+                        runtime.max_instances,
+                        runtime.reserved_instances()
+                    ),
+                }
+            })?;
+            self.give_seat(more);
+        } else if let Some(held) = &mut self.seat
+            && held.num_permits() > wanted
+        {
+            drop(held.split(held.num_permits() - wanted));
         }
-        let seat = self.env.seats.clone().try_acquire_owned().map_err(|_| {
-            let runtime = &self.env.config.runtime;
-            Failure::Capacity {
-                why: format!(
-                    "the instance pool is full: {} tenant instances live (runtime.max_instances = {}, {} kept \
-                     for migrations and deploy checks)",
-                    runtime.tenant_instances(),
-                    runtime.max_instances,
-                    runtime.reserved_instances()
-                ),
-            }
-        })?;
-        self.seat = Some(seat);
         Ok(())
     }
 
@@ -278,7 +296,7 @@ impl Slot {
                 self.held = Held::Running(instance);
                 return Some(Ok(Up::AlreadyRunning));
             }
-            Held::Hibernated { version, state } => match self.take_seat() {
+            Held::Hibernated { version, state } => match self.fit_seat(&version) {
                 Ok(()) => self.wake(version, state).await,
                 Err(full) => {
                     self.held = Held::Hibernated { version, state };
@@ -290,7 +308,7 @@ impl Slot {
                     self.seat = None;
                     return None;
                 };
-                match self.take_seat() {
+                match self.fit_seat(&version) {
                     Ok(()) => match self.take_persisted().await {
                         Some((from, state)) => {
                             let restored = self.restore(version, &from, &state).await;
@@ -445,22 +463,40 @@ impl Slot {
             Ok(Err(reason)) => return Err(Refusal::Stays(format!("export-state of {} refused: {reason}", from.id))),
             Err(trap) => return Err(Refusal::Trapped(trap)),
         };
-        let _permit = permits.acquire().await;
-        let mut fresh = self.start(target).await.map_err(|error| match error {
-            StartError::Capacity(why) => Refusal::NoRoom(why),
-            error => Refusal::Stays(error.to_string()),
+        // A version that takes more seats than the old one needs room now.
+        self.fit_seat(&target).map_err(|failure| match failure {
+            Failure::Capacity { why } => Refusal::NoRoom(why),
+            _ => Refusal::Stays("no seat".into()),
         })?;
-        match fresh.import_state(&from.id.hex(), &state).await {
+        let _permit = permits.acquire().await;
+        let mut fresh = match self.start(target.clone()).await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                let _ = self.fit_seat(&from);
+                return Err(match error {
+                    StartError::Capacity(why) => Refusal::NoRoom(why),
+                    error => Refusal::Stays(error.to_string()),
+                });
+            }
+        };
+        let moved = match fresh.import_state(&from.id.hex(), &state).await {
             Ok(Ok(())) => {
                 // The switch and the schema change are one: a commit that
                 // fails keeps the tenant where it was.
                 fresh.commit_schema().await.map_err(Refusal::Stays)?;
                 self.install(fresh);
+                // One that takes fewer gives the rest back.
+                let _ = self.fit_seat(&target);
                 Ok(())
             }
             Ok(Err(reason)) => Err(Refusal::Stays(format!("import-state refused: {reason}"))),
             Err(trap) => Err(Refusal::Stays(format!("import-state trapped: {trap}"))),
+        };
+        if moved.is_err() {
+            // Seats taken for the new version go back.
+            let _ = self.fit_seat(&from);
         }
+        moved
     }
 
     /// Exports the live instance's state and drops the instance. `Ok(Err)`
