@@ -158,7 +158,10 @@ impl Runtime {
             .collect();
         let mut why = String::new();
         if !foreign.is_empty() {
-            why.push_str(&format!("it imports {}, which baton does not provide", foreign.join(", ")));
+            why.push_str(&format!(
+                "it imports {}, which baton does not provide",
+                foreign.join(", ")
+            ));
             if foreign.iter().any(|name| name.starts_with("wasi:http/")) {
                 why.push_str(
                     " (a plugin answers HTTP through `on-http`; JavaScript built with jco or \
@@ -266,16 +269,17 @@ pub mod seat {
     pub const MEMORIES: u32 = 2;
     /// Tables per seat.
     pub const TABLES: u32 = 4;
-    /// Core instances per seat. Core instances are only counted by the
-    /// pool (no memory is reserved for them), so this is generous: memories
-    /// and tables decide how many seats a component takes.
+    /// Core instances per seat: as many as one component may have (see
+    /// `per_component`), so they never decide the seats a component takes.
+    /// The pool only counts them (it reserves no memory for them), so this is
+    /// cheap. A Python plugin has 14.
     pub const CORE_INSTANCES: u32 = 32;
 }
 
 /// Most of each resource one component instance may have: a component
 /// with more is refused when it is loaded, with the reason.
 mod per_component {
-    pub const CORE_INSTANCES: u32 = 64;
+    pub const CORE_INSTANCES: u32 = super::seat::CORE_INSTANCES;
     pub const MEMORIES: u32 = 16;
     pub const TABLES: u32 = 64;
 }

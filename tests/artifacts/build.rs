@@ -82,8 +82,48 @@ fn main() -> anyhow::Result<()> {
     }
     all.push_str("];\n");
     code.push_str(&all);
+    code.push_str(&scripted(&root, &out)?);
     std::fs::write(out.join("plugins.rs"), code)?;
     Ok(())
+}
+
+/// The plugins in Python and JavaScript: (constant, SDK folder, source,
+/// file name). Each SDK's `build-plugin` installs its pinned tools once
+/// (cached under `target/lang`) and rebuilds only what changed.
+const SCRIPTED: &[(&str, &str, &str, &str)] = &[
+    ("COUNTER_PY", "sdk-python", "plugins/counter-py", "counter_py.wasm"),
+    ("COUNTER_JS", "sdk-js", "plugins/counter-js", "counter_js.wasm"),
+    // Every wrapper of the JavaScript SDK, for sdk-js/test/e2e-sdk.mjs.
+    (
+        "JS_KITCHEN_SINK",
+        "sdk-js",
+        "sdk-js/test/fixtures/kitchen-sink.js",
+        "kitchen_sink_js.wasm",
+    ),
+];
+
+fn scripted(root: &Path, out: &Path) -> anyhow::Result<String> {
+    let mut code = String::new();
+    for (constant, sdk, source, file) in SCRIPTED {
+        for path in [sdk, source] {
+            println!("cargo:rerun-if-changed={}", root.join(path).display());
+        }
+        let wasm = out.join(file);
+        let status = Command::new(root.join(sdk).join("build-plugin"))
+            .arg(root.join(source))
+            .arg(&wasm)
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .with_context(|| format!("cannot run {sdk}/build-plugin"))?;
+        if !status.success() {
+            bail!("building {source} with {sdk}/build-plugin failed");
+        }
+        code.push_str(&format!(
+            "/// `{source}`, built with `{sdk}/build-plugin`.\npub const {constant}: &str = {:?};\n",
+            wasm.display().to_string()
+        ));
+    }
+    Ok(code)
 }
 
 fn crate_name(dir: &Path) -> anyhow::Result<String> {

@@ -90,7 +90,10 @@ fn check_says_what_a_plugin_is_or_why_not() {
     drop(child.stdout.take());
     let output = child.wait_with_output().expect("wait");
     let stderr = text(&output.stderr);
-    assert!(!stderr.contains("panicked"), "a closed stdout ends it quietly: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a closed stdout ends it quietly: {stderr}"
+    );
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{stderr}");
 }
@@ -347,6 +350,14 @@ fn new_scaffolds_a_plugin_that_builds_and_checks() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let root = dir.path().join("hello-world");
     assert!(root.join("README.md").exists() && root.join("src/lib.rs").exists());
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("checkout");
+    assert!(
+        !manifest.contains(checkout.to_str().expect("path")) && root.join("baton-sdk/src/lib.rs").exists(),
+        "the SDK is written into the crate, not taken from this checkout: {manifest}"
+    );
     let output = baton(&["new", "hello-world", "--dir", dir.path().to_str().expect("path")]);
     assert_eq!(output.status.code(), Some(1), "refuses to overwrite");
     assert_eq!(baton(&["new", "Bad Name"]).status.code(), Some(1));
@@ -368,4 +379,59 @@ fn new_scaffolds_a_plugin_that_builds_and_checks() {
     let wasm = root.join("target/wasm32-wasip2/release/hello_world.wasm");
     let output = baton(&["check", wasm.to_str().expect("path")]);
     assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn new_scaffolds_python_and_javascript_plugins_that_build_and_check() {
+    // The pinned tools the tests' own plugins were built with (tests/artifacts
+    // runs each SDK's build-plugin): the same versions the templates pin, so
+    // the templates' builds run offline here.
+    let _built = (baton_test_plugins::COUNTER_PY, baton_test_plugins::COUNTER_JS);
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lang");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let at = dir.path().to_str().expect("path");
+    for (lang, name, tool_link, build) in [
+        ("python", "hello-py", (".venv", "python/venv"), vec!["./build.sh"]),
+        (
+            "js",
+            "hello-js",
+            ("node_modules", "js/node_modules"),
+            vec!["npm", "run", "build"],
+        ),
+    ] {
+        let output = baton(&["new", name, "--lang", lang, "--dir", at]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let root = dir.path().join(name);
+        assert!(
+            root.join("wit/plugin.wit").exists(),
+            "{lang}: the WIT is written into the project"
+        );
+        std::os::unix::fs::symlink(tools.join(tool_link.1), root.join(tool_link.0)).expect("link the tools");
+        let output = Command::new(build[0])
+            .args(&build[1..])
+            .current_dir(&root)
+            .output()
+            .expect("build");
+        assert!(
+            output.status.success(),
+            "the {lang} scaffold builds as is: {}{}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        let wasm = root.join(format!("{name}.wasm"));
+        let output = baton(&["check", wasm.to_str().expect("path")]);
+        assert!(output.status.success(), "{lang}: {}", text(&output.stderr));
+        let report = text(&output.stdout);
+        assert!(
+            report.contains("baton:plugin/tenant") && !report.contains("baton:plugin/sql"),
+            "{lang}: built against plugin-no-sql: {report}"
+        );
+    }
+    assert_eq!(
+        baton(&["new", "x", "--lang", "python", "--sdk", "/tmp", "--dir", at])
+            .status
+            .code(),
+        Some(1),
+        "--sdk is for Rust"
+    );
 }

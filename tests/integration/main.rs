@@ -13,6 +13,7 @@ mod durability;
 mod fixtures;
 mod hot_swap;
 mod isolation;
+mod languages;
 mod layering;
 mod limits;
 mod operations;

@@ -23,6 +23,10 @@ pub use baton::config::Config;
 /// How long any single expectation may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// How long a deploy may take: a Python or JavaScript component (12-18 MB)
+/// compiles for 10-30 s on two busy cores.
+pub const COMPILE_DEADLINE: Duration = Duration::from_secs(240);
+
 /// A host running in this process.
 pub struct TestHost {
     pub clients: SocketAddr,
@@ -199,7 +203,7 @@ impl TestHost {
 
     /// Waits until `name` has a current version; returns its generation.
     pub async fn wait_current(&self, name: &str) -> u64 {
-        wait_for(&format!("{name} is deployed"), async || {
+        wait_for_within(COMPILE_DEADLINE, &format!("{name} is deployed"), async || {
             assert!(
                 !self.task.as_ref().is_some_and(JoinHandle::is_finished),
                 "the host exited while starting"
@@ -216,14 +220,18 @@ impl TestHost {
 
     /// Waits until the current generation of `name` is above `generation`.
     pub async fn wait_generation_above(&self, name: &str, generation: u64) -> PluginView {
-        wait_for(&format!("{name} gets a generation above {generation}"), async || {
-            let plugin = self.plugin(name).await;
-            plugin
-                .current
-                .as_ref()
-                .is_some_and(|c| c.generation > generation)
-                .then_some(plugin)
-        })
+        wait_for_within(
+            COMPILE_DEADLINE,
+            &format!("{name} gets a generation above {generation}"),
+            async || {
+                let plugin = self.plugin(name).await;
+                plugin
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.generation > generation)
+                    .then_some(plugin)
+            },
+        )
         .await
     }
 }
@@ -256,8 +264,13 @@ pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 }
 
 /// Waits until `probe` returns something, failing the test after [`DEADLINE`].
-pub async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+pub async fn wait_for<T>(what: &str, probe: impl AsyncFnMut() -> Option<T>) -> T {
+    wait_for_within(DEADLINE, what, probe).await
+}
+
+/// Waits until `probe` returns something, failing the test after `limit`.
+pub async fn wait_for_within<T>(limit: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(found) = probe().await {
             return found;

@@ -156,15 +156,19 @@ enum Command {
         #[command(subcommand)]
         command: tenant::TenantCommand,
     },
-    /// Create a plugin crate that uses the SDK and builds as is.
+    /// Create a plugin project that builds as is: the SDK and the WIT of
+    /// this baton are written into it, the build tools pinned.
     New {
         /// The plugin's name.
         name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
         /// Where to create it [default: the current folder].
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
-        /// The baton SDK to depend on [default: $BATON_SDK, else the one this
-        /// binary was built with].
+        /// Rust only: depend on this baton SDK (the sdk/ folder of a
+        /// checkout) instead of the copy written into the crate.
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
@@ -249,7 +253,7 @@ pub fn main() -> ExitCode {
             against: None,
             admin: _,
         } => check(&file).map(|report| println!("{report}")),
-        Command::New { name, dir, sdk } => new(&name, &dir, sdk),
+        Command::New { name, lang, dir, sdk } => new(&name, &dir, lang, sdk),
         command => block_on(async move {
             match command {
                 Command::Deploy {
@@ -711,12 +715,15 @@ async fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> Result<()> {
     Ok(())
 }
 
-fn new(name: &str, dir: &Path, sdk: Option<PathBuf>) -> Result<()> {
-    let sdk = scaffold::sdk_path(sdk)?;
-    let root = scaffold::create(name, dir, &sdk)?;
+fn new(name: &str, dir: &Path, lang: scaffold::Lang, sdk: Option<PathBuf>) -> Result<()> {
+    if sdk.is_some() && lang != scaffold::Lang::Rust {
+        bail!("--sdk is for Rust plugins");
+    }
+    let root = scaffold::create(name, dir, lang, sdk)?;
     println!(
-        "created {}; build it with `cargo build --release` there (see its README.md)",
-        root.display()
+        "created {}; {} (see its README.md)",
+        root.display(),
+        scaffold::next_step(lang)
     );
     Ok(())
 }
