@@ -33,6 +33,7 @@ pub async fn run(report: &mut Report, scale: Scale) -> Result<()> {
             id: VersionId::of(&bytes),
             generation: 1,
             pre: runtime.prepare(&component)?,
+            seats: runtime.seats_for(&component)?,
             settings: PluginSettings::default(),
             limits: Limits::default(),
             origin: Origin::Compiled,
