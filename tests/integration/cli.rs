@@ -166,7 +166,16 @@ async fn deploy_status_and_rollback_against_a_running_host() {
         "{}",
         text(&output.stdout)
     );
-    assert_eq!(host.plugin("counter").await.current.map(|c| c.generation), Some(2));
+    let current = host.plugin("counter").await.current.expect("current");
+    assert_eq!(current.generation, 2);
+    // Compiled once: by the host's check before the file was placed (no
+    // local compile), then loaded from its artifact cache.
+    assert_eq!(current.origin, baton::admin::Origin::Cache, "{current:?}");
+    assert!(
+        text(&output.stderr).contains("checked by the host"),
+        "{}",
+        text(&output.stderr)
+    );
 
     let output = baton_async(&["status", "--admin", &admin]).await;
     assert!(output.status.success(), "{}", text(&output.stderr));

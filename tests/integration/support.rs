@@ -301,10 +301,15 @@ impl Client {
 
     /// The next data or close message (pings and pongs skipped).
     pub async fn recv(&mut self) -> Result<Message> {
+        self.recv_within(DEADLINE).await
+    }
+
+    /// The next data or close message, within `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Result<Message> {
         loop {
-            let next = tokio::time::timeout(DEADLINE, self.ws.next())
+            let next = tokio::time::timeout(limit, self.ws.next())
                 .await
-                .map_err(|_| anyhow!("no message within {DEADLINE:?}"))?;
+                .map_err(|_| anyhow!("no message within {limit:?}"))?;
             match next {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(message)) => return Ok(message),

@@ -31,6 +31,9 @@
 //!   /api/plugins/{name}/pins/{tenant}`, `POST /api/plugins/{name}/check`,
 //!   `GET /api/audit`, `GET /api/tenants/{tenant}`: rollouts, pins, dry
 //!   runs, the audit log and a tenant's usage (`rollouts.rs`);
+//! - `POST /api/check?name=NAME` (body: a `.wasm` file): what `baton deploy`
+//!   asks before it places a file: the deploy's checks, its compile cached
+//!   (`rollouts.rs`);
 //! - `POST /api/upgrade` (body `{"binary": "/path"}`, optional): hands every
 //!   listener, session and tenant to a new baton process (see
 //!   `crate::handover`); answers once the new process serves, with an
@@ -173,6 +176,7 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
         (&Method::DELETE, ["api", "plugins", name, "pins", tenant]) => {
             rollouts::unpin(admin, name, tenant, &caller).await
         }
+        (&Method::POST, ["api", "check"]) => rollouts::vet(admin, request).await,
         (&Method::POST, ["api", "plugins", name, "check"]) => {
             let name = name.to_string();
             rollouts::check(admin, &name, request).await

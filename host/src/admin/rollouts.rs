@@ -10,6 +10,8 @@
 //! - `PUT /api/plugins/{name}/pins/{tenant}` (body `{"version": "…"}`,
 //!   optional: a hash, its first digits, or a generation),
 //!   `DELETE /api/plugins/{name}/pins/{tenant}`: pins;
+//! - `POST /api/check?name=NAME` (body: a `.wasm` file): the checks a deploy
+//!   makes, for `baton deploy` before it places the file;
 //! - `POST /api/plugins/{name}/check` (body: a `.wasm` file): a dry run on
 //!   the live state of the plugin's tenants, switching nobody;
 //! - `GET /api/audit[?since=N&limit=M]`: the audit log, oldest first: the
@@ -103,6 +105,33 @@ pub(super) async fn unpin(admin: &Admin, name: &str, tenant: &str, caller: &Call
     }
 }
 
+/// `POST /api/check?name=NAME` (body: a `.wasm` file): the checks a deploy
+/// of it as `NAME` makes, without activating it; its compile is cached.
+pub(super) async fn vet(admin: &Admin, request: Request<Incoming>) -> Answer {
+    let name = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|p| p.strip_prefix("name="))
+        .map(str::to_owned)
+        .ok_or_else(|| Rejection::BadRequest("name the plugin: ?name=NAME".into()))?;
+    let bytes = read_body(request, admin.max_file_bytes).await?;
+    let vetted = admin.deployer.vet(&name, bytes.to_vec()).await.map_err(file_fault)?;
+    Ok(json(&vetted))
+}
+
+/// A deploy error about a file sent to be checked: the file's fault is a
+/// bad request, not the host's.
+fn file_fault(error: DeployError) -> Rejection {
+    match error {
+        DeployError::Load(_) | DeployError::Init(_) | DeployError::Settings { .. } | DeployError::TooLarge { .. } => {
+            Rejection::BadRequest(error.to_string())
+        }
+        other => other.into(),
+    }
+}
+
 pub(super) async fn check(admin: &Admin, name: &str, request: Request<Incoming>) -> Answer {
     let max = admin.max_file_bytes;
     let bytes = read_body(request, max).await?;
@@ -110,14 +139,7 @@ pub(super) async fn check(admin: &Admin, name: &str, request: Request<Incoming>)
         .deployer
         .check_against(name, bytes.to_vec())
         .await
-        .map_err(|e| match e {
-            // The file's fault, not the host's.
-            DeployError::Load(_)
-            | DeployError::Init(_)
-            | DeployError::Settings { .. }
-            | DeployError::TooLarge { .. } => Rejection::BadRequest(e.to_string()),
-            other => other.into(),
-        })?;
+        .map_err(file_fault)?;
     Ok(json(&report))
 }
 

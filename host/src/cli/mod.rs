@@ -450,14 +450,29 @@ async fn deploy(
     let hash = VersionId::of(&bytes).hex();
     let client = admin.client()?;
     let answer = client.request("GET", &format!("/api/plugins/{name}")).await;
-    // A running host checks the file as it loads it, compiling it once (a
-    // Python plugin takes 10-20 s), and this waits for its verdict. With no
-    // host to answer, or no wait for one, it is checked here.
-    if answer.is_err() || wait == 0 {
+    // Only a file that passes the deploy's checks reaches the folder. A
+    // running host makes them (`POST /api/check`): it compiles the file once
+    // (a Python plugin takes 10-20 s) into its artifact cache, where the
+    // deploy then finds it. With no host to answer, they are made here.
+    if answer.is_ok() {
+        let (status, body) = client
+            .send_bytes("POST", &format!("/api/check?name={name}"), bytes.clone())
+            .await?;
+        match status {
+            200 => eprintln!(
+                "{}: a valid baton plugin (sha256 {hash}), checked by the host",
+                file.display()
+            ),
+            400 => bail!("{} is not a valid baton plugin: {}", file.display(), error_text(&body)),
+            _ => bail!(
+                "the host could not check {}: {status}: {}",
+                file.display(),
+                error_text(&body)
+            ),
+        }
+    } else {
         let report = check(file)?;
         eprintln!("{}", report.lines().next().unwrap_or_default());
-    } else {
-        eprintln!("{}: sha256 {hash}; the host checks it", file.display());
     }
     let before: Option<PluginView> = match answer {
         Ok((200, body)) => serde_json::from_value(body).ok(),

@@ -1,6 +1,7 @@
 //! Dry runs: a version tried on the live state of a plugin's tenants without
 //! switching anyone (`baton check FILE --against NAME`, and before every
-//! step of a rollout).
+//! step of a rollout); and a file vetted before `baton deploy` places it
+//! ([`Deployer::vet`]).
 //!
 //! Each tenant with a task exports the state of its live (or hibernated)
 //! instance, and a scratch instance of the version runs `init` and
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::deploy::{DeployError, Deployer, DryRun, InterfaceDiff, TenantTrial};
+use crate::deploy::{DeployError, Deployer, DryRun, InterfaceDiff, TenantTrial, Vetted};
 use crate::registry::PluginEntry;
 use crate::tenant::{Command, Trial};
 use crate::version::{Version, VersionId};
@@ -79,6 +80,50 @@ impl Deployer {
         }
     }
 
+    /// `baton deploy`, before it places a file: checks `bytes` as a version
+    /// of `name` with the settings of the deploy folder, as the deploy will
+    /// (compile, link, `init` in a fresh instance), without activating it.
+    /// The compile lands in the artifact cache, so the deploy that follows
+    /// loads it instead of compiling again. Returns its interface.
+    pub async fn vet(&self, name: &str, bytes: Vec<u8>) -> Result<Vetted, DeployError> {
+        if !crate::names::is_plugin(name) {
+            return Err(DeployError::Invalid(format!("{name:?} is not a plugin name")));
+        }
+        let max = self.config.swap.max_file_mib << 20;
+        if bytes.len() as u64 > max {
+            return Err(DeployError::TooLarge {
+                path: format!("{name}.wasm").into(),
+                size: bytes.len() as u64,
+                max,
+            });
+        }
+        let settings_path = self.config.deploy_dir.join(format!("{name}.toml"));
+        let settings_text = match tokio::fs::read_to_string(&settings_path).await {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(DeployError::Read {
+                    path: settings_path,
+                    source,
+                });
+            }
+        };
+        let settings =
+            crate::config::PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
+                path: settings_path,
+                message,
+            })?;
+        let id = VersionId::of(&bytes);
+        let candidate = self.prepare(name, id, Some(bytes), settings, settings_text, 0).await?;
+        let (imports, exports) = self.runtime.interface(candidate.version.pre.instance_pre().component());
+        Ok(Vetted {
+            hash: id.hex(),
+            seats: candidate.version.seats,
+            imports: imports.into_iter().collect(),
+            exports: exports.into_iter().collect(),
+        })
+    }
+
     /// `baton check FILE --against NAME`: checks `bytes` as a version of
     /// `name` (compiled once: a deploy of the same file later loads it from
     /// the cache) with the plugin's current settings, tries it on the live
@@ -103,7 +148,7 @@ impl Deployer {
         // refused: the check is about the file.
         let mut lenient = settings.clone();
         lenient.capabilities.sql |= self.config.storage.postgres_url.is_some();
-        let candidate = self.prepare(&entry, id, Some(bytes), lenient, settings_text, 0).await?;
+        let candidate = self.prepare(name, id, Some(bytes), lenient, settings_text, 0).await?;
         let tenants: Vec<String> = self
             .tenants
             .of_plugin(name)

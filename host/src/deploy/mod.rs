@@ -59,7 +59,7 @@ use crate::runtime::{LoadError, Runtime};
 use crate::tenant::{Report, TenantShared, Tenants};
 use crate::version::{Build, Origin, Version, VersionId};
 use artifacts::{Artifacts, CanaryRecord, History, KeptVersion};
-pub use outcome::{DeployError, DryRun, InterfaceDiff, Outcome, TenantTrial};
+pub use outcome::{DeployError, DryRun, InterfaceDiff, Outcome, TenantTrial, Vetted};
 
 /// A change of what is deployed from the deploy folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl Deployer {
         })?;
         let generation = entry.next_generation();
         let candidate = self
-            .prepare(entry, id, Some(bytes), settings, settings_text, generation)
+            .prepare(&entry.name, id, Some(bytes), settings, settings_text, generation)
             .await?;
         Ok(self.place(entry, candidate, Activation::Deploy, "deploy folder").await)
     }
@@ -287,7 +287,7 @@ impl Deployer {
     /// Compiles (or loads from cache), links, and checks `init`.
     async fn prepare(
         &self,
-        entry: &PluginEntry,
+        name: &str,
         id: VersionId,
         bytes: Option<Vec<u8>>,
         settings: PluginSettings,
@@ -298,15 +298,14 @@ impl Deployer {
             .config
             .plugin_limits(&settings)
             .map_err(|message| DeployError::Settings {
-                path: PathBuf::from(format!("{}.toml", entry.name)),
+                path: PathBuf::from(format!("{}.toml", name)),
                 message,
             })?;
         let started = Instant::now();
         let (component, origin) = self.compiled(id, bytes).await?;
         let load_time = started.elapsed();
         if origin == Origin::Compiled {
-            metrics::histogram!("baton_compile_seconds", "plugin" => entry.name.clone())
-                .record(load_time.as_secs_f64());
+            metrics::histogram!("baton_compile_seconds", "plugin" => name.to_owned()).record(load_time.as_secs_f64());
         }
         if self.runtime.imports(&component, "baton:plugin/sql") {
             let missing = if !settings.capabilities.sql {
@@ -318,7 +317,7 @@ impl Deployer {
             };
             if let Some(message) = missing {
                 return Err(DeployError::Settings {
-                    path: PathBuf::from(format!("{}.toml", entry.name)),
+                    path: PathBuf::from(format!("{}.toml", name)),
                     message: message.into(),
                 });
             }
@@ -335,7 +334,7 @@ impl Deployer {
         }
         let build = Build {
             seats,
-            plugin: entry.name.clone(),
+            plugin: name.to_owned(),
             id,
             generation,
             pre,
@@ -347,7 +346,7 @@ impl Deployer {
         let drain = std::time::Duration::from_secs(self.config.swap.drain_deadline_secs);
         let version = Arc::new(Version::new(build, drain, self.runtime.ticker().clone()));
         // `init` must succeed in a fresh instance before anyone is moved.
-        let check = TenantShared::for_check(&entry.name);
+        let check = TenantShared::for_check(name);
         drop(Instance::start(version.clone(), check, Arc::new(limits), 0).await?);
         Ok(Candidate { version, settings_text })
     }
@@ -499,7 +498,7 @@ impl Deployer {
         })?;
         let generation = entry.next_generation();
         let candidate = self
-            .prepare(entry, id, None, settings, target.settings.clone(), generation)
+            .prepare(&entry.name, id, None, settings, target.settings.clone(), generation)
             .await?;
         let outcome = self.activate(entry, candidate, activation);
         tracing::warn!(plugin = %entry.name, ?activation, ?outcome, "rolled back");
@@ -720,7 +719,7 @@ impl Deployer {
             message,
         })?;
         let candidate = self
-            .prepare(&entry, id, None, settings, settings_text, generation)
+            .prepare(&entry.name, id, None, settings, settings_text, generation)
             .await?;
         match current {
             true => entry.adopt(Some(candidate.version.clone()), Vec::new(), None),

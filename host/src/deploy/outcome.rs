@@ -115,6 +115,19 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// A file the host checked for `baton deploy` ([`crate::deploy::Deployer::vet`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vetted {
+    /// The file's SHA-256 (hex).
+    pub hash: String,
+    /// Seats of the instance pool one of its instances takes.
+    pub seats: u32,
+    /// What it imports.
+    pub imports: Vec<String>,
+    /// What it exports.
+    pub exports: Vec<String>,
+}
+
 /// What a dry run found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DryRun {

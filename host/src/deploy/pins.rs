@@ -137,7 +137,14 @@ impl Deployer {
                 message,
             })?;
         let candidate = self
-            .prepare(entry, id, None, settings, record.settings.clone(), record.generation)
+            .prepare(
+                &entry.name,
+                id,
+                None,
+                settings,
+                record.settings.clone(),
+                record.generation,
+            )
             .await?;
         entry.add_live(&candidate.version);
         Ok(candidate.version)
