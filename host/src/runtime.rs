@@ -153,7 +153,7 @@ impl Runtime {
         let newer: Vec<&str> = imports
             .iter()
             .map(String::as_str)
-            .filter(|name| name.starts_with("baton:plugin/") && !name.ends_with(WIT_VERSION))
+            .filter(|name| name.starts_with("baton:plugin/") && !name.ends_with(&format!("@{WIT_VERSION}")))
             .filter(|name| message.contains(*name))
             .collect();
         let mut why = String::new();

@@ -110,9 +110,11 @@ async fn latency(report: &mut Report) -> Result<()> {
                  {per_tenant_us} µs of CPU per tenant on {cores} cores: export-state, a fresh instance and its \
                  `init` (the instance-creation figure below), import-state, and releasing the old instance. \
                  Tenants migrate in parallel on the socket workers, so the figure divides by the cores. \
-                 Tried and measured worse: copy-on-write memory images (60 ms: their mmaps contend for \
-                 the process's memory-map lock) and keeping 64 KiB of each freed slot resident (37 ms, and \
-                 hibernated tenants 3× larger). What would close it: preparing the new instances (with \
+                 Initial memories are mapped copy-on-write (so that Python and JavaScript tenants share \
+                 their images: see \"Plugins in Rust, Python and JavaScript\"); each instance's mmap takes \
+                 the process's memory-map lock, and copying instead migrated 1,000 of these small tenants \
+                 in 44-50 ms. Tried and measured worse: keeping 64 KiB of each freed slot resident (37 ms \
+                 when copying, and hibernated tenants 3× larger). What would close it: preparing the new instances (with \
                  `init` run) between the check and the activation, so that a migration is export, import \
                  and a switch (it needs a second pool slot per tenant meanwhile), or instantiating from a \
                  snapshot taken after `init` (Wizer-style) instead of running `init` per tenant."

@@ -116,15 +116,24 @@ pub(super) async fn vet(admin: &Admin, request: Request<Incoming>) -> Answer {
         .find_map(|p| p.strip_prefix("name="))
         .map(str::to_owned)
         .ok_or_else(|| Rejection::BadRequest("name the plugin: ?name=NAME".into()))?;
+    if !crate::names::is_plugin(&name) {
+        return Err(Rejection::BadRequest(format!("{name:?} is not a plugin name")));
+    }
     let bytes = read_body(request, admin.max_file_bytes).await?;
     let vetted = admin.deployer.vet(&name, bytes.to_vec()).await.map_err(file_fault)?;
     Ok(json(&vetted))
 }
 
 /// A deploy error about a file sent to be checked: the file's fault is a
-/// bad request, not the host's.
+/// bad request (400); the host's (no room for the check, no compiler
+/// process, shutting down) is 503, so that `baton deploy` never calls a
+/// good file bad because the host was busy.
 fn file_fault(error: DeployError) -> Rejection {
+    use crate::instance::StartError;
+    use crate::runtime::LoadError;
     match error {
+        DeployError::Load(LoadError::Spawn(_) | LoadError::Compiler(_))
+        | DeployError::Init(StartError::Capacity(_)) => Rejection::Unavailable(error.to_string()),
         DeployError::Load(_) | DeployError::Init(_) | DeployError::Settings { .. } | DeployError::TooLarge { .. } => {
             Rejection::BadRequest(error.to_string())
         }

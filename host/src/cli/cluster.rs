@@ -35,17 +35,17 @@ pub(super) async fn drain(node: Option<String>, admin: &AdminArgs) -> Result<()>
         bail!("cannot drain: {}", error_text(&body));
     }
     let drained: crate::admin::DrainView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "drained {}: {} tenants moved, {} stay",
         drained.node,
         drained.moved.len(),
         drained.failed.len()
     );
     for (tenant, to) in &drained.moved {
-        println!("  {tenant} -> {to}");
+        out!("  {tenant} -> {to}");
     }
     for (tenant, why) in &drained.failed {
-        println!("  {tenant} stays: {why}");
+        out!("  {tenant} stays: {why}");
     }
     if !drained.failed.is_empty() {
         bail!("{} tenants could not move", drained.failed.len());
@@ -71,13 +71,13 @@ pub(super) async fn on_other_nodes(
     for node in cluster.nodes.iter().filter(|n| n.name != cluster.node) {
         let other = AdminClient::new(&format!("http://{}", node.admin_addr), token.clone())?;
         match other.send(method, path, body).await {
-            Ok((200, _)) => println!("  node {}: done", node.name),
+            Ok((200, _)) => out!("  node {}: done", node.name),
             Ok((_, answer)) => {
-                println!("  node {}: {}", node.name, error_text(&answer));
+                out!("  node {}: {}", node.name, error_text(&answer));
                 failed.push(node.name.clone());
             }
             Err(e) => {
-                println!("  node {}: unreachable: {e:#}", node.name);
+                out!("  node {}: unreachable: {e:#}", node.name);
                 failed.push(node.name.clone());
             }
         }
@@ -115,9 +115,9 @@ pub(super) async fn wait_for_nodes(
     for node in cluster.nodes.iter().filter(|n| n.name != cluster.node) {
         let other = AdminClient::new(&format!("http://{}", node.admin_addr), token.clone())?;
         match node_verdict(&other, name, hash, since_ms, deadline).await {
-            Ok(generation) => println!("  node {}: active, generation {generation}", node.name),
+            Ok(generation) => out!("  node {}: active, generation {generation}", node.name),
             Err(why) => {
-                println!("  node {}: {why}", node.name);
+                out!("  node {}: {why}", node.name);
                 failed.push(node.name.clone());
             }
         }

@@ -4,6 +4,17 @@
 //! `new` scaffolds a plugin crate. Errors go to stderr and the exit code is 0
 //! only on success.
 
+/// `println!` for a command's output: a closed stdout ends the command
+/// quietly ([`write_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*), true) };
+}
+
+/// `print!` for a command's output (see [`out!`]).
+macro_rules! out_raw {
+    ($($arg:tt)*) => { $crate::cli::write_out(format_args!($($arg)*), false) };
+}
+
 mod admin_client;
 mod cluster;
 mod rollout;
@@ -236,9 +247,6 @@ impl ServeArgs {
 /// Runs the command line; the exit code is 0 only on success.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::CompileWorker { .. }) {
-        end_quietly_on_a_closed_pipe();
-    }
     let result = match cli.command {
         Command::Serve(args) => return serve(args),
         Command::CompileWorker {
@@ -252,7 +260,7 @@ pub fn main() -> ExitCode {
             file,
             against: None,
             admin: _,
-        } => check(&file).map(|report| println!("{report}")),
+        } => check(&file).map(|report| out!("{report}")),
         Command::New { name, lang, dir, sdk } => new(&name, &dir, lang, sdk),
         command => block_on(async move {
             match command {
@@ -300,17 +308,24 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// A command's output may go to a pipe whose reader leaves early
-/// (`baton check FILE | head`): the command then ends quietly, as other
-/// command-line tools do, instead of panicking in `println!` (Rust ignores
-/// SIGPIPE, so writes fail instead). Not for `serve`, where a client's closed
-/// socket must only fail that write.
-fn end_quietly_on_a_closed_pipe() {
-    // SAFETY: sets a signal's disposition to the default, before any other
-    // thread of this process exists; no handler runs Rust code.
-    #[expect(unsafe_code, reason = "no safe wrapper restores a signal's default disposition")]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+/// Writes a line of a command's output (`out!`, like `println!`). Its
+/// reader may leave early (`baton check FILE | head`): the command then ends
+/// at once, quietly, with the shell's code for a closed pipe (141), instead
+/// of panicking as `println!` does. (SIGPIPE stays ignored: a command's
+/// socket to the host must fail a write, not kill the command.)
+fn write_out(text: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(text)
+        .and_then(|()| if newline { stdout.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
     }
 }
 
@@ -343,7 +358,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     if args.print_config {
-        print!("{}", config.to_toml());
+        out_raw!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
@@ -486,14 +501,14 @@ async fn deploy(
     let target = deploy_dir.join(format!("{name}.wasm"));
     crate::deploy::artifacts::write_atomically(&target, &bytes)
         .with_context(|| format!("cannot write {}", target.display()))?;
-    println!("placed {} as {}", file.display(), target.display());
+    out!("placed {} as {}", file.display(), target.display());
     if wait == 0 {
         return Ok(());
     }
     let rollout_before = before.as_ref().and_then(|p| p.rollout.clone());
     let before = before.and_then(|p| p.current);
     if before.as_ref().is_some_and(|v| v.hash == hash) {
-        println!("{name}: this file is already the current version");
+        out!("{name}: this file is already the current version");
         return Ok(());
     }
     let waited = Activation {
@@ -532,7 +547,7 @@ impl Activation<'_> {
         loop {
             match client.request("GET", &format!("/api/plugins/{name}")).await {
                 Err(e) => {
-                    println!(
+                    out!(
                         "no host confirmed it ({e:#}); the next host to start on {} loads it",
                         deploy_dir.display()
                     );
@@ -545,7 +560,7 @@ impl Activation<'_> {
                         .rollout
                         .filter(|r| self.canary && r.hash == self.hash && r.generation > self.after_generation)
                     {
-                        println!(
+                        out!(
                             "{name}: canary, version {} generation {} for {} ({} tenants now); `baton promote {name}` \
                              moves everyone, `baton rollback {name}` ends it",
                             rollout.short,
@@ -556,9 +571,10 @@ impl Activation<'_> {
                         return Ok(true);
                     }
                     if let Some(current) = plugin.current.filter(activated) {
-                        println!(
+                        out!(
                             "{name}: active, version {} generation {}",
-                            current.short, current.generation
+                            current.short,
+                            current.generation
                         );
                         return Ok(true);
                     }
@@ -581,14 +597,18 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
     let client = admin.client()?;
     if json {
         let status: serde_json::Value = client.get("/api/status").await?;
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        out!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
     let status: StatusView = client.get("/api/status").await?;
     let totals = &status.totals;
-    println!(
+    out!(
         "baton {} (pid {}): {} plugins, {} tenants, {} sessions\n",
-        status.host.version, status.host.pid, totals.plugins, totals.tenants, totals.sessions
+        status.host.version,
+        status.host.pid,
+        totals.plugins,
+        totals.tenants,
+        totals.sessions
     );
     let mut rows = vec![
         ["PLUGIN", "VERSION", "GEN", "LIVE", "TENANTS", "SESSIONS", "LAST ERROR"]
@@ -610,10 +630,10 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
                 .map_or("-".into(), |e| one_line(&e.error, 60)),
         ]);
     }
-    print!("{}", table(&rows));
+    out_raw!("{}", table(&rows));
     for plugin in &status.plugins {
         if let Some(rollout) = &plugin.rollout {
-            println!(
+            out!(
                 "\n{}: rollout of version {} (generation {}) to {}{}: {} tenants on it",
                 plugin.name,
                 rollout.short,
@@ -624,9 +644,12 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
             );
         }
         for pin in &plugin.pins {
-            println!(
+            out!(
                 "{}: {} pinned to version {} (generation {})",
-                plugin.name, pin.tenant, pin.short, pin.generation
+                plugin.name,
+                pin.tenant,
+                pin.short,
+                pin.generation
             );
         }
     }
@@ -636,7 +659,7 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
             (true, true) => "fenced: serving none of its tenants",
             (true, false) => "connected",
         };
-        println!(
+        out!(
             "\ncluster: this is node {} ({health}); {} live nodes",
             cluster.node,
             cluster.nodes.len()
@@ -655,12 +678,12 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
                 node.owned.to_string(),
             ]);
         }
-        print!("{}", table(&rows));
+        out_raw!("{}", table(&rows));
     }
     if !status.events.is_empty() {
-        println!("\nrecent events (newest first):");
+        out!("\nrecent events (newest first):");
         for event in status.events.iter().take(10) {
-            println!(
+            out!(
                 "  {}  {:<12} {:<16} {:<12} {}",
                 clock(event.at_ms),
                 event.plugin,
@@ -685,7 +708,7 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
         bail!("cannot roll back {name}: {}", error_text(&body));
     }
     let rolled: RollbackView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "{name}: rolled back to version {} (generation {})",
         rolled.version.as_deref().unwrap_or("?"),
         rolled.generation.map_or("?".into(), |g| g.to_string())
@@ -693,7 +716,7 @@ async fn rollback(name: &str, admin: &AdminArgs) -> Result<()> {
     if let Some(rollout) = rollout {
         // A rollout ended: its tenants went back on this node; the other
         // nodes end theirs too.
-        println!("{name}: the rollout of version {} ended", rollout.short);
+        out!("{name}: the rollout of version {} ended", rollout.short);
         let path = format!("/api/plugins/{name}/rollback?rollout={}", rollout.hash);
         return cluster::on_other_nodes(&client, admin.token.clone(), "POST", &path, None).await;
     }
@@ -716,7 +739,7 @@ async fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> Result<()> {
         bail!("upgrade failed, the running host serves on: {}", error_text(&body));
     }
     let done: UpgradeView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "upgraded: baton {} (pid {}) handed {} sessions of {} tenants to baton {} (pid {}) in {} ms ({} ms without accepting)",
         done.from.version,
         done.from.pid,
@@ -735,7 +758,7 @@ fn new(name: &str, dir: &Path, lang: scaffold::Lang, sdk: Option<PathBuf>) -> Re
         bail!("--sdk is for Rust plugins");
     }
     let root = scaffold::create(name, dir, lang, sdk)?;
-    println!(
+    out!(
         "created {}; {} (see its README.md)",
         root.display(),
         scaffold::next_step(lang)

@@ -125,7 +125,7 @@ pub(super) async fn promote(name: &str, admin: &AdminArgs) -> Result<()> {
         bail!("cannot promote {name}: {}", error_text(&body));
     }
     let view: RollbackView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "{name}: promoted, version {} generation {} for every tenant",
         view.version.as_deref().unwrap_or("?"),
         view.generation.map_or("?".into(), |g| g.to_string())
@@ -145,9 +145,10 @@ pub(super) async fn pin(name: &str, tenant: &str, version: Option<String>, admin
         bail!("cannot pin {tenant} on {name}: {}", error_text(&body));
     }
     let pin: PinView = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "{name}: {tenant} pinned to version {} (generation {})",
-        pin.short, pin.generation
+        pin.short,
+        pin.generation
     );
     // The same version (by hash) on every node: generations differ per node.
     let body = serde_json::json!({ "version": pin.hash });
@@ -164,7 +165,7 @@ pub(super) async fn unpin(name: &str, tenant: &str, admin: &AdminArgs) -> Result
     if status != 200 {
         bail!("cannot unpin {tenant} on {name}: {}", error_text(&body));
     }
-    println!("{name}: {tenant} follows deploys again");
+    out!("{name}: {tenant} follows deploys again");
     let path = format!("/api/plugins/{name}/pins/{tenant}");
     super::cluster::on_other_nodes(&admin.client()?, admin.token.clone(), "DELETE", &path, None).await
 }
@@ -181,15 +182,15 @@ pub(super) async fn check_against(file: &Path, name: &str, admin: &AdminArgs) ->
         bail!("{}: {}", file.display(), error_text(&body));
     }
     let report: DryRun = serde_json::from_value(body).context("admin API: unexpected answer")?;
-    println!(
+    out!(
         "{}: tried as {name} on the live state of {} tenants (nobody switched)",
         file.display(),
         report.tenants.len()
     );
     for trial in &report.tenants {
         match trial.detail.is_empty() {
-            true => println!("  {:<24} {}", trial.tenant, trial.outcome),
-            false => println!("  {:<24} {}: {}", trial.tenant, trial.outcome, trial.detail),
+            true => out!("  {:<24} {}", trial.tenant, trial.outcome),
+            false => out!("  {:<24} {}: {}", trial.tenant, trial.outcome, trial.detail),
         }
     }
     if let Some(diff) = &report.interface {
@@ -202,10 +203,10 @@ pub(super) async fn check_against(file: &Path, name: &str, admin: &AdminArgs) ->
         ];
         let changes: Vec<_> = lists.iter().filter(|(_, l)| !l.is_empty()).collect();
         match changes.is_empty() {
-            true => println!("interface: as the current version's"),
+            true => out!("interface: as the current version's"),
             false => {
                 for (what, list) in changes {
-                    println!("{what}: {}", list.join(", "));
+                    out!("{what}: {}", list.join(", "));
                 }
             }
         }
@@ -229,7 +230,7 @@ pub(super) async fn audit(json: bool, since: Option<u64>, admin: &AdminArgs) -> 
     };
     let entries: Vec<AuditEntry> = admin.client()?.get(&path).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        out!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
     for e in &entries {
@@ -241,7 +242,7 @@ pub(super) async fn audit(json: bool, since: Option<u64>, admin: &AdminArgs) -> 
             true => String::new(),
             false => format!(" tenants {}", e.tenants.join(",")),
         };
-        println!(
+        out!(
             "{:>5} {} {:<14} {:<12} {:<12} {:<12} {}{}{}",
             e.seq,
             super::clock(e.at_ms),

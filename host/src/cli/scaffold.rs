@@ -172,6 +172,7 @@ pub fn next_step(lang: Lang) -> &'static str {
 
 fn rust(name: &str, sdk: Option<PathBuf>) -> Result<Vec<(String, String)>> {
     let crate_ident = name.replace('-', "_");
+    let carry_sdk = sdk.is_none();
     let sdk_dependency = match sdk {
         Some(path) => {
             let path = path
@@ -201,8 +202,10 @@ fn rust(name: &str, sdk: Option<PathBuf>) -> Result<Vec<(String, String)>> {
             README.replace("{name}", name).replace("{crate}", &crate_ident),
         ),
     ];
-    files.extend(carried(&[WIT]));
-    files.extend(carried(RUST_SDK));
+    if carry_sdk {
+        files.extend(carried(&[WIT]));
+        files.extend(carried(RUST_SDK));
+    }
     Ok(files)
 }
 
@@ -400,9 +403,15 @@ if ! cmp -s requirements.txt .venv/.requirements 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
     cp requirements.txt .venv/.requirements
 fi
-# componentize-py writes __pycache__ into what it reads: build from a copy.
+# componentize-py writes __pycache__ into what it reads: build from a copy
+# (app.py and the modules beside it; the SDK apart).
 rm -rf .build && mkdir -p .build/app .build/sdk
-cp -R app.py .build/app/
+for f in *; do
+    case $f in
+        wit | baton_sdk | *.wasm) ;;
+        *) cp -R "$f" .build/app/ ;;
+    esac
+done
 cp -R baton_sdk .build/sdk/
 (
     cd .build/app

@@ -52,7 +52,7 @@ pub(super) async fn run(command: TenantCommand) -> Result<()> {
                     std::fs::write(&path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
                     eprintln!("{tenant}: exported to {}", path.display());
                 }
-                None => println!("{text}"),
+                None => out!("{text}"),
             }
             Ok(())
         }
@@ -66,7 +66,7 @@ pub(super) async fn run(command: TenantCommand) -> Result<()> {
                 bail!("cannot delete {tenant}: {}", error_text(&body));
             }
             let deleted: Deleted = serde_json::from_value(body).context("admin API: unexpected answer")?;
-            println!(
+            out!(
                 "{tenant}: deleted ({} sessions closed; data of {})",
                 deleted.sessions_closed,
                 if deleted.plugins.is_empty() {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct RuntimeConfig {
     /// Seats of the instance pool: live instances it holds at most (tenant
     /// instances of every plugin and version, plus deploy checks). An
-    /// instance of a Rust plugin takes one seat; one of a larger component
-    /// takes one per 2 linear memories or 4 tables it has (a Python plugin
-    /// takes 4; `baton status` shows each version's). A reserve is kept free
+    /// instance takes one seat, or one per 2 linear memories or 4 tables its
+    /// component has when that is more (Rust, Python and JavaScript plugins
+    /// take one; `baton status --json` shows each version's). A reserve is kept free
     /// of tenants for migrations and deploy checks (see
     /// [`RuntimeConfig::reserved_instances`]); a new tenant beyond the rest
     /// gets 503. Default 1000.

@@ -98,6 +98,7 @@ impl Deployer {
             });
         }
         let settings_path = self.config.deploy_dir.join(format!("{name}.toml"));
+        super::refuse_links(&settings_path).await?;
         let settings_text = match tokio::fs::read_to_string(&settings_path).await {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

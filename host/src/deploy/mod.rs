@@ -324,12 +324,15 @@ impl Deployer {
         }
         let pre = self.runtime.prepare(&component)?;
         let seats = self.runtime.seats_for(&component)?;
-        let room = self.config.runtime.tenant_instances();
+        // Its tenants need the seats, and a migration to it or a deploy check
+        // of it needs them from the reserve.
+        let runtime = &self.config.runtime;
+        let room = runtime.tenant_instances().min(runtime.migrations_at_once());
         if seats as usize > room {
             return Err(DeployError::Load(LoadError::Pool(format!(
-                "one instance needs {seats} seats of the pool, and tenants have {room} \
-                 (runtime.max_instances = {})",
-                self.config.runtime.max_instances
+                "one instance needs {seats} seats of the pool, and a migration gets {room} \
+                 (runtime.max_instances = {}, runtime.migration_concurrency = {})",
+                runtime.max_instances, runtime.migration_concurrency
             ))));
         }
         let build = Build {
@@ -362,7 +365,7 @@ impl Deployer {
             .compiling
             .acquire()
             .await
-            .map_err(|_| DeployError::Load(LoadError::Compile("the host is shutting down".into())))?;
+            .map_err(|_| DeployError::Load(LoadError::Compiler("the host is shutting down".into())))?;
         let cached = self.artifacts.compiled_path(&id);
         if cached.exists() {
             let runtime = self.runtime.clone();

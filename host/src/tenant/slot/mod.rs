@@ -245,33 +245,47 @@ impl Slot {
         (version.seats as usize).saturating_sub(held) as u32
     }
 
-    /// Holds exactly the seats an instance of `version` takes: more are
-    /// taken if there is room, extra ones are given back.
+    /// Holds exactly the seats an instance of `version` takes.
     fn fit_seat(&mut self, version: &Version) -> Result<(), Failure> {
-        let wanted = version.seats as usize;
+        self.grow_seat(version)?;
+        self.shrink_seat(version);
+        Ok(())
+    }
+
+    /// Takes the seats an instance of `version` needs beyond those held, if
+    /// the pool has room.
+    fn grow_seat(&mut self, version: &Version) -> Result<(), Failure> {
         let missing = self.seats_missing(version);
-        if missing > 0 {
-            let more = self.env.seats.clone().try_acquire_many_owned(missing).map_err(|_| {
-                let runtime = &self.env.config.runtime;
-                Failure::Capacity {
-                    why: format!(
-                        "the instance pool is full: {} of its {} seats hold tenant instances \
-                         (runtime.max_instances = {}, {} kept for migrations and deploy checks; \
-                         an instance of this plugin takes {wanted})",
-                        runtime.tenant_instances() - self.env.seats.available_permits(),
-                        runtime.tenant_instances(),
-                        runtime.max_instances,
-                        runtime.reserved_instances()
-                    ),
-                }
-            })?;
-            self.give_seat(more);
-        } else if let Some(held) = &mut self.seat
+        if missing == 0 {
+            return Ok(());
+        }
+        let more = self.env.seats.clone().try_acquire_many_owned(missing).map_err(|_| {
+            let runtime = &self.env.config.runtime;
+            Failure::Capacity {
+                why: format!(
+                    "the instance pool is full: {} of its {} seats hold tenant instances \
+                     (runtime.max_instances = {}, {} kept for migrations and deploy checks; \
+                     an instance of this plugin takes {})",
+                    runtime.tenant_instances() - self.env.seats.available_permits(),
+                    runtime.tenant_instances(),
+                    runtime.max_instances,
+                    runtime.reserved_instances(),
+                    version.seats
+                ),
+            }
+        })?;
+        self.give_seat(more);
+        Ok(())
+    }
+
+    /// Gives back the seats held beyond what an instance of `version` takes.
+    fn shrink_seat(&mut self, version: &Version) {
+        let wanted = version.seats as usize;
+        if let Some(held) = &mut self.seat
             && held.num_permits() > wanted
         {
             drop(held.split(held.num_permits() - wanted));
         }
-        Ok(())
     }
 
     /// Starts (but does not install) the tenant's next instance of `version`.
@@ -463,39 +477,34 @@ impl Slot {
             Ok(Err(reason)) => return Err(Refusal::Stays(format!("export-state of {} refused: {reason}", from.id))),
             Err(trap) => return Err(Refusal::Trapped(trap)),
         };
-        // A version that takes more seats than the old one needs room now.
-        self.fit_seat(&target).map_err(|failure| match failure {
+        // A version that takes more seats than the old one needs them now;
+        // the old one keeps its own until it is replaced.
+        self.grow_seat(&target).map_err(|failure| match failure {
             Failure::Capacity { why } => Refusal::NoRoom(why),
             _ => Refusal::Stays("no seat".into()),
         })?;
-        let _permit = permits.acquire().await;
-        let mut fresh = match self.start(target.clone()).await {
-            Ok(fresh) => fresh,
-            Err(error) => {
-                let _ = self.fit_seat(&from);
-                return Err(match error {
-                    StartError::Capacity(why) => Refusal::NoRoom(why),
-                    error => Refusal::Stays(error.to_string()),
-                });
-            }
-        };
-        let moved = match fresh.import_state(&from.id.hex(), &state).await {
-            Ok(Ok(())) => {
+        // The reserve is counted in seats too (a version never takes more
+        // than it holds: see `deploy::Deployer::prepare`).
+        let _permits = permits.acquire_many(target.seats).await;
+        let moved = match self.start(target.clone()).await {
+            Ok(mut fresh) => match fresh.import_state(&from.id.hex(), &state).await {
                 // The switch and the schema change are one: a commit that
                 // fails keeps the tenant where it was.
-                fresh.commit_schema().await.map_err(Refusal::Stays)?;
-                self.install(fresh);
-                // One that takes fewer gives the rest back.
-                let _ = self.fit_seat(&target);
-                Ok(())
-            }
-            Ok(Err(reason)) => Err(Refusal::Stays(format!("import-state refused: {reason}"))),
-            Err(trap) => Err(Refusal::Stays(format!("import-state trapped: {trap}"))),
+                Ok(Ok(())) => match fresh.commit_schema().await {
+                    Ok(()) => {
+                        self.install(fresh);
+                        Ok(())
+                    }
+                    Err(reason) => Err(Refusal::Stays(reason)),
+                },
+                Ok(Err(reason)) => Err(Refusal::Stays(format!("import-state refused: {reason}"))),
+                Err(trap) => Err(Refusal::Stays(format!("import-state trapped: {trap}"))),
+            },
+            Err(StartError::Capacity(why)) => Err(Refusal::NoRoom(why)),
+            Err(error) => Err(Refusal::Stays(error.to_string())),
         };
-        if moved.is_err() {
-            // Seats taken for the new version go back.
-            let _ = self.fit_seat(&from);
-        }
+        // Whichever version runs now keeps its seats; the rest go back.
+        self.shrink_seat(if moved.is_ok() { &target } else { &from });
         moved
     }
 
