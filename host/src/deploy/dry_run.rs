@@ -99,16 +99,7 @@ impl Deployer {
         }
         let settings_path = self.config.deploy_dir.join(format!("{name}.toml"));
         super::refuse_links(&settings_path).await?;
-        let settings_text = match tokio::fs::read_to_string(&settings_path).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(DeployError::Read {
-                    path: settings_path,
-                    source,
-                });
-            }
-        };
+        let settings_text = super::read_settings(&settings_path).await?;
         let settings =
             crate::config::PluginSettings::parse(&settings_text).map_err(|message| DeployError::Settings {
                 path: settings_path,

@@ -61,6 +61,12 @@ use crate::version::{Build, Origin, Version, VersionId};
 use artifacts::{Artifacts, CanaryRecord, History, KeptVersion};
 pub use outcome::{DeployError, DryRun, InterfaceDiff, Outcome, TenantTrial, Vetted};
 
+/// Held while a plugin changes ([`Deployer::hold`]).
+struct Held {
+    _thawed: tokio::sync::OwnedRwLockReadGuard<()>,
+    _plugin: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// A change of what is deployed from the deploy folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
@@ -164,9 +170,18 @@ impl Deployer {
         }
     }
 
-    fn lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(name.to_owned()).or_default().clone()
+    /// Holds what a change of `name` needs: the deployer not frozen (see
+    /// `frozen`) and `name`'s lock (one change of a plugin at a time).
+    async fn hold(&self, name: &str) -> Held {
+        let thawed = self.frozen.clone().read_owned().await;
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(name.to_owned()).or_default().clone()
+        };
+        Held {
+            _thawed: thawed,
+            _plugin: lock.lock_owned().await,
+        }
     }
 
     /// Deploys `<deploy-dir>/<name>.wasm` with its `<name>.toml`, if any.
@@ -183,9 +198,7 @@ impl Deployer {
     /// report (the folder watcher waits to see whether the file is still
     /// being written).
     pub async fn try_deploy_file(&self, name: &str, wasm: &Path) -> Result<Outcome, DeployError> {
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self.entry(name);
         entry.set_loading(true);
         let result = self.deploy_locked(&entry, wasm).await;
@@ -250,16 +263,7 @@ impl Deployer {
             path: wasm.to_owned(),
             source,
         })?;
-        let settings_text = match tokio::fs::read_to_string(&settings_path).await {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(DeployError::Read {
-                    path: settings_path,
-                    source,
-                });
-            }
-        };
+        let settings_text = read_settings(&settings_path).await?;
         let id = VersionId::of(&bytes);
         let running = |version: &Version| {
             version.id == id
@@ -438,9 +442,7 @@ impl Deployer {
     /// cluster ending the same rollout).
     pub async fn rollback(&self, name: &str, only_rollout: Option<&str>, who: &str) -> Result<Outcome, DeployError> {
         self.known(name)?;
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self
             .registry
             .get(name)
@@ -552,9 +554,7 @@ impl Deployer {
 
     /// Removes `name`: no new sessions; its tenants drain, then close.
     pub async fn remove(&self, name: &str) {
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         if let Some(entry) = self.registry.get(name)
             && entry.current().is_some()
         {
@@ -627,9 +627,7 @@ impl Deployer {
                 format!("crash loop in tenant {tenant}"),
             ),
         };
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(&entry.name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(&entry.name).await;
         if entry.canary().is_some_and(|c| c.version.generation == generation) {
             // A canary that fails: its tenants go back, nobody else ever ran it.
             self.end_rollout(&entry, activation, &why, "baton").await;
@@ -790,6 +788,18 @@ impl Deployer {
 }
 
 /// Refuses a symbolic link at `path` (an absent file is fine).
+/// The text of a plugin's `<name>.toml`: empty when there is none.
+async fn read_settings(path: &Path) -> Result<String, DeployError> {
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(source) => Err(DeployError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 async fn refuse_links(path: &Path) -> Result<(), DeployError> {
     match tokio::fs::symlink_metadata(path).await {
         Ok(meta) if meta.file_type().is_symlink() => Err(DeployError::Link { path: path.to_owned() }),

@@ -33,9 +33,7 @@ impl Deployer {
             return Err(DeployError::Invalid(format!("{tenant:?} is not a tenant name")));
         }
         self.known(name)?;
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self
             .registry
             .deployed(name)
@@ -65,9 +63,7 @@ impl Deployer {
     /// `false` if it was not pinned.
     pub async fn unpin(&self, name: &str, tenant: &str, who: &str) -> Result<bool, DeployError> {
         self.known(name)?;
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self
             .registry
             .get(name)
@@ -160,8 +156,7 @@ impl Deployer {
     /// that no tenant starts on a version it should not run. `true` when the
     /// folder's file is to be deployed.
     pub(super) async fn start_from_history(&self, name: &str, path: &Path) -> bool {
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self.entry(name);
         let kept = self.artifacts.history(name);
         let Ok(bytes) = tokio::fs::read(path).await else {

@@ -106,9 +106,7 @@ impl Deployer {
     /// its state makes the promotion fail, and the rollout stays as it is).
     pub async fn promote(&self, name: &str, who: &str) -> Result<Outcome, DeployError> {
         self.known(name)?;
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(name).await;
         let entry = self
             .registry
             .get(name)
@@ -223,9 +221,7 @@ impl Deployer {
     /// a dry run of the tenants it is about to take (a refusal rolls it
     /// back). `false` when the rollout ended.
     async fn step(&self, entry: &Arc<PluginEntry>, generation: u64, selection: Selection, figures: String) -> bool {
-        let _thawed = self.frozen.read().await;
-        let lock = self.lock(&entry.name);
-        let _guard = lock.lock().await;
+        let _held = self.hold(&entry.name).await;
         let Some(canary) = entry.canary().filter(|c| c.version.generation == generation) else {
             return false;
         };
@@ -421,9 +417,7 @@ async fn gate(deployer: Weak<Deployer>, entry: Arc<PluginEntry>, generation: u64
         let verdict = judge(&canary_window, &current_window, &plan);
         match verdict {
             Err(why) => {
-                let _thawed = this.frozen.read().await;
-                let lock = this.lock(&entry.name);
-                let _guard = lock.lock().await;
+                let _held = this.hold(&entry.name).await;
                 if entry.canary().is_some_and(|c| c.version.generation == generation) {
                     this.end_rollout(&entry, Activation::AutoRollback, &why, "baton").await;
                 }
@@ -439,9 +433,7 @@ async fn gate(deployer: Weak<Deployer>, entry: Arc<PluginEntry>, generation: u64
                     start = None;
                 }
                 _ => {
-                    let _thawed = this.frozen.read().await;
-                    let lock = this.lock(&entry.name);
-                    let _guard = lock.lock().await;
+                    let _held = this.hold(&entry.name).await;
                     if entry.canary().is_some_and(|c| c.version.generation == generation) {
                         let detail = format!("healthy: {figures}");
                         if let Err(e) = this.promote_locked(&entry, &canary.version, "baton", detail).await {
