@@ -3,7 +3,7 @@
 //! mark a version failed nor roll it back, and the host makes room again by
 //! hibernating idle tenants.
 
-use baton::admin::{EventKind, Status};
+use baton::admin::{EventKind, PluginView, Status};
 use baton_test_plugins::CHAOS;
 
 use crate::support::*;
@@ -12,21 +12,15 @@ use crate::support::*;
 /// and deploy checks.
 const SEATS: usize = 6;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_pool_answers_503_at_once_and_is_never_a_crash() {
-    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
-        c.runtime.max_instances = 8;
-        c.supervision.max_restarts = 1;
-    })
-    .await;
-    let generation = host.wait_current("chaos").await;
+/// Asks `count` new tenants of `plugin` for an instance, one after another;
+/// returns how many were served, after checking that every other answer
+/// was 503 naming the limit.
+pub async fn served_until_full(host: &TestHost, plugin: &str, count: usize) -> usize {
     let mut answers = Vec::new();
-    for i in 0..20 {
-        let response = host.http("GET", &format!("/t/made-up-{i}/chaos/"), b"").await;
+    for i in 0..count {
+        let response = host.http("GET", &format!("/t/new-{i}/{plugin}/"), b"").await;
         answers.push((response.status, response.text()));
     }
-    let served = answers.iter().filter(|(status, _)| *status == 200).count();
-    assert_eq!(served, SEATS, "one instance per seat: {answers:?}");
     for (status, body) in answers.iter().filter(|(status, _)| *status != 200) {
         assert_eq!(*status, 503, "{body}");
         assert!(
@@ -34,8 +28,12 @@ async fn a_full_pool_answers_503_at_once_and_is_never_a_crash() {
             "the answer names the limit: {body}"
         );
     }
+    answers.iter().filter(|(status, _)| *status == 200).count()
+}
 
-    let view = host.plugin("chaos").await;
+/// Checks that a full pool cost `view`'s plugin nothing: no restart, no
+/// crash, no failed version, and `generation` still current.
+pub fn assert_no_crash_counted(view: &PluginView, generation: u64) {
     assert!(
         view.tenants.iter().all(|t| t.restarts == 0),
         "no restart counted: {:?}",
@@ -60,6 +58,19 @@ async fn a_full_pool_answers_503_at_once_and_is_never_a_crash() {
         Some(generation),
         "nothing rolled back"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_answers_503_at_once_and_is_never_a_crash() {
+    let host = TestHost::start_with(&[("chaos", CHAOS)], |c| {
+        c.runtime.max_instances = 8;
+        c.supervision.max_restarts = 1;
+    })
+    .await;
+    let generation = host.wait_current("chaos").await;
+    let served = served_until_full(&host, "chaos", 20).await;
+    assert_eq!(served, SEATS, "one instance per seat");
+    assert_no_crash_counted(&host.plugin("chaos").await, generation);
     // The refused tenants hold nothing, so their tasks do not linger.
     eventually("refused tenants leave", async || {
         host.plugin("chaos").await.tenants.len() == SEATS

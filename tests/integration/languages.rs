@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use baton::admin::EventKind;
 use baton_test_plugins::{COUNTER_JS, COUNTER_PY, COUNTER_V2};
 
+use crate::capacity::{assert_no_crash_counted, served_until_full};
 use crate::hot_swap::{all_tenants_current, answered_by, stream_until};
 use crate::support::*;
 
@@ -124,36 +125,11 @@ async fn more_python_tenants_than_the_pool_holds_get_503_and_no_crash() {
     assert_eq!(seats, 1, "{current:?}");
     // A quarter of the 16 seats is kept for migrations and deploy checks.
     let fits = 12 / seats;
-    let mut answers = Vec::new();
     // One more than fits (a refusal also asks an idle tenant to hibernate,
     // making room for the next one).
-    for i in 0..=fits {
-        let response = host.http("GET", &format!("/t/tenant-{i}/counter-py"), b"").await;
-        answers.push((response.status, response.text()));
-    }
-    let served = answers.iter().filter(|(status, _)| *status == 200).count();
-    assert_eq!(served, fits, "{seats} seat per instance: {answers:?}");
-    for (status, body) in answers.iter().filter(|(status, _)| *status != 200) {
-        assert_eq!(*status, 503, "{body}");
-        assert!(
-            body.contains("runtime.max_instances"),
-            "the answer names the limit: {body}"
-        );
-    }
-    let view = host.plugin("counter-py").await;
-    assert!(view.tenants.iter().all(|t| t.restarts == 0), "{:?}", view.tenants);
-    let events = view.events.as_ref().expect("events");
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::Crash | EventKind::CrashLoop)),
-        "capacity is not a crash: {events:?}"
-    );
-    assert_eq!(
-        view.current.as_ref().map(|c| c.generation),
-        Some(current.generation),
-        "nothing rolled back"
-    );
+    let served = served_until_full(&host, "counter-py", fits + 1).await;
+    assert_eq!(served, fits, "{seats} seat per instance");
+    assert_no_crash_counted(&host.plugin("counter-py").await, current.generation);
     host.stop().await;
 }
 
