@@ -7,13 +7,21 @@
 //!
 //! Exports are async (calls run on fibers so that guest code can yield at
 //! epoch ticks). Imports are plain synchronous functions, implemented one file
-//! per interface in [`crate::imports`], except storage and sql, which wait
-//! for the disk or the database.
+//! per interface in [`crate::imports`], except those that wait for the disk,
+//! the database or the network: storage, sql, timers (a named timer is
+//! kept with the jobs), jobs, webhooks and outbound-http.
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin-core",
-    imports: { "baton:plugin/storage": async, "baton:plugin/sql": async },
+    imports: {
+        "baton:plugin/storage": async,
+        "baton:plugin/sql": async,
+        "baton:plugin/timers": async,
+        "baton:plugin/jobs": async,
+        "baton:plugin/webhooks": async,
+        "baton:plugin/outbound-http": async,
+    },
     exports: { default: async },
     additional_derives: [PartialEq],
 });

@@ -32,7 +32,7 @@ use crate::config::RuntimeConfig;
 use crate::instance::state::InstanceState;
 
 /// The release of the plugin WIT (`wit/plugin.wit`) this host provides.
-pub const WIT_VERSION: &str = "0.1.3";
+pub const WIT_VERSION: &str = "0.1.4";
 
 /// The packages whose interfaces this host links: WASI p2 (with nothing
 /// granted) and the plugin WIT.

@@ -99,6 +99,16 @@ impl From<HttpResponse> for wit::HttpResponse {
     }
 }
 
+impl From<wit::HttpResponse> for HttpResponse {
+    fn from(r: wit::HttpResponse) -> Self {
+        HttpResponse {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::query_param;

@@ -37,8 +37,10 @@
 //! What the host offers, all scoped to the instance's tenant:
 //! [`Session`] (send, close), [`topics`] (pub/sub with host fan-out),
 //! [`presence`] (who is where, with [`Plugin::on_presence`]), [`timers`],
-//! [`storage`] (durable key-value), [`sql`] (the tenant's own PostgreSQL
-//! schema, when granted), [`log`] and [`now_ms`].
+//! [`storage`] (durable key-value), [`jobs`] (durable background work, with
+//! [`Plugin::on_job`]), [`webhooks`] (signed, host-delivered), [`sql`] (the
+//! tenant's own PostgreSQL schema, when granted), [`outbound`] (HTTP out,
+//! within an allow-list, when granted), [`log`] and [`now_ms`].
 //!
 //! State across hot swaps: a new version of the plugin receives the state of
 //! the old one through [`Plugin::export_state`] and [`Plugin::import_state`];
@@ -49,7 +51,9 @@
 extern crate self as baton_sdk;
 
 mod http;
+pub mod jobs;
 pub mod log;
+pub mod outbound;
 pub mod presence;
 mod session;
 pub mod sql;
@@ -57,6 +61,7 @@ pub mod state;
 pub mod storage;
 pub mod timers;
 pub mod topics;
+pub mod webhooks;
 
 pub use http::{HttpRequest, HttpResponse, query_param};
 pub use session::{CloseError, SendError, Session};
@@ -135,6 +140,18 @@ pub mod __private {
         leaves: Vec<crate::presence::Entry>,
     ) {
         with(slot, |p| p.on_presence(&topic, &joins, &leaves))
+    }
+
+    pub fn on_job<P: Plugin>(
+        slot: &'static Slot<P>,
+        job: crate::jobs::Info,
+        payload: Vec<u8>,
+    ) -> crate::jobs::Outcome {
+        with(slot, |p| p.on_job(&job, payload))
+    }
+
+    pub fn on_webhook_result<P: Plugin>(slot: &'static Slot<P>, delivery: crate::webhooks::Delivery) {
+        with(slot, |p| p.on_webhook_result(&delivery))
     }
 
     pub fn export_state<P: Plugin>(slot: &'static Slot<P>) -> Result<Vec<u8>, String> {
@@ -227,7 +244,7 @@ pub trait Plugin: Sized + 'static {
         Ok(HttpResponse::text(404, "not found"))
     }
 
-    /// A timer set with [`timers::set`] fired.
+    /// A timer set with [`timers::set`] or [`timers::set_named`] fired.
     fn on_timer(&mut self, timer: TimerId, payload: Vec<u8>) {
         let _ = (timer, payload);
     }
@@ -237,6 +254,20 @@ pub trait Plugin: Sized + 'static {
     /// [`Plugin::on_disconnect`] for a closed session, which leaves everything.
     fn on_presence(&mut self, topic: &str, joins: &[presence::Entry], leaves: &[presence::Entry]) {
         let _ = (topic, joins, leaves);
+    }
+
+    /// Runs a job (see [`jobs`]): return [`jobs::Outcome::Done`], or
+    /// `Failed(error)` to have it retried per its policy. The default
+    /// discards jobs: a plugin that enqueues them implements this.
+    fn on_job(&mut self, job: &jobs::Info, payload: Vec<u8>) -> jobs::Outcome {
+        let _ = payload;
+        jobs::Outcome::Discard(format!("this plugin has no on_job for jobs of kind {:?}", job.kind))
+    }
+
+    /// A webhook queued with [`webhooks::send`] was delivered, or its
+    /// attempts are used up. Called at least once per message.
+    fn on_webhook_result(&mut self, delivery: &webhooks::Delivery) {
+        let _ = delivery;
     }
 
     /// The schema migrations of this version, oldest first (plugins granted
@@ -325,6 +356,12 @@ macro_rules! export {
                 }
                 fn migrations() -> Vec<$crate::sql::Migration> {
                     <$plugin as $crate::Plugin>::migrations()
+                }
+                fn on_job(job: $crate::jobs::Info, payload: Vec<u8>) -> $crate::jobs::Outcome {
+                    __baton::on_job::<$plugin>(&PLUGIN, job, payload)
+                }
+                fn on_webhook_result(delivery: $crate::webhooks::Delivery) {
+                    __baton::on_webhook_result::<$plugin>(&PLUGIN, delivery)
                 }
             }
 

@@ -1,6 +1,8 @@
 //! Timers: [`crate::Plugin::on_timer`] later, on whatever version is current
-//! then. Timers survive hot swaps and crashes but not a host restart: re-arm
-//! the ones you need in `init` (a named timer makes that idempotent).
+//! then. Every timer survives hot swaps and crashes; a named one
+//! ([`set_named`]) is durable and survives a host restart too (it fires at
+//! least once), while an unnamed one is gone with the host process. Arm
+//! named timers in `init` only when [`pending`] has none.
 
 use crate::__private::baton::plugin::timers as host;
 use crate::TimerId;

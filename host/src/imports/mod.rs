@@ -7,7 +7,9 @@
 //! handle are WIT `result` values; none of these functions traps.
 
 mod clock;
+mod jobs;
 mod log;
+mod outbound_http;
 mod presence;
 mod session;
 mod sql;
@@ -15,5 +17,6 @@ mod storage;
 mod tenant;
 mod timers;
 mod topics;
+mod webhooks;
 
 impl crate::bindings::baton::plugin::types::Host for crate::instance::state::InstanceState {}

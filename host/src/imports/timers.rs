@@ -13,7 +13,7 @@ use crate::timers::MAX_PAYLOAD;
 const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Host for InstanceState {
-    fn set(&mut self, name: Option<String>, delay_ms: u64, payload: Vec<u8>) -> Result<u64, Error> {
+    async fn set(&mut self, name: Option<String>, delay_ms: u64, payload: Vec<u8>) -> Result<u64, Error> {
         let delay = Duration::from_millis(delay_ms);
         if payload.len() > MAX_PAYLOAD || delay > MAX_DELAY || name.as_ref().is_some_and(|n| n.len() > 256) {
             return Err(Error::TooLarge);
@@ -26,11 +26,11 @@ impl Host for InstanceState {
         Ok(state.timers.set(name, Instant::now() + delay, payload))
     }
 
-    fn cancel(&mut self, timer: u64) -> bool {
+    async fn cancel(&mut self, timer: u64) -> bool {
         self.tenant.state().timers.cancel(timer)
     }
 
-    fn pending(&mut self, name: String) -> Option<u64> {
+    async fn pending(&mut self, name: String) -> Option<u64> {
         self.tenant.state().timers.pending(&name)
     }
 }
