@@ -7,7 +7,9 @@
 //!   database to run, but one host only.
 //! - `postgres.rs`: shared tables in PostgreSQL under row-level security, so
 //!   that any host pointed at the same database can take a tenant over;
-//! - `namespace.rs`: what both share (a namespace, its limits, the errors).
+//! - `namespace.rs`: what both share (a namespace, its limits, the errors);
+//! - `jobs.rs`: durable jobs, schedules and webhook endpoints as both keep
+//!   them (each backend's side is `redb/queue.rs`, `postgres/queue.rs`).
 //!
 //! **Fencing.** A tenant task claims its namespace when it starts
 //! ([`Storage::claim`]): the namespace's owner token goes up by one and the
@@ -19,6 +21,7 @@
 //! Every call is async: redb's run on tokio's blocking pool, PostgreSQL's
 //! wait on the network; none blocks a worker thread that serves sessions.
 
+pub mod jobs;
 pub mod namespace;
 mod postgres;
 mod redb;
@@ -29,7 +32,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{StorageBackend, StorageConfig};
+pub use jobs::{Delivery, Endpoint, EnqueueError, Finish, Job, JobId, Lane, NewJob, Schedule};
 pub use namespace::{Namespace, StorageError, StorageLimits, TenantData};
+
+/// Runs one call on whichever backend: redb's on the blocking pool, with
+/// the arguments moved in; PostgreSQL's awaited.
+macro_rules! on_backend {
+    ($self:ident, ($($arg:ident),*), |$db:ident| $redb:expr, |$pg:ident| $postgres:expr) => {
+        match &$self.backend {
+            Backend::Redb { db, .. } => {
+                $(let $arg = $arg.to_owned();)*
+                blocking(db, move |$db| $redb).await
+            }
+            Backend::Postgres($pg) => $postgres.await,
+        }
+    };
+}
 
 /// The storage of one host.
 pub struct Storage {
@@ -247,5 +265,185 @@ impl Storage {
             }
             Backend::Postgres(pg) => pg.erase(tenant).await,
         }
+    }
+
+    /// Enqueues a job as owner `token`, within `max_pending` jobs not dead.
+    pub async fn enqueue(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        job: NewJob,
+        max_pending: u64,
+    ) -> Result<JobId, EnqueueError> {
+        let now = crate::clock::unix_ms();
+        match &self.backend {
+            Backend::Redb { db, .. } => {
+                let (db, ns) = (db.clone(), ns.clone());
+                tokio::task::spawn_blocking(move || db.enqueue(&ns, token, job, max_pending, now))
+                    .await
+                    .map_err(|e| StorageError::Unavailable(format!("storage task failed: {e}")))?
+            }
+            Backend::Postgres(pg) => pg.enqueue(ns, token, job, max_pending, now).await,
+        }
+    }
+
+    /// Cancels a scheduled job (`dead_too`: or a dead one) as owner `token`
+    /// (`None`: an operator); `false` if there is no such job.
+    pub async fn cancel_job(
+        &self,
+        ns: &Namespace,
+        token: Option<u64>,
+        id: JobId,
+        dead_too: bool,
+    ) -> Result<bool, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(self, (ns), |db| db.cancel_job(&ns, token, id, dead_too, now), |pg| pg
+            .cancel_job(ns, token, id, dead_too, now))
+    }
+
+    /// Makes a dead job due now with fresh attempts (an operator's retry).
+    pub async fn retry_dead(&self, ns: &Namespace, id: JobId) -> Result<bool, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(self, (ns), |db| db.retry_dead(&ns, id, now), |pg| pg
+            .retry_dead(ns, id, now))
+    }
+
+    /// The scheduled job of `ns` that holds unique `key`.
+    pub async fn scheduled_with_key(&self, ns: &Namespace, key: &str) -> Result<Option<JobId>, StorageError> {
+        on_backend!(self, (ns, key), |db| db.scheduled_with_key(&ns, &key), |pg| pg
+            .scheduled_with_key(ns, key))
+    }
+
+    /// Namespaces with a job of `lane` due now, earliest first, but those in
+    /// `busy`, at most `limit`.
+    pub async fn due_namespaces(
+        &self,
+        lane: Lane,
+        busy: std::collections::HashSet<Namespace>,
+        limit: usize,
+    ) -> Result<Vec<Namespace>, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(
+            self,
+            (),
+            |db| db.due_namespaces(lane, now, &|ns| busy.contains(ns), limit),
+            |pg| pg.due_namespaces(lane, now, &busy, limit)
+        )
+    }
+
+    /// When the earliest job of `lane` is due (ms since the epoch).
+    pub async fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
+        on_backend!(self, (), |db| db.next_due(lane), |pg| pg.next_due(lane))
+    }
+
+    /// Starts the earliest due job of `ns` in `lane` as owner `token`.
+    pub async fn start_job(&self, ns: &Namespace, token: u64, lane: Lane) -> Result<Option<Job>, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(self, (ns), |db| db.start_job(&ns, token, lane, now), |pg| pg
+            .start_job(ns, token, lane, now))
+    }
+
+    /// Applies how an attempt of job `id` ended, with `then` enqueued in the
+    /// same transaction; `false` if it no longer runs under `token`.
+    pub async fn finish_job(
+        &self,
+        ns: &Namespace,
+        token: u64,
+        id: JobId,
+        finish: Finish,
+        then: Option<NewJob>,
+    ) -> Result<bool, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(
+            self,
+            (ns),
+            |db| db.finish_job(&ns, token, id, finish, then, now),
+            |pg| pg.finish_job(ns, token, id, finish, then, now)
+        )
+    }
+
+    /// The jobs of `tenant`, by id, at most `limit`.
+    pub async fn jobs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, StorageError> {
+        on_backend!(self, (tenant), |db| db.jobs_of(&tenant, limit), |pg| pg
+            .jobs_of(tenant, limit))
+    }
+
+    /// Jobs due or waiting, and jobs running, over the whole storage.
+    pub async fn job_totals(&self) -> Result<(u64, u64), StorageError> {
+        on_backend!(self, (), |db| db.job_totals(), |pg| pg.job_totals())
+    }
+
+    /// Declares a schedule as owner `token` (an identical one is kept as is).
+    pub async fn put_schedule(&self, ns: &Namespace, token: u64, schedule: Schedule) -> Result<(), StorageError> {
+        on_backend!(self, (ns), |db| db.put_schedule(&ns, token, schedule), |pg| pg
+            .put_schedule(ns, token, schedule))
+    }
+
+    /// Removes a schedule as owner `token`.
+    pub async fn remove_schedule(&self, ns: &Namespace, token: u64, name: &str) -> Result<bool, StorageError> {
+        on_backend!(self, (ns, name), |db| db.remove_schedule(&ns, token, &name), |pg| pg
+            .remove_schedule(ns, token, name))
+    }
+
+    /// Schedules whose next slot is due now, at most `limit`.
+    pub async fn due_schedules(&self, limit: usize) -> Result<Vec<(Namespace, Schedule)>, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(self, (), |db| db.due_schedules(now, limit), |pg| pg
+            .due_schedules(now, limit))
+    }
+
+    /// Enqueues `job` for slot `slot_ms` of schedule `name` and moves it on
+    /// to `next_ms`, unless another host did already (`Ok(false)`).
+    pub async fn fire_schedule(
+        &self,
+        ns: &Namespace,
+        name: &str,
+        slot_ms: u64,
+        next_ms: u64,
+        job: NewJob,
+        max_pending: u64,
+    ) -> Result<Result<bool, EnqueueError>, StorageError> {
+        let now = crate::clock::unix_ms();
+        on_backend!(
+            self,
+            (ns, name),
+            |db| db.fire_schedule(&ns, &name, slot_ms, next_ms, job, max_pending, now),
+            |pg| pg.fire_schedule(ns, name, slot_ms, next_ms, job, max_pending, now)
+        )
+    }
+
+    /// The schedules of `tenant`, with their plugins.
+    pub async fn schedules_of(&self, tenant: &str) -> Result<Vec<(String, Schedule)>, StorageError> {
+        on_backend!(self, (tenant), |db| db.schedules_of(&tenant), |pg| pg
+            .schedules_of(tenant))
+    }
+
+    /// Adds or replaces a webhook endpoint of `tenant`.
+    pub async fn put_endpoint(&self, tenant: &str, endpoint: Endpoint) -> Result<(), StorageError> {
+        on_backend!(self, (tenant), |db| db.put_endpoint(&tenant, &endpoint), |pg| pg
+            .put_endpoint(tenant, &endpoint))
+    }
+
+    /// Removes a webhook endpoint of `tenant`.
+    pub async fn remove_endpoint(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
+        on_backend!(self, (tenant, name), |db| db.remove_endpoint(&tenant, &name), |pg| pg
+            .remove_endpoint(tenant, name))
+    }
+
+    /// The webhook endpoints of `tenant`.
+    pub async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StorageError> {
+        on_backend!(self, (tenant), |db| db.endpoints(&tenant), |pg| pg.endpoints(tenant))
+    }
+
+    /// Appends to `tenant`'s delivery log, which keeps its last `keep` entries.
+    pub async fn log_delivery(&self, tenant: &str, delivery: Delivery, keep: usize) -> Result<(), StorageError> {
+        on_backend!(self, (tenant), |db| db.log_delivery(&tenant, &delivery, keep), |pg| pg
+            .log_delivery(tenant, &delivery, keep))
+    }
+
+    /// `tenant`'s delivery log, newest first.
+    pub async fn deliveries(&self, tenant: &str, limit: usize) -> Result<Vec<Delivery>, StorageError> {
+        on_backend!(self, (tenant), |db| db.deliveries(&tenant, limit), |pg| pg
+            .deliveries(tenant, limit))
     }
 }

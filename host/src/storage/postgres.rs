@@ -11,6 +11,8 @@
 //! table updated in the same transaction as the data, and every write first
 //! checks the namespace's owner token (the fencing of [`super`]).
 
+mod queue;
+
 use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::sync::RwLock;

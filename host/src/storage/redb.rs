@@ -17,6 +17,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use super::namespace::{Namespace, StorageError, StorageLimits, TenantData, check_key, size_after};
 
+mod queue;
+
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const USAGE: TableDefinition<&[u8], u64> = TableDefinition::new("usage");
 /// Plugin states kept at checkpoints and shutdown: namespace → (version hash, state).
@@ -108,9 +110,11 @@ impl Redb {
         txn.open_table(STATES)?;
         txn.open_table(OWNERS)?;
         txn.commit()?;
-        Ok(Redb {
+        let redb = Redb {
             db: RwLock::new(Some(db)),
-        })
+        };
+        redb.open_jobs(crate::clock::unix_ms())?;
+        Ok(redb)
     }
 
     /// Opens the database at `path` again after [`Redb::close`].
@@ -148,6 +152,7 @@ impl Redb {
             owners.insert(key.as_slice(), token)?;
             token
         };
+        self.rescue_jobs(&txn, ns, token, crate::clock::unix_ms())?;
         txn.commit()?;
         Ok(token)
     }
@@ -317,6 +322,7 @@ impl Redb {
                 owners.insert(key.as_slice(), token + 1)?;
             }
         }
+        self.erase_jobs(&txn, tenant)?;
         txn.commit()?;
         Ok(())
     }
