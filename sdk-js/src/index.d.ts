@@ -5,8 +5,8 @@ import { VersionedState } from './state.js';
 export { VersionedState, VersionedStateOptions, FromLayout, Saved, versionedState, decodeSaved, encodeSaved } from './state.js';
 
 /**
- * A session or timer id: a plain number. The host's ids are counters far
- * below 2^53; one above 2^53 - 1 would arrive as a decimal string instead.
+ * A session, timer or job id: a plain number. The host's ids are counters
+ * far below 2^53; one above 2^53 - 1 would arrive as a decimal string instead.
  */
 export type Id = number;
 
@@ -22,10 +22,14 @@ export class BatonError extends Error {
   readonly operation: string;
   /**
    * The WIT error case: `unknown-session`, `too-large`, `invalid-close`,
-   * `invalid-topic`, `invalid`, `too-many`, `invalid-key`, `quota-exceeded`, `unavailable`.
+   * `invalid-topic`, `invalid`, `too-many`, `invalid-key`, `quota-exceeded`,
+   * `unavailable`, `duplicate`, `unknown-endpoint`.
    */
   readonly code: string;
-  /** The case's payload, if any (e.g. why storage is `unavailable`). */
+  /**
+   * The case's payload, if any (e.g. why storage is `unavailable`; for a
+   * job's `duplicate`, the id of the job that holds the unique key).
+   */
   readonly detail: unknown;
 }
 
@@ -142,11 +146,108 @@ export const presence: {
   list(topic: string): PresenceEntry[];
 };
 
+/**
+ * Timers: every timer survives swaps and crashes; a named one is durable (it
+ * survives a host restart and fires at least once), an unnamed one is gone
+ * with the host process.
+ */
 export const timers: {
-  /** Fires `onTimer(id, payload)` after `delayMs`; a named timer replaces the pending one of that name. */
+  /** Fires `onTimer(id, payload)` after `delayMs`; a named (durable) timer replaces the pending one of that name. */
   set(delayMs: number | bigint, payload?: Uint8Array | string, options?: { name?: string }): Id;
   cancel(timer: Id | string | bigint): boolean;
   pending(name: string): Id | undefined;
+};
+
+/** How failed attempts of a job are retried; absent fields take the host's policy (20, 15 s, 24 h). */
+export interface RetryPolicy {
+  /** Attempts in all (1: no retry; the host caps it at 25). */
+  maxAttempts?: number;
+  /** The delay before attempt n+1 is `baseDelayMs * 2^(n-1)`... */
+  baseDelayMs?: number | bigint;
+  /** ...at most this (within ±10 %). */
+  maxDelayMs?: number | bigint;
+}
+
+/** How a job is enqueued. */
+export interface JobOptions {
+  /** Run it no sooner than this (default 0: as soon as possible). */
+  delayMs?: number | bigint;
+  /** Default: the host's policy (20 attempts, 15 s doubling up to 24 h). */
+  retry?: RetryPolicy;
+  /** At most one job with this key is pending or running; another enqueue throws `duplicate` (detail: its id). */
+  uniqueKey?: string;
+  /** The key also holds this long after the first was enqueued, even if it ran (default 0). */
+  uniqueForMs?: number | bigint;
+  /** A bound on one attempt's wall-clock time (default: the host's call timeout). */
+  timeoutMs?: number;
+}
+
+/** What `onJob` is told about the job it runs. */
+export interface JobInfo {
+  id: Id;
+  /** The kind given to `enqueue` (or the schedule). */
+  kind: string;
+  /** This attempt's number, from 1. */
+  attempt: number;
+  maxAttempts: number;
+  /** When it was enqueued, in ms since the Unix epoch. */
+  enqueuedMs: number;
+  /** When this attempt was due, in ms since the Unix epoch. */
+  scheduledMs: number;
+  /** The schedule that enqueued it, if any. */
+  schedule?: string;
+}
+
+/** How an attempt ended (the WIT `job-outcome`); make one with `jobs.done()` and the others. */
+export type JobOutcome =
+  | { readonly tag: 'done' }
+  | { readonly tag: 'failed'; readonly val: string }
+  | { readonly tag: 'snooze'; readonly val: bigint }
+  | { readonly tag: 'discard'; readonly val: string };
+
+export type Payload = Uint8Array | ArrayBuffer | ArrayBufferView | string;
+
+/** Durable jobs of this tenant, run at least once through `onJob`. */
+export const jobs: {
+  /** Enqueues a job of `kind`; returns its id. */
+  enqueue(kind: string, payload?: Payload, options?: JobOptions): Id;
+  /** Cancels a job that has not started; `false` if it is running, done, dead or unknown. */
+  cancel(job: Id | string | bigint): boolean;
+  /** Runs a job of `kind` at every slot of `cron` (UTC), named `name`; idempotent, so declare it in `init`. */
+  schedule(name: string, cron: string, kind: string, payload?: Payload): void;
+  /** Removes a schedule; `false` if there was none. */
+  unschedule(name: string): boolean;
+  /** Done: the job is removed. */
+  done(): JobOutcome;
+  /** Failed: tried again per its retry policy (dead when its attempts are used up). */
+  failed(error: string | Error): JobOutcome;
+  /** Not now: again after `ms`, without using up an attempt. */
+  snooze(ms: number | bigint): JobOutcome;
+  /** Given up without retrying: kept as dead with `reason`. */
+  discard(reason: string): JobOutcome;
+};
+
+/** How a webhook ended, as given to `onWebhookResult`. */
+export interface WebhookDelivery {
+  /** The message id `webhooks.send` returned. */
+  id: string;
+  endpoint: string;
+  eventType: string;
+  /** Whether an attempt got a 2xx answer within 15 s. */
+  delivered: boolean;
+  attempts: number;
+  /** The last attempt's HTTP status, if it got one. */
+  lastStatus?: number;
+  /** The last attempt's error, if it failed. */
+  lastError?: string;
+}
+
+/** Webhooks to this tenant's customers, signed and delivered by the host. */
+export const webhooks: {
+  /** Queues `eventType` with `payload` (JSON text) for the endpoint named `endpoint`; returns the message id. */
+  send(endpoint: string, eventType: string, payload: Payload, options?: { idempotencyKey?: string }): string;
+  /** `send` with `value` as JSON. */
+  sendJson(endpoint: string, eventType: string, value: unknown, options?: { idempotencyKey?: string }): string;
 };
 
 export const storage: {
@@ -200,6 +301,13 @@ export interface PluginSpec<State = any> {
   onHttp?(request: HttpRequest): Awaitable<HttpResponse>;
   onTimer?(timer: Id, payload: Uint8Array): Awaitable<void>;
   onPresence?(topic: string, joins: PresenceEntry[], leaves: PresenceEntry[]): Awaitable<void>;
+  /**
+   * Runs a job: return its outcome (nothing: done). A throw is `failed(<the
+   * stack>)`, retried per the job's policy. Default: discard the job.
+   */
+  onJob?(job: JobInfo, payload: Uint8Array): Awaitable<JobOutcome | void>;
+  /** A webhook was delivered, or its attempts are used up. A throw is logged and swallowed. */
+  onWebhookResult?(delivery: WebhookDelivery): Awaitable<void>;
   /** Default: `state.save()`, or nothing without a state. */
   exportState?(): Awaitable<Uint8Array | string>;
   /** Default: `state.restore(bytes)`; without a state, only empty state is taken. Throw to refuse. */
@@ -220,6 +328,8 @@ export interface PluginExports {
   onHttp(request: object): Awaitable<WitResult<object>>;
   onTimer(timer: bigint, payload: Uint8Array): Awaitable<void>;
   onPresence(topic: string, joins: object[], leaves: object[]): Awaitable<void>;
+  onJob(job: object, payload: Uint8Array): Awaitable<JobOutcome>;
+  onWebhookResult(delivery: object): Awaitable<void>;
   exportState(): Awaitable<WitResult<Uint8Array>>;
   importState(fromVersion: string, state: Uint8Array): Awaitable<WitResult<void>>;
   migrations(): Migration[];

@@ -6,15 +6,16 @@
 // One instance runs per tenant, so module-level variables are that tenant's.
 //
 // Conventions (see README.md):
-// - Session and timer ids are plain JS numbers (the host's ids are counters,
-//   far below 2^53). An id above 2^53 - 1 would arrive as a decimal string
-//   instead of a wrong number. Anything that takes an id also takes a
-//   Session, a number, a string or a BigInt.
+// - Session, timer and job ids are plain JS numbers (the host's ids are
+//   counters, far below 2^53). An id above 2^53 - 1 would arrive as a decimal
+//   string instead of a wrong number. Anything that takes an id also takes a
+//   Session (for sessions), a number, a string or a BigInt.
 // - A callback whose WIT result has an error (init, onConnect, onHttp,
 //   exportState, importState) fails by throwing: the message becomes the error.
-//   One without (onFrame, onDisconnect, onTimer, onPresence) that throws is
-//   logged at error level with the stack and the exception is swallowed: the
-//   instance keeps running with its state.
+//   onJob returns the job's outcome; a throw there is `failed(<the stack>)`.
+//   One without a result (onFrame, onDisconnect, onTimer, onPresence,
+//   onWebhookResult) that throws is logged at error level with the stack and
+//   the exception is swallowed: the instance keeps running with its state.
 
 import * as host from './host.js';
 import { stringify, utf8, fromUtf8, toBytes } from './json.js';
@@ -50,7 +51,9 @@ function idToHost(value, what = 'session') {
 /**
  * A host call that failed: `code` is the WIT error case (`unknown-session`,
  * `too-large`, `invalid-close`, `invalid-topic`, `invalid`, `too-many`,
- * `invalid-key`, `quota-exceeded`, `unavailable`), `detail` its payload if any.
+ * `invalid-key`, `quota-exceeded`, `unavailable`, `duplicate`,
+ * `unknown-endpoint`), `detail` its payload if any (for `duplicate`, the id
+ * of the job that holds the unique key).
  */
 export class BatonError extends Error {
   constructor(operation, code, detail) {
@@ -290,14 +293,17 @@ export const presence = {
 // ---------------------------------------------------------------- timers
 
 /**
- * Timers: `onTimer(id, payload)` later. Held by the host (they survive swaps
- * and crashes, not a host restart: re-arm them in `init`).
+ * Timers: `onTimer(id, payload)` later, on whatever version is current then.
+ * Every timer survives swaps and crashes. A named timer is durable: it
+ * survives a host restart too (it fires at least once), so arm it in `init`
+ * only when `pending(name)` has none. An unnamed timer is gone with the host
+ * process: re-arm those in `init`.
  */
 export const timers = {
   /**
    * Fires `onTimer(id, payload)` after `delayMs`. `payload`: bytes or a
-   * string (UTF-8). `options.name`: a named timer replaces the pending timer
-   * of that name. Returns the timer's id.
+   * string (UTF-8). `options.name`: a named (durable) timer replaces the
+   * pending timer of that name. Returns the timer's id.
    */
   set(delayMs, payload = new Uint8Array(0), options = {}) {
     if (typeof delayMs !== 'bigint' && (!Number.isFinite(delayMs) || delayMs < 0)) {
@@ -315,6 +321,193 @@ export const timers = {
   pending(name) {
     const id = host.timersPending(String(name));
     return id === undefined || id === null ? undefined : idFromHost(id);
+  },
+};
+
+// ---------------------------------------------------------------- jobs
+
+/** A duration or count in milliseconds (a number or a BigInt, not negative) as the WIT u64. */
+function u64ToHost(value, what) {
+  if (typeof value === 'bigint') {
+    if (value < 0n) throw new TypeError(`invalid ${what} ${value}`);
+    return value;
+  }
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) throw new TypeError(`invalid ${what} ${value}`);
+  return BigInt(Math.floor(value));
+}
+
+/** A WIT u32 from a non-negative integer number. */
+function u32ToHost(value, what) {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new TypeError(`invalid ${what} ${value}`);
+  return value;
+}
+
+const JOB_OPTIONS = ['delayMs', 'retry', 'uniqueKey', 'uniqueForMs', 'timeoutMs'];
+const absent = (v) => v === undefined || v === null;
+
+function jobOptionsToHost(options) {
+  const o = absent(options) ? {} : options;
+  if (typeof o !== 'object') throw new TypeError('jobs.enqueue: options must be an object');
+  for (const k of Object.keys(o)) {
+    if (!JOB_OPTIONS.includes(k)) throw new TypeError(`jobs.enqueue: unknown option ${k} (${JOB_OPTIONS.join(', ')})`);
+  }
+  const r = o.retry;
+  return {
+    delayMs: u64ToHost(o.delayMs ?? 0, 'job delay'),
+    retry: absent(r)
+      ? undefined
+      : {
+          maxAttempts: u32ToHost(r.maxAttempts ?? 20, 'retry maxAttempts'),
+          baseDelayMs: u64ToHost(r.baseDelayMs ?? 15_000, 'retry baseDelayMs'),
+          maxDelayMs: u64ToHost(r.maxDelayMs ?? 86_400_000, 'retry maxDelayMs'),
+        },
+    uniqueKey: absent(o.uniqueKey) ? undefined : String(o.uniqueKey),
+    uniqueForMs: u64ToHost(o.uniqueForMs ?? 0, 'uniqueForMs'),
+    timeoutMs: absent(o.timeoutMs) ? undefined : u32ToHost(o.timeoutMs, 'job timeoutMs'),
+  };
+}
+
+/** `call`, with the job id of a `duplicate` error as a JS id. */
+function jobsCall(operation, f, ...args) {
+  try {
+    return call(operation, f, ...args);
+  } catch (e) {
+    if (e instanceof BatonError && e.code === 'duplicate') throw new BatonError(operation, e.code, idFromHost(e.detail));
+    throw e;
+  }
+}
+
+/** What `onJob` is told about the job it runs (ids and times as numbers). */
+function jobFromHost(j) {
+  return {
+    id: idFromHost(j.id),
+    kind: j.kind,
+    attempt: j.attempt,
+    maxAttempts: j.maxAttempts,
+    enqueuedMs: Number(j.enqueuedMs),
+    scheduledMs: Number(j.scheduledMs),
+    schedule: absent(j.schedule) ? undefined : j.schedule,
+  };
+}
+
+const DONE = Object.freeze({ tag: 'done' });
+
+/**
+ * Durable jobs of this tenant: work no client waits for (billing, syncs,
+ * reports), kept by the host across swaps, crashes, host restarts and
+ * failover, and run at least once through `onJob(job, payload)` (so make
+ * them idempotent). `onJob` returns how the attempt ended: `jobs.done()` (or
+ * nothing), `jobs.failed(error)`, `jobs.snooze(ms)` or `jobs.discard(reason)`.
+ */
+export const jobs = {
+  /**
+   * Enqueues a job of `kind` with `payload` (bytes or a string; at most
+   * 64 KiB) and returns its id. Options: `delayMs` (run no sooner than
+   * this), `retry` (`{maxAttempts, baseDelayMs, maxDelayMs}`; absent fields
+   * and an absent `retry` take the host's policy: 20 attempts, 15 s
+   * doubling up to 24 h), `uniqueKey` (at most one job with this key is
+   * pending or running: another throws a BatonError `duplicate` whose
+   * `detail` is that job's id), `uniqueForMs` (the key also holds this long
+   * after the first was enqueued), `timeoutMs` (a bound on one attempt).
+   */
+  enqueue(kind, payload, options = {}) {
+    const opts = jobOptionsToHost(options);
+    return idFromHost(jobsCall('jobs.enqueue', host.jobsEnqueue, String(kind), toBytes(payload, 'job payload'), opts));
+  },
+  /** Cancels a job that has not started; `false` if it is running, done, dead or unknown. */
+  cancel(job) {
+    return jobsCall('jobs.cancel', host.jobsCancel, idToHost(job, 'job'));
+  },
+  /**
+   * Runs a job of `kind` with `payload` at every slot of `cron` (UTC; five
+   * fields: minute hour day-of-month month day-of-week, or six with seconds
+   * first), named `name`. Declaring the same schedule again changes nothing,
+   * so declare it in `init`; a changed expression or payload replaces it. A
+   * bad expression throws a BatonError `invalid`.
+   */
+  schedule(name, cron, kind, payload) {
+    jobsCall('jobs.schedule', host.jobsSchedule, String(name), String(cron), String(kind), toBytes(payload, 'job payload'));
+  },
+  /** Removes a schedule; `false` if there was none. */
+  unschedule(name) {
+    return jobsCall('jobs.unschedule', host.jobsUnschedule, String(name));
+  },
+  /** The job is done: it is removed. */
+  done() {
+    return DONE;
+  },
+  /** The attempt failed (a string or an Error): retried per the job's policy, dead when its attempts are used up. */
+  failed(error) {
+    return Object.freeze({ tag: 'failed', val: message(error) });
+  },
+  /** Not now: run it again after `ms` milliseconds, without using up an attempt. */
+  snooze(ms) {
+    return Object.freeze({ tag: 'snooze', val: u64ToHost(ms, 'snooze') });
+  },
+  /** Give up without retrying: the job is kept as dead with `reason`. */
+  discard(reason) {
+    return Object.freeze({ tag: 'discard', val: String(reason) });
+  },
+};
+
+/** What `onJob` returned as the WIT job-outcome; nothing is `done`. */
+function outcomeToHost(v) {
+  if (absent(v)) return DONE;
+  if (typeof v === 'object') {
+    switch (v.tag) {
+      case 'done':
+        return DONE;
+      case 'failed':
+      case 'discard':
+        return { tag: v.tag, val: String(v.val) };
+      case 'snooze':
+        return { tag: 'snooze', val: u64ToHost(v.val, 'snooze') };
+    }
+  }
+  throw new TypeError(
+    `onJob must return jobs.done(), jobs.failed(error), jobs.snooze(ms), jobs.discard(reason) or nothing, not ${
+      typeof v === 'object' ? stringify(v) : String(v)
+    }`,
+  );
+}
+
+// ---------------------------------------------------------------- webhooks
+
+function deliveryFromHost(d) {
+  return {
+    id: d.id,
+    endpoint: d.endpoint,
+    eventType: d.eventType,
+    delivered: d.delivered,
+    attempts: d.attempts,
+    lastStatus: absent(d.lastStatus) ? undefined : d.lastStatus,
+    lastError: absent(d.lastError) ? undefined : d.lastError,
+  };
+}
+
+/**
+ * Webhooks to this tenant's customers, delivered by the host: signed per
+ * Standard Webhooks with the endpoint's secret (which the plugin never
+ * sees), retried on the host's schedule, and reported to `onWebhookResult`.
+ * Operators configure each tenant's endpoints (`baton webhooks`).
+ */
+export const webhooks = {
+  /**
+   * Queues the event `eventType` with `payload` (JSON text: a string or
+   * bytes; at most 256 KiB) for the tenant's endpoint named `endpoint`, sent
+   * as `{"type": eventType, "timestamp": ..., "data": payload}`. Returns the
+   * message id (the `webhook-id` header). With `options.idempotencyKey`,
+   * sending the same key again within 24 hours queues nothing and returns
+   * the first message's id.
+   */
+  send(endpoint, eventType, payload, options = {}) {
+    const key = absent(options) || absent(options.idempotencyKey) ? undefined : String(options.idempotencyKey);
+    const data = toBytes(payload, 'webhook payload');
+    return call('webhooks.send', host.webhooksSend, String(endpoint), String(eventType), data, key);
+  },
+  /** `send` with `value` as JSON (BigInts allowed). */
+  sendJson(endpoint, eventType, value, options = {}) {
+    return webhooks.send(endpoint, eventType, stringify(value), options);
   },
 };
 
@@ -543,6 +736,8 @@ const HOOKS = [
   'onHttp',
   'onTimer',
   'onPresence',
+  'onJob',
+  'onWebhookResult',
   'exportState',
   'importState',
   'migrations',
@@ -635,6 +830,43 @@ function guarded(name, f) {
   };
 }
 
+/**
+ * `onJob`: what the hook returns is the outcome (nothing: done); a throw (or
+ * a rejection, or a value that is no outcome) is a failed attempt carrying
+ * the error and its stack, retried by the host. Never a trap.
+ */
+function jobOutcomeOf(f) {
+  return (raw, payload) => {
+    let job;
+    const fail = (e) => {
+      if (isError(e)) {
+        try {
+          const which = job ? ` (job ${job.id}, kind ${stringify(job.kind)}, attempt ${job.attempt})` : '';
+          host.hostLog('debug', `onJob failed${which}: ${describe(e)}`);
+        } catch {
+          // Logging must never turn a failed attempt into a trap.
+        }
+      }
+      return { tag: 'failed', val: describe(e) };
+    };
+    const done = (v) => {
+      try {
+        return outcomeToHost(v);
+      } catch (e) {
+        return fail(e);
+      }
+    };
+    let v;
+    try {
+      job = jobFromHost(raw);
+      v = f(job, payload);
+    } catch (e) {
+      return fail(e);
+    }
+    return isThenable(v) ? Promise.resolve(v).then(done, fail) : done(v);
+  };
+}
+
 function bytesOf(v, what) {
   if (v === undefined || v === null) return new Uint8Array(0);
   return toBytes(v, what);
@@ -648,7 +880,11 @@ function bytesOf(v, what) {
  * - `init(config, rawConfig)`: the parsed `[config]` of `<name>.toml`. Throw to fail the deploy.
  * - `onConnect(session, request)`: throw `'reason'` (or an Error) to refuse (HTTP 403).
  * - `onFrame(session, frame)`, `onDisconnect(session)`, `onTimer(id, payload)`,
- *   `onPresence(topic, joins, leaves)`: a throw is logged and swallowed.
+ *   `onPresence(topic, joins, leaves)`, `onWebhookResult(delivery)`: a throw
+ *   is logged and swallowed.
+ * - `onJob(job, payload)`: return `jobs.done()` (or nothing), `jobs.failed(e)`,
+ *   `jobs.snooze(ms)` or `jobs.discard(reason)`; a throw is `failed(<stack>)`.
+ *   Default: discard (`this plugin has no on_job for jobs of kind "..."`).
  * - `onHttp(request)`: return a response (see `http`); throw for a 500. Default: 404 JSON.
  * - `exportState()`: bytes or a string; `importState(fromVersion, bytes)`: throw to refuse.
  * - `migrations`: an array of `{id, sql}` (or a function returning one), for plugins granted SQL.
@@ -677,6 +913,8 @@ export function definePlugin(spec = {}) {
   const userHttp = hook('onHttp');
   const userTimer = hook('onTimer');
   const userPresence = hook('onPresence');
+  const userJob = hook('onJob');
+  const userWebhookResult = hook('onWebhookResult');
   const userExport = hook('exportState');
   const userImport = hook('importState');
 
@@ -710,6 +948,12 @@ export function definePlugin(spec = {}) {
     onTimer: guarded('onTimer', (id, payload) => (userTimer ? userTimer(idFromHost(id), payload) : undefined)),
     onPresence: guarded('onPresence', (topic, joins, leaves) =>
       userPresence ? userPresence(topic, joins.map(entryFromHost), leaves.map(entryFromHost)) : undefined,
+    ),
+    onJob: jobOutcomeOf((job, payload) =>
+      userJob ? userJob(job, payload) : jobs.discard(`this plugin has no on_job for jobs of kind ${stringify(job.kind)}`),
+    ),
+    onWebhookResult: guarded('onWebhookResult', (delivery) =>
+      userWebhookResult ? userWebhookResult(deliveryFromHost(delivery)) : undefined,
     ),
     exportState: resultOf(
       'exportState',

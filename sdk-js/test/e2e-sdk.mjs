@@ -190,6 +190,27 @@ async function main() {
   const out = await a.until((x) => 'binaryOut' in x);
   check(m.sentBytes === true && same(out.binaryOut, [9, 8]), 'binary frame out (sendBytes)');
   await a.op('log');
+
+  // Jobs and webhooks: each call goes through the real bindings (options,
+  // ids, payloads lowered; the host's answer or its WIT error lifted). What
+  // the host answers depends on its job store: an id, or a BatonError code.
+  const jobCodes = ['too-large', 'too-many', 'duplicate', 'invalid', 'unavailable'];
+  const hookCodes = ['unknown-endpoint', 'too-large', 'invalid', 'unavailable'];
+  const answered = (r, ok, codes) => (r && 'ok' in r ? ok(r.ok) : !!r && codes.includes(r.error));
+  m = await a.op('jobs');
+  check(
+    answered(m.enqueue, (id) => typeof id === 'number', jobCodes) &&
+      answered(m.enqueuePlain, (id) => typeof id === 'number', jobCodes) &&
+      answered(m.cancel, (x) => x === false, jobCodes) &&
+      answered(m.schedule, (x) => x === null, jobCodes) &&
+      answered(m.unschedule, (x) => typeof x === 'boolean', jobCodes),
+    `jobs: enqueue with every option, cancel, schedule, unschedule (${JSON.stringify(m)})`,
+  );
+  m = await a.op('webhook');
+  check(
+    answered(m.send, (id) => typeof id === 'string', hookCodes) && answered(m.sendJson, (id) => typeof id === 'string', hookCodes),
+    `webhooks: send, sendJson (${JSON.stringify(m)})`,
+  );
   a.ws.send(JSON.stringify({ op: 'nosuch' }));
   m = await a.op('info');
   check(m.tenant === 'acme', 'an unknown op throws in onFrame, the instance keeps serving');

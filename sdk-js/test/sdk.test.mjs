@@ -12,6 +12,8 @@ import {
   presence,
   timers,
   storage,
+  jobs,
+  webhooks,
   log,
   nowMs,
   tenantName,
@@ -26,6 +28,27 @@ beforeEach(() => {
 
 const request = (over = {}) => ({ tenant: 'acme', path: '/', query: '', headers: [], resumed: false, ...over });
 const httpRequest = (over = {}) => ({ method: 'GET', path: '/', query: '', headers: [], body: new Uint8Array(0), ...over });
+// A job-info and a webhook-result as componentize-js hands them over (u64 as BigInt, none as undefined).
+const jobInfo = (over = {}) => ({
+  id: 7n,
+  kind: 'bill',
+  attempt: 1,
+  maxAttempts: 3,
+  enqueuedMs: 1_700_000_000_000n,
+  scheduledMs: 1_700_000_060_000n,
+  schedule: undefined,
+  ...over,
+});
+const webhookResult = (over = {}) => ({
+  id: 'msg_1',
+  endpoint: 'billing',
+  eventType: 'invoice.paid',
+  delivered: true,
+  attempts: 1,
+  lastStatus: 200,
+  lastError: undefined,
+  ...over,
+});
 
 test('every export has a default', () => {
   const p = definePlugin({});
@@ -36,6 +59,12 @@ test('every export has a default', () => {
   assert.equal(p.onDisconnect(1n), undefined);
   assert.equal(p.onTimer(1n, new Uint8Array(0)), undefined);
   assert.equal(p.onPresence('t', [], []), undefined);
+  // No onJob: the job is discarded (kept as dead, with why), not retried.
+  assert.deepEqual(p.onJob(jobInfo(), new Uint8Array(0)), {
+    tag: 'discard',
+    val: 'this plugin has no on_job for jobs of kind "bill"',
+  });
+  assert.equal(p.onWebhookResult(webhookResult()), undefined);
   const r = p.onHttp(httpRequest());
   assert.equal(r.tag, 'ok');
   assert.equal(r.val.status, 404);
@@ -295,4 +324,164 @@ test('hooks are called with this bound to the object given', () => {
   });
   p.onFrame(1n, text('x'));
   assert.deepEqual(JSON.parse(fromUtf8(p.onHttp(httpRequest()).val.body)), { n: 1 });
+});
+
+test('onJob: the job as numbers, and the outcome it returns', async () => {
+  const seen = [];
+  const p = definePlugin({
+    async onJob(job, payload) {
+      seen.push([job, fromUtf8(payload)]);
+      switch (job.kind) {
+        case 'done':
+          return jobs.done();
+        case 'nothing':
+          return undefined;
+        case 'failed':
+          return jobs.failed('the API said 503');
+        case 'failedError':
+          return jobs.failed(new Error('timeout'));
+        case 'snooze':
+          return jobs.snooze(30_000);
+        case 'discard':
+          return jobs.discard('no such invoice');
+      }
+    },
+  });
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'done', schedule: 'daily' }), utf8('{"n":1}')), { tag: 'done' });
+  assert.deepEqual(seen[0], [
+    {
+      id: 7,
+      kind: 'done',
+      attempt: 1,
+      maxAttempts: 3,
+      enqueuedMs: 1_700_000_000_000,
+      scheduledMs: 1_700_000_060_000,
+      schedule: 'daily',
+    },
+    '{"n":1}',
+  ]);
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'nothing' }), new Uint8Array(0)), { tag: 'done' });
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'failed' }), new Uint8Array(0)), { tag: 'failed', val: 'the API said 503' });
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'failedError' }), new Uint8Array(0)), { tag: 'failed', val: 'timeout' });
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'snooze' }), new Uint8Array(0)), { tag: 'snooze', val: 30_000n });
+  assert.deepEqual(await p.onJob(jobInfo({ kind: 'discard' }), new Uint8Array(0)), { tag: 'discard', val: 'no such invoice' });
+  assert.equal(typeof seen[1][0].id, 'number');
+  assert.equal(seen[1][0].schedule, undefined);
+  assert.deepEqual(host.logs, []);
+  assert.throws(() => jobs.snooze(-1), TypeError);
+});
+
+test('a throw in onJob is a failed attempt with the stack, never a trap', async () => {
+  const p = definePlugin({
+    onJob(job) {
+      if (job.kind === 'async') return Promise.reject(new RangeError('later'));
+      if (job.kind === 'plain') throw 'not now';
+      if (job.kind === 'wrong') return 'done';
+      throw new TypeError('the API said no');
+    },
+  });
+  const thrown = p.onJob(jobInfo({ attempt: 2 }), new Uint8Array(0));
+  assert.equal(thrown.tag, 'failed');
+  assert.match(thrown.val, /^TypeError: the API said no \[stack: .*onJob.*\]$/);
+  assert.ok(!thrown.val.includes('\n'), 'one line');
+  const rejected = await p.onJob(jobInfo({ kind: 'async' }), new Uint8Array(0));
+  assert.equal(rejected.tag, 'failed');
+  assert.match(rejected.val, /^RangeError: later/);
+  assert.deepEqual(p.onJob(jobInfo({ kind: 'plain' }), new Uint8Array(0)), { tag: 'failed', val: 'not now' });
+  const wrong = p.onJob(jobInfo({ kind: 'wrong' }), new Uint8Array(0));
+  assert.equal(wrong.tag, 'failed');
+  assert.match(wrong.val, /^TypeError: onJob must return jobs.done\(\)/);
+  // Errors (not plain strings) leave their stack at debug level, as for the callbacks with an error result.
+  assert.ok(host.logs.every(([level]) => level === 'debug'));
+  assert.match(host.logs[0][1], /^onJob failed \(job 7, kind "bill", attempt 2\): TypeError: the API said no/);
+  assert.equal(host.logs.length, 3);
+});
+
+test('onWebhookResult gets the delivery; a throw is logged and swallowed', async () => {
+  const got = [];
+  const p = definePlugin({
+    async onWebhookResult(delivery) {
+      got.push(delivery);
+      if (!delivery.delivered) throw new Error('cannot record the failure');
+    },
+  });
+  await p.onWebhookResult(webhookResult());
+  const failed = { id: 'msg_2', delivered: false, attempts: 8, lastStatus: 503, lastError: 'HTTP 503' };
+  assert.equal(await p.onWebhookResult(webhookResult(failed)), undefined);
+  const sent = { endpoint: 'billing', eventType: 'invoice.paid' };
+  assert.deepEqual(got, [
+    { id: 'msg_1', ...sent, delivered: true, attempts: 1, lastStatus: 200, lastError: undefined },
+    { ...sent, ...failed },
+  ]);
+  assert.equal(host.logs.length, 1);
+  assert.equal(host.logs[0][0], 'error');
+  assert.match(
+    host.logs[0][1],
+    /^onWebhookResult threw \(the instance keeps running with its state\): Error: cannot record the failure/,
+  );
+});
+
+test('jobs: enqueue with options, cancel, schedule, unschedule; ids are numbers', () => {
+  assert.equal(jobs.enqueue('send-invoice', '{"invoice":42}'), 42);
+  assert.deepEqual(host.calls.at(-1), [
+    'jobs',
+    'enqueue',
+    [
+      'send-invoice',
+      utf8('{"invoice":42}'),
+      { delayMs: 0n, retry: undefined, uniqueKey: undefined, uniqueForMs: 0n, timeoutMs: undefined },
+    ],
+  ]);
+  const id = jobs.enqueue('sync', new Uint8Array([1]), {
+    delayMs: 60_000,
+    retry: { maxAttempts: 5, baseDelayMs: 1000 },
+    uniqueKey: 'invoice-42',
+    uniqueForMs: 3_600_000n,
+    timeoutMs: 2000,
+  });
+  assert.equal(id, 43);
+  assert.equal(typeof id, 'number');
+  assert.deepEqual(host.calls.at(-1)[2][2], {
+    delayMs: 60_000n,
+    retry: { maxAttempts: 5, baseDelayMs: 1000n, maxDelayMs: 86_400_000n },
+    uniqueKey: 'invoice-42',
+    uniqueForMs: 3_600_000n,
+    timeoutMs: 2000,
+  });
+  assert.throws(
+    () => jobs.enqueue('sync', '', { uniqueKey: 'taken' }),
+    (e) => e instanceof BatonError && e.operation === 'jobs.enqueue' && e.code === 'duplicate' && e.detail === 41,
+  );
+  assert.throws(
+    () => jobs.enqueue('', ''),
+    (e) => e instanceof BatonError && e.code === 'invalid' && e.detail === 'an empty kind',
+  );
+  assert.throws(() => jobs.enqueue('sync', '', { delay: 5 }), /unknown option delay/);
+  assert.throws(() => jobs.enqueue('sync', '', { timeoutMs: 1.5 }), TypeError);
+  assert.throws(() => jobs.enqueue('sync', '', { delayMs: -1 }), TypeError);
+  assert.equal(jobs.cancel(42), true);
+  assert.deepEqual(host.calls.at(-1)[2], [42n]);
+  assert.equal(jobs.cancel('43'), false);
+  jobs.schedule('daily', '5 0 * * *', 'bill', '{}');
+  assert.deepEqual(host.calls.at(-1), ['jobs', 'schedule', ['daily', '5 0 * * *', 'bill', utf8('{}')]]);
+  jobs.schedule('no-payload', '0 * * * *', 'tick');
+  assert.deepEqual(host.calls.at(-1)[2][3], new Uint8Array(0));
+  assert.throws(
+    () => jobs.schedule('daily', 'bad', 'bill', ''),
+    (e) => e instanceof BatonError && e.code === 'invalid' && e.detail === 'bad cron expression',
+  );
+  assert.equal(jobs.unschedule('daily'), true);
+  assert.equal(jobs.unschedule('weekly'), false);
+});
+
+test('webhooks: send, sendJson and their errors', () => {
+  assert.equal(webhooks.send('billing', 'invoice.paid', '{"invoice":42}'), 'msg_new');
+  assert.deepEqual(host.calls.at(-1), ['webhooks', 'send', ['billing', 'invoice.paid', utf8('{"invoice":42}'), undefined]]);
+  const id = webhooks.sendJson('billing', 'invoice.paid', { invoice: 42, big: 2n }, { idempotencyKey: 'inv-42' });
+  assert.equal(id, 'msg_inv-42');
+  assert.deepEqual(host.calls.at(-1)[2], ['billing', 'invoice.paid', utf8('{"invoice":42,"big":2}'), 'inv-42']);
+  assert.throws(
+    () => webhooks.send('nowhere', 'x', '{}'),
+    (e) => e instanceof BatonError && e.operation === 'webhooks.send' && e.code === 'unknown-endpoint',
+  );
 });

@@ -47,7 +47,7 @@ try {
       `import * as mod from ${JSON.stringify(entry)};`,
       `import { pluginOf } from '@baton/sdk';`,
       `const plugin = pluginOf(mod, ${JSON.stringify(relative(process.cwd(), entry) || basename(entry))});`,
-      `export const { init, onConnect, onFrame, onDisconnect, onHttp, onTimer, onPresence, exportState, importState, migrations } = plugin;`,
+      `export const { init, onConnect, onFrame, onDisconnect, onHttp, onTimer, onPresence, onJob, onWebhookResult, exportState, importState, migrations } = plugin;`,
       '',
     ].join('\n'),
   );

@@ -137,7 +137,7 @@ async fn more_python_tenants_than_the_pool_holds_get_503_and_no_crash() {
 async fn the_javascript_sdk_wraps_every_capability_against_a_real_host() {
     // sdk-js/test/e2e-sdk.mjs starts `baton serve` with the kitchen-sink
     // plugin and checks each wrapper (HTTP, refusals, presence, topics,
-    // timers, storage, errors, logs) through real sockets.
+    // timers, storage, jobs, webhooks, errors, logs) through real sockets.
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")

@@ -27,8 +27,13 @@ const WIT: Carried = ("wit/plugin.wit", include_str!("../../../wit/plugin.wit"))
 const RUST_SDK: &[Carried] = &[
     ("baton-sdk/Cargo.toml", include_str!("../../../sdk/Cargo.toml")),
     ("baton-sdk/src/http.rs", include_str!("../../../sdk/src/http.rs")),
+    ("baton-sdk/src/jobs.rs", include_str!("../../../sdk/src/jobs.rs")),
     ("baton-sdk/src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
     ("baton-sdk/src/log.rs", include_str!("../../../sdk/src/log.rs")),
+    (
+        "baton-sdk/src/outbound.rs",
+        include_str!("../../../sdk/src/outbound.rs"),
+    ),
     (
         "baton-sdk/src/presence.rs",
         include_str!("../../../sdk/src/presence.rs"),
@@ -39,6 +44,10 @@ const RUST_SDK: &[Carried] = &[
     ("baton-sdk/src/storage.rs", include_str!("../../../sdk/src/storage.rs")),
     ("baton-sdk/src/timers.rs", include_str!("../../../sdk/src/timers.rs")),
     ("baton-sdk/src/topics.rs", include_str!("../../../sdk/src/topics.rs")),
+    (
+        "baton-sdk/src/webhooks.rs",
+        include_str!("../../../sdk/src/webhooks.rs"),
+    ),
 ];
 
 /// The Python SDK, written under `baton_sdk/` beside the app.
@@ -66,6 +75,10 @@ const PYTHON_SDK: &[Carried] = &[
     (
         "baton_sdk/http.py",
         include_str!("../../../sdk-python/src/baton_sdk/http.py"),
+    ),
+    (
+        "baton_sdk/jobs.py",
+        include_str!("../../../sdk-python/src/baton_sdk/jobs.py"),
     ),
     (
         "baton_sdk/log.py",
@@ -98,6 +111,10 @@ const PYTHON_SDK: &[Carried] = &[
     (
         "baton_sdk/topics.py",
         include_str!("../../../sdk-python/src/baton_sdk/topics.py"),
+    ),
+    (
+        "baton_sdk/webhooks.py",
+        include_str!("../../../sdk-python/src/baton_sdk/webhooks.py"),
     ),
 ];
 
@@ -393,7 +410,8 @@ WitWorld = baton_sdk.export(App)
 const BUILD_SH: &str = r#"#!/usr/bin/env bash
 # Builds {name}.wasm: componentize-py (pinned in requirements.txt, installed
 # into .venv the first time) against the world `plugin-no-sql` of wit/ (pass
-# `plugin` to use SQL; the plugin then needs `[capabilities] sql = true`).
+# `plugin` to use SQL; the plugin then needs `[capabilities] sql = true`, and
+# it imports outbound-http too, which needs `[capabilities] http`).
 set -euo pipefail
 cd "$(dirname "$0")"
 world=${1:-plugin-no-sql}
@@ -440,10 +458,11 @@ SDK and `wit/` the plugin WIT of the baton that created this project.
 
 Import every module at the top of `app.py` (also the standard library's):
 the app is snapshotted at build time and cannot import anything later. An
-exception in `on_frame`, `on_disconnect`, `on_timer` or `on_presence` is
-logged and the instance keeps its state; in a callback with an error result
-(`init`, `on_connect`, `on_http`, `export_state`, `import_state`) it becomes
-that error.
+exception in `on_frame`, `on_disconnect`, `on_timer`, `on_presence` or
+`on_webhook_result` is logged and the instance keeps its state; in `on_job`
+it is a failed attempt (retried per the job's policy); in a callback with an
+error result (`init`, `on_connect`, `on_http`, `export_state`,
+`import_state`) it becomes that error.
 "#;
 
 const PLUGIN_JS: &str = r#"// The `{name}` baton plugin. One instance per tenant: module state is that
@@ -495,10 +514,11 @@ memory_mib = 128
 ```
 
 `baton-sdk/` is the SDK and `wit/` the plugin WIT of the baton that created
-this project. Session ids are plain numbers. An exception in `onFrame`,
-`onDisconnect`, `onTimer` or `onPresence` is logged and the instance keeps its
-state; in a callback with an error result (`init`, `onConnect`, `onHttp`,
-`exportState`, `importState`) it becomes that error.
+this project. Session, timer and job ids are plain numbers. An exception in
+`onFrame`, `onDisconnect`, `onTimer`, `onPresence` or `onWebhookResult` is
+logged and the instance keeps its state; in `onJob` it is a failed attempt
+(retried per the job's policy); in a callback with an error result (`init`,
+`onConnect`, `onHttp`, `exportState`, `importState`) it becomes that error.
 "#;
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ const IFACES = {
   presence: ['track', 'untrack', 'list'],
   timers: ['set', 'cancel', 'pending'],
   storage: ['get', 'set', 'delete', 'list'],
+  jobs: ['enqueue', 'cancel', 'schedule', 'unschedule'],
+  webhooks: ['send'],
 };
 
 const SDK = new URL('../../src/', import.meta.url);

@@ -20,6 +20,7 @@ export function installHost() {
     maxFrame: 1024,
     store: new Map(),
     nextTimer: 1n,
+    nextJob: 42n,
     call(iface, fn, args) {
       this.calls.push([iface, fn, args]);
       const impl = this.impl[`${iface}.${fn}`];
@@ -83,6 +84,31 @@ export function installHost() {
       },
       'storage.list'(prefix, limit) {
         return [...host.store.keys()].filter((k) => k.startsWith(prefix)).sort().slice(0, limit);
+      },
+      'jobs.enqueue'(kind, payload, options) {
+        if (!(payload instanceof Uint8Array)) throw new TypeError('payload must be a Uint8Array');
+        for (const k of ['delayMs', 'uniqueForMs']) {
+          if (typeof options[k] !== 'bigint') throw new TypeError(`options.${k} must be a BigInt`);
+        }
+        if (options.uniqueKey === 'taken') throw new ComponentError({ tag: 'duplicate', val: 41n });
+        if (kind === '') throw new ComponentError({ tag: 'invalid', val: 'an empty kind' });
+        return host.nextJob++;
+      },
+      'jobs.cancel'(id) {
+        if (typeof id !== 'bigint') throw new TypeError('job id must be a BigInt');
+        return id === 42n;
+      },
+      'jobs.schedule'(name, cron, kind, payload) {
+        if (!(payload instanceof Uint8Array)) throw new TypeError('payload must be a Uint8Array');
+        if (cron === 'bad') throw new ComponentError({ tag: 'invalid', val: 'bad cron expression' });
+      },
+      'jobs.unschedule'(name) {
+        return name === 'daily';
+      },
+      'webhooks.send'(endpoint, eventType, payload, idempotencyKey) {
+        if (!(payload instanceof Uint8Array)) throw new TypeError('payload must be a Uint8Array');
+        if (endpoint === 'nowhere') throw new ComponentError({ tag: 'unknown-endpoint' });
+        return `msg_${idempotencyKey ?? 'new'}`;
       },
     },
   };

@@ -13,10 +13,11 @@ Build with `sdk-python/build-plugin SRC_DIR OUT.wasm` (SRC_DIR/app.py).
 """
 
 from . import _wit
-from . import log, presence, session, sql, state, storage, timers, topics
+from . import jobs, log, presence, session, sql, state, storage, timers, topics, webhooks
 from ._plugin import Plugin, export
 from .errors import (
     HostError,
+    JobError,
     PresenceError,
     Refuse,
     SessionError,
@@ -25,13 +26,14 @@ from .errors import (
     StorageError,
     TimerError,
     TopicError,
+    WebhookError,
 )
 from .frame import Frame
 from .http import ConnectRequest, HttpRequest, HttpResponse
 from .session import Session
 from .state import Saved, VersionedState
 
-__version__ = "0.1.3"
+__version__ = "0.1.4"
 
 
 def now_ms():
@@ -51,6 +53,7 @@ __all__ = [
     "HostError",
     "HttpRequest",
     "HttpResponse",
+    "JobError",
     "Plugin",
     "PresenceError",
     "Refuse",
@@ -63,7 +66,9 @@ __all__ = [
     "TimerError",
     "TopicError",
     "VersionedState",
+    "WebhookError",
     "export",
+    "jobs",
     "log",
     "now_ms",
     "presence",
@@ -74,4 +79,5 @@ __all__ = [
     "tenant_name",
     "timers",
     "topics",
+    "webhooks",
 ]

@@ -8,11 +8,16 @@ import traceback as _traceback
 from . import _wit
 from . import log as _host_log
 from .errors import Refuse, StateError
-from .frame import Frame
+from .frame import Frame, dumps
 from .http import ConnectRequest, HttpRequest, HttpResponse, to_wit_response
+from .jobs import Info as _JobInfo
+from .jobs import discard as _discard
+from .jobs import failed as _failed
+from .jobs import to_wit_outcome as _to_wit_outcome
 from .presence import _entries
 from .session import Session
 from .state import VersionedState
+from .webhooks import Delivery as _Delivery
 
 
 class Plugin:
@@ -32,9 +37,11 @@ class Plugin:
     Errors: in `init`, `on_connect`, `on_http`, `export_state` and
     `import_state` an exception becomes the call's error result (`str(exc)`):
     init fails the deploy, on_connect refuses the client (403), on_http
-    answers 500, export/import_state refuse the swap. In `on_frame`,
-    `on_disconnect`, `on_timer` and `on_presence` it is logged (error, with
-    the traceback) and swallowed: the instance and its state live on.
+    answers 500, export/import_state refuse the swap. In `on_job` it is a
+    failed attempt (`jobs.failed(<the traceback>)`), retried per the job's
+    policy. In `on_frame`, `on_disconnect`, `on_timer`, `on_presence` and
+    `on_webhook_result` it is logged (error, with the traceback) and
+    swallowed: the instance and its state live on.
 
     State across hot swaps: set `self.state` to a `VersionedState`, and the
     default `export_state`/`import_state` save and restore it."""
@@ -65,10 +72,24 @@ class Plugin:
         return HttpResponse.json(404, {"error": "not found"})
 
     def on_timer(self, timer_id, payload):
-        """A timer set with `timers.set` fired (`payload`: bytes)."""
+        """A timer set with `timers.set` or `timers.set_named` fired
+        (`payload`: bytes)."""
 
     def on_presence(self, topic, joins, leaves):
         """Presence changed in `topic`: lists of `presence.Entry`."""
+
+    def on_job(self, job, payload):
+        """Runs a job (see `jobs`): `job` is a `jobs.Info`, `payload` bytes.
+        Return `jobs.done()` (or None), `jobs.failed(error)` to have it
+        retried per its policy, `jobs.snooze(ms)` or `jobs.discard(reason)`;
+        an exception is `failed(<the traceback>)`. The default discards the
+        job: a plugin that enqueues jobs overrides this."""
+        return _discard(f"this plugin has no on_job for jobs of kind {dumps(job.kind)}")
+
+    def on_webhook_result(self, delivery):
+        """A webhook queued with `webhooks.send` was delivered, or its
+        attempts are used up (`delivery`: a `webhooks.Delivery`). Called at
+        least once per message."""
 
     def export_state(self):
         """Bytes for the next version (hot swap). Default: `self.state.save()`
@@ -126,6 +147,11 @@ def _traceback_text():
 
 def _describe(exc):
     return str(exc) or type(exc).__name__
+
+
+def _failure_text(exc):
+    """An exception in `on_job`, on one line, for the job's last error."""
+    return f"{type(exc).__name__}: {_describe(exc)} [{_traceback_text()}]"
 
 
 def _swallow(call):
@@ -202,6 +228,22 @@ class WitWorld:
             _current("on_presence").on_presence(topic, _entries(joins), _entries(leaves))
         except BaseException:
             _swallow("on_presence")
+
+    def on_job(self, job, payload):
+        # No error result: an exception is a failed attempt, never a trap
+        # (a trap would also cost the instance and its state).
+        try:
+            return _to_wit_outcome(_current("on_job").on_job(_JobInfo.from_wit(job), bytes(payload)))
+        except BaseException as exc:
+            text = _failure_text(exc)
+            _log("warn", f"on_job failed (job {job.id}, kind {dumps(job.kind)}, attempt {job.attempt}): {text}")
+            return _failed(text).to_wit()
+
+    def on_webhook_result(self, delivery):
+        try:
+            _current("on_webhook_result").on_webhook_result(_Delivery.from_wit(delivery))
+        except BaseException:
+            _swallow("on_webhook_result")
 
     def export_state(self):
         try:

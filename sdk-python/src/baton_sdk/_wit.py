@@ -12,7 +12,20 @@ binding module is therefore imported here, when the SDK is imported.
 
 import importlib
 
-INTERFACES = ("types", "session", "log", "clock", "tenant", "topics", "presence", "timers", "storage", "sql")
+INTERFACES = (
+    "types",
+    "session",
+    "log",
+    "clock",
+    "tenant",
+    "topics",
+    "presence",
+    "timers",
+    "storage",
+    "jobs",
+    "webhooks",
+    "sql",
+)
 
 _modules = {}
 for _name in INTERFACES:

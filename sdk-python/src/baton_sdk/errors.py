@@ -33,6 +33,23 @@ class TimerError(HostError):
     """A timer could not be set: too-many, too-large."""
 
 
+class JobError(HostError):
+    """A jobs call failed: too-large, too-many, duplicate (detail: the id of
+    the job that holds the unique key, also in `.job_id`), invalid (detail:
+    why, e.g. a bad cron expression), unavailable (detail: why)."""
+
+    @property
+    def job_id(self):
+        """The id of the pending or running job with the same unique key (a
+        `duplicate` error), else None."""
+        return self.detail if self.kind == "duplicate" else None
+
+
+class WebhookError(HostError):
+    """A webhook could not be queued: unknown-endpoint, too-large, invalid
+    (detail: why), unavailable (detail: why)."""
+
+
 class StorageError(HostError):
     """A storage call failed: invalid-key, too-large, quota-exceeded, unavailable."""
 
