@@ -15,6 +15,9 @@
 //!   what a valid name is; bounding text; Unix-ms time; the shutdown signal;
 //!   the accept loop both listeners share; the rate of new tenants; giving
 //!   freed memory back to the system after a burst.
+//! - `outbound`: HTTP requests out (plugins' `outbound-http`, webhook
+//!   deliveries) within an allow-list, checked again at every redirect and
+//!   on every resolved address.
 //! - `bindings`: the one `bindgen!` of the `wit/` world.
 //! - [`audit`]: the append-only log of every change of what runs, and who
 //!   asked for it; `health`: what a version's calls came to (a rollout's
@@ -79,6 +82,7 @@ mod instance;
 mod lanes;
 mod listener;
 mod names;
+mod outbound;
 mod presence;
 mod registry;
 mod runtime;

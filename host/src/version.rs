@@ -24,6 +24,7 @@ use crate::bindings::baton::plugin::types::Migration;
 use crate::config::{Limits, PluginSettings};
 use crate::health::Health;
 use crate::instance::state::InstanceState;
+use crate::outbound::{AllowList, Outbound};
 use crate::runtime::{EpochTicker, hex};
 
 /// The identity of a version: the SHA-256 of its file.
@@ -127,6 +128,9 @@ pub struct Version {
     /// The schema migrations it declares (its `migrations` export), read by
     /// the deploy check.
     migrations: OnceLock<Vec<Migration>>,
+    /// Its outbound HTTP client, when its settings grant `[capabilities]
+    /// http`: one for all its instances, so they share its connections.
+    outbound: Option<Outbound>,
 }
 
 impl std::ops::Deref for Version {
@@ -168,6 +172,7 @@ impl Version {
             })
             .collect();
         Version {
+            outbound: granted(&build.plugin, &build.settings.capabilities.http),
             build,
             loaded_at: SystemTime::now(),
             in_flight: AtomicUsize::new(0),
@@ -194,6 +199,11 @@ impl Version {
     /// The schema migrations this version declares, oldest first.
     pub fn migrations(&self) -> &[Migration] {
         self.migrations.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Its outbound HTTP client, if `[capabilities] http` grants any URL.
+    pub(crate) fn outbound(&self) -> Option<&Outbound> {
+        self.outbound.as_ref()
     }
 
     /// The latency histogram of calls to export `call`.
@@ -230,6 +240,18 @@ impl Version {
     pub fn retire(&self) {
         let _ = self.retired.set(Instant::now());
     }
+}
+
+/// The client of a `[capabilities] http` grant (its entries were checked
+/// when the settings were parsed); none without one.
+fn granted(plugin: &str, entries: &[String]) -> Option<Outbound> {
+    if entries.is_empty() {
+        return None;
+    }
+    AllowList::parse(entries)
+        .map(Outbound::new)
+        .inspect_err(|e| tracing::warn!(plugin, "[capabilities] http: {e}: nothing is allowed"))
+        .ok()
 }
 
 /// Counts one call in [`Version::in_flight`] for as long as it lives, so the

@@ -17,6 +17,7 @@ mod languages;
 mod layering;
 mod limits;
 mod operations;
+mod outbound;
 mod proxy;
 mod resume;
 mod rollouts;

@@ -107,6 +107,10 @@ pub struct Capabilities {
     /// `storage.postgres_url`). A plugin that imports it without this grant
     /// is refused at deploy.
     pub sql: bool,
+    /// Outbound HTTP (`baton:plugin/outbound-http`): the URLs the plugin may
+    /// request, as `scheme://host[:port]` entries (see `outbound::AllowList`).
+    /// A plugin that imports it without an entry is refused at deploy.
+    pub http: Vec<String>,
 }
 
 impl PluginSettings {
@@ -116,6 +120,8 @@ impl PluginSettings {
         if let Some(rollout) = &settings.rollout {
             rollout.check()?;
         }
+        crate::outbound::AllowList::parse(&settings.capabilities.http)
+            .map_err(|e| format!("[capabilities] http: {e}"))?;
         Ok(settings)
     }
 
@@ -137,6 +143,18 @@ mod tests {
         assert_eq!(s.config_json(), r#"{"greeting":"hi"}"#);
         let err = PluginSettings::parse("[limit]\nmemory_mib = 8").expect_err("typo");
         assert!(err.contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn an_http_grant_is_checked_entry_by_entry() {
+        let s =
+            PluginSettings::parse("[capabilities]\nhttp = ['https://api.example.com', 'http://*:*']\n").expect("valid");
+        assert_eq!(s.capabilities.http.len(), 2);
+        let err = PluginSettings::parse("[capabilities]\nhttp = ['https://api.example.com/v1']\n").expect_err("a path");
+        assert!(
+            err.starts_with("[capabilities] http: \"https://api.example.com/v1\""),
+            "{err}"
+        );
     }
 
     #[test]

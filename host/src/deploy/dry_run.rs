@@ -140,6 +140,11 @@ impl Deployer {
         // refused: the check is about the file.
         let mut lenient = settings.clone();
         lenient.capabilities.sql |= self.config.storage.postgres_url.is_some();
+        if lenient.capabilities.http.is_empty() {
+            // A stand-in sends no request (`imports::outbound_http`), and
+            // `.invalid` never resolves.
+            lenient.capabilities.http = vec!["https://dry-run.invalid".into()];
+        }
         let candidate = self.prepare(name, id, Some(bytes), lenient, settings_text, 0).await?;
         let tenants: Vec<String> = self
             .tenants
@@ -164,6 +169,11 @@ impl Deployer {
         let mut capabilities_missing = Vec::new();
         if new_imports.iter().any(|i| i.starts_with("baton:plugin/sql")) && !settings.capabilities.sql {
             capabilities_missing.push("sql (`[capabilities] sql = true`)".to_owned());
+        }
+        if new_imports.iter().any(|i| i.starts_with("baton:plugin/outbound-http"))
+            && settings.capabilities.http.is_empty()
+        {
+            capabilities_missing.push("outbound HTTP (`[capabilities] http = [\"https://...\"]`)".to_owned());
         }
         InterfaceDiff {
             imports_added: minus(&new_imports, &old_imports),

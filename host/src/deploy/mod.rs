@@ -326,6 +326,14 @@ impl Deployer {
                 });
             }
         }
+        if self.runtime.imports(&component, "baton:plugin/outbound-http") && settings.capabilities.http.is_empty() {
+            return Err(DeployError::Settings {
+                path: PathBuf::from(format!("{}.toml", name)),
+                message: "the plugin imports baton:plugin/outbound-http: grant it the URLs it may request with \
+                          `[capabilities] http = [\"https://api.example.com\"]`"
+                    .into(),
+            });
+        }
         let pre = self.runtime.prepare(&component)?;
         let seats = self.runtime.seats_for(&component)?;
         // Its tenants need the seats, and a migration to it or a deploy check

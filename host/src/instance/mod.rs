@@ -349,6 +349,7 @@ fn new_store(version: &Arc<Version>, tenant: Arc<TenantShared>, limits: Arc<Limi
         tags,
         schema_change: None,
         usage,
+        outbound: version.outbound().cloned(),
     };
     let mut store = Store::new(version.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);

@@ -38,6 +38,8 @@ pub struct InstanceState {
     pub(crate) schema_change: Option<crate::sql::SchemaChange>,
     /// What the tenant used of this version, counted into by this instance.
     pub(crate) usage: Arc<crate::tenant::usage::Usage>,
+    /// The version's outbound HTTP client (`[capabilities] http`), if granted.
+    pub(crate) outbound: Option<crate::outbound::Outbound>,
 }
 
 impl WasiView for InstanceState {
