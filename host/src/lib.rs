@@ -79,6 +79,7 @@ mod handover;
 mod health;
 mod imports;
 mod instance;
+mod jobs;
 mod lanes;
 mod listener;
 mod names;
@@ -274,6 +275,16 @@ async fn host(
         }
     });
 
+    let webhooks =
+        Arc::new(jobs::Webhooks::new(storage.clone(), config.webhooks.clone()).map_err(|e| anyhow::anyhow!(e))?);
+    let jobs_task = jobs::Dispatcher::start(
+        storage.clone(),
+        config.clone(),
+        webhooks.clone(),
+        jobs_opener(&clients),
+        stopped.clone(),
+    );
+
     log_serving(&listeners, &config)?;
     let listener_fds = [
         listeners.clients.as_fd().try_clone_to_owned()?,
@@ -291,7 +302,7 @@ async fn host(
         stopped.clone(),
         admin_accepting.subscribe(),
         upgrades.clone(),
-        (storage.clone(), sql.clone()),
+        (storage.clone(), sql.clone(), webhooks.clone()),
         cluster.clone(),
         audit.clone(),
     );
@@ -325,7 +336,7 @@ async fn host(
             cluster.silence();
         }
         // Everything lives on in the new process: close nothing, keep nothing.
-        for task in [watcher, client_task, admin_task, trim_task, upgrade_task] {
+        for task in [watcher, client_task, admin_task, trim_task, upgrade_task, jobs_task] {
             task.abort();
         }
         report_task.abort();
@@ -351,6 +362,22 @@ async fn host(
     slow_lane.shutdown_background();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How the job dispatcher opens a tenant: here, or (in a cluster) only when
+/// this node owns it.
+fn jobs_opener(clients: &Arc<server::Clients>) -> jobs::Open {
+    let clients = clients.clone();
+    Arc::new(move |tenant: String, plugin: String| {
+        let clients = clients.clone();
+        Box::pin(async move {
+            let handle = match &clients.cluster {
+                Some(cluster) => cluster.open(&tenant, &plugin).await,
+                None => clients.opener.open(&tenant, &plugin, 0),
+            };
+            handle.ok().filter(|h| !h.is_stand_in())
+        })
+    })
 }
 
 /// In a process started by `baton upgrade`: takes over from the old process
@@ -437,7 +464,7 @@ fn admin_of(
     shutdown: watch::Receiver<bool>,
     accepting: watch::Receiver<bool>,
     upgrades: mpsc::Sender<admin::UpgradeRequest>,
-    (storage, sql): (Arc<storage::Storage>, Option<Arc<sql::Sql>>),
+    (storage, sql, webhooks): (Arc<storage::Storage>, Option<Arc<sql::Sql>>, Arc<jobs::Webhooks>),
     cluster: Option<Arc<cluster::Cluster>>,
     audit: Arc<audit::Audit>,
 ) -> Arc<admin::Admin> {
@@ -456,6 +483,7 @@ fn admin_of(
         upgrades,
         storage,
         sql,
+        webhooks,
         cluster,
         audit,
         max_file_bytes: usize::try_from(config.swap.max_file_mib << 20).unwrap_or(usize::MAX),

@@ -46,6 +46,8 @@ pub(crate) struct Admin {
     pub upgrades: tokio::sync::mpsc::Sender<UpgradeRequest>,
     /// Tenants' data, for export and delete.
     pub storage: Arc<crate::storage::Storage>,
+    /// Tenants' webhook endpoints and delivery logs.
+    pub webhooks: Arc<crate::jobs::Webhooks>,
     /// Tenants' SQL schemas, for export and delete.
     pub sql: Option<Arc<crate::sql::Sql>>,
     /// The cluster this host is a node of, if any.

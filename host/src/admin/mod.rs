@@ -43,6 +43,10 @@
 //! - `DELETE /api/tenants/{tenant}[?force=true]`: ends the tenant's tasks and
 //!   erases its data, schemas and roles; 409 while it has sessions, unless
 //!   forced (they are closed with 1008);
+//! - `GET /api/tenants/{tenant}/jobs`, `POST …/jobs/{id}/retry`, `DELETE
+//!   …/jobs/{id}`, `GET|PUT|DELETE /api/tenants/{tenant}/webhooks[/{name}]`,
+//!   `GET /api/tenants/{tenant}/deliveries`: durable jobs and webhooks
+//!   (`jobs.rs`);
 //! - `GET /metrics`: Prometheus text format (gauges are read from the registry
 //!   at scrape time);
 //! - `GET /`: the live dashboard ([`dashboard.html`](dashboard.html)).
@@ -54,6 +58,7 @@
 
 mod context;
 mod guard;
+mod jobs;
 mod rollouts;
 mod series;
 mod view;
@@ -79,11 +84,14 @@ pub use crate::cluster::moves::DrainView;
 pub use crate::cluster::{ClusterView, NodeView};
 pub use crate::deploy::{DryRun, InterfaceDiff, TenantTrial};
 use crate::error::{Rejection, json_response};
+pub use crate::jobs::EndpointView;
 use crate::listener::accept_until;
+pub use crate::storage::jobs::Delivery;
 use crate::tenant::lifecycle;
 pub use crate::tenant::usage::UsageView;
 pub(crate) use context::{Admin, UpgradeRequest};
 pub(crate) use guard::Guard;
+pub use jobs::{DeliveriesView, EndpointsView, JobView, JobsView, ScheduleView};
 pub use series::{Line as SeriesLine, Mark as SeriesMark, Point as SeriesPoint, SeriesView};
 pub use view::{
     Activation, ErrorReport, Event, EventKind, HostView, Origin, PinView, PluginView, RollbackView, RolloutView,
@@ -192,6 +200,22 @@ async fn route(admin: &Admin, local: std::net::SocketAddr, request: Request<Inco
                 .is_some_and(|q| q.split('&').any(|p| p == "force=true"));
             delete_tenant(admin, tenant, force).await
         }
+        (&Method::GET, ["api", "tenants", tenant, "jobs"]) => jobs::list(admin, tenant).await,
+        (&Method::POST, ["api", "tenants", tenant, "jobs", id, "retry"]) => {
+            jobs::retry(admin, tenant, id, request.uri().query(), &caller).await
+        }
+        (&Method::DELETE, ["api", "tenants", tenant, "jobs", id]) => {
+            jobs::cancel(admin, tenant, id, request.uri().query(), &caller).await
+        }
+        (&Method::GET, ["api", "tenants", tenant, "webhooks"]) => jobs::endpoints(admin, tenant).await,
+        (&Method::PUT, ["api", "tenants", tenant, "webhooks", name]) => {
+            let (tenant, name) = (tenant.to_string(), name.to_string());
+            jobs::set_endpoint(admin, &tenant, &name, request, &caller).await
+        }
+        (&Method::DELETE, ["api", "tenants", tenant, "webhooks", name]) => {
+            jobs::remove_endpoint(admin, tenant, name, &caller).await
+        }
+        (&Method::GET, ["api", "tenants", tenant, "deliveries"]) => jobs::deliveries(admin, tenant).await,
         (&Method::GET, ["metrics"]) => metrics(admin),
         (_, ["api", ..] | ["metrics"] | []) => Err(Rejection::MethodNotAllowed("method not allowed".into())),
         _ => Err(Rejection::NotFound(format!("no route for {path}"))),

@@ -176,7 +176,7 @@ pub(super) fn tenant(admin: &Admin, tenant: &str) -> Answer {
     Ok(json(&TenantDetailView::of(tenant, &admin.registry, &admin.tenants)))
 }
 
-async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Rejection> {
+pub(super) async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, Rejection> {
     http_body_util::Limited::new(request.into_body(), max)
         .collect()
         .await

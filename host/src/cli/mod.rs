@@ -19,6 +19,7 @@ macro_rules! out_raw {
 mod admin_client;
 mod cluster;
 mod deploy;
+mod jobs;
 mod rollout;
 mod scaffold;
 mod tenant;
@@ -164,6 +165,30 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A tenant's durable jobs and schedules; retry a dead job or cancel one.
+    Jobs {
+        /// The tenant.
+        tenant: String,
+        /// Only this plugin's jobs (and the plugin of --retry/--cancel).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Make this dead job due again, with fresh attempts.
+        #[arg(long, value_name = "ID", conflicts_with = "cancel")]
+        retry: Option<u64>,
+        /// Cancel this scheduled or dead job.
+        #[arg(long, value_name = "ID")]
+        cancel: Option<u64>,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A tenant's webhook endpoints and delivery log.
+    Webhooks {
+        #[command(subcommand)]
+        command: jobs::WebhooksCommand,
+    },
     /// A tenant's data as a whole: export it, or delete it.
     Tenant {
         #[command(subcommand)]
@@ -300,6 +325,15 @@ pub fn main() -> ExitCode {
                 Command::Upgrade { binary, admin } => upgrade(binary, &admin).await,
                 Command::Drain { node, admin } => cluster::drain(node, &admin).await,
                 Command::Tenant { command } => tenant::run(command).await,
+                Command::Jobs {
+                    tenant,
+                    plugin,
+                    retry,
+                    cancel,
+                    json,
+                    admin,
+                } => jobs::jobs(&tenant, plugin, retry, cancel, json, &admin).await,
+                Command::Webhooks { command } => jobs::webhooks(command).await,
                 _ => unreachable!("handled above"),
             }
         }),

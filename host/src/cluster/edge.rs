@@ -380,6 +380,13 @@ impl<N: Node> Task<N> {
             Command::Try { reply, .. } => {
                 let _ = reply.send(crate::tenant::Trial::Skipped("its owner is another node".into()));
             }
+            // The dispatcher runs jobs only on the owner; one that got here
+            // is due again shortly (on the owner).
+            Command::Job { reply, .. } => {
+                let _ = reply.send(crate::jobs::policy::Ended::Snooze(
+                    crate::jobs::policy::NOT_RUN_DELAY_MS,
+                ));
+            }
         }
         if self.shutting_down.is_some() && self.links.is_empty() {
             return false;

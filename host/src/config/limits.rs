@@ -37,8 +37,11 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Topics one session may be subscribed to. Default 100.
     pub max_topics_per_session: usize,
-    /// Pending timers per tenant and plugin. Default 10000.
+    /// Pending unnamed (in-memory) timers per tenant and plugin. Default 10000.
     pub max_timers: usize,
+    /// Jobs not dead (pending or running; named timers and webhooks count)
+    /// per tenant and plugin. Default 10000.
+    pub max_jobs: u64,
     /// Largest presence key plus metadata, in bytes. Default 4096.
     pub max_presence_bytes: usize,
     /// Largest stored value, in bytes. Default 1 MiB.
@@ -75,6 +78,7 @@ impl Default for Limits {
             max_sessions: 10_000,
             max_topics_per_session: 100,
             max_timers: 10_000,
+            max_jobs: 10_000,
             max_presence_bytes: 4096,
             max_value_bytes: 1 << 20,
             max_storage_mib: 64,

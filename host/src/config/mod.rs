@@ -12,6 +12,7 @@
 //! they parse as one (numbers, booleans, arrays) and as strings otherwise.
 
 mod cluster;
+mod jobs;
 mod layers;
 mod limits;
 mod plugin;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use cluster::ClusterConfig;
+pub use jobs::{JobsConfig, WebhooksConfig};
 use layers::{env_layer, merge};
 pub use limits::{Limits, LimitsOverride};
 pub use plugin::{Capabilities, PluginSettings, RolloutSettings};
@@ -112,6 +114,10 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// Sessions that survive a lost socket (`baton.v1`).
     pub resume: ResumeConfig,
+    /// Tenants' durable jobs.
+    pub jobs: JobsConfig,
+    /// Delivery of tenants' webhooks.
+    pub webhooks: WebhooksConfig,
     /// Log format: `text` (default) or `json`.
     pub log_format: LogFormat,
 }
@@ -321,6 +327,8 @@ impl Default for Config {
             storage: StorageConfig::default(),
             cluster: ClusterConfig::default(),
             resume: ResumeConfig::default(),
+            jobs: JobsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             log_format: LogFormat::Text,
         }
     }

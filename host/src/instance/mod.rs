@@ -37,8 +37,10 @@ use wasmtime::component::{ResourceTable, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
 
+use crate::bindings::baton::plugin::jobs::{JobInfo, JobOutcome};
 use crate::bindings::baton::plugin::presence::PresenceEntry;
 use crate::bindings::baton::plugin::types::Migration;
+use crate::bindings::baton::plugin::webhooks::WebhookResult;
 use crate::bindings::{ConnectRequest, Frame, HttpRequest, HttpResponse, PluginCore as Plugin};
 use crate::config::Limits;
 use crate::lanes::LONG_CALL_TICKS;
@@ -59,6 +61,12 @@ type OnPresence = TypedFunc<(String, Vec<PresenceEntry>, Vec<PresenceEntry>), ()
 /// The optional `migrations` export.
 type Migrations = TypedFunc<(), (Vec<Migration>,)>;
 
+/// The optional `on-job` export.
+type OnJob = TypedFunc<(JobInfo, Vec<u8>), (JobOutcome,)>;
+
+/// The optional `on-webhook-result` export.
+type OnWebhookResult = TypedFunc<(WebhookResult,), ()>;
+
 /// One instance of one plugin version for one tenant.
 pub struct Instance {
     store: Store<InstanceState>,
@@ -67,6 +75,10 @@ pub struct Instance {
     on_presence: Option<OnPresence>,
     /// `None` when the plugin does not export `migrations`.
     migrations: Option<Migrations>,
+    /// `None` when the plugin does not export `on-job`.
+    on_job: Option<OnJob>,
+    /// `None` when the plugin does not export `on-webhook-result`.
+    on_webhook_result: Option<OnWebhookResult>,
     version: Arc<Version>,
     number: u64,
 }
@@ -108,11 +120,21 @@ impl Instance {
             Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
             None => None,
         };
+        let on_job = match raw.get_export_index(&mut store, None, "on-job") {
+            Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
+            None => None,
+        };
+        let on_webhook_result = match raw.get_export_index(&mut store, None, "on-webhook-result") {
+            Some(index) => Some(raw.get_typed_func(&mut store, index).map_err(failed)?),
+            None => None,
+        };
         let mut instance = Instance {
             store,
             plugin,
             on_presence,
             migrations,
+            on_job,
+            on_webhook_result,
             version,
             number,
         };
@@ -241,6 +263,26 @@ impl Instance {
         };
         let args = (topic.to_owned(), diff.joins, diff.leaves);
         self.call("on-presence", async |_, s| func.call_async(s, args).await)
+            .await
+    }
+
+    /// `on-job`; `None` when the plugin does not export it.
+    pub async fn on_job(&mut self, job: JobInfo, payload: Vec<u8>) -> Result<Option<JobOutcome>, Trap> {
+        let Some(func) = self.on_job else {
+            return Ok(None);
+        };
+        let (outcome,) = self
+            .call("on-job", async |_, s| func.call_async(s, (job, payload)).await)
+            .await?;
+        Ok(Some(outcome))
+    }
+
+    /// `on-webhook-result`, if the plugin has it.
+    pub async fn on_webhook_result(&mut self, delivery: WebhookResult) -> Result<(), Trap> {
+        let Some(func) = self.on_webhook_result else {
+            return Ok(());
+        };
+        self.call("on-webhook-result", async |_, s| func.call_async(s, (delivery,)).await)
             .await
     }
 

@@ -131,6 +131,10 @@ pub struct OutboundResponse {
 #[derive(Clone)]
 pub struct Outbound {
     allow: Arc<AllowList>,
+    /// Redirects followed at most (0: a 3xx is the answer).
+    redirects: usize,
+    /// The longest deadline of one exchange.
+    max_deadline: Duration,
     /// Built on the first request (it reads the system's CA certificates),
     /// on the blocking pool; the error, if building it failed.
     client: Arc<OnceCell<Result<reqwest::Client, String>>>,
@@ -145,18 +149,33 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// Requests within `allow`.
+    /// A plugin's requests within `allow`: up to 5 redirects, each checked,
+    /// and at most [`MAX_DEADLINE`].
     pub fn new(allow: AllowList) -> Outbound {
         Outbound {
             allow: Arc::new(allow),
+            redirects: MAX_REDIRECTS,
+            max_deadline: MAX_DEADLINE,
             client: Arc::new(OnceCell::new()),
         }
     }
 
-    /// Sends `request`, follows up to 5 redirects, and returns the response,
-    /// or why not, within the request's deadline (at most [`MAX_DEADLINE`]).
+    /// The host's own deliveries within `allow` (webhooks): a redirect is
+    /// not followed (a 3xx is the answer) and a deadline may be up to
+    /// `max_deadline`.
+    pub fn without_redirects(allow: AllowList, max_deadline: Duration) -> Outbound {
+        Outbound {
+            redirects: 0,
+            max_deadline,
+            ..Outbound::new(allow)
+        }
+    }
+
+    /// Sends `request`, follows the redirects this client follows, and
+    /// returns the response, or why not, within the request's deadline (at
+    /// most the client's longest).
     pub async fn fetch(&self, request: OutboundRequest) -> Result<OutboundResponse, FetchError> {
-        let deadline = request.timeout.min(MAX_DEADLINE);
+        let deadline = request.timeout.min(self.max_deadline);
         let prepared = self.prepare(request)?;
         tokio::time::timeout(deadline, self.exchange(prepared))
             .await
@@ -218,11 +237,11 @@ impl Outbound {
     }
 
     async fn client(&self) -> Result<&reqwest::Client, FetchError> {
-        let allow = self.allow.clone();
+        let (allow, redirects) = (self.allow.clone(), self.redirects);
         let built = self
             .client
             .get_or_init(|| async move {
-                tokio::task::spawn_blocking(move || client(allow))
+                tokio::task::spawn_blocking(move || client(allow, redirects))
                     .await
                     .unwrap_or_else(|e| Err(format!("building it panicked: {e}")))
             })
@@ -266,7 +285,7 @@ fn headers(pairs: &[(String, String)]) -> Result<HeaderMap, FetchError> {
 
 /// The client of one allow-list: its resolver and redirect policy check
 /// every hop.
-fn client(allow: Arc<AllowList>) -> Result<reqwest::Client, String> {
+fn client(allow: Arc<AllowList>, max_redirects: usize) -> Result<reqwest::Client, String> {
     static PROVIDER: Once = Once::new();
     PROVIDER.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -275,7 +294,10 @@ fn client(allow: Arc<AllowList>) -> Result<reqwest::Client, String> {
         reqwest::Client::builder()
             .no_proxy()
             .dns_resolver(GuardedResolver { allow: allow.clone() })
-            .redirect(redirects(allow.clone()))
+            .redirect(match max_redirects {
+                0 => reqwest::redirect::Policy::none(),
+                _ => redirects(allow.clone()),
+            })
             .referer(false)
             .user_agent(concat!("baton/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(POOL_IDLE)

@@ -54,6 +54,9 @@ pub struct Storage {
     backend: Backend,
     /// How often it was reopened: owner tokens claimed before are claimed again.
     epoch: std::sync::atomic::AtomicU64,
+    /// Told when a job may have become due sooner (an enqueue, a retry):
+    /// the dispatcher waits on it.
+    jobs_changed: tokio::sync::Notify,
 }
 
 enum Backend {
@@ -91,6 +94,7 @@ impl Storage {
         Ok(Storage {
             backend,
             epoch: Default::default(),
+            jobs_changed: Default::default(),
         })
     }
 
@@ -102,6 +106,7 @@ impl Storage {
                 path: path.to_owned(),
             },
             epoch: Default::default(),
+            jobs_changed: Default::default(),
         })
     }
 
@@ -267,6 +272,11 @@ impl Storage {
         }
     }
 
+    /// Told when a job may have become due sooner on this host.
+    pub fn jobs_changed(&self) -> &tokio::sync::Notify {
+        &self.jobs_changed
+    }
+
     /// Enqueues a job as owner `token`, within `max_pending` jobs not dead.
     pub async fn enqueue(
         &self,
@@ -276,7 +286,7 @@ impl Storage {
         max_pending: u64,
     ) -> Result<JobId, EnqueueError> {
         let now = crate::clock::unix_ms();
-        match &self.backend {
+        let id = match &self.backend {
             Backend::Redb { db, .. } => {
                 let (db, ns) = (db.clone(), ns.clone());
                 tokio::task::spawn_blocking(move || db.enqueue(&ns, token, job, max_pending, now))
@@ -284,7 +294,9 @@ impl Storage {
                     .map_err(|e| StorageError::Unavailable(format!("storage task failed: {e}")))?
             }
             Backend::Postgres(pg) => pg.enqueue(ns, token, job, max_pending, now).await,
-        }
+        }?;
+        self.jobs_changed.notify_one();
+        Ok(id)
     }
 
     /// Cancels a scheduled job (`dead_too`: or a dead one) as owner `token`
@@ -376,7 +388,9 @@ impl Storage {
     /// Declares a schedule as owner `token` (an identical one is kept as is).
     pub async fn put_schedule(&self, ns: &Namespace, token: u64, schedule: Schedule) -> Result<(), StorageError> {
         on_backend!(self, (ns), |db| db.put_schedule(&ns, token, schedule), |pg| pg
-            .put_schedule(ns, token, schedule))
+            .put_schedule(ns, token, schedule))?;
+        self.jobs_changed.notify_one();
+        Ok(())
     }
 
     /// Removes a schedule as owner `token`.

@@ -77,12 +77,14 @@ fn start(
     prepare: impl FnOnce(&mut Actor),
 ) -> TenantHandle {
     let (mailbox, rx) = mpsc::channel(env.config.sessions.mailbox.get());
-    let shared = Arc::new(TenantShared::new(
+    let mut shared = TenantShared::new(
         tenant.to_owned(),
         plugin.name.clone(),
         Some(env.storage.clone()),
         env.sql.clone(),
-    ));
+    );
+    shared.webhook_attempts = u32::try_from(env.config.webhooks.retry_secs.len() + 1).unwrap_or(u32::MAX);
+    let shared = Arc::new(shared);
     let span = tracing::info_span!("tenant", tenant, plugin = %plugin.name);
     let mut actor = Actor {
         slot: Slot::new(shared.clone(), env.clone()),

@@ -53,6 +53,7 @@ impl Actor {
             }
             Command::Session(Inbound::Ack { session, upto }) => self.on_ack(session, upto),
             Command::Http { request, reply } => self.on_http(request, reply).await,
+            Command::Job { job, reply } => self.on_job(job, reply).await,
             Command::Hibernate => self.hibernate().await,
             Command::Try { version, reply } => self.on_try(version, reply).await,
             // Handled by the main loop; a deferred one means the same.

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::Rejection;
+use crate::jobs::policy::{Ended, NOT_RUN_DELAY_MS};
 use crate::session::Inbound;
 use crate::session::resumable::Refusal;
 use crate::tenant::actor::{Actor, End};
@@ -119,6 +120,10 @@ impl Actor {
                 Command::Try { reply, .. } => {
                     let _ = reply.send(Trial::Skipped(why.into()));
                 }
+                // Due again a little later, its attempt given back.
+                Command::Job { reply, .. } => {
+                    let _ = reply.send(Ended::Snooze(NOT_RUN_DELAY_MS));
+                }
                 // Dropped: the handover is called off (the tenant is closing).
                 Command::Session(Inbound::Frame { .. } | Inbound::Ack { .. })
                 | Command::Hibernate
@@ -144,6 +149,9 @@ fn answer_ended(command: Command) {
         }
         Command::Try { reply, .. } => {
             let _ = reply.send(Trial::Skipped("the tenant's task ended".into()));
+        }
+        Command::Job { reply, .. } => {
+            let _ = reply.send(Ended::Snooze(NOT_RUN_DELAY_MS));
         }
         Command::Shutdown { done } | Command::Erase { done } => {
             let _ = done.send(());

@@ -72,6 +72,14 @@ pub enum Command {
         /// The plugin's response.
         reply: oneshot::Sender<Result<HttpResponse, Rejection>>,
     },
+    /// A durable job's attempt (a plugin's job, a named timer, a webhook's
+    /// result): run it on the instance and say how it ended.
+    Job {
+        /// The job, as started in the storage.
+        job: crate::storage::Job,
+        /// How the attempt ended.
+        reply: oneshot::Sender<crate::jobs::policy::Ended>,
+    },
     /// The pool needs room: hibernate if idle (a plugin that cannot export
     /// its state stays awake).
     Hibernate,

@@ -84,6 +84,7 @@ mod directory;
 mod ending;
 mod env;
 mod incidents;
+mod jobs;
 pub mod lifecycle;
 mod mailbox;
 mod open;

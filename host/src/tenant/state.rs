@@ -179,6 +179,8 @@ pub struct TenantShared {
     /// The stand-in of a deploy check or dry run ([`TenantShared::for_check`]),
     /// not a tenant: a plugin asking its tenant's name gets an empty string.
     pub stand_in: bool,
+    /// Attempts a webhook this tenant queues gets (`webhooks.retry_secs`).
+    pub webhook_attempts: u32,
     /// Metric handles, resolved once: the per-frame path does no label lookup.
     frames_in_metric: metrics::Counter,
     frames_out_metric: metrics::Counter,
@@ -191,6 +193,7 @@ impl TenantShared {
             namespace: Namespace::new(&name, &plugin),
             share: crate::names::share_of(&name),
             stand_in: false,
+            webhook_attempts: 8,
             sql,
             owner: Mutex::new(None),
             lease: AtomicU64::new(0),

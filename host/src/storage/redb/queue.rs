@@ -201,6 +201,9 @@ impl Tx<'_> {
                     Some(old) if unique.replace && old.state == JobState::Scheduled => {
                         self.remove(&old, &space, now_ms)?
                     }
+                    // Running (a timer set again from its own `on-timer`):
+                    // the key moves on to the new job.
+                    Some(_) if unique.replace => {}
                     Some(old) if old.state != JobState::Dead => return Ok(Err(EnqueueError::Duplicate(id))),
                     _ if until > now_ms && !unique.replace => return Ok(Err(EnqueueError::Duplicate(id))),
                     _ => {}
