@@ -822,3 +822,64 @@ async fn a_rollout_runs_on_every_node_and_its_end_promotion_and_pins_reach_them_
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_left_running_by_a_killed_owner_runs_again_on_the_next_owner_unasked() {
+    let nats = Nats::start();
+    let db = baton_test_postgres::database();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut a = node_process(&nats, &db, "a", dir.path());
+    let probe = plugin_bytes(baton_test_plugins::JOBS_PROBE);
+    std::fs::write(dir.path().join("deploy/jobs-probe.wasm"), &probe).expect("deploy on a");
+    a.wait_version("jobs-probe", |_| true).await;
+    let b = node(&nats, &db, "b").await;
+    b.drop_file("jobs-probe", &probe);
+    b.wait_current("jobs-probe").await;
+
+    // `a` owns the tenant (its first request was there) and starts the job.
+    let enqueue = serde_json::json!({"kind": "slow", "payload": {"ms": 4000}, "attempts": 3});
+    let clients: std::net::SocketAddr = a.clients.parse().expect("an address");
+    let answer = request(clients, "POST", "/t/acme/jobs-probe/enqueue", enqueue.to_string().as_bytes(), None)
+        .await
+        .expect("enqueue on a")
+        .json();
+    let id = answer["id"].as_u64().unwrap_or_else(|| panic!("an id: {answer}"));
+    let log = async |at: std::net::SocketAddr| -> Vec<String> {
+        let response = request(at, "GET", "/t/acme/jobs-probe/log", b"", None).await.expect("log");
+        serde_json::from_value(response.json()["log"].clone()).unwrap_or_default()
+    };
+    let attempt = |n: u32| format!("job {id} slow {n} ");
+    wait_for("the first attempt started on a", async || {
+        log(clients).await.iter().any(|l| l.starts_with(&attempt(1))).then_some(())
+    })
+    .await;
+    a.kill();
+    let killed = Instant::now();
+
+    // Nobody asks `b` for the tenant: its dispatcher takes it once `a` is
+    // down, and the claim puts the job back to due at once.
+    tokio::time::sleep(Duration::from_secs(DOWN_AFTER + 9)).await;
+    let first_asked_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let lines = wait_for("the second attempt", async || {
+        let lines = log(b.clients).await;
+        lines.iter().any(|l| l.starts_with(&attempt(2))).then_some(lines)
+    })
+    .await;
+    let second = lines.iter().find(|l| l.starts_with(&attempt(2))).expect("attempt 2");
+    let started_ms: u64 = second.split(' ').nth(4).expect("ms").parse().expect("ms");
+    assert!(
+        started_ms < first_asked_ms,
+        "the second attempt began before anyone asked b for the tenant ({} ms after the kill)",
+        killed.elapsed().as_millis()
+    );
+    wait_for("the job is done", async || {
+        let jobs = b.admin_json("/api/tenants/acme/jobs").await;
+        jobs["jobs"].as_array().is_some_and(|j| j.is_empty()).then_some(())
+    })
+    .await;
+    let attempts = log(b.clients).await.iter().filter(|l| l.starts_with(&format!("job {id} "))).count();
+    assert_eq!(attempts, 2, "one attempt on a, one on b");
+}

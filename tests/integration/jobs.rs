@@ -246,3 +246,71 @@ async fn a_cron_slot_runs_once_however_often_the_schedule_is_declared() {
     assert_eq!(listed["schedules"], json!([]), "unscheduled: {listed}");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_tenants_jobs_and_schedules() {
+    let host = TestHost::start(&[("jobs-probe", JOBS_PROBE)]).await;
+    let later = json!({"kind": "quarterly-report", "delay_ms": 3_600_000});
+    let pending = id_of(&post(&host, "/enqueue", later).await);
+    let hourly = json!({"name": "hourly-sync", "cron": "0 * * * *", "kind": "sync", "payload": {}});
+    assert_eq!(post(&host, "/schedule", hourly).await["ok"], true);
+    let browser = crate::browser::Browser::launch();
+    let mut tab = browser.open(&format!("http://{}/#tenant=acme", host.admin)).await;
+    let jobs = tab.wait_text("#jobs", "quarterly-report").await;
+    assert!(jobs.contains(&pending.to_string()) && jobs.contains("scheduled"), "{jobs}");
+    let schedules = tab.wait_text("#schedules", "hourly-sync").await;
+    assert!(schedules.contains("0 * * * *"), "{schedules}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_does_not_hold_up_another_tenants_job_and_a_quota_bounds_it() {
+    // One place: the dispatcher's fairness alone decides who runs.
+    let host = TestHost::start_with(&[("jobs-probe", JOBS_PROBE)], |c| {
+        c.jobs.max_running = 1;
+        c.limits.max_jobs = 200;
+    })
+    .await;
+    let enqueue = async |tenant: &str, kind: &str, delay_ms: u64| {
+        let body = json!({"kind": kind, "delay_ms": delay_ms});
+        let answer = host
+            .http("POST", &format!("/t/{tenant}/jobs-probe/enqueue"), body.to_string().as_bytes())
+            .await
+            .json();
+        id_of(&answer)
+    };
+    for _ in 0..200 {
+        enqueue("busy", "backlog", 500).await;
+    }
+    let over = host
+        .http("POST", "/t/busy/jobs-probe/enqueue", json!({"kind": "one-too-many"}).to_string().as_bytes())
+        .await
+        .json();
+    assert_eq!(over["err"], "Error::TooMany", "{over}");
+    // Due now, behind a backlog due earlier: it waits one turn, not the backlog.
+    enqueue("quiet", "urgent", 0).await;
+    // (ran at, was due at) of each attempt of `kind` in `tenant`'s log.
+    let runs = async |tenant: &str, kind: &str| -> Vec<(u64, u64)> {
+        let response = host.http("GET", &format!("/t/{tenant}/jobs-probe/log"), b"").await.json();
+        let lines: Vec<String> = serde_json::from_value(response["log"].clone()).expect("lines");
+        lines
+            .iter()
+            .filter(|l| l.split(' ').nth(2) == Some(kind))
+            .map(|l| {
+                let f: Vec<u64> = l.split(' ').skip(4).map(|n| n.parse().expect("ms")).collect();
+                (f[0], f[1])
+            })
+            .collect()
+    };
+    let (quiet_at, quiet_due) = wait_for("the quiet tenant's job ran", async || runs("quiet", "urgent").await.first().copied()).await;
+    let backlog = wait_for("the backlog ran", async || {
+        let at = runs("busy", "backlog").await;
+        (at.len() == 200).then_some(at)
+    })
+    .await;
+    let meanwhile = backlog.iter().filter(|(at, _)| *at > quiet_due && *at < quiet_at).count();
+    let after = backlog.iter().filter(|(at, _)| *at > quiet_at).count();
+    assert!(after > 0, "the backlog was still there when the quiet tenant's job was due");
+    assert!(meanwhile <= 3, "{meanwhile} of the busy tenant's jobs ran while the quiet tenant's job was due");
+    host.stop().await;
+}

@@ -269,3 +269,38 @@ fn unix_secs(at: Instant) -> f64 {
         .expect("after 1970");
     (now - at.elapsed()).as_secs_f64()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_reports_a_tenants_usage_as_a_signed_webhook() {
+    let host = TestHost::start_with(&[("metering", baton_test_plugins::METERING)], quick_retries).await;
+    let secret = baton_secret();
+    let receiver = Receiver::start(&secret);
+    endpoint(&host, "billing", &format!("http://127.0.0.1:{}/billing", receiver.port), Some(&secret)).await;
+    let mut client = host.connect_path("/t/acme/metering?user=ada").await.expect("connects");
+    for text in ["one", "two", "three"] {
+        assert_eq!(client.ask(text).await, text);
+    }
+    // The daily job is scheduled; billing now runs the same job.
+    let jobs = host.admin_json("/api/tenants/acme/jobs").await;
+    assert_eq!(jobs["schedules"][0]["name"], "daily-bill", "{jobs}");
+    assert_eq!(jobs["schedules"][0]["cron"], "5 0 * * *");
+    let billed = host.http("POST", "/t/acme/metering/bill", b"").await;
+    assert_eq!(billed.status, 202, "{}", billed.text());
+    let report = wait_for("a usage report", async || {
+        let lines = receiver.lines.lock().expect("lines").clone();
+        lines.into_iter().find(|l| l["body"]["type"] == "usage.reported")
+    })
+    .await;
+    assert_eq!(report["verified"], true, "{report}");
+    let data = &report["body"]["data"];
+    assert_eq!(data["tenant"], "acme");
+    assert_eq!((data["usage"]["frames"].as_u64(), data["users"]["ada"]["frames"].as_u64()), (Some(3), Some(3)), "{data}");
+    // The plugin heard it was delivered.
+    wait_for("the delivery's outcome", async || {
+        let last = host.http("GET", "/t/acme/metering/report", b"").await.json();
+        (last["delivered"] == true).then_some(())
+    })
+    .await;
+    client.close().await;
+    host.stop().await;
+}

@@ -410,8 +410,7 @@ WitWorld = baton_sdk.export(App)
 const BUILD_SH: &str = r#"#!/usr/bin/env bash
 # Builds {name}.wasm: componentize-py (pinned in requirements.txt, installed
 # into .venv the first time) against the world `plugin-no-sql` of wit/ (pass
-# `plugin` to use SQL; the plugin then needs `[capabilities] sql = true`, and
-# it imports outbound-http too, which needs `[capabilities] http`).
+# `plugin-sql` to use SQL; the plugin then needs `[capabilities] sql = true`).
 set -euo pipefail
 cd "$(dirname "$0")"
 world=${1:-plugin-no-sql}

@@ -11,9 +11,10 @@
 //!   never holds up the tenant.
 //! - **Fairness.** Each (tenant, plugin) runs one job of each lane at a time,
 //!   and the dispatcher fills its free places (`jobs.max_running`,
-//!   `jobs.max_deliveries`) with the namespaces whose earliest due job is
-//!   oldest, leaving out those already running one: a tenant with ten
-//!   thousand jobs due takes one place, never all of them.
+//!   `jobs.max_deliveries`) round-robin: of the namespaces with a job due
+//!   (and none running), those served least recently go first. A tenant with
+//!   ten thousand jobs due takes one place, and takes it again only after
+//!   every other tenant with a due job had its turn.
 //! - **At least once, fenced.** A job is started and finished under the
 //!   owner token of the tenant's task (the storage's fencing): a host that
 //!   lost the tenant can neither start nor finish its jobs, and the new
@@ -21,7 +22,11 @@
 //! - **In a cluster**, every node's dispatcher reads the shared tables and
 //!   runs only the jobs of tenants it owns (opening a tenant nobody owns
 //!   makes this node its owner); a schedule's slot is enqueued once by a
-//!   compare-and-set, whichever node gets there first.
+//!   compare-and-set, whichever node gets there first. A job left running by
+//!   a node that died belongs to a tenant nobody may own for a while: every
+//!   few polls the dispatcher opens the tenants of running jobs it is not
+//!   running itself, so that once the dead owner's lease is gone, a live
+//!   node takes the tenant and its claim rescues the job at once.
 
 pub mod outbox;
 pub mod policy;
@@ -54,6 +59,20 @@ const COOL_DOWN: Duration = Duration::from_secs(5);
 /// Schedules fired per pass.
 const SCHEDULES_PER_PASS: usize = 64;
 
+/// Namespaces with due jobs looked at per pass and lane (the least recently
+/// served of them get the free places).
+const CANDIDATES: usize = 512;
+
+/// Namespaces whose last turn is remembered; beyond, the memory starts over.
+const REMEMBERED: usize = 100_000;
+
+/// Every this many passes, the tenants of jobs running elsewhere are
+/// opened (see "In a cluster" above).
+const ORPHAN_PASSES: u64 = 3;
+
+/// Namespaces of jobs running elsewhere looked at per look.
+const ORPHANS_PER_LOOK: usize = 64;
+
 /// Runs the host's due jobs.
 pub struct Dispatcher {
     storage: Arc<Storage>,
@@ -64,6 +83,8 @@ pub struct Dispatcher {
     running: Mutex<HashMap<Lane, HashSet<Namespace>>>,
     /// Namespaces that could not be opened, until when.
     cooling: Mutex<HashMap<Namespace, Instant>>,
+    /// When each namespace was last given a place (a count of turns).
+    served: Mutex<(u64, HashMap<Namespace, u64>)>,
     /// Told when a job ended (a place is free).
     freed: Notify,
 }
@@ -84,6 +105,7 @@ impl Dispatcher {
             webhooks,
             running: Mutex::default(),
             cooling: Mutex::default(),
+            served: Mutex::default(),
             freed: Notify::new(),
         });
         tokio::spawn(async move {
@@ -97,7 +119,12 @@ impl Dispatcher {
     async fn run(self: &Arc<Self>) {
         let poll = Duration::from_millis(self.config.jobs.poll_ms.max(10));
         let mut failing = false;
+        let mut passes: u64 = 0;
         loop {
+            passes += 1;
+            if passes % ORPHAN_PASSES == 0 {
+                self.claim_orphans().await;
+            }
             // Registered before looking, so that nothing enqueued meanwhile
             // is missed.
             let changed = self.storage.jobs_changed().notified();
@@ -143,7 +170,8 @@ impl Dispatcher {
             let busy = self.busy(lane);
             let free = places.saturating_sub(self.running_in(lane));
             if free > 0 {
-                for ns in self.storage.due_namespaces(lane, busy, free).await? {
+                let due = self.storage.due_namespaces(lane, busy, CANDIDATES).await?;
+                for ns in self.turns(due, free) {
                     self.lock_running().entry(lane).or_default().insert(ns.clone());
                     let me = self.clone();
                     tokio::spawn(async move {
@@ -170,6 +198,25 @@ impl Dispatcher {
         Ok(wake)
     }
 
+    /// The `free` namespaces of `due` served least recently (round-robin),
+    /// marked as served now.
+    fn turns(&self, mut due: Vec<Namespace>, free: usize) -> Vec<Namespace> {
+        let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+        let (turn, last) = &mut *served;
+        // Stable: among those never served (or equally long ago), the oldest
+        // due job first, as the storage listed them.
+        due.sort_by_key(|ns| last.get(ns).copied().unwrap_or(0));
+        due.truncate(free);
+        if last.len() > REMEMBERED {
+            last.clear();
+        }
+        for ns in &due {
+            *turn += 1;
+            last.insert(ns.clone(), *turn);
+        }
+        due
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, HashSet<Namespace>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -193,6 +240,27 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(ns.clone(), Instant::now() + COOL_DOWN);
+    }
+
+    /// Opens the tenants of jobs running but not here: on the tenant's
+    /// owner nothing changes; a tenant whose owner died is taken by this
+    /// node, whose claim puts the job back to due.
+    async fn claim_orphans(&self) {
+        let Ok(running) = self.storage.running_namespaces(ORPHANS_PER_LOOK).await else {
+            return;
+        };
+        let here: HashSet<Namespace> = self.lock_running().values().flatten().cloned().collect();
+        let cooling = self.busy(Lane::Delivery);
+        for ns in running.into_iter().filter(|ns| !here.contains(ns) && !cooling.contains(ns)) {
+            match (self.open)(ns.tenant.clone(), ns.plugin.clone()).await {
+                Some(handle) => {
+                    if let Err(e) = handle.shared().owned_storage().await {
+                        tracing::debug!(tenant = %ns.tenant, plugin = %ns.plugin, "cannot claim a tenant with a job left running: {e}");
+                    }
+                }
+                None => self.cool(&ns),
+            }
+        }
     }
 
     /// Enqueues each due schedule's slot (once, whichever host gets there

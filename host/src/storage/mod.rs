@@ -343,6 +343,11 @@ impl Storage {
         )
     }
 
+    /// Namespaces with a job running (on this host or another), at most `limit`.
+    pub async fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        on_backend!(self, (), |db| db.running_namespaces(limit), |pg| pg.running_namespaces(limit))
+    }
+
     /// When the earliest job of `lane` is due (ms since the epoch).
     pub async fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
         on_backend!(self, (), |db| db.next_due(lane), |pg| pg.next_due(lane))

@@ -8,7 +8,8 @@
 //! - `POST /webhook` `{"endpoint","event","payload","key"}`
 //!
 //! Jobs: kind `flaky` fails until its attempt number exceeds the payload's
-//! `fails`; `spin` loops for ever (a timeout); `snooze` snoozes once; any
+//! `fails`; `spin` loops for ever (a timeout); `slow` runs for the
+//! payload's `ms`; any
 //! other kind is done at once. Each attempt logs `job <id> <kind> <attempt> <ms> <scheduled-ms>`.
 //! Frames are echoed.
 
@@ -138,6 +139,13 @@ impl Plugin for Probe {
             "spin" => loop {
                 std::hint::spin_loop();
             },
+            "slow" => {
+                let until = baton_sdk::now_ms() + payload["ms"].as_u64().unwrap_or(1000);
+                while baton_sdk::now_ms() < until {
+                    std::hint::spin_loop();
+                }
+                Outcome::Done
+            }
             _ => Outcome::Done,
         }
     }

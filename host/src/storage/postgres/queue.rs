@@ -56,6 +56,9 @@ impl Postgres {
     ) -> Result<Vec<Namespace>, StorageError> {
         Err(not_yet())
     }
+    pub(in crate::storage) async fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        Err(not_yet())
+    }
     pub(in crate::storage) async fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
         Err(not_yet())
     }

@@ -423,6 +423,24 @@ impl Redb {
         Ok(out)
     }
 
+    /// Namespaces with a job running, at most `limit`.
+    pub(in crate::storage) fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+        let txn = self.db()?.begin_read()?;
+        let mut out: Vec<Namespace> = Vec::new();
+        for entry in txn.open_table(JOB_RUNNING)?.iter()? {
+            let (key, _) = entry?;
+            if let Some((ns, _)) = split_ns(key.value())
+                && !out.contains(&ns)
+            {
+                out.push(ns);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// When the earliest job of `lane` is due.
     pub(in crate::storage) fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
         let txn = self.db()?.begin_read()?;
