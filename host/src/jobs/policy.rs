@@ -36,8 +36,9 @@ pub const TIMER_KEY: &str = "t:";
 pub const WEBHOOK_KEY: &str = "w:";
 
 /// Durable timers' ids have this bit set, so that they never equal an
-/// in-memory timer's id (the two count separately).
-pub const DURABLE_TIMER: u64 = 1 << 62;
+/// in-memory timer's id (the two count separately). Bit 52: the ids stay
+/// below 2^53, which a JavaScript number holds exactly.
+pub const DURABLE_TIMER: u64 = 1 << 52;
 
 /// How a failed job is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
