@@ -447,3 +447,80 @@ fn new_scaffolds_python_and_javascript_plugins_that_build_and_check() {
         "--sdk is for Rust"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_webhooks_through_the_binary() {
+    let host = TestHost::start(&[("jobs-probe", baton_test_plugins::JOBS_PROBE)]).await;
+    let admin = format!("http://{}", host.admin);
+    let enqueue = |body: serde_json::Value| {
+        let host = &host;
+        async move {
+            let answer = host
+                .http("POST", "/t/acme/jobs-probe/enqueue", body.to_string().as_bytes())
+                .await
+                .json();
+            answer["id"].as_u64().unwrap_or_else(|| panic!("an id: {answer}"))
+        }
+    };
+    let dead = enqueue(serde_json::json!({"kind": "flaky", "payload": {"fails": 9}, "attempts": 1})).await;
+    let later = enqueue(serde_json::json!({"kind": "monthly", "delay_ms": 3_600_000})).await;
+    let listed = wait_for("the dead job is listed", async || {
+        let output = baton_async(&["jobs", "acme", "--admin", &admin]).await;
+        let said = text(&output.stdout);
+        said.contains("dead").then_some(said)
+    })
+    .await;
+    assert!(
+        listed.contains("attempt 1 fails on purpose") && listed.contains("monthly"),
+        "{listed}"
+    );
+
+    let output = baton_async(&["jobs", "acme", "--retry", &dead.to_string(), "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("due again"), "{}", text(&output.stdout));
+    let output = baton_async(&["jobs", "acme", "--cancel", &later.to_string(), "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let output = baton_async(&["jobs", "acme", "--cancel", "424242", "--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(1), "an unknown job");
+    assert!(
+        text(&output.stderr).contains("no job 424242"),
+        "{}",
+        text(&output.stderr)
+    );
+    let json = baton_async(&["jobs", "acme", "--json", "--admin", &admin]).await;
+    let view: baton::admin::JobsView = serde_json::from_slice(&json.stdout).expect("the admin API's JSON");
+    assert!(view.jobs.iter().all(|j| j.id != later), "cancelled: {:?}", view.jobs);
+
+    let output = baton_async(&[
+        "webhooks",
+        "set",
+        "acme",
+        "billing",
+        "https://billing.example/hooks",
+        "--admin",
+        &admin,
+    ])
+    .await;
+    let said = text(&output.stdout);
+    assert!(output.status.success(), "{said}{}", text(&output.stderr));
+    let secret = said
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .unwrap_or_else(|| panic!("a new secret: {said}"));
+    let output = baton_async(&["webhooks", "list", "acme", "--admin", &admin]).await;
+    let said = text(&output.stdout);
+    assert!(
+        said.contains("billing") && said.contains("enabled") && !said.contains(secret),
+        "{said}"
+    );
+    let output = baton_async(&["webhooks", "set", "acme", "bad", "ftp://x", "--admin", &admin]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("http:// or https://"),
+        "{}",
+        text(&output.stderr)
+    );
+    let output = baton_async(&["webhooks", "remove", "acme", "billing", "--admin", &admin]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    host.stop().await;
+}

@@ -839,18 +839,30 @@ async fn a_job_left_running_by_a_killed_owner_runs_again_on_the_next_owner_unask
     // `a` owns the tenant (its first request was there) and starts the job.
     let enqueue = serde_json::json!({"kind": "slow", "payload": {"ms": 4000}, "attempts": 3});
     let clients: std::net::SocketAddr = a.clients.parse().expect("an address");
-    let answer = request(clients, "POST", "/t/acme/jobs-probe/enqueue", enqueue.to_string().as_bytes(), None)
-        .await
-        .expect("enqueue on a")
-        .json();
+    let answer = request(
+        clients,
+        "POST",
+        "/t/acme/jobs-probe/enqueue",
+        enqueue.to_string().as_bytes(),
+        None,
+    )
+    .await
+    .expect("enqueue on a")
+    .json();
     let id = answer["id"].as_u64().unwrap_or_else(|| panic!("an id: {answer}"));
     let log = async |at: std::net::SocketAddr| -> Vec<String> {
-        let response = request(at, "GET", "/t/acme/jobs-probe/log", b"", None).await.expect("log");
+        let response = request(at, "GET", "/t/acme/jobs-probe/log", b"", None)
+            .await
+            .expect("log");
         serde_json::from_value(response.json()["log"].clone()).unwrap_or_default()
     };
     let attempt = |n: u32| format!("job {id} slow {n} ");
     wait_for("the first attempt started on a", async || {
-        log(clients).await.iter().any(|l| l.starts_with(&attempt(1))).then_some(())
+        log(clients)
+            .await
+            .iter()
+            .any(|l| l.starts_with(&attempt(1)))
+            .then_some(())
     })
     .await;
     a.kill();
@@ -880,6 +892,10 @@ async fn a_job_left_running_by_a_killed_owner_runs_again_on_the_next_owner_unask
         jobs["jobs"].as_array().is_some_and(|j| j.is_empty()).then_some(())
     })
     .await;
-    let attempts = log(b.clients).await.iter().filter(|l| l.starts_with(&format!("job {id} "))).count();
+    let attempts = log(b.clients)
+        .await
+        .iter()
+        .filter(|l| l.starts_with(&format!("job {id} ")))
+        .count();
     assert_eq!(attempts, 2, "one attempt on a, one on b");
 }

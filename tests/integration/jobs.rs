@@ -257,7 +257,10 @@ async fn the_dashboard_shows_a_tenants_jobs_and_schedules() {
     let browser = crate::browser::Browser::launch();
     let mut tab = browser.open(&format!("http://{}/#tenant=acme", host.admin)).await;
     let jobs = tab.wait_text("#jobs", "quarterly-report").await;
-    assert!(jobs.contains(&pending.to_string()) && jobs.contains("scheduled"), "{jobs}");
+    assert!(
+        jobs.contains(&pending.to_string()) && jobs.contains("scheduled"),
+        "{jobs}"
+    );
     let schedules = tab.wait_text("#schedules", "hourly-sync").await;
     assert!(schedules.contains("0 * * * *"), "{schedules}");
     host.stop().await;
@@ -274,7 +277,11 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_job_and_a_quota_boun
     let enqueue = async |tenant: &str, kind: &str, delay_ms: u64| {
         let body = json!({"kind": kind, "delay_ms": delay_ms});
         let answer = host
-            .http("POST", &format!("/t/{tenant}/jobs-probe/enqueue"), body.to_string().as_bytes())
+            .http(
+                "POST",
+                &format!("/t/{tenant}/jobs-probe/enqueue"),
+                body.to_string().as_bytes(),
+            )
             .await
             .json();
         id_of(&answer)
@@ -283,7 +290,11 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_job_and_a_quota_boun
         enqueue("busy", "backlog", 500).await;
     }
     let over = host
-        .http("POST", "/t/busy/jobs-probe/enqueue", json!({"kind": "one-too-many"}).to_string().as_bytes())
+        .http(
+            "POST",
+            "/t/busy/jobs-probe/enqueue",
+            json!({"kind": "one-too-many"}).to_string().as_bytes(),
+        )
         .await
         .json();
     assert_eq!(over["err"], "Error::TooMany", "{over}");
@@ -291,7 +302,10 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_job_and_a_quota_boun
     enqueue("quiet", "urgent", 0).await;
     // (ran at, was due at) of each attempt of `kind` in `tenant`'s log.
     let runs = async |tenant: &str, kind: &str| -> Vec<(u64, u64)> {
-        let response = host.http("GET", &format!("/t/{tenant}/jobs-probe/log"), b"").await.json();
+        let response = host
+            .http("GET", &format!("/t/{tenant}/jobs-probe/log"), b"")
+            .await
+            .json();
         let lines: Vec<String> = serde_json::from_value(response["log"].clone()).expect("lines");
         lines
             .iter()
@@ -302,15 +316,27 @@ async fn a_tenants_backlog_does_not_hold_up_another_tenants_job_and_a_quota_boun
             })
             .collect()
     };
-    let (quiet_at, quiet_due) = wait_for("the quiet tenant's job ran", async || runs("quiet", "urgent").await.first().copied()).await;
+    let (quiet_at, quiet_due) = wait_for("the quiet tenant's job ran", async || {
+        runs("quiet", "urgent").await.first().copied()
+    })
+    .await;
     let backlog = wait_for("the backlog ran", async || {
         let at = runs("busy", "backlog").await;
         (at.len() == 200).then_some(at)
     })
     .await;
-    let meanwhile = backlog.iter().filter(|(at, _)| *at > quiet_due && *at < quiet_at).count();
+    let meanwhile = backlog
+        .iter()
+        .filter(|(at, _)| *at > quiet_due && *at < quiet_at)
+        .count();
     let after = backlog.iter().filter(|(at, _)| *at > quiet_at).count();
-    assert!(after > 0, "the backlog was still there when the quiet tenant's job was due");
-    assert!(meanwhile <= 3, "{meanwhile} of the busy tenant's jobs ran while the quiet tenant's job was due");
+    assert!(
+        after > 0,
+        "the backlog was still there when the quiet tenant's job was due"
+    );
+    assert!(
+        meanwhile <= 3,
+        "{meanwhile} of the busy tenant's jobs ran while the quiet tenant's job was due"
+    );
     host.stop().await;
 }

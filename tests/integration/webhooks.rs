@@ -275,7 +275,13 @@ async fn metering_reports_a_tenants_usage_as_a_signed_webhook() {
     let host = TestHost::start_with(&[("metering", baton_test_plugins::METERING)], quick_retries).await;
     let secret = baton_secret();
     let receiver = Receiver::start(&secret);
-    endpoint(&host, "billing", &format!("http://127.0.0.1:{}/billing", receiver.port), Some(&secret)).await;
+    endpoint(
+        &host,
+        "billing",
+        &format!("http://127.0.0.1:{}/billing", receiver.port),
+        Some(&secret),
+    )
+    .await;
     let mut client = host.connect_path("/t/acme/metering?user=ada").await.expect("connects");
     for text in ["one", "two", "three"] {
         assert_eq!(client.ask(text).await, text);
@@ -294,7 +300,14 @@ async fn metering_reports_a_tenants_usage_as_a_signed_webhook() {
     assert_eq!(report["verified"], true, "{report}");
     let data = &report["body"]["data"];
     assert_eq!(data["tenant"], "acme");
-    assert_eq!((data["usage"]["frames"].as_u64(), data["users"]["ada"]["frames"].as_u64()), (Some(3), Some(3)), "{data}");
+    assert_eq!(
+        (
+            data["usage"]["frames"].as_u64(),
+            data["users"]["ada"]["frames"].as_u64()
+        ),
+        (Some(3), Some(3)),
+        "{data}"
+    );
     // The plugin heard it was delivered.
     wait_for("the delivery's outcome", async || {
         let last = host.http("GET", "/t/acme/metering/report", b"").await.json();

@@ -122,7 +122,7 @@ impl Dispatcher {
         let mut passes: u64 = 0;
         loop {
             passes += 1;
-            if passes % ORPHAN_PASSES == 0 {
+            if passes.is_multiple_of(ORPHAN_PASSES) {
                 self.claim_orphans().await;
             }
             // Registered before looking, so that nothing enqueued meanwhile
@@ -251,7 +251,10 @@ impl Dispatcher {
         };
         let here: HashSet<Namespace> = self.lock_running().values().flatten().cloned().collect();
         let cooling = self.busy(Lane::Delivery);
-        for ns in running.into_iter().filter(|ns| !here.contains(ns) && !cooling.contains(ns)) {
+        for ns in running
+            .into_iter()
+            .filter(|ns| !here.contains(ns) && !cooling.contains(ns))
+        {
             match (self.open)(ns.tenant.clone(), ns.plugin.clone()).await {
                 Some(handle) => {
                     if let Err(e) = handle.shared().owned_storage().await {

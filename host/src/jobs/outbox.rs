@@ -116,7 +116,7 @@ pub async fn queue(
         kind: event_type.to_owned(),
         payload: serde_json::to_vec(&message).map_err(|e| QueueError::Invalid(e.to_string()))?,
         run_at_ms: now,
-        max_attempts: max_attempts,
+        max_attempts,
         base_delay_ms: 0,
         max_delay_ms: 0,
         timeout_ms: None,

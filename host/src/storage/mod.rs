@@ -345,7 +345,8 @@ impl Storage {
 
     /// Namespaces with a job running (on this host or another), at most `limit`.
     pub async fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
-        on_backend!(self, (), |db| db.running_namespaces(limit), |pg| pg.running_namespaces(limit))
+        on_backend!(self, (), |db| db.running_namespaces(limit), |pg| pg
+            .running_namespaces(limit))
     }
 
     /// When the earliest job of `lane` is due (ms since the epoch).

@@ -532,10 +532,10 @@ impl Redb {
                 tx.release_unique(&job, &space, now_ms)?;
             }
         }
-        if let Some(then) = then {
-            if let Err(e) = tx.insert(ns, then, None, now_ms)? {
-                tracing::warn!(job = id, "the job's follow-up was not enqueued: {e}");
-            }
+        if let Some(then) = then
+            && let Err(e) = tx.insert(ns, then, None, now_ms)?
+        {
+            tracing::warn!(job = id, "the job's follow-up was not enqueued: {e}");
         }
         txn.commit()?;
         Ok(true)
@@ -656,6 +656,7 @@ impl Redb {
     /// Moves schedule `name` of `ns` from slot `slot_ms` to `next_ms`,
     /// enqueuing `job` for the slot; `false` (nothing done) if it is no
     /// longer at that slot.
+    #[allow(clippy::too_many_arguments)]
     pub(in crate::storage) fn fire_schedule(
         &self,
         ns: &Namespace,
