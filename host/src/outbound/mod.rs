@@ -171,6 +171,14 @@ impl Outbound {
         }
     }
 
+    /// Whether a request to `url` may be sent (its scheme, host and port
+    /// match an entry; an IP address is public or listed), or why not. A
+    /// name's addresses are checked only when it is resolved, at the request.
+    pub fn admits(&self, url: &str) -> Result<(), FetchError> {
+        let url = Url::parse(url).map_err(|e| FetchError::Invalid(format!("{url:?} is not an absolute URL: {e}")))?;
+        self.allow.admit(&url)
+    }
+
     /// Sends `request`, follows the redirects this client follows, and
     /// returns the response, or why not, within the request's deadline (at
     /// most the client's longest).

@@ -365,6 +365,15 @@ impl Redb {
                 job.run_at_ms = now_ms;
                 tx.store(&job, &space)?;
                 tx.count(&space, 1)?;
+                // It holds its unique key again, unless a newer job took it.
+                if let Some(key) = &job.unique_key {
+                    let full = cat(&[&space, key.as_bytes()]);
+                    let mut uniques = txn.open_table(JOB_UNIQUE)?;
+                    let held = uniques.get(full.as_slice())?.map(|v| v.value());
+                    if held.is_none_or(|(holder, _)| holder == id) {
+                        uniques.insert(full.as_slice(), (id, 0))?;
+                    }
+                }
                 true
             }
             _ => false,
