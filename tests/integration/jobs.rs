@@ -158,7 +158,22 @@ async fn a_dead_job_keeps_its_error_and_an_operator_retries_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_and_named_timers_survive_a_restart_and_a_hot_swap() {
-    let host = TestHost::start(&[("jobs-probe", JOBS_PROBE)]).await;
+    survive_a_restart_and_a_hot_swap(TestHost::start(&[("jobs-probe", JOBS_PROBE)]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_jobs_and_named_timers_survive_a_restart_and_a_hot_swap() {
+    let db = baton_test_postgres::database();
+    let url = db.url.clone();
+    let host = TestHost::start_with(&[("jobs-probe", JOBS_PROBE)], move |c| {
+        c.storage.backend = baton::config::StorageBackend::Postgres;
+        c.storage.postgres_url = Some(url);
+    })
+    .await;
+    survive_a_restart_and_a_hot_swap(host).await;
+}
+
+async fn survive_a_restart_and_a_hot_swap(host: TestHost) {
     let job = id_of(&post(&host, "/enqueue", json!({"kind": "later", "delay_ms": 1500})).await);
     let timer = id_of(
         &post(

@@ -90,7 +90,14 @@ impl Actor {
                 self.deliver_presence().await;
             }
             Err(trap) => {
-                let _ = reply.send(Ended::Failed(format!("{}: {}", trap.kind.as_str(), trap.message)));
+                let failed = format!("{}: {}", trap.kind.as_str(), trap.message);
+                // A timer fired, as an unnamed one that traps does: it is not
+                // fired again (nor kept as dead).
+                let ended = match job.class {
+                    JobClass::Timer => Ended::Done,
+                    _ => Ended::Failed(failed),
+                };
+                let _ = reply.send(ended);
                 self.crashed(trap).await;
             }
         }
