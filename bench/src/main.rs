@@ -31,7 +31,7 @@ struct Cli {
     /// Shorter runs with smaller counts (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage, cluster, resume, languages).
+    /// Only these figures (echo, frames, memory, swap, noisy, fanout, instances, http, hibernation, upgrade, storage, cluster, resume, languages, jobs).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also write the report to this file (e.g. BENCHMARKS.md).
@@ -136,6 +136,9 @@ async fn suite(quick: bool, only: &[String], write: Option<PathBuf>) -> Result<(
     }
     if wanted("languages") {
         figures::languages::run(&mut report, scale).await?;
+    }
+    if wanted("jobs") {
+        figures::jobs::run(&mut report, scale).await?;
     }
     let text = report.render();
     println!("{text}");

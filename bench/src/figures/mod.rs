@@ -8,6 +8,7 @@ pub mod frames;
 pub mod hibernation;
 pub mod http;
 pub mod instances;
+pub mod jobs;
 pub mod languages;
 pub mod memory;
 pub mod noisy;

@@ -4,13 +4,15 @@
 //!
 //! - `POST /enqueue` `{"kind","payload","delay_ms","attempts","base_ms","unique_key","unique_for_ms","timeout_ms"}`
 //! - `POST /cancel` `{"id"}`, `POST /schedule` `{"name","cron","kind","payload"}`, `POST /unschedule` `{"name"}`
-//! - `POST /timer` `{"name","delay_ms","payload"}`, `GET /timer?name=`
+//! - `POST /timer` `{"name","delay_ms","payload"}` (a named, durable timer; with
+//!   `"name": null` an unnamed, in-memory one, answering its `due_ms` too), `GET /timer?name=`
 //! - `POST /webhook` `{"endpoint","event","payload","key"}`
 //!
 //! Jobs: kind `flaky` fails until its attempt number exceeds the payload's
 //! `fails`; `spin` loops for ever (a timeout); `slow` runs for the
 //! payload's `ms`; any
-//! other kind is done at once. Each attempt logs `job <id> <kind> <attempt> <ms> <scheduled-ms>`.
+//! other kind is done at once. Each attempt logs `job <id> <kind> <attempt> <ms> <scheduled-ms>`,
+//! each timer (named or not) `timer <id> <payload> <ms>`.
 //! Frames are echoed.
 
 use baton_sdk::jobs::{self, Info, Outcome, RetryPolicy};
@@ -80,6 +82,15 @@ impl Probe {
                 }
             }
             ("POST", "/unschedule") => json!({ "removed": jobs::unschedule(&text(&body, "name")).map_err(|e| format!("{e:?}"))? }),
+            // `"name": null`: an unnamed (in-memory) timer, with when it is due.
+            ("POST", "/timer") if body.get("name") == Some(&Value::Null) => {
+                let delay = body["delay_ms"].as_u64().unwrap_or(0);
+                let due_ms = baton_sdk::now_ms() + delay;
+                match timers::set(delay, text(&body, "payload").as_bytes()) {
+                    Ok(id) => json!({ "id": id, "due_ms": due_ms }),
+                    Err(err) => json!({ "err": format!("{err:?}") }),
+                }
+            }
             ("POST", "/timer") => {
                 let delay = body["delay_ms"].as_u64().unwrap_or(0);
                 match timers::set_named(&text(&body, "name"), delay, text(&body, "payload").as_bytes()) {
