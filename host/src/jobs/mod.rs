@@ -169,6 +169,9 @@ impl Dispatcher {
             };
             let busy = self.busy(lane);
             let free = places.saturating_sub(self.running_in(lane));
+            // What is due by now is seen by the look below; what falls due
+            // after it must wake the next pass.
+            let looked_at = crate::clock::unix_ms();
             if free > 0 {
                 let due = self.storage.due_namespaces(lane, busy, CANDIDATES).await?;
                 for ns in self.turns(due, free) {
@@ -183,13 +186,15 @@ impl Dispatcher {
                     });
                 }
             }
-            if let Some(due) = self.storage.next_due(lane).await? {
+            if let Some(due) = self.storage.next_due(lane).await?
+                && due > looked_at
+            {
+                // (Due before the look and not started: it waits for a free
+                // place or its namespace's turn, and a finished job wakes
+                // the next pass.)
                 let now = crate::clock::unix_ms();
-                // Due already: a place frees up first (or the poll comes).
-                if due > now {
-                    let at = Instant::now() + Duration::from_millis(due - now);
-                    wake = Some(wake.map_or(at, |w| w.min(at)));
-                }
+                let at = Instant::now() + Duration::from_millis(due.saturating_sub(now));
+                wake = Some(wake.map_or(at, |w| w.min(at)));
             }
         }
         let (queued, running) = self.storage.job_totals().await?;
