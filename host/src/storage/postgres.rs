@@ -176,13 +176,30 @@ impl Postgres {
         first: &[(&str, Params<'_>)],
         decide: impl FnOnce(&[Vec<Row>]) -> Result<(T, Vec<(&'static str, Vec<Param>)>), StorageError>,
     ) -> Result<T, StorageError> {
+        self.transact(ns, Some(token), first, decide).await
+    }
+
+    /// [`Postgres::write`], fenced only when there is a `token` (a
+    /// schedule's slot, an operator's cancel or retry have none).
+    async fn transact<T>(
+        &self,
+        ns: &Namespace,
+        token: Option<u64>,
+        first: &[(&str, Params<'_>)],
+        decide: impl FnOnce(&[Vec<Row>]) -> Result<(T, Vec<(&'static str, Vec<Param>)>), StorageError>,
+    ) -> Result<T, StorageError> {
         let client = self.client().await?;
-        let token = token as i64;
-        let fence: (&str, Params<'_>) = (FENCE, &[&ns.tenant, &ns.plugin, &token]);
-        let statements: Vec<(&str, Params<'_>)> = std::iter::once(fence).chain(first.iter().copied()).collect();
+        let fenced = token.is_some();
+        let token = token.map(|t| t as i64);
+        let fence: [&(dyn ToSql + Sync); 3] = [&ns.tenant, &ns.plugin, &token];
+        let statements: Vec<(&str, Params<'_>)> = fenced
+            .then_some((FENCE, &fence[..]))
+            .into_iter()
+            .chain(first.iter().copied())
+            .collect();
         let decided = match pipeline(&client, Some(&begin(ns)), &statements, None).await {
-            Ok(rows) if rows[0].is_empty() => Err(StorageError::Fenced),
-            Ok(rows) => decide(&rows[1..]),
+            Ok(rows) if fenced && rows[0].is_empty() => Err(StorageError::Fenced),
+            Ok(rows) => decide(&rows[usize::from(fenced)..]),
             Err(e) => Err(e),
         };
         let (value, writes) = match decided {
