@@ -10,6 +10,10 @@
 //! reach another namespace's rows. The quota is kept as on redb, in a usage
 //! table updated in the same transaction as the data, and every write first
 //! checks the namespace's owner token (the fencing of [`super`]).
+//!
+//! Jobs, schedules and webhooks are `queue.rs`'s tables, created here too;
+//! the dispatcher reads them across tenants, so they are not under
+//! row-level security (see there).
 
 mod queue;
 
@@ -96,6 +100,7 @@ impl Postgres {
         let txn = client.transaction().await?;
         txn.execute("SELECT pg_advisory_xact_lock(7365206731)", &[]).await?;
         txn.batch_execute(SCHEMA).await?;
+        txn.batch_execute(queue::SCHEMA).await?;
         for table in TABLES {
             let policy = format!(
                 "DROP POLICY IF EXISTS scoped ON baton.{table};
@@ -154,8 +159,14 @@ impl Postgres {
                 &[&ns.tenant, &ns.plugin, &(lease as i64)],
             )
             .await?;
+        let token = row.map(|row| row.get::<_, i64>(0) as u64);
+        if let Some(token) = token {
+            // What an older owner left running is due again, in the
+            // claim's transaction (see `jobs.rs`).
+            queue::rescue(&txn, ns, token).await?;
+        }
         txn.commit().await?;
-        row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Fenced)
+        token.ok_or(StorageError::Fenced)
     }
 
     /// Runs `statements` in a transaction scoped to `ns`, pipelined with
@@ -366,6 +377,7 @@ impl Postgres {
             &[&tenant],
         )
         .await?;
+        queue::erase(&txn, tenant).await?;
         txn.commit().await?;
         Ok(())
     }
