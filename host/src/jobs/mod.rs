@@ -376,7 +376,9 @@ impl Dispatcher {
             .record(started.elapsed().as_secs_f64());
         match storage.finish_job(ns, token, job.id, finish, then).await {
             Ok(true) => {}
-            Ok(false) => tracing::debug!(job = job.id, "the job was rescued by a newer owner meanwhile"),
+            Ok(false) | Err(StorageError::Fenced) => {
+                tracing::debug!(job = job.id, "the tenant has a newer owner, which runs the job again");
+            }
             // Left running: the next owner's claim (or the next start of
             // the host) puts it back to due.
             Err(e) => {

@@ -10,6 +10,10 @@
 //! reach another namespace's rows. The quota is kept as on redb, in a usage
 //! table updated in the same transaction as the data, and every write first
 //! checks the namespace's owner token (the fencing of [`super`]).
+//!
+//! Jobs, schedules and webhooks are `queue.rs`'s tables, created here too;
+//! the dispatcher reads them across tenants, so they are not under
+//! row-level security (see there).
 
 mod queue;
 
@@ -96,6 +100,7 @@ impl Postgres {
         let txn = client.transaction().await?;
         txn.execute("SELECT pg_advisory_xact_lock(7365206731)", &[]).await?;
         txn.batch_execute(SCHEMA).await?;
+        txn.batch_execute(queue::SCHEMA).await?;
         for table in TABLES {
             let policy = format!(
                 "DROP POLICY IF EXISTS scoped ON baton.{table};
@@ -154,8 +159,14 @@ impl Postgres {
                 &[&ns.tenant, &ns.plugin, &(lease as i64)],
             )
             .await?;
+        let token = row.map(|row| row.get::<_, i64>(0) as u64);
+        if let Some(token) = token {
+            // What an older owner left running is due again, in the
+            // claim's transaction (see `jobs.rs`).
+            queue::rescue(&txn, ns, token).await?;
+        }
         txn.commit().await?;
-        row.map(|row| row.get::<_, i64>(0) as u64).ok_or(StorageError::Fenced)
+        token.ok_or(StorageError::Fenced)
     }
 
     /// Runs `statements` in a transaction scoped to `ns`, pipelined with
@@ -176,13 +187,30 @@ impl Postgres {
         first: &[(&str, Params<'_>)],
         decide: impl FnOnce(&[Vec<Row>]) -> Result<(T, Vec<(&'static str, Vec<Param>)>), StorageError>,
     ) -> Result<T, StorageError> {
+        self.transact(ns, Some(token), first, decide).await
+    }
+
+    /// [`Postgres::write`], fenced only when there is a `token` (a
+    /// schedule's slot, an operator's cancel or retry have none).
+    async fn transact<T>(
+        &self,
+        ns: &Namespace,
+        token: Option<u64>,
+        first: &[(&str, Params<'_>)],
+        decide: impl FnOnce(&[Vec<Row>]) -> Result<(T, Vec<(&'static str, Vec<Param>)>), StorageError>,
+    ) -> Result<T, StorageError> {
         let client = self.client().await?;
-        let token = token as i64;
-        let fence: (&str, Params<'_>) = (FENCE, &[&ns.tenant, &ns.plugin, &token]);
-        let statements: Vec<(&str, Params<'_>)> = std::iter::once(fence).chain(first.iter().copied()).collect();
+        let fenced = token.is_some();
+        let token = token.map(|t| t as i64);
+        let fence: [&(dyn ToSql + Sync); 3] = [&ns.tenant, &ns.plugin, &token];
+        let statements: Vec<(&str, Params<'_>)> = fenced
+            .then_some((FENCE, &fence[..]))
+            .into_iter()
+            .chain(first.iter().copied())
+            .collect();
         let decided = match pipeline(&client, Some(&begin(ns)), &statements, None).await {
-            Ok(rows) if rows[0].is_empty() => Err(StorageError::Fenced),
-            Ok(rows) => decide(&rows[1..]),
+            Ok(rows) if fenced && rows[0].is_empty() => Err(StorageError::Fenced),
+            Ok(rows) => decide(&rows[usize::from(fenced)..]),
             Err(e) => Err(e),
         };
         let (value, writes) = match decided {
@@ -349,6 +377,7 @@ impl Postgres {
             &[&tenant],
         )
         .await?;
+        queue::erase(&txn, tenant).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -189,6 +189,10 @@ impl Tx<'_> {
         now_ms: u64,
     ) -> Result<Result<JobId, EnqueueError>, StorageError> {
         let space = prefix(ns);
+        // Everything is decided before anything is written: a refusal
+        // leaves the transaction as it was (`fire_schedule` and
+        // `finish_job` commit it all the same).
+        let mut replaced = None;
         if let Some(unique) = &new.unique {
             let full = cat(&[&space, unique.key.as_bytes()]);
             let held = self
@@ -198,9 +202,7 @@ impl Tx<'_> {
                 .map(|v| v.value());
             if let Some((id, until)) = held {
                 match self.load(&space, id)? {
-                    Some(old) if unique.replace && old.state == JobState::Scheduled => {
-                        self.remove(&old, &space, now_ms)?
-                    }
+                    Some(old) if unique.replace && old.state == JobState::Scheduled => replaced = Some(old),
                     // Running (a timer set again from its own `on-timer`):
                     // the key moves on to the new job.
                     Some(_) if unique.replace => {}
@@ -215,8 +217,13 @@ impl Tx<'_> {
             .open_table(JOB_COUNTS)?
             .get(space.as_slice())?
             .map_or(0, |c| c.value());
+        // The job it replaces makes room for it.
+        let pending = pending.saturating_sub(u64::from(replaced.is_some()));
         if max_pending.is_some_and(|max| pending >= max) {
             return Ok(Err(EnqueueError::TooMany));
+        }
+        if let Some(old) = replaced {
+            self.remove(&old, &space, now_ms)?;
         }
         let id = {
             let mut counters = self.txn.open_table(COUNTERS)?;
@@ -555,6 +562,7 @@ impl Redb {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(JOBS)?;
         let (start, end) = span(&tenant_prefix(tenant));
+        // Keys go plugin by plugin: the first by id are known once all are read.
         let mut out = Vec::new();
         for entry in table.range(start.as_slice()..end.as_slice())? {
             let (_, value) = entry?;
@@ -562,11 +570,9 @@ impl Redb {
             let mut job: Job = parse(meta)?;
             job.payload = payload.to_vec();
             out.push(job);
-            if out.len() >= limit {
-                break;
-            }
         }
         out.sort_by_key(|j| j.id);
+        out.truncate(limit);
         Ok(out)
     }
 
