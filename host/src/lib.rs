@@ -371,11 +371,10 @@ fn jobs_opener(clients: &Arc<server::Clients>) -> jobs::Open {
     Arc::new(move |tenant: String, plugin: String| {
         let clients = clients.clone();
         Box::pin(async move {
-            let handle = match &clients.cluster {
-                Some(cluster) => cluster.open(&tenant, &plugin).await,
-                None => clients.opener.open(&tenant, &plugin, 0),
-            };
-            handle.ok().filter(|h| !h.is_stand_in())
+            match &clients.cluster {
+                Some(cluster) => cluster.open_owned(&tenant, &plugin).await.ok().flatten(),
+                None => clients.opener.open(&tenant, &plugin, 0).ok(),
+            }
         })
     })
 }

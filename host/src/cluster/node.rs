@@ -118,6 +118,25 @@ impl Cluster {
         }
     }
 
+    /// The tenant's task for `plugin` if this node owns it (taking it when
+    /// it has no live owner, as [`Cluster::open`] does), else `None`: for
+    /// work of the tenant's own (its jobs) that only its owner runs, so no
+    /// forwarding stand-in is made.
+    pub async fn open_owned(self: &Arc<Self>, tenant: &str, plugin: &str) -> Result<Option<TenantHandle>, Rejection> {
+        if self.opener.registry.deployed(plugin).is_none()
+            || self.fenced.load(Ordering::Relaxed)
+            || !self.connected.load(Ordering::Relaxed)
+        {
+            return Ok(None);
+        }
+        self.opener.allowed(tenant)?;
+        let owned = self.owner_of(tenant, plugin).await?;
+        match self.is_me(&owned.owner) {
+            true => self.opener.open(tenant, plugin, owned.revision).map(Some),
+            false => Ok(None),
+        }
+    }
+
     pub(super) async fn load_records(&self) -> anyhow::Result<()> {
         let mut keys = self.owners.keys().await?;
         while let Some(key) = keys.next().await {

@@ -251,8 +251,12 @@ impl Dispatcher {
     /// owner nothing changes; a tenant whose owner died is taken by this
     /// node, whose claim puts the job back to due.
     async fn claim_orphans(&self) {
-        let Ok(running) = self.storage.running_namespaces(ORPHANS_PER_LOOK).await else {
-            return;
+        let running = match self.storage.running_namespaces(ORPHANS_PER_LOOK).await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::debug!("cannot list the jobs running: {e}");
+                return;
+            }
         };
         let here: HashSet<Namespace> = self.lock_running().values().flatten().cloned().collect();
         let cooling = self.busy(Lane::Delivery);
@@ -266,7 +270,10 @@ impl Dispatcher {
                         tracing::debug!(tenant = %ns.tenant, plugin = %ns.plugin, "cannot claim a tenant with a job left running: {e}");
                     }
                 }
-                None => self.cool(&ns),
+                None => {
+                    tracing::debug!(tenant = %ns.tenant, plugin = %ns.plugin, "a job runs elsewhere: its tenant's owner is another node");
+                    self.cool(&ns);
+                }
             }
         }
     }

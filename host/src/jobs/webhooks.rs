@@ -243,9 +243,9 @@ impl Webhooks {
                 "{url:?}: an endpoint is an http:// or https:// URL"
             )));
         }
-        self.outbound.admits(url).map_err(|e| {
-            EndpointError::Invalid(format!("{url:?} is not allowed by webhooks.allow: {e}"))
-        })?;
+        self.outbound
+            .admits(url)
+            .map_err(|e| EndpointError::Invalid(format!("{url:?} is not allowed by webhooks.allow: {e}")))?;
         let created = secret.is_none();
         let secret = match secret {
             Some(secret) => secret,

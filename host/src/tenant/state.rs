@@ -153,7 +153,7 @@ pub struct TenantShared {
     /// The owner token this task's writes carry (see [`crate::storage`]'s
     /// fencing), with the storage's epoch it was claimed in: claimed when
     /// the task starts, and again after the storage was reopened.
-    owner: Mutex<Option<(u64, u64)>>,
+    owner: tokio::sync::Mutex<Option<(u64, u64)>>,
     /// The revision of the cluster's ownership record this task runs under
     /// (0 outside a cluster): what its storage claims are ordered by.
     lease: AtomicU64,
@@ -195,7 +195,7 @@ impl TenantShared {
             stand_in: false,
             webhook_attempts: 8,
             sql,
-            owner: Mutex::new(None),
+            owner: tokio::sync::Mutex::new(None),
             lease: AtomicU64::new(0),
             name,
             state: Mutex::new(TenantState::default()),
@@ -237,14 +237,17 @@ impl TenantShared {
             ));
         };
         let epoch = storage.epoch();
-        let owner = *self.owner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((claimed_in, token)) = owner
+        // Held across the claim: two callers at once (the task starting, the
+        // job dispatcher) make one claim, not two tokens of which the
+        // second fences the first.
+        let mut owner = self.owner.lock().await;
+        if let Some((claimed_in, token)) = *owner
             && claimed_in == epoch
         {
             return Ok((storage, token));
         }
         let token = storage.claim(&self.namespace, self.lease()).await?;
-        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, token));
+        *owner = Some((epoch, token));
         Ok((storage, token))
     }
 

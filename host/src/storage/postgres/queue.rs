@@ -158,8 +158,7 @@ const DUE_NAMESPACES: &str = r#"SELECT tenant, plugin FROM baton.jobs
        AND (tenant, plugin) NOT IN (SELECT * FROM unnest($3::text[], $4::text[]))
      GROUP BY tenant, plugin
      ORDER BY min(run_at), tenant COLLATE "C", plugin COLLATE "C" LIMIT $5"#;
-const RUNNING_NAMESPACES: &str =
-    "SELECT DISTINCT tenant, plugin FROM baton.jobs WHERE state = 'running' LIMIT $1";
+const RUNNING_NAMESPACES: &str = "SELECT DISTINCT tenant, plugin FROM baton.jobs WHERE state = 'running' LIMIT $1";
 const NEXT_DUE: &str = "SELECT min(run_at) FROM baton.jobs WHERE lane = $1 AND state = 'scheduled'";
 const JOBS_OF: &str = concat!(
     "SELECT ",
