@@ -100,7 +100,7 @@ impl Postgres {
         let txn = client.transaction().await?;
         txn.execute("SELECT pg_advisory_xact_lock(7365206731)", &[]).await?;
         txn.batch_execute(SCHEMA).await?;
-        txn.batch_execute(queue::SCHEMA).await?;
+        txn.batch_execute(Postgres::JOB_SCHEMA).await?;
         for table in TABLES {
             let policy = format!(
                 "DROP POLICY IF EXISTS scoped ON baton.{table};
@@ -163,7 +163,7 @@ impl Postgres {
         if let Some(token) = token {
             // What an older owner left running is due again, in the
             // claim's transaction (see `jobs.rs`).
-            queue::rescue(&txn, ns, token).await?;
+            Postgres::rescue_jobs(&txn, ns, token).await?;
         }
         txn.commit().await?;
         token.ok_or(StorageError::Fenced)
@@ -377,7 +377,7 @@ impl Postgres {
             &[&tenant],
         )
         .await?;
-        queue::erase(&txn, tenant).await?;
+        Postgres::erase_jobs(&txn, tenant).await?;
         txn.commit().await?;
         Ok(())
     }

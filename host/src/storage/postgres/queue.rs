@@ -60,7 +60,7 @@ use crate::storage::namespace::{Namespace, StorageError};
 
 /// The job tables, created at open after `super::SCHEMA` (which makes the
 /// schema and `baton_kv`), in the same transaction.
-pub(super) const SCHEMA: &str = r#"
+const SCHEMA: &str = r#"
 CREATE SEQUENCE IF NOT EXISTS baton.job_ids;
 CREATE TABLE IF NOT EXISTS baton.jobs (
     id bigint PRIMARY KEY,
@@ -450,7 +450,7 @@ fn plan_insert(
 
 /// Puts the jobs of `ns` running under a token older than `token` back to
 /// due now, in a claim's transaction.
-pub(super) async fn rescue(txn: &Transaction<'_>, ns: &Namespace, token: u64) -> Result<(), StorageError> {
+async fn rescue(txn: &Transaction<'_>, ns: &Namespace, token: u64) -> Result<(), StorageError> {
     let now = big(crate::clock::unix_ms());
     let statement = txn.prepare_cached(RESCUE).await?;
     txn.execute(&statement, &[&ns.tenant, &ns.plugin, &big(token), &now, &ORPHANED])
@@ -460,7 +460,7 @@ pub(super) async fn rescue(txn: &Transaction<'_>, ns: &Namespace, token: u64) ->
 
 /// Erases the jobs, schedules, endpoints and delivery log of `tenant`, in
 /// an erase's transaction (in the lock order of the module doc).
-pub(super) async fn erase(txn: &Transaction<'_>, tenant: &str) -> Result<(), StorageError> {
+async fn erase(txn: &Transaction<'_>, tenant: &str) -> Result<(), StorageError> {
     for table in [
         "job_schedules",
         "job_counts",
@@ -484,7 +484,7 @@ impl Postgres {
         Ok(rows.pop().unwrap_or_default())
     }
 
-    pub(in crate::storage) async fn enqueue(
+    pub(crate) async fn enqueue(
         &self,
         ns: &Namespace,
         token: u64,
@@ -506,7 +506,7 @@ impl Postgres {
         Ok(id)
     }
 
-    pub(in crate::storage) async fn cancel_job(
+    pub(crate) async fn cancel_job(
         &self,
         ns: &Namespace,
         token: Option<u64>,
@@ -530,7 +530,7 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn retry_dead(
+    pub(crate) async fn retry_dead(
         &self,
         ns: &Namespace,
         id: JobId,
@@ -555,7 +555,7 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn scheduled_with_key(
+    pub(crate) async fn scheduled_with_key(
         &self,
         ns: &Namespace,
         key: &str,
@@ -566,7 +566,7 @@ impl Postgres {
         Ok(rows[0].first().map(|r| unsigned(r.get(0))))
     }
 
-    pub(in crate::storage) async fn due_namespaces(
+    pub(crate) async fn due_namespaces(
         &self,
         lane: Lane,
         now_ms: u64,
@@ -588,7 +588,7 @@ impl Postgres {
             .collect())
     }
 
-    pub(in crate::storage) async fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+    pub(crate) async fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
         let rows = self.query(RUNNING_NAMESPACES, &[&sql_limit(limit)]).await?;
         Ok(rows
             .iter()
@@ -596,12 +596,12 @@ impl Postgres {
             .collect())
     }
 
-    pub(in crate::storage) async fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
+    pub(crate) async fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
         let rows = self.query(NEXT_DUE, &[&i16::from(lane.number())]).await?;
         Ok(rows.first().and_then(|r| r.get::<_, Option<i64>>(0)).map(unsigned))
     }
 
-    pub(in crate::storage) async fn start_job(
+    pub(crate) async fn start_job(
         &self,
         ns: &Namespace,
         token: u64,
@@ -617,7 +617,7 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn finish_job(
+    pub(crate) async fn finish_job(
         &self,
         ns: &Namespace,
         token: u64,
@@ -695,12 +695,12 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn jobs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, StorageError> {
+    pub(crate) async fn jobs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, StorageError> {
         let rows = self.query(JOBS_OF, &[&tenant, &sql_limit(limit)]).await?;
         rows.iter().map(job_of).collect()
     }
 
-    pub(in crate::storage) async fn job_totals(&self) -> Result<(u64, u64), StorageError> {
+    pub(crate) async fn job_totals(&self) -> Result<(u64, u64), StorageError> {
         let rows = self.query(JOB_TOTALS, &[]).await?;
         let row = rows
             .first()
@@ -708,7 +708,7 @@ impl Postgres {
         Ok((unsigned(row.get(0)), unsigned(row.get(1))))
     }
 
-    pub(in crate::storage) async fn put_schedule(
+    pub(crate) async fn put_schedule(
         &self,
         ns: &Namespace,
         token: u64,
@@ -729,7 +729,7 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn remove_schedule(
+    pub(crate) async fn remove_schedule(
         &self,
         ns: &Namespace,
         token: u64,
@@ -740,7 +740,7 @@ impl Postgres {
             .await
     }
 
-    pub(in crate::storage) async fn due_schedules(
+    pub(crate) async fn due_schedules(
         &self,
         now_ms: u64,
         limit: usize,
@@ -753,7 +753,7 @@ impl Postgres {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(in crate::storage) async fn fire_schedule(
+    pub(crate) async fn fire_schedule(
         &self,
         ns: &Namespace,
         name: &str,
@@ -783,12 +783,12 @@ impl Postgres {
         .await
     }
 
-    pub(in crate::storage) async fn schedules_of(&self, tenant: &str) -> Result<Vec<(String, Schedule)>, StorageError> {
+    pub(crate) async fn schedules_of(&self, tenant: &str) -> Result<Vec<(String, Schedule)>, StorageError> {
         let rows = self.query(SCHEDULES_OF, &[&tenant]).await?;
         Ok(rows.iter().map(|r| (r.get("plugin"), schedule_of(r))).collect())
     }
 
-    pub(in crate::storage) async fn put_endpoint(&self, tenant: &str, endpoint: &Endpoint) -> Result<(), StorageError> {
+    pub(crate) async fn put_endpoint(&self, tenant: &str, endpoint: &Endpoint) -> Result<(), StorageError> {
         let failing_since = endpoint.failing_since_ms.map(big);
         let params: [&(dyn ToSql + Sync); 7] = [
             &tenant,
@@ -803,12 +803,12 @@ impl Postgres {
         Ok(())
     }
 
-    pub(in crate::storage) async fn remove_endpoint(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
+    pub(crate) async fn remove_endpoint(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
         let rows = self.query(REMOVE_ENDPOINT, &[&tenant, &name]).await?;
         Ok(!rows.is_empty())
     }
 
-    pub(in crate::storage) async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StorageError> {
+    pub(crate) async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StorageError> {
         let rows = self.query(ENDPOINTS, &[&tenant]).await?;
         Ok(rows
             .iter()
@@ -823,7 +823,7 @@ impl Postgres {
             .collect())
     }
 
-    pub(in crate::storage) async fn log_delivery(
+    pub(crate) async fn log_delivery(
         &self,
         tenant: &str,
         delivery: &Delivery,
@@ -838,7 +838,7 @@ impl Postgres {
         Ok(())
     }
 
-    pub(in crate::storage) async fn deliveries(
+    pub(crate) async fn deliveries(
         &self,
         tenant: &str,
         limit: usize,
@@ -850,5 +850,24 @@ impl Postgres {
                     .map_err(|e| StorageError::Unavailable(format!("a stored delivery is unreadable: {e}")))
             })
             .collect()
+    }
+}
+
+/// What `postgres.rs` calls, as associated items of [`Postgres`]: it names
+/// no path into this file, which names its `Postgres` (no circle).
+impl Postgres {
+    /// The job tables, created at open after the others.
+    pub(super) const JOB_SCHEMA: &str = SCHEMA;
+
+    /// Puts the jobs of `ns` running under a token older than `token` back
+    /// to due now, in a claim's transaction.
+    pub(super) async fn rescue_jobs(txn: &Transaction<'_>, ns: &Namespace, token: u64) -> Result<(), StorageError> {
+        rescue(txn, ns, token).await
+    }
+
+    /// Erases the jobs, schedules, endpoints and delivery log of `tenant`,
+    /// in an erase's transaction.
+    pub(super) async fn erase_jobs(txn: &Transaction<'_>, tenant: &str) -> Result<(), StorageError> {
+        erase(txn, tenant).await
     }
 }

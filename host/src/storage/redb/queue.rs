@@ -286,7 +286,7 @@ impl Tx<'_> {
 impl Redb {
     /// Creates the job tables and rescues what a previous process left
     /// running (only one process opens the file).
-    pub(in crate::storage) fn open_jobs(&self, now_ms: u64) -> Result<(), StorageError> {
+    pub(crate) fn open_jobs(&self, now_ms: u64) -> Result<(), StorageError> {
         let txn = self.db()?.begin_write()?;
         for table in [JOB_DUE, JOB_NS_DUE, SCHEDULE_DUE] {
             txn.open_table(table)?;
@@ -308,7 +308,7 @@ impl Redb {
     }
 
     /// Rescues the jobs of `ns` running under tokens before `token` (a claim).
-    pub(in crate::storage) fn rescue_jobs(
+    pub(crate) fn rescue_jobs(
         &self,
         txn: &WriteTransaction,
         ns: &Namespace,
@@ -318,7 +318,7 @@ impl Redb {
         Tx { txn }.rescue(Some(&prefix(ns)), Some(token), now_ms).map(|_| ())
     }
 
-    pub(in crate::storage) fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         ns: &Namespace,
         token: u64,
@@ -335,7 +335,7 @@ impl Redb {
 
     /// Cancels a job that is scheduled (or, with `dead_too`, dead); `token`
     /// `None` is an operator's cancel.
-    pub(in crate::storage) fn cancel_job(
+    pub(crate) fn cancel_job(
         &self,
         ns: &Namespace,
         token: Option<u64>,
@@ -361,7 +361,7 @@ impl Redb {
     }
 
     /// A dead job due again now, with its attempts renewed.
-    pub(in crate::storage) fn retry_dead(&self, ns: &Namespace, id: JobId, now_ms: u64) -> Result<bool, StorageError> {
+    pub(crate) fn retry_dead(&self, ns: &Namespace, id: JobId, now_ms: u64) -> Result<bool, StorageError> {
         let txn = self.db()?.begin_write()?;
         let tx = Tx { txn: &txn };
         let space = prefix(ns);
@@ -390,7 +390,7 @@ impl Redb {
     }
 
     /// The job of `ns` holding unique `key`, if it is scheduled.
-    pub(in crate::storage) fn scheduled_with_key(
+    pub(crate) fn scheduled_with_key(
         &self,
         ns: &Namespace,
         key: &str,
@@ -411,7 +411,7 @@ impl Redb {
 
     /// Namespaces with a job of `lane` due at `now_ms`, earliest first,
     /// leaving out `busy`, at most `limit`.
-    pub(in crate::storage) fn due_namespaces(
+    pub(crate) fn due_namespaces(
         &self,
         lane: Lane,
         now_ms: u64,
@@ -440,7 +440,7 @@ impl Redb {
     }
 
     /// Namespaces with a job running, at most `limit`.
-    pub(in crate::storage) fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
+    pub(crate) fn running_namespaces(&self, limit: usize) -> Result<Vec<Namespace>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let mut out: Vec<Namespace> = Vec::new();
         for entry in txn.open_table(JOB_RUNNING)?.iter()? {
@@ -458,7 +458,7 @@ impl Redb {
     }
 
     /// When the earliest job of `lane` is due.
-    pub(in crate::storage) fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
+    pub(crate) fn next_due(&self, lane: Lane) -> Result<Option<u64>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(JOB_DUE)?;
         let start = [lane.number()];
@@ -468,7 +468,7 @@ impl Redb {
     }
 
     /// Starts the earliest due job of `ns` in `lane` under `token`.
-    pub(in crate::storage) fn start_job(
+    pub(crate) fn start_job(
         &self,
         ns: &Namespace,
         token: u64,
@@ -503,7 +503,7 @@ impl Redb {
 
     /// Applies an attempt's outcome (and enqueues `then` with it); `false`
     /// if the job is no longer running under `token`.
-    pub(in crate::storage) fn finish_job(
+    pub(crate) fn finish_job(
         &self,
         ns: &Namespace,
         token: u64,
@@ -558,7 +558,7 @@ impl Redb {
     }
 
     /// The jobs of `tenant` (every plugin), by id, at most `limit`.
-    pub(in crate::storage) fn jobs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, StorageError> {
+    pub(crate) fn jobs_of(&self, tenant: &str, limit: usize) -> Result<Vec<Job>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(JOBS)?;
         let (start, end) = span(&tenant_prefix(tenant));
@@ -577,7 +577,7 @@ impl Redb {
     }
 
     /// Counts of jobs per state over the whole storage (for metrics).
-    pub(in crate::storage) fn job_totals(&self) -> Result<(u64, u64), StorageError> {
+    pub(crate) fn job_totals(&self) -> Result<(u64, u64), StorageError> {
         let txn = self.db()?.begin_read()?;
         let due = txn.open_table(JOB_DUE)?.len()?;
         let running = txn.open_table(JOB_RUNNING)?.len()?;
@@ -586,7 +586,7 @@ impl Redb {
 
     /// Declares a schedule: an identical one is left as it is (its next
     /// slot too); a changed one replaces it.
-    pub(in crate::storage) fn put_schedule(
+    pub(crate) fn put_schedule(
         &self,
         ns: &Namespace,
         token: u64,
@@ -614,7 +614,7 @@ impl Redb {
         Ok(())
     }
 
-    pub(in crate::storage) fn remove_schedule(
+    pub(crate) fn remove_schedule(
         &self,
         ns: &Namespace,
         token: u64,
@@ -642,7 +642,7 @@ impl Redb {
     }
 
     /// Schedules whose next slot is due at `now_ms`, at most `limit`.
-    pub(in crate::storage) fn due_schedules(
+    pub(crate) fn due_schedules(
         &self,
         now_ms: u64,
         limit: usize,
@@ -672,7 +672,7 @@ impl Redb {
     /// enqueuing `job` for the slot; `false` (nothing done) if it is no
     /// longer at that slot.
     #[allow(clippy::too_many_arguments)]
-    pub(in crate::storage) fn fire_schedule(
+    pub(crate) fn fire_schedule(
         &self,
         ns: &Namespace,
         name: &str,
@@ -704,7 +704,7 @@ impl Redb {
     }
 
     /// The schedules of `tenant`.
-    pub(in crate::storage) fn schedules_of(&self, tenant: &str) -> Result<Vec<(String, Schedule)>, StorageError> {
+    pub(crate) fn schedules_of(&self, tenant: &str) -> Result<Vec<(String, Schedule)>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let (start, end) = span(&tenant_prefix(tenant));
         let mut out = Vec::new();
@@ -717,7 +717,7 @@ impl Redb {
         Ok(out)
     }
 
-    pub(in crate::storage) fn put_endpoint(&self, tenant: &str, endpoint: &Endpoint) -> Result<(), StorageError> {
+    pub(crate) fn put_endpoint(&self, tenant: &str, endpoint: &Endpoint) -> Result<(), StorageError> {
         let txn = self.db()?.begin_write()?;
         let key = cat(&[&tenant_prefix(tenant), endpoint.name.as_bytes()]);
         txn.open_table(ENDPOINTS)?
@@ -726,7 +726,7 @@ impl Redb {
         Ok(())
     }
 
-    pub(in crate::storage) fn remove_endpoint(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
+    pub(crate) fn remove_endpoint(&self, tenant: &str, name: &str) -> Result<bool, StorageError> {
         let txn = self.db()?.begin_write()?;
         let key = cat(&[&tenant_prefix(tenant), name.as_bytes()]);
         let removed = txn.open_table(ENDPOINTS)?.remove(key.as_slice())?.is_some();
@@ -734,7 +734,7 @@ impl Redb {
         Ok(removed)
     }
 
-    pub(in crate::storage) fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StorageError> {
+    pub(crate) fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let (start, end) = span(&tenant_prefix(tenant));
         let table = txn.open_table(ENDPOINTS)?;
@@ -746,7 +746,7 @@ impl Redb {
     }
 
     /// Appends to the tenant's delivery log, keeping its last `keep` entries.
-    pub(in crate::storage) fn log_delivery(
+    pub(crate) fn log_delivery(
         &self,
         tenant: &str,
         delivery: &Delivery,
@@ -781,7 +781,7 @@ impl Redb {
     }
 
     /// The tenant's delivery log, newest first, at most `limit`.
-    pub(in crate::storage) fn deliveries(&self, tenant: &str, limit: usize) -> Result<Vec<Delivery>, StorageError> {
+    pub(crate) fn deliveries(&self, tenant: &str, limit: usize) -> Result<Vec<Delivery>, StorageError> {
         let txn = self.db()?.begin_read()?;
         let (start, end) = span(&tenant_prefix(tenant));
         let table = txn.open_table(DELIVERIES)?;
@@ -794,7 +794,7 @@ impl Redb {
 
     /// Erases the jobs, schedules, endpoints and log of `tenant` (in the
     /// transaction of [`Redb::erase`]).
-    pub(in crate::storage) fn erase_jobs(&self, txn: &WriteTransaction, tenant: &str) -> Result<(), StorageError> {
+    pub(crate) fn erase_jobs(&self, txn: &WriteTransaction, tenant: &str) -> Result<(), StorageError> {
         let (start, end) = span(&tenant_prefix(tenant));
         let range = start.as_slice()..end.as_slice();
         let jobs: Vec<Job> = txn
